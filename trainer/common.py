@@ -1,0 +1,129 @@
+"""Shared training plumbing: run folders, JSON-lines logs, atomic checkpoints, progress, cancel."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sfeditor.atomic import atomic_torch_save, atomic_write_text
+
+
+class Cancelled(Exception):
+    """Raised inside a training loop when the user asked to stop (after a checkpoint)."""
+
+
+class CancelToken:
+    """Cooperative cancel: set by Ctrl-C / SIGTERM or by a caller (e.g. the app)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def cancel(self) -> None:
+        self.requested = True
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, frame):  # first signal: finish the step, checkpoint, stop
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\nstopping after this step (checkpoint will be saved); press Ctrl-C again to abort",
+                  file=sys.stderr)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread
+                pass
+
+
+class Progress:
+    """A one-line text progress bar with rate and ETA; ``callback`` receives (step, total, info)."""
+
+    def __init__(self, total: int, desc: str = "", start: int = 0, stream=sys.stderr,
+                 callback: Callable[[int, int, dict], None] | None = None, min_interval: float = 1.0):
+        self.total, self.desc, self.stream, self.callback = total, desc, stream, callback
+        self.start_step, self.t0, self.last = start, time.time(), 0.0
+        self.min_interval = min_interval
+
+    def update(self, step: int, **info: Any) -> None:
+        if self.callback is not None:
+            self.callback(step, self.total, info)
+        now = time.time()
+        if now - self.last < self.min_interval and step < self.total:
+            return
+        self.last = now
+        done = step - self.start_step
+        rate = done / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        frac = step / max(self.total, 1)
+        bar = "#" * int(frac * 24)
+        extras = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        eta_s = f"{eta / 60:.1f}m" if eta != float("inf") else "?"
+        if self.stream is not None:
+            self.stream.write(f"\r{self.desc} [{bar:<24}] {step}/{self.total} {rate:.2f}it/s eta {eta_s} {extras}")
+            if step >= self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+class RunDir:
+    """A training run folder: ``options.json``, ``stats.jsonl``, ``checkpoint.pt``, ``samples/``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "samples").mkdir(exist_ok=True)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def write_options(self, options: dict) -> None:
+        atomic_write_text(self.path / "options.json", json.dumps(options, indent=2, sort_keys=True) + "\n")
+
+    def read_options(self) -> dict | None:
+        p = self.path / "options.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def log(self, record: dict) -> None:
+        record = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
+        with open(self.path / "stats.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, phase: str, step: int) -> None:
+        """On resume, drop log lines written after the checkpoint (so a resumed log has no duplicates)."""
+        p = self.path / "stats.jsonl"
+        if not p.exists():
+            return
+        keep = []
+        for line in p.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("phase") == phase and r.get("step", 0) > step:
+                continue
+            keep.append(line)
+        atomic_write_text(p, "".join(k + "\n" for k in keep))
+
+    def save(self, state: dict) -> None:
+        atomic_torch_save(state, self.checkpoint)
+
+    def load(self) -> dict | None:
+        if not self.checkpoint.exists():
+            return None
+        return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
