@@ -2,7 +2,8 @@
 
 Pure PyTorch, any power-of-two resolution, any channel widths and mapping
 depth.  Module and parameter names follow rosinality's stylegan2-pytorch, so
-converted official checkpoints (``g_ema``) load as they are:
+converted official checkpoints (``g_ema``) map one to one (``w_avg`` is our
+extra buffer: ``latent_avg`` or a computed mean; see ``checkpoints.py``):
 
     style.{1..n_mlp}        mapping MLP (EqualLinear, lr_mul 0.01, fused lrelu)
     input.input             [1, C4, 4, 4] constant

@@ -1,0 +1,156 @@
+"""``sfeditor`` command line: headless subcommands (the window comes with ``sfeditor gui``)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else (part, part)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad seed list {text!r}: use e.g. '0-7,12'") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("empty seed list")
+    if any(s < 0 or s >= 2 ** 32 for s in seeds):
+        raise argparse.ArgumentTypeError("seeds must be in [0, 2**32)")
+    return seeds
+
+
+def _device(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import load_generator
+    from .domains import SHIPPED
+    from .imageio import make_grid, save_png, to_uint8
+    from .style_code import StyleCode
+
+    device = _device(args.device)
+    G = load_generator(args.model, device=device)
+    psi = args.truncation
+    if psi is None:
+        psi = SHIPPED[args.model].truncation if args.model in SHIPPED else 1.0
+    codes, names = [], []
+    with torch.no_grad():
+        for path in args.codes or []:
+            code = StyleCode.load(path)
+            if code.layout.dims != G.layout.dims:
+                raise ValueError(f"{path}: code was made for a different generator (|S| {code.layout.size} "
+                                 f"vs {G.layout.size})")
+            codes.append(code.to(device))
+            names += [f"{Path(path).stem}_{i}" for i in range(len(code))]
+        if args.seeds or not codes:
+            seeds = args.seeds or list(range(8))
+            for seed in seeds:
+                codes.append(G.styles(G.sample_w(1, seed=seed, truncation=psi)))
+                names.append(f"seed{seed:06d}")
+        images = []
+        code = StyleCode.cat(codes)
+        for i in range(0, len(code), args.batch):
+            images.append(to_uint8(G.synthesis(code[i:i + args.batch], noise_mode=args.noise_mode)))
+    import numpy as np
+
+    images = np.concatenate(images)
+    out = Path(args.out)
+    if args.separate or out.suffix == "":
+        out.mkdir(parents=True, exist_ok=True)
+        for name, img in zip(names, images):
+            save_png(out / f"{name}.png", img)
+        print(f"wrote {len(images)} images to {out}/")
+    else:
+        save_png(out, make_grid(images, cols=args.cols, scale=args.scale))
+        print(f"wrote {len(images)} images as a grid to {out}")
+    if args.save_codes:
+        code.detach().cpu().save(args.save_codes)
+        print(f"saved {len(code)} style codes to {args.save_codes}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoints import read_checkpoint, resolve_source
+
+    path = resolve_source(args.model)
+    data = read_checkpoint(path)
+    cfg = data.config
+    from .style_code import StyleLayout
+
+    layout = StyleLayout.for_channels(cfg.channels)
+    print(f"file:        {path}")
+    print(f"format:      {data.format}")
+    print(f"resolution:  {cfg.size}x{cfg.size}")
+    print(f"w_dim:       {cfg.style_dim}   mapping layers: {cfg.n_mlp}")
+    print(f"channels:    {', '.join(f'{r}:{c}' for r, c in sorted(cfg.channels.items()))}")
+    print(f"S space:     {len(layout.conv_dims)} conv + {len(layout.rgb_dims)} rgb layers, "
+          f"|S| = {layout.conv_size} + {layout.size - layout.conv_size} = {layout.size}")
+    print(f"w+ entries:  {layout.n_latent}")
+    print(f"mean w:      {'stored' if data.w_avg is not None else 'not stored (computed from 4096 z on load)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sfeditor", description="StyleFusion editor. Without a subcommand, opens the app.")
+    p.add_argument("--version", action="version", version=f"sfeditor {__import__('sfeditor').__version__}")
+    sub = p.add_subparsers(dest="command")
+
+    r = sub.add_parser("render", help="render seeds or saved style codes to PNG")
+    r.add_argument("--model", "-m", default="toy-faces", help="checkpoint path or shipped domain (default toy-faces)")
+    r.add_argument("--seeds", "-s", type=parse_seeds, help="seed list, e.g. '0-7,12' (default 0-7)")
+    r.add_argument("--codes", nargs="*", help="saved style-code files (.pt) to render")
+    r.add_argument("--truncation", "-t", type=float, help="psi (default: the domain's, paper A.6; 1.0 for files)")
+    r.add_argument("--out", "-o", default="render.png", help="PNG grid path, or a folder for one PNG per image")
+    r.add_argument("--separate", action="store_true", help="one PNG per image (out is a folder)")
+    r.add_argument("--cols", type=int, help="grid columns")
+    r.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscale of the grid")
+    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--noise-mode", default="const", choices=["const", "random", "none"])
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    r.add_argument("--save-codes", help="also save the rendered style codes to this file")
+    r.set_defaults(func=cmd_render)
+
+    i = sub.add_parser("info", help="describe a checkpoint (format, architecture, S layout)")
+    i.add_argument("model", help="checkpoint path or shipped domain")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"sfeditor {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
