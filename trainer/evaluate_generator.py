@@ -1,0 +1,130 @@
+"""Measure a toy generator (``sfeditor-train evaluate-generator``).
+
+* Coverage: held-out rendered images projected into W+ (encoder start, then
+  Adam on w+), mean PSNR.
+* Realism: the region oracle's mean per-pixel confidence on generated samples
+  vs. on rendered images, and the share of samples whose oracle segmentation
+  holds every region of the domain.
+* Pictures: a sample grid and a style-mixing grid (rows: coarse layers from
+  the row's code, columns: fine layers from the column's code).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfeditor.domains import get_domain
+from sfeditor.generator import Generator
+from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
+from sfeditor.toy import region_names, render
+
+from .generator import HELDOUT_SEED_OFFSET, psnr
+
+MIN_REGION_PIXELS = 3   # a region "is present" when the oracle gives it at least this many pixels (64x64)
+
+
+def project_w_plus(G: Generator, targets: torch.Tensor, w_init: torch.Tensor, steps: int = 300, lr: float = 0.02,
+                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimise w+ [B, n_latent, w_dim] to reproduce ``targets`` (MSE + L1); returns (w+, images)."""
+    w = w_init.detach().clone()
+    if w.ndim == 2:
+        w = w[:, None].repeat(1, G.n_latent, 1)
+    w.requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for i in range(steps):
+        t = i / max(steps - 1, 1)
+        for g in opt.param_groups:  # cosine ramp-down
+            g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * t))
+        img = G.synthesis(G.styles(w))
+        loss = (img - targets).pow(2).mean() + 0.1 * (img - targets).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress:
+            progress(i + 1, steps)
+    with torch.no_grad():
+        return w.detach(), G.synthesis(G.styles(w))
+
+
+def style_mixing_grid(G: Generator, seeds_rows, seeds_cols, truncation: float, crossover: int) -> np.ndarray:
+    """Top-left empty; first row: column sources; first column: row sources; cells: w[:crossover] from
+    the row, the rest from the column."""
+    with torch.no_grad():
+        wr = torch.cat([G.sample_w(1, seed=s, truncation=truncation) for s in seeds_rows])
+        wc = torch.cat([G.sample_w(1, seed=s, truncation=truncation) for s in seeds_cols])
+        img_r = to_uint8(G.synthesis(G.styles(wr)))
+        img_c = to_uint8(G.synthesis(G.styles(wc)))
+        blank = np.full_like(img_r[:1], 24)
+        tiles = [blank, img_c]
+        for i in range(len(seeds_rows)):
+            wp = wc[:, None].repeat(1, G.n_latent, 1)
+            wp[:, :crossover] = wr[i]
+            tiles += [img_r[i:i + 1], to_uint8(G.synthesis(G.styles(wp)))]
+    return make_grid(np.concatenate(tiles), cols=len(seeds_cols) + 1, scale=2)
+
+
+def evaluate_generator(G: Generator, domain: str, out_dir: str | Path, encoder=None, n_project: int = 50,
+                       project_steps: int = 300, n_samples: int = 500, log=print) -> dict:
+    from sfeditor.toy.oracle import load_oracle
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dom = get_domain(domain)
+    G = G.eval()
+    metrics: dict = {"domain": domain}
+    t0 = time.time()
+
+    # --- coverage: W+ projection of held-out rendered images
+    images, _ = render(domain, HELDOUT_SEED_OFFSET + 500_000 + np.arange(n_project), size=G.size)
+    targets = from_uint8(images).to(G.device)
+    with torch.no_grad():
+        w0 = encoder(targets) if encoder is not None else G.w_avg.expand(len(targets), -1)
+        enc_psnr = psnr(G.synthesis(G.styles(w0)), targets)
+    w_plus, recon = project_w_plus(G, targets, w0, steps=project_steps)
+    p = psnr(recon, targets)
+    metrics["coverage"] = {"images": n_project, "steps": project_steps, "encoder_psnr_db": float(enc_psnr.mean()),
+                           "w_plus_psnr_db": float(p.mean()), "w_plus_psnr_db_min": float(p.min()),
+                           "seconds": round(time.time() - t0, 1)}
+    save_png(out / "projection.png", make_grid(np.concatenate([images[:16], to_uint8(recon[:16])]), cols=16, scale=2))
+    log(f"coverage: encoder {enc_psnr.mean():.2f} dB -> W+ projection {p.mean():.2f} dB")
+
+    # --- realism: oracle confidence on generated vs rendered
+    oracle = load_oracle(domain, device=G.device)
+    names = region_names(domain)
+    with torch.no_grad():
+        gen = []
+        for i in range(0, n_samples, 50):
+            w = torch.cat([G.sample_w(1, seed=s, truncation=dom.truncation) for s in range(i, min(i + 50, n_samples))])
+            gen.append(to_uint8(G.synthesis(G.styles(w))))
+        gen = np.concatenate(gen)
+    real, _ = render(domain, HELDOUT_SEED_OFFSET + 600_000 + np.arange(n_samples), size=G.size)
+    lab_g, conf_g = oracle.predict(gen)
+    lab_r, conf_r = oracle.predict(real)
+    lab_g, lab_r = np.asarray(lab_g), np.asarray(lab_r)
+    counts_g = np.stack([(lab_g == k).reshape(len(lab_g), -1).sum(1) for k in range(len(names))], 1)
+    counts_r = np.stack([(lab_r == k).reshape(len(lab_r), -1).sum(1) for k in range(len(names))], 1)
+    metrics["realism"] = {
+        "samples": n_samples, "truncation": dom.truncation,
+        "oracle_confidence_generated": float(np.mean(conf_g)), "oracle_confidence_rendered": float(np.mean(conf_r)),
+        "all_regions_present_generated": float((counts_g >= MIN_REGION_PIXELS).all(1).mean()),
+        "all_regions_present_rendered": float((counts_r >= MIN_REGION_PIXELS).all(1).mean()),
+        "region_present_generated": {n: float((counts_g[:, k] >= MIN_REGION_PIXELS).mean()) for k, n in enumerate(names)},
+    }
+    r = metrics["realism"]
+    log(f"realism: oracle confidence {r['oracle_confidence_generated']:.3f} generated vs "
+        f"{r['oracle_confidence_rendered']:.3f} rendered; all regions present in "
+        f"{r['all_regions_present_generated']:.1%} of samples ({r['all_regions_present_rendered']:.1%} rendered)")
+
+    # --- pictures
+    save_png(out / "samples.png", make_grid(gen[:64], cols=8, scale=2))
+    save_png(out / "style-mixing-coarse.png",
+             style_mixing_grid(G, range(100, 105), range(200, 206), dom.truncation, crossover=4))
+    save_png(out / "style-mixing-fine.png",
+             style_mixing_grid(G, range(100, 105), range(200, 206), dom.truncation, crossover=G.n_latent // 2 + 1))
+    metrics["seconds"] = round(time.time() - t0, 1)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

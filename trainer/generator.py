@@ -1,0 +1,391 @@
+"""Train a toy-domain StyleGAN2 on this CPU (``sfeditor-train generator``).
+
+A from-scratch adversarial StyleGAN2 is far too slow on two CPU cores, and
+regressing z -> image gives averaged blobs (reference-facts Sec. 5).  The
+recipe here has three phases, each resumable from ``checkpoint.pt``:
+
+1. ``ae`` - autoencoder: a small conv encoder E maps a rendered image to one
+   w; the StyleGAN2 synthesis network (w broadcast to every layer, through
+   the affine layers into S) reconstructs it.  Loss: L1 + L1 of image
+   gradients.  The encoder picks codes the synthesis can use, which trains
+   the synthesis several times faster than regression.
+2. ``mapping`` - the mapping network z -> w is trained adversarially (a small
+   MLP discriminator, R1 penalty) to match the distribution of encoder codes
+   of fresh rendered images, so Gaussian z give valid w.
+3. ``mix`` - style-mixing fine-tune: synthesis and a small image
+   discriminator, codes mixed across layers (crossover point) and blended
+   channel by channel (as StyleFusion does), anchored by the autoencoder
+   loss so reconstructions stay sharp.
+
+Data are rendered on the fly from deterministic seeds (step * batch + i), so
+a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+from sfeditor.generator import Generator, GeneratorConfig
+from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
+from sfeditor.toy import render
+from sfeditor.toy_encoder import ToyEncoder as Encoder
+
+
+from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, set_rng_state
+
+TRAIN_SEED_OFFSET = 0           # training images use seeds [0, 10_000_000)
+HELDOUT_SEED_OFFSET = 10_000_000  # evaluation images use seeds >= 10_000_000
+
+
+@dataclass
+class GeneratorRecipe:
+    domain: str = "toy-faces"
+    size: int = 64
+    style_dim: int = 256
+    n_mlp: int = 4
+    channels: dict = field(default_factory=lambda: {4: 256, 8: 256, 16: 128, 32: 64, 64: 32})
+    batch: int = 16
+    ae_steps: int = 6000
+    ae_lr: float = 0.0015
+    clip_grad: float = 2.0
+    grad_weight: float = 1.0
+    mapping_steps: int = 3000
+    mapping_batch: int = 256
+    mapping_lr: float = 0.02
+    mix_steps: int = 0
+    mix_lr: float = 0.0005
+    adv_weight: float = 0.05
+    seed: int = 0
+    sample_every: int = 250
+    checkpoint_every: int = 100
+    threads: int = 0
+    device: str = "auto"
+    bf16: bool = True               # bfloat16 autocast on CPU: ~4x faster here (BENCHMARKS.md)
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(size=self.size, style_dim=self.style_dim, n_mlp=self.n_mlp,
+                               channels={int(k): int(v) for k, v in self.channels.items()}, lr_mlp=0.01)
+
+
+class LatentDiscriminator(nn.Module):
+    def __init__(self, dim: int, hidden: int = 512):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+
+    def forward(self, w):
+        return self.net(w)
+
+
+class ImageDiscriminator(nn.Module):
+    """A small residual-free conv discriminator for 64x64 images."""
+
+    def __init__(self, size: int = 64, width: int = 32):
+        super().__init__()
+        layers, ch, res = [nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2)], width, size
+        while res > 4:
+            nxt = min(ch * 2, 256)
+            layers += [nn.Conv2d(ch, nxt, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            ch, res = nxt, res // 2
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(ch * 16, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SpikeGuard:
+    """Skips an optimiser step whose loss is non-finite or far above the recent average.
+
+    bfloat16 autocast with a demodulation-free tRGB can blow up on one bad
+    batch; skipping that step keeps the run healthy.
+    """
+
+    def __init__(self, factor: float = 4.0, warmup: int = 20):
+        self.avg, self.n, self.factor, self.warmup = 0.0, 0, factor, warmup
+        self.skipped = 0
+
+    def ok(self, loss: float) -> bool:
+        if not math.isfinite(loss) or (self.n >= self.warmup and loss > self.factor * self.avg):
+            self.skipped += 1
+            return False
+        self.n += 1
+        self.avg = loss if self.n == 1 else 0.98 * self.avg + 0.02 * loss
+        return True
+
+
+def ae_lr_factor(step: int, total: int, warmup: int = 200, decay_from: float = 0.7) -> float:
+    """Learning-rate multiplier of the autoencoder phase (a pure function of the step: exact resume)."""
+    f = min(1.0, (step + 1) / warmup)
+    start = int(decay_from * total)
+    if step >= start:
+        f *= 1.0 - 0.9 * (step - start) / max(total - start, 1)
+    return f
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def recon_loss(pred: torch.Tensor, target: torch.Tensor, grad_weight: float) -> torch.Tensor:
+    loss = (pred - target).abs().mean()
+    if grad_weight:
+        for a, b in zip(image_gradients(pred), image_gradients(target)):
+            loss = loss + grad_weight * (a - b).abs().mean()
+    return loss
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1]."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def rendered_batch(domain: str, step: int, batch: int, size: int, offset: int = TRAIN_SEED_OFFSET) -> torch.Tensor:
+    seeds = offset + (np.arange(batch) + step * batch) % 10_000_000
+    images, _ = render(domain, seeds, size=size)
+    return from_uint8(images)
+
+
+def synth_w(G: Generator, w: torch.Tensor) -> torch.Tensor:
+    return G.synthesis(G.styles(w), noise_mode="const")
+
+
+def _save_state(run: RunDir, phase: str, step: int, G, E, opts: dict, extra: dict | None = None) -> None:
+    state = {"phase": phase, "step": step, "G": G.state_dict(), "E": E.state_dict(),
+             "config": G.config.to_dict(), "rng": rng_state(),
+             "opts": {k: v.state_dict() for k, v in opts.items()}}
+    state.update(extra or {})
+    run.save(state)
+
+
+PHASES = ("ae", "mapping", "mix", "done")
+
+
+def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = True,
+                    cancel: CancelToken | None = None, progress_callback=None, log=print) -> Path:
+    """Run (or resume) the three-phase recipe; writes ``generator.pt`` in ``out`` when done."""
+    cancel = cancel or CancelToken()
+    run = RunDir(out)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    G = Generator(recipe.generator_config())
+    E = Encoder(recipe.size, recipe.style_dim)
+    D_img = ImageDiscriminator(recipe.size)
+    D_lat = LatentDiscriminator(recipe.style_dim)
+    opt_ae = torch.optim.Adam(list(G.parameters()) + list(E.parameters()), lr=recipe.ae_lr, betas=(0.9, 0.99))
+    opt_map = torch.optim.Adam(G.style.parameters(), lr=recipe.mapping_lr, betas=(0.5, 0.99))
+    opt_dlat = torch.optim.Adam(D_lat.parameters(), lr=0.0005, betas=(0.5, 0.99))
+    syn_params = [p for n, p in G.named_parameters() if not n.startswith("style.")]
+    opt_mix = torch.optim.Adam(syn_params + list(E.parameters()), lr=recipe.mix_lr, betas=(0.5, 0.99))
+    opt_dimg = torch.optim.Adam(D_img.parameters(), lr=0.0005, betas=(0.5, 0.99))
+    dev = torch.device(recipe.device if recipe.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    G.to(dev); E.to(dev); D_img.to(dev); D_lat.to(dev)
+
+    def amp():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.bf16)
+
+    opts = {"ae": opt_ae, "map": opt_map, "dlat": opt_dlat, "mix": opt_mix, "dimg": opt_dimg}
+
+    phase, step = "ae", 0
+    state = run.load() if resume else None
+    if state is not None:
+        old = run.read_options()
+        if old and old.get("recipe", {}).get("domain") != recipe.domain:
+            raise ValueError(f"{run.path} holds a run for {old['recipe']['domain']}, not {recipe.domain}")
+        G.load_state_dict(state["G"])
+        E.load_state_dict(state["E"])
+        if "D_img" in state:
+            D_img.load_state_dict(state["D_img"])
+        if "D_lat" in state:
+            D_lat.load_state_dict(state["D_lat"])
+        for k, o in opts.items():
+            if k in state["opts"]:
+                o.load_state_dict(state["opts"][k])
+        set_rng_state(state["rng"])
+        phase, step = state["phase"], int(state["step"])
+        run.truncate_log(phase, step)
+        log(f"resuming {run.path} at phase {phase}, step {step}")
+    run.write_options({"recipe": asdict(recipe), "generator": G.config.to_dict()})
+
+    def checkpoint(ph, st):
+        _save_state(run, ph, st, G, E, opts, {"D_img": D_img.state_dict(), "D_lat": D_lat.state_dict()})
+
+    fixed = rendered_batch(recipe.domain, 0, 16, recipe.size, HELDOUT_SEED_OFFSET).to(dev)
+
+    def samples(tag: str) -> None:
+        with torch.no_grad():
+            G.eval(); E.eval()
+            rec = synth_w(G, E(fixed))
+            rows = [to_uint8(fixed), to_uint8(rec)]
+            if phase != "ae":
+                G.update_w_avg(2048, seed=1)
+                z = torch.randn(16, recipe.style_dim, generator=torch.Generator().manual_seed(7)).to(dev)
+                rows.append(to_uint8(synth_w(G, G.mapping(z, 0.7))))
+            save_png(run.path / "samples" / f"{tag}.png", make_grid(np.concatenate(rows), cols=16, scale=2))
+            G.train(); E.train()
+            return float(psnr(rec, fixed).mean())
+
+    t_start = time.time()
+    # ------------------------------------------------------------ phase 1: AE
+    if phase == "ae":
+        bar = Progress(recipe.ae_steps, f"{recipe.domain} ae", start=step, callback=progress_callback)
+        guard = SpikeGuard()
+        ae_params = list(G.parameters()) + list(E.parameters())
+        while step < recipe.ae_steps:
+            x = rendered_batch(recipe.domain, step, recipe.batch, recipe.size).to(dev)
+            with amp():
+                rec = synth_w(G, E(x)).float()
+            loss = recon_loss(rec, x, recipe.grad_weight)
+            opt_ae.zero_grad(set_to_none=True)
+            loss.backward()
+            for g in opt_ae.param_groups:   # warm-up, constant, then linear decay to 10 %
+                g["lr"] = recipe.ae_lr * ae_lr_factor(step, recipe.ae_steps)
+            if guard.ok(float(loss)):
+                torch.nn.utils.clip_grad_norm_(ae_params, recipe.clip_grad)
+                opt_ae.step()
+            step += 1
+            with torch.no_grad():
+                p = float(psnr(rec, x).mean())
+            run.log({"phase": "ae", "step": step, "loss": float(loss), "psnr": p, "time": time.time() - t_start})
+            bar.update(step, loss=float(loss), psnr=p)
+            if step % recipe.sample_every == 0 or step == recipe.ae_steps:
+                held = samples(f"ae-{step:06d}")
+                run.log({"phase": "ae", "step": step, "heldout_psnr": held})
+            if step % recipe.checkpoint_every == 0 or step == recipe.ae_steps or cancel.requested:
+                checkpoint("ae", step)
+            if cancel.requested:
+                raise Cancelled(f"stopped at ae step {step}; rerun the same command to resume")
+        phase, step = "mapping", 0
+        checkpoint(phase, step)
+
+    # ------------------------------------------------------- phase 2: mapping
+    if phase == "mapping":
+        E.eval()
+        bar = Progress(recipe.mapping_steps, f"{recipe.domain} mapping", start=step, callback=progress_callback)
+        gen = torch.Generator().manual_seed(recipe.seed + 1)
+        while step < recipe.mapping_steps:
+            with torch.no_grad():
+                # fresh real codes: encoder outputs of rendered images (64 per step, reused 4x)
+                x = rendered_batch(recipe.domain, 100_000 + step, recipe.mapping_batch // 4, recipe.size).to(dev)
+                with amp():
+                    w_real = E(x).float().repeat(4, 1)
+                w_real = w_real + 0.01 * w_real.std(0) * torch.randn_like(w_real)
+            z = torch.randn(recipe.mapping_batch, recipe.style_dim, generator=gen).to(dev)
+            # discriminator
+            w_real.requires_grad_(True)
+            d_real = D_lat(w_real)
+            d_fake = D_lat(G.style(z).detach())
+            d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+            (grad,) = torch.autograd.grad(d_real.sum(), w_real, create_graph=True)
+            r1 = grad.pow(2).sum(1).mean()
+            opt_dlat.zero_grad(set_to_none=True)
+            (d_loss + 1.0 * r1).backward()
+            opt_dlat.step()
+            # mapping (generator of w)
+            w_fake = G.style(z)
+            g_loss = F.softplus(-D_lat(w_fake)).mean()
+            # match first and second moments too: keeps the mapping from collapsing early
+            mom = (w_fake.mean(0) - w_real.detach().mean(0)).pow(2).mean() + \
+                  (w_fake.std(0) - w_real.detach().std(0)).pow(2).mean()
+            opt_map.zero_grad(set_to_none=True)
+            (g_loss + 10.0 * mom).backward()
+            opt_map.step()
+            step += 1
+            run.log({"phase": "mapping", "step": step, "d_loss": float(d_loss), "g_loss": float(g_loss),
+                     "r1": float(r1), "moments": float(mom), "time": time.time() - t_start})
+            bar.update(step, d=float(d_loss), g=float(g_loss), mom=float(mom))
+            if step % (recipe.sample_every * 4) == 0 or step == recipe.mapping_steps:
+                samples(f"mapping-{step:06d}")
+            if step % (recipe.checkpoint_every * 5) == 0 or step == recipe.mapping_steps or cancel.requested:
+                checkpoint("mapping", step)
+            if cancel.requested:
+                raise Cancelled(f"stopped at mapping step {step}; rerun the same command to resume")
+        E.train()
+        phase, step = "mix", 0
+        checkpoint(phase, step)
+
+    # ------------------------------------------------ phase 3: mixing fine-tune
+    if phase == "mix":
+        bar = Progress(max(recipe.mix_steps, 1), f"{recipe.domain} mix", start=step, callback=progress_callback)
+        guard = SpikeGuard()
+        gen = torch.Generator().manual_seed(recipe.seed + 2)
+        n_lat = G.n_latent
+        while step < recipe.mix_steps:
+            x = rendered_batch(recipe.domain, 200_000 + step, recipe.batch, recipe.size).to(dev)
+            b = recipe.batch
+            with torch.no_grad():
+                z = torch.randn(2 * b, recipe.style_dim, generator=gen).to(dev)
+                w = G.style(z)
+                wa, wb = w[:b], w[b:]
+                cut = torch.randint(1, n_lat, (b,), generator=gen).to(dev)
+                layer = torch.arange(n_lat, device=dev)[None, :, None]
+                w_plus = torch.where(layer < cut[:, None, None], wa[:, None], wb[:, None])
+            s_mix = G.styles(w_plus)
+            # half of the batch: channel-wise blend of two codes (what a FusionNet outputs)
+            sa, sb = G.styles(wa), G.styles(wb)
+            q = [(torch.rand(t.shape, generator=gen) < 0.5).float().to(dev) for t in sa.layers]
+            flat_q = torch.cat(q, 1)
+            s_blend = sa.from_flat(G, flat_q * sa.flat() + (1 - flat_q) * sb.flat())
+            half = b // 2
+            with amp():
+                fake = torch.cat([G.synthesis(s_mix[:half]), G.synthesis(s_blend[half:])]).float()
+            # D step
+            x.requires_grad_(True)
+            d_real = D_img(x)
+            with amp():
+                d_fake = D_img(fake.detach()).float()
+            d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+            (grad,) = torch.autograd.grad(d_real.sum(), x, create_graph=True)
+            r1 = grad.pow(2).flatten(1).sum(1).mean()
+            opt_dimg.zero_grad(set_to_none=True)
+            (d_loss + 5.0 * r1).backward()
+            opt_dimg.step()
+            x = x.detach()
+            # G step: adversarial on mixed codes + autoencoder anchor
+            with amp():
+                g_adv = F.softplus(-D_img(fake).float()).mean()
+                rec = synth_w(G, E(x)).float()
+            ae = recon_loss(rec, x, recipe.grad_weight)
+            opt_mix.zero_grad(set_to_none=True)
+            (ae + recipe.adv_weight * g_adv).backward()
+            if guard.ok(float(ae)):
+                torch.nn.utils.clip_grad_norm_(syn_params + list(E.parameters()), recipe.clip_grad)
+                opt_mix.step()
+            step += 1
+            with torch.no_grad():
+                p = float(psnr(rec, x).mean())
+            run.log({"phase": "mix", "step": step, "d_loss": float(d_loss), "g_adv": float(g_adv), "ae": float(ae),
+                     "psnr": p, "r1": float(r1), "time": time.time() - t_start})
+            bar.update(step, d=float(d_loss), g=float(g_adv), psnr=p)
+            if step % recipe.sample_every == 0 or step == recipe.mix_steps:
+                samples(f"mix-{step:06d}")
+            if step % recipe.checkpoint_every == 0 or step == recipe.mix_steps or cancel.requested:
+                checkpoint("mix", step)
+            if cancel.requested:
+                raise Cancelled(f"stopped at mix step {step}; rerun the same command to resume")
+        phase, step = "done", 0
+        checkpoint(phase, step)
+
+    from sfeditor.checkpoints import save_generator
+
+    G.eval()
+    with torch.no_grad():
+        G.update_w_avg(4096, seed=0)
+    out_path = run.path / "generator.pt"
+    meta = {"domain": recipe.domain, "recipe": json.loads(json.dumps(asdict(recipe)))}   # JSON-safe keys
+    save_generator(G, out_path, meta=meta, half=False)
+    from sfeditor.toy_encoder import save_toy_encoder
+
+    save_toy_encoder(E.cpu(), run.path / "encoder.pt", meta={"domain": recipe.domain})
+    log(f"wrote {out_path}")
+    return out_path
