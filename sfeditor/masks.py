@@ -1,0 +1,136 @@
+"""Region masks of generated images: hard (nearest centroid, Sec. 4.2) and soft (Appendix A.5).
+
+Hard: every DeepPixel takes the region of its nearest cluster centroid.
+
+Soft (differentiable, for the mask loss of Eq. 3): with d_k the distance of a
+DeepPixel to centroid k (mean squared, normalised channels; see
+:mod:`sfeditor.clustering`),
+
+    p_k = softmax_k(-d_k / tau),      m_R = sum of p_k over the clusters labelled with a leaf of R
+
+so the soft masks of the leaves sum to 1 at every pixel.  ``tau`` (the
+*temperature*) sets the sharpness: tau -> 0 gives the hard masks, large tau
+blurs toward the cluster prior.  The default is the regions file's
+``temperature`` (calibrated at clustering time so the median pixel gets
+p(nearest) ~ 0.99), else 0.05.  Masks are computed at the DeepPixel size
+(64x64, or the image size if smaller) and upsampled to the requested size
+(bilinear for soft masks, nearest for hard ones).  Everything is batched and
+gradients flow from the soft masks to the StyleCode.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .clustering import deep_pixel_size, squared_distances
+from .generator import resize_features
+from .regions import RegionsFile, load_regions
+from .style_code import StyleCode
+
+DEFAULT_TEMPERATURE = 0.05
+
+Features = dict  # {"conv": [...], "rgb": [...]} from G.synthesis(..., return_features=True)
+
+
+def deep_pixels_from_features(features: Features, size: int) -> torch.Tensor:
+    """DeepPixels ``[B, C_conv, size, size]`` from a synthesis pass's features (same as ``G.deep_pixels``)."""
+    return torch.cat([resize_features(f, size) for f in features["conv"]], dim=1)
+
+
+class RegionModel:
+    """A generator plus its regions file: segments generated images into the file's regions.
+
+    ``regions`` arguments name leaves or internal tree nodes (an internal node
+    is the union of its leaves, e.g. "face"); the default is every leaf in
+    tree order (``self.leaves``).  Methods taking a StyleCode ``s`` run one
+    synthesis pass; pass ``features=`` (from ``G.synthesis(s, return_features=True)``)
+    to reuse one.
+    """
+
+    def __init__(self, G, regions: RegionsFile | str | os.PathLike, noise_mode: str = "const",
+                 strict_fingerprint: bool = False):
+        if not isinstance(regions, RegionsFile):
+            regions = load_regions(regions)
+        regions.check_generator(G, strict_fingerprint=strict_fingerprint)
+        self.G, self.regions, self.noise_mode = G, regions, noise_mode
+        self.size = deep_pixel_size(G, regions.deep_pixel_size)
+        self.leaves = regions.leaves
+        dev = G.device
+        self.centroids = torch.from_numpy(regions.centroids).to(dev)                        # [K, C]
+        scale = regions.channel_scale
+        self.channel_scale = None if scale is None else torch.from_numpy(scale).to(dev)      # [C]
+        self.cluster_leaf = torch.tensor([self.leaves.index(regions.clusters[k])
+                                          for k in range(regions.num_clusters)], device=dev)  # [K]
+        self.temperature = float(regions.temperature or DEFAULT_TEMPERATURE)
+
+    # ------------------------------------------------------------- basics
+    def membership(self, regions: Sequence[str] | None = None) -> torch.Tensor:
+        """[K, R] 0/1: cluster k lies in region r."""
+        return torch.from_numpy(self.regions.membership(regions)).to(self.centroids.device)
+
+    def deep_pixels(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
+        if features is None:
+            if s is None:
+                raise ValueError("give a StyleCode or synthesis features")
+            _, features = self.G.synthesis(s, self.noise_mode, return_features=True)
+        return deep_pixels_from_features(features, self.size)
+
+    def distances(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
+        """[B, K, h, w] distances of every DeepPixel to every centroid."""
+        dp = self.deep_pixels(s, features)
+        return squared_distances(dp, self.centroids, self.channel_scale)
+
+    def _resize(self, x: torch.Tensor, size: int | None, mode: str) -> torch.Tensor:
+        size = self.G.size if size is None else int(size)
+        if x.shape[-1] == size:
+            return x
+        if mode == "nearest":
+            return F.interpolate(x, size=(size, size), mode="nearest")
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=size < x.shape[-1])
+
+    # -------------------------------------------------------------- hard
+    @torch.no_grad()
+    def cluster_labels(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
+        """[B, h, w] nearest-centroid cluster ids at the DeepPixel size."""
+        return self.distances(s, features).argmin(1)
+
+    @torch.no_grad()
+    def hard_labels(self, s: StyleCode | None = None, size: int | None = None,
+                    features: Features | None = None) -> torch.Tensor:
+        """[B, H, W] leaf index (into ``self.leaves``) per pixel; H = ``size`` (default image size)."""
+        leaf = self.cluster_leaf[self.cluster_labels(s, features)]
+        return self._resize(leaf[:, None].float(), size, "nearest")[:, 0].long()
+
+    @torch.no_grad()
+    def hard_masks(self, s: StyleCode | None = None, regions: Sequence[str] | None = None, size: int | None = None,
+                   features: Features | None = None) -> torch.Tensor:
+        """[B, R, H, W] 0/1 masks of the given regions."""
+        labels = self.cluster_labels(s, features)                                   # [B, h, w]
+        member = self.membership(regions)                                           # [K, R]
+        masks = member[labels].permute(0, 3, 1, 2)                                  # [B, R, h, w]
+        return self._resize(masks, size, "nearest")
+
+    # -------------------------------------------------------------- soft
+    def cluster_probs(self, s: StyleCode | None = None, temperature: float | None = None,
+                      features: Features | None = None) -> torch.Tensor:
+        """[B, K, h, w] soft-min over centroid distances (differentiable)."""
+        tau = self.temperature if temperature is None else float(temperature)
+        if tau <= 0:
+            raise ValueError("temperature must be positive")
+        return torch.softmax(-self.distances(s, features) / tau, dim=1)
+
+    def soft_masks(self, s: StyleCode | None = None, regions: Sequence[str] | None = None,
+                   temperature: float | None = None, size: int | None = None,
+                   features: Features | None = None) -> torch.Tensor:
+        """[B, R, H, W] differentiable masks in [0, 1] (Appendix A.5); leaves sum to 1 per pixel."""
+        p = self.cluster_probs(s, temperature, features)                            # [B, K, h, w]
+        member = self.membership(regions).to(p.dtype)                               # [K, R]
+        masks = torch.einsum("bkhw,kr->brhw", p, member)
+        return self._resize(masks, size, "bilinear")
+
+
+__all__ = ["RegionModel", "deep_pixels_from_features", "DEFAULT_TEMPERATURE"]

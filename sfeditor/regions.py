@@ -1,0 +1,464 @@
+"""The *regions file*: a domain's semantic regions, discovered from the generator.
+
+Paper Sec. 4.2: DeepPixels are clustered (Ward), each cluster is labelled
+with a semantic region (several clusters may share one), and a new image is
+segmented by giving each DeepPixel the label of its nearest cluster.  Sec. 4.5
+and Appendix A.1: the regions are organised as a binary tree (one FusionNet
+per internal node, leaves = the regions users control).
+
+A regions file is versioned JSON::
+
+    {"format": "sfeditor-regions", "version": 1,
+     "domain": "toy-faces",
+     "generator": {"resolution": 64, "style_size": 2176, "deep_pixel_channels": 1440,
+                   "fingerprint": "sha256:..."},
+     "deep_pixel_size": 64,
+     "normalization": "layer",                      # how distances are measured (below)
+     "channel_scale": <array [C]> or null,
+     "centroids": <array [K, C]>,                   # raw DeepPixel space
+     "temperature": 0.05,                           # default soft-min temperature (optional)
+     "clusters": {"0": "hair", "1": "skin", ...},   # cluster id -> leaf region
+     "tree": {"name": "all", "children": [{"name": "face", "children": [...]}, ..., "hair"]},
+     "clustering": {...how it was made...},
+     "card": {...metrics...}}
+
+Tree leaves are plain strings (the form :mod:`sfeditor.hierarchy` reads too).
+Arrays are ``{"dtype": "float16"|"float32", "shape": [...], "base64": "..."}``
+(little-endian) or plain nested lists.  The distance between a DeepPixel x and
+centroid c is ``mean_c ((x_c - c_c) / channel_scale_c) ** 2`` (scale 1 when
+``channel_scale`` is null).
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .atomic import atomic_write_text
+
+FORMAT = "sfeditor-regions"
+VERSION = 1
+NORMALIZATIONS = ("none", "channel", "layer")
+
+
+# ------------------------------------------------------------------- the tree
+@dataclass(frozen=True)
+class RegionNode:
+    """A node of the region hierarchy: a leaf region, or exactly two children (Sec. 4.5)."""
+
+    name: str
+    children: tuple["RegionNode", ...] = ()
+
+    @property
+    def is_leaf(self) -> bool:
+        return not self.children
+
+    def to_dict(self) -> dict | str:
+        """Nested ``{"name", "children": [c1, c2]}``; a leaf is its name (a plain string)."""
+        if self.is_leaf:
+            return self.name
+        return {"name": self.name, "children": [c.to_dict() for c in self.children]}
+
+    @classmethod
+    def from_dict(cls, d, path: str = "tree") -> "RegionNode":
+        """Parse and check one subtree (binary, named); leaves may be strings or ``{"name": ...}``."""
+        if isinstance(d, str):
+            d = {"name": d}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: a tree node must be an object with a 'name', got {type(d).__name__}")
+        extra = set(d) - {"name", "children"}
+        if extra:
+            raise ValueError(f"{path}: unknown tree node keys {sorted(extra)}")
+        name = d.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{path}: a tree node needs a non-empty string 'name'")
+        kids = d.get("children")
+        if kids is None or kids == []:
+            return cls(name)
+        if not isinstance(kids, list) or len(kids) != 2:
+            n = len(kids) if isinstance(kids, list) else type(kids).__name__
+            raise ValueError(f"{path} ({name!r}): an internal node must have exactly 2 children, got {n}")
+        return cls(name, tuple(cls.from_dict(k, f"{path}.{name}[{i}]") for i, k in enumerate(kids)))
+
+    def __str__(self) -> str:
+        """Compact nested form: ``all(face(skin_mouth(mouth, skin), eyes), ...)``."""
+        return self.name if self.is_leaf else f"{self.name}({', '.join(str(c) for c in self.children)})"
+
+    def __iter__(self) -> Iterator["RegionNode"]:
+        """All nodes, parents first (breadth-first from this node)."""
+        queue = deque([self])
+        while queue:
+            node = queue.popleft()
+            yield node
+            queue.extend(node.children)
+
+
+def node(name: str, *children: RegionNode | str) -> RegionNode:
+    """Build a tree tersely: ``node("car", "car_body", "wheels")``."""
+    return RegionNode(name, tuple(c if isinstance(c, RegionNode) else RegionNode(c) for c in children))
+
+
+#: The paper's hierarchies (Appendix A.1); leaves are the regions each code controls.
+PAPER_TREES: dict[str, RegionNode] = {
+    "faces": node("all",
+                  node("face", node("skin_mouth", "mouth", "skin"), "eyes"),
+                  node("bg_hair_clothes", node("bg_clothes", "clothes", "bg"), "hair")),
+    "cars": node("all", node("car", "car_body", "wheels"),
+                 node("background", "background_top", "background_bottom")),
+    "churches": node("all", "church", "background"),
+}
+
+#: Which paper tree each shipped domain uses.
+DOMAIN_TREES = {"toy-faces": "faces", "toy-cars": "cars", "ffhq": "faces", "car": "cars", "church": "churches"}
+
+
+def paper_tree(name: str) -> RegionNode:
+    """A paper hierarchy by tree name ("faces", "cars", "churches") or domain name."""
+    key = DOMAIN_TREES.get(name, name)
+    if key not in PAPER_TREES:
+        raise ValueError(f"no built-in tree {name!r}; known: {', '.join(PAPER_TREES)} "
+                         f"(or a domain: {', '.join(DOMAIN_TREES)})")
+    return PAPER_TREES[key]
+
+
+def leaves(tree: RegionNode) -> list[str]:
+    """Leaf names, left to right."""
+    if tree.is_leaf:
+        return [tree.name]
+    return [name for child in tree.children for name in leaves(child)]
+
+
+def find_node(tree: RegionNode, name: str) -> RegionNode:
+    for n in tree:
+        if n.name == name:
+            return n
+    raise KeyError(f"no region named {name!r} in the tree (nodes: {', '.join(n.name for n in tree)})")
+
+
+def region_of(tree: RegionNode, name: str) -> set[str]:
+    """The set of leaves under node ``name`` (e.g. "face" -> {"mouth", "skin", "eyes"})."""
+    return set(leaves(find_node(tree, name)))
+
+
+def internal_nodes(tree: RegionNode) -> list[RegionNode]:
+    """Internal nodes parents first (breadth-first: the order FusionNets are trained, Sec. 4.5)."""
+    return [n for n in tree if not n.is_leaf]
+
+
+def validate_tree(tree: RegionNode) -> None:
+    """Raise ValueError on duplicate node names (binary shape is checked by ``from_dict``)."""
+    seen: set[str] = set()
+    for n in tree:
+        if n.name in seen:
+            raise ValueError(f"tree: duplicate node name {n.name!r}")
+        if not n.is_leaf and len(n.children) != 2:
+            raise ValueError(f"tree: node {n.name!r} must have exactly 2 children, got {len(n.children)}")
+        seen.add(n.name)
+
+
+# ------------------------------------------------------------------ arrays
+def encode_array(a: np.ndarray, dtype: str = "float16") -> dict:
+    """A compact JSON form of a float array (base64 of little-endian bytes)."""
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.dtype(dtype).newbyteorder("<")))
+    return {"dtype": dtype, "shape": list(a.shape), "base64": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def decode_array(obj, what: str) -> np.ndarray:
+    """Inverse of :func:`encode_array`; also accepts nested lists.  Returns float32, checked finite."""
+    if isinstance(obj, dict):
+        try:
+            dt = np.dtype(obj["dtype"]).newbyteorder("<")
+            shape = tuple(int(s) for s in obj["shape"])
+            raw = base64.b64decode(obj["base64"], validate=True)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{what}: malformed encoded array ({type(e).__name__}: {e})") from None
+        if obj["dtype"] not in ("float16", "float32"):
+            raise ValueError(f"{what}: array dtype must be float16 or float32, got {obj['dtype']!r}")
+        if len(raw) != int(np.prod(shape)) * dt.itemsize:
+            raise ValueError(f"{what}: {len(raw)} bytes do not hold an array of shape {list(shape)}")
+        a = np.frombuffer(raw, dtype=dt).reshape(shape).astype(np.float32)
+    elif isinstance(obj, list):
+        try:
+            a = np.asarray(obj, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}: not a rectangular array of numbers ({e})") from None
+    else:
+        raise ValueError(f"{what}: expected an encoded array or nested lists, got {type(obj).__name__}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what}: array holds non-finite values")
+    return a
+
+
+# --------------------------------------------------------------- generator id
+def generator_fingerprint(G) -> str:
+    """sha256 of the generator's weights and buffers, rounded to float16.
+
+    Rounding makes an fp32 training checkpoint and its installed fp16 copy
+    share one fingerprint.  ~0.1 s for a 64x64 toy, under a second at 1024.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(G.state_dict().items()):
+        t = t.detach().cpu()
+        t = t.to(torch.float16) if t.is_floating_point() else t
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def generator_identity(G, fingerprint: bool = True) -> dict:
+    """What a regions file records about the generator it was made from."""
+    ident = {"resolution": int(G.size), "style_size": int(G.layout.size),
+             "deep_pixel_channels": int(G.layout.conv_size)}
+    if fingerprint:
+        ident["fingerprint"] = generator_fingerprint(G)
+    return ident
+
+
+# ---------------------------------------------------------------- the file
+@dataclass
+class RegionsFile:
+    """A domain's regions: cluster centroids, their labels and the region hierarchy."""
+
+    domain: str
+    generator: dict
+    centroids: np.ndarray                  # [K, C] float32, raw DeepPixel space
+    clusters: dict[int, str]               # cluster id -> leaf region name
+    tree: RegionNode
+    deep_pixel_size: int = 64
+    normalization: str = "none"
+    channel_scale: np.ndarray | None = None  # [C] or None (= all ones)
+    temperature: float | None = None
+    clustering: dict = field(default_factory=dict)
+    card: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.centroids = np.asarray(self.centroids, dtype=np.float32)
+        if self.channel_scale is not None:
+            self.channel_scale = np.asarray(self.channel_scale, dtype=np.float32)
+        self.clusters = {int(k): v for k, v in self.clusters.items()}
+        self.validate()
+
+    # ------------------------------------------------------------ queries
+    @property
+    def num_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def leaves(self) -> list[str]:
+        """Leaf region names in tree order (the order of every per-leaf axis)."""
+        return leaves(self.tree)
+
+    def region_of(self, name: str) -> set[str]:
+        """The leaves making up region ``name`` (a leaf or an internal node, e.g. "face")."""
+        return region_of(self.tree, name)
+
+    def internal_nodes(self) -> list[RegionNode]:
+        return internal_nodes(self.tree)
+
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.tree]
+
+    def clusters_of(self, name: str) -> list[int]:
+        """Cluster ids labelled with any leaf of region ``name``."""
+        members = self.region_of(name)
+        return [k for k in range(self.num_clusters) if self.clusters[k] in members]
+
+    def membership(self, regions: Iterable[str] | None = None) -> np.ndarray:
+        """[K, R] 0/1 matrix: cluster k belongs to region r (default regions: the leaves)."""
+        regions = self.leaves if regions is None else list(regions)
+        m = np.zeros((self.num_clusters, len(regions)), dtype=np.float32)
+        for r, name in enumerate(regions):
+            m[self.clusters_of(name), r] = 1.0
+        return m
+
+    # --------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise ValueError naming the first malformed field."""
+        if not isinstance(self.domain, str) or not self.domain:
+            raise ValueError("domain: must be a non-empty string")
+        g = self.generator
+        if not isinstance(g, dict):
+            raise ValueError("generator: must be an object")
+        for key in ("resolution", "style_size", "deep_pixel_channels"):
+            if not isinstance(g.get(key), int) or isinstance(g.get(key), bool) or g[key] <= 0:
+                raise ValueError(f"generator.{key}: must be a positive integer, got {g.get(key)!r}")
+        if "fingerprint" in g and not isinstance(g["fingerprint"], str):
+            raise ValueError("generator.fingerprint: must be a string")
+        if not isinstance(self.deep_pixel_size, int) or self.deep_pixel_size < 1:
+            raise ValueError(f"deep_pixel_size: must be a positive integer, got {self.deep_pixel_size!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization: must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        c = self.centroids
+        if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] < 1:
+            raise ValueError(f"centroids: must be a non-empty [K, C] array, got shape {list(c.shape)}")
+        if not np.isfinite(c).all():
+            raise ValueError("centroids: hold non-finite values")
+        if c.shape[1] != g["deep_pixel_channels"]:
+            raise ValueError(f"centroids: width {c.shape[1]} does not match generator.deep_pixel_channels "
+                             f"{g['deep_pixel_channels']}")
+        if self.channel_scale is not None:
+            s = self.channel_scale
+            if s.shape != (c.shape[1],):
+                raise ValueError(f"channel_scale: must have shape [{c.shape[1]}], got {list(s.shape)}")
+            if not (np.isfinite(s).all() and (s > 0).all()):
+                raise ValueError("channel_scale: must be finite and positive")
+        if self.temperature is not None and not (isinstance(self.temperature, (int, float))
+                                                 and np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature: must be a positive number, got {self.temperature!r}")
+        ids = sorted(self.clusters)
+        if ids != list(range(c.shape[0])):
+            raise ValueError(f"clusters: must label every cluster id 0..{c.shape[0] - 1} exactly once, "
+                             f"got ids {ids}")
+        for k, name in self.clusters.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"clusters.{k}: label must be a non-empty string, got {name!r}")
+        if not isinstance(self.tree, RegionNode):
+            raise ValueError("tree: must be a RegionNode")
+        validate_tree(self.tree)
+        leaf_set, label_set = set(self.leaves), set(self.clusters.values())
+        if leaf_set != label_set:
+            parts = []
+            if label_set - leaf_set:
+                parts.append(f"cluster labels not among the tree's leaves: {sorted(label_set - leaf_set)}")
+            if leaf_set - label_set:
+                parts.append(f"leaves with no cluster: {sorted(leaf_set - label_set)}")
+            raise ValueError("tree/clusters: leaf names must equal the cluster labels; " + "; ".join(parts))
+        for key in ("clustering", "card"):
+            if not isinstance(getattr(self, key), dict):
+                raise ValueError(f"{key}: must be an object")
+
+    def check_generator(self, G, strict_fingerprint: bool = False) -> None:
+        """Raise ValueError when ``G`` cannot use these regions; warn (or raise) on another fingerprint."""
+        ident = generator_identity(G, fingerprint=False)
+        if self.channels != ident["deep_pixel_channels"]:
+            raise ValueError(f"centroids have width {self.channels} but the generator's DeepPixels have "
+                             f"{ident['deep_pixel_channels']} channels: regions file made for another generator")
+        for key in ("resolution", "style_size"):
+            if self.generator[key] != ident[key]:
+                raise ValueError(f"generator.{key} is {self.generator[key]} in the regions file but "
+                                 f"{ident[key]} for this generator")
+        fp = self.generator.get("fingerprint")
+        if fp is not None and fp != generator_fingerprint(G):
+            msg = ("the generator's weights differ from those the regions were clustered on "
+                   "(fingerprint mismatch); the regions may not fit")
+            if strict_fingerprint:
+                raise ValueError(msg)
+            warnings.warn(msg, stacklevel=2)
+
+    # --------------------------------------------------------------- I/O
+    def to_dict(self, array_dtype: str = "float16") -> dict:
+        return {
+            "format": FORMAT, "version": VERSION, "domain": self.domain,
+            "generator": dict(self.generator), "deep_pixel_size": self.deep_pixel_size,
+            "normalization": self.normalization,
+            "channel_scale": None if self.channel_scale is None else encode_array(self.channel_scale, "float32"),
+            "centroids": encode_array(self.centroids, array_dtype),
+            "temperature": self.temperature,
+            "clusters": {str(k): v for k, v in sorted(self.clusters.items())},
+            "tree": self.tree.to_dict(),
+            "clustering": copy.deepcopy(self.clustering), "card": copy.deepcopy(self.card),
+        }
+
+    @classmethod
+    def from_dict(cls, d) -> "RegionsFile":
+        if not isinstance(d, dict):
+            raise ValueError("not a regions file: expected a JSON object")
+        if d.get("format") != FORMAT:
+            raise ValueError(f"format: not an sfeditor regions file (format={d.get('format')!r}, "
+                             f"expected {FORMAT!r})")
+        version = d.get("version")
+        if version != VERSION:
+            raise ValueError(f"version: unsupported regions file version {version!r} (this sfeditor reads {VERSION})")
+        known = {"format", "version", "domain", "generator", "deep_pixel_size", "normalization", "channel_scale",
+                 "centroids", "temperature", "clusters", "tree", "clustering", "card"}
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"unknown top-level keys {sorted(extra)}")
+        for key in ("domain", "generator", "centroids", "clusters", "tree"):
+            if key not in d:
+                raise ValueError(f"{key}: missing")
+        clusters = d["clusters"]
+        if not isinstance(clusters, dict):
+            raise ValueError("clusters: must be an object mapping cluster id to region name")
+        try:
+            clusters = {int(k): v for k, v in clusters.items()}
+        except ValueError:
+            raise ValueError(f"clusters: keys must be integer cluster ids, got {sorted(clusters)}") from None
+        if len(clusters) != len(d["clusters"]):
+            raise ValueError("clusters: duplicate cluster ids")
+        scale = d.get("channel_scale")
+        return cls(
+            domain=d["domain"], generator=d["generator"],
+            centroids=decode_array(d["centroids"], "centroids"),
+            clusters=clusters, tree=RegionNode.from_dict(d["tree"]),
+            deep_pixel_size=d.get("deep_pixel_size", 64), normalization=d.get("normalization", "none"),
+            channel_scale=None if scale is None else decode_array(scale, "channel_scale"),
+            temperature=d.get("temperature"), clustering=d.get("clustering", {}), card=d.get("card", {}))
+
+    def to_json(self, array_dtype: str = "float16") -> str:
+        return json.dumps(self.to_dict(array_dtype), indent=1) + "\n"
+
+    def save(self, path: str | os.PathLike, array_dtype: str = "float16") -> None:
+        """Atomic write (a crash leaves any previous file intact)."""
+        atomic_write_text(path, self.to_json(array_dtype))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RegionsFile":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not a text (UTF-8 JSON) file") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    def relabelled(self, clusters: dict[int, str], tree: RegionNode) -> "RegionsFile":
+        """A copy with new cluster labels and hierarchy (validated)."""
+        new = copy.copy(self)
+        new.clusters, new.tree = dict(clusters), tree
+        new.card = copy.deepcopy(self.card)
+        new.validate()
+        return new
+
+
+def load_regions(source: str | os.PathLike) -> RegionsFile:
+    """A regions file by path, or a shipped domain's by domain name."""
+    if not os.path.exists(os.fspath(source)):
+        from .domains import SHIPPED, resources_dir
+
+        name = os.fspath(source)
+        if name in SHIPPED and SHIPPED[name].regions_file:
+            path = resources_dir() / SHIPPED[name].regions_file
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no regions file shipped yet for {name!r} "
+                                        f"(make one with `sfeditor-train regions --domain {name} ...`)")
+            return RegionsFile.load(path)
+        raise FileNotFoundError(f"{name}: no such regions file or shipped domain")
+    return RegionsFile.load(source)
+
+
+__all__ = ["FORMAT", "VERSION", "RegionNode", "RegionsFile", "PAPER_TREES", "node", "paper_tree", "leaves",
+           "region_of", "find_node", "internal_nodes", "validate_tree", "generator_fingerprint", "generator_identity",
+           "load_regions", "encode_array", "decode_array"]

@@ -1,0 +1,412 @@
+"""``sfeditor-train regions`` / ``regions-eval``: a domain's semantic regions from its generator.
+
+``regions`` (paper Sec. 4.2): sample DeepPixels, build the full Ward tree
+(saved as ``ward-tree.npz``: a later run with another ``--clusters`` recuts it
+without re-clustering), cut it into K clusters and write
+
+* ``regions.json``: the regions file (:mod:`sfeditor.regions`).  Unlabelled,
+  its leaves are ``cluster_<id>`` under the Ward hierarchy: rename them to
+  region names (several clusters may share one) and give the region tree;
+  or, for a toy domain, ``--auto-label`` names every cluster by the majority
+  label of the domain's region *oracle* (a segmentation net trained on
+  renderer labels) and uses the paper tree (Appendix A.1);
+* ``clusters/cluster_<id>.png``: one contact sheet per cluster (sample
+  images, the cluster's pixels highlighted) and ``clusters.png`` (all
+  clusters colour-coded), so a person can label a new domain in minutes.
+
+``regions-eval``: mIoU of the hard masks vs the oracle on fresh generated
+images, a mask-overlay grid and the channel-region matrix M (Eq. 1) as a
+regions x layers heatmap; the numbers go into the regions file's ``card``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PALETTE = np.array([
+    (40, 40, 40), (230, 160, 40), (60, 120, 220), (240, 200, 170), (40, 200, 80), (220, 40, 60),
+    (150, 80, 200), (90, 200, 200), (250, 240, 90), (160, 100, 60), (255, 130, 200), (120, 120, 120),
+    (0, 110, 90), (200, 200, 255), (130, 0, 40), (180, 255, 120)], dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- helpers
+def _colours(n: int) -> np.ndarray:
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    rng = np.random.default_rng(0)
+    return np.concatenate([PALETTE, rng.integers(30, 256, (n - len(PALETTE), 3), dtype=np.uint8)])
+
+
+def _setup(args: argparse.Namespace):
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def _truncation(args: argparse.Namespace, domain: str) -> float:
+    if args.truncation is not None:
+        return args.truncation
+    from sfeditor.domains import SHIPPED
+
+    return SHIPPED[domain].truncation if domain in SHIPPED else 1.0
+
+
+def _progress_fn(label: str):
+    """An adapter from the core's progress(done, total, stage) to a stderr bar per stage."""
+    from .common import Progress
+
+    bars: dict[str, Progress] = {}
+
+    def report(done: int, total: int, stage: str) -> None:
+        if stage not in bars:
+            bars[stage] = Progress(total, desc=f"{label} {stage}")
+        bars[stage].update(done)
+
+    return report
+
+
+def _load_oracle(domain: str, device):
+    from sfeditor.toy.oracle import load_oracle
+
+    try:
+        return load_oracle(domain, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"the {domain} oracle is needed here but cannot be loaded: {e}") from None
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a boolean mask [..., H, W] (4-neighbourhood)."""
+    m = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
+    inner = m[..., 1:-1, 1:-1] & m[..., :-2, 1:-1] & m[..., 2:, 1:-1] & m[..., 1:-1, :-2] & m[..., 1:-1, 2:]
+    return mask & ~inner
+
+
+def _banner(width: int, text: str, height: int = 18) -> np.ndarray:
+    import cv2
+
+    bar = np.full((height, width, 3), 24, dtype=np.uint8)
+    cv2.putText(bar, text, (4, height - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
+    return bar
+
+
+def _legend(width: int, names: list[str], colours: np.ndarray, cell: int = 120) -> np.ndarray:
+    """Rows of (colour chip, name) entries, ``cell`` pixels each, wrapped to ``width``."""
+    import cv2
+
+    per_row = max(1, width // cell)
+    rows = []
+    for j in range(0, len(names), per_row):
+        bar = np.full((18, width, 3), 24, dtype=np.uint8)
+        for q, i in enumerate(range(j, min(j + per_row, len(names)))):
+            x = 4 + q * cell
+            bar[4:14, x:x + 10] = colours[i]
+            cv2.putText(bar, names[i][:16], (x + 14, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (235, 235, 235), 1,
+                        cv2.LINE_AA)
+        rows.append(bar)
+    return np.concatenate(rows)
+
+
+def _upscale(a: np.ndarray, k: int) -> np.ndarray:
+    return a.repeat(k, axis=-3).repeat(k, axis=-2) if k > 1 else a
+
+
+# ---------------------------------------------------------------- pictures
+def contact_sheet(images: np.ndarray, labels: np.ndarray, cluster: int, title: str, scale: int = 2) -> np.ndarray:
+    """Images [B, H, W, 3] with cluster ``cluster``'s pixels bright and outlined, the rest dimmed."""
+    from sfeditor.imageio import make_grid
+
+    inside = labels == cluster
+    grey = images.mean(-1, keepdims=True)
+    dim = (0.25 * grey + 0.1 * images).astype(np.uint8)
+    out = np.where(inside[..., None], images, dim)
+    out = _upscale(out, scale)
+    edge = _outline(_upscale(inside[..., None], scale)[..., 0])
+    out[edge] = (255, 0, 255)
+    grid = make_grid(out, cols=min(8, len(out)))
+    return np.concatenate([_banner(grid.shape[1], title), grid])
+
+
+def label_overview(images: np.ndarray, labels: np.ndarray, names: list[str], scale: int = 2) -> np.ndarray:
+    """Pairs (image, colour-coded cluster map) plus a colour legend."""
+    from sfeditor.imageio import make_grid
+
+    col = _colours(len(names))
+    pairs = np.concatenate([images, col[labels]], axis=2)                     # [B, H, 2W, 3]
+    grid = make_grid(_upscale(pairs, scale), cols=4)
+    return np.concatenate([grid, _legend(grid.shape[1], [f"{i}: {n}" for i, n in enumerate(names)], col)])
+
+
+def overlay_grid(images: np.ndarray, pred: np.ndarray, target: np.ndarray | None, names: list[str],
+                 scale: int = 2) -> np.ndarray:
+    """Per image: the image | hard masks blended over it | the oracle's labels (if given)."""
+    from sfeditor.imageio import make_grid
+
+    col = _colours(len(names)).astype(np.float32)
+    blend = (0.45 * images + 0.55 * col[pred]).astype(np.uint8)
+    edge = _outline(np.stack([pred == k for k in range(len(names))]).transpose(1, 0, 2, 3)).any(1)
+    blend[edge] = 255
+    parts = [images, blend] + ([] if target is None else [col[target].astype(np.uint8)])
+    gap = np.full(images.shape[:2] + (1, 3), 24, dtype=np.uint8)
+    tiles = np.concatenate([x for p in parts for x in (p, gap)][:-1], axis=2)
+    grid = make_grid(_upscale(tiles, scale), cols=4, pad=6)
+    head = "image | nearest-centroid regions" + (" | oracle" if target is not None else "")
+    return np.concatenate([_banner(grid.shape[1], head), grid,
+                           _legend(grid.shape[1], names, col.astype(np.uint8))])
+
+
+def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, cell: int = 26) -> np.ndarray:
+    """A labelled [R, L] heatmap in [0, 1] (viridis) with the values printed."""
+    import cv2
+
+    r, c = values.shape
+    left, top = 8 * max(len(n) for n in rows) + 10, 46
+    img = np.full((top + r * cell + 6, left + c * cell + 6, 3), 24, dtype=np.uint8)
+    v8 = (np.clip(values, 0, 1) * 255).astype(np.uint8)
+    colour = cv2.applyColorMap(v8, cv2.COLORMAP_VIRIDIS)[..., ::-1]                   # [R, L, 3] RGB
+    for i in range(r):
+        for j in range(c):
+            y, x = top + i * cell, left + j * cell
+            img[y:y + cell - 1, x:x + cell - 1] = colour[i, j]
+            ink = (0, 0, 0) if v8[i, j] > 150 else (230, 230, 230)
+            cv2.putText(img, f"{values[i, j]:.2f}"[1:] if values[i, j] < 1 else "1.0", (x + 2, y + cell // 2 + 4),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.3, ink, 1, cv2.LINE_AA)
+        cv2.putText(img, rows[i], (4, top + i * cell + cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (235, 235, 235), 1, cv2.LINE_AA)
+    for j, name in enumerate(cols):
+        cv2.putText(img, name, (left + j * cell + 2, top - 6 - 10 * (j % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                    (235, 235, 235), 1, cv2.LINE_AA)
+    cv2.putText(img, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
+    return img
+
+
+def layer_names(layout) -> list[str]:
+    """Short S-layer names by output resolution: c8u = the upsampling conv to 8x8, c8 = the 8x8 conv, t8 = tRGB."""
+    names = []
+    for i, r in enumerate(layout.conv_res):   # conv_res is the *input* resolution; odd layers upsample
+        names.append(f"c{2 * r}u" if i % 2 == 1 else f"c{r}")
+    return names + [f"t{r}" for r in layout.rgb_res]
+
+
+# ---------------------------------------------------------------- commands
+def cmd_regions(args: argparse.Namespace) -> int:
+    import torch
+
+    from sfeditor.checkpoints import load_generator
+    from sfeditor.clustering import Cancelled, ClusteringOptions, ClusteringResult, cluster_generator
+    from sfeditor.imageio import save_png, to_uint8
+    from sfeditor.masks import RegionModel
+    from sfeditor.regions import generator_fingerprint, paper_tree
+
+    from .common import CancelToken
+
+    device = _setup(args)
+    torch.set_grad_enabled(False)
+    G = load_generator(args.generator or args.domain, device=device)
+    out = Path(args.out or f"runs/regions-{args.domain}")
+    out.mkdir(parents=True, exist_ok=True)
+    options = ClusteringOptions(samples=args.samples, pixels=args.pixels, size=args.size,
+                                truncation=_truncation(args, args.domain), seed=args.seed,
+                                normalization=args.normalization, min_resolution=args.min_resolution,
+                                pca=args.pca or None, batch=args.batch)
+    tree_path = out / "ward-tree.npz"
+    result = None
+    if tree_path.exists() and not args.recluster:
+        saved = ClusteringResult.load(tree_path)
+        if saved.options == options and saved.generator.get("fingerprint") == generator_fingerprint(G) \
+                and saved.tree.num_units >= args.clusters:
+            result = saved
+            print(f"reusing the Ward tree in {tree_path} (pass --recluster to rebuild)", file=sys.stderr)
+    if result is None:
+        cancel = CancelToken()
+        cancel.install_signal_handlers()
+        try:
+            result = cluster_generator(G, options, progress=_progress_fn("regions"), cancel=cancel)
+        except Cancelled:
+            print("\ncancelled", file=sys.stderr)
+            return 130
+        result.save(tree_path)
+        print(f"clustered {options.pixels} DeepPixels of {options.samples} images: "
+              f"{result.seconds['deep_pixels']:.1f} s DeepPixels + {result.seconds['ward']:.1f} s Ward",
+              file=sys.stderr)
+    K = args.clusters
+    regions = result.to_regions(args.domain, K)
+    model = RegionModel(G, regions)
+    label_report = None
+    if args.auto_label:
+        from sfeditor.region_eval import auto_label
+
+        oracle = _load_oracle(args.domain, device)
+        labels, label_report = auto_label(model, oracle, n=args.label_images, seed=args.seed,
+                                          truncation=options.truncation, progress=_progress_fn("regions"))
+        tree = paper_tree(args.tree or args.domain)
+        regions = regions.relabelled(labels, tree)
+        regions.clustering["auto_label"] = {"method": "majority vote of the region oracle", **label_report}
+    elif args.tree:
+        print("--tree is used with --auto-label; an unlabelled file keeps the Ward hierarchy", file=sys.stderr)
+    regions.card["created"] = datetime.datetime.now().isoformat(timespec="seconds")
+    regions.save(out / "regions.json")
+
+    # contact sheets: the first images of the clustering sample, cluster pixels highlighted
+    s = G.random_styles(args.sheet_images, seed=args.seed, truncation=options.truncation)
+    images, feats = G.synthesis(s, "const", return_features=True)
+    lab = model.cluster_labels(features=feats)
+    lab = torch.nn.functional.interpolate(lab[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0]
+    imgs, lab = to_uint8(images), lab.long().cpu().numpy()
+    sheets = out / "clusters"
+    sheets.mkdir(exist_ok=True)
+    sizes = result.tree.cluster_sizes(K) / result.tree.cluster_sizes(K).sum()
+    for k in range(K):
+        name = regions.clusters[k]
+        title = f"cluster {k}: {100 * sizes[k]:.1f}% of pixels" + ("" if name.startswith("cluster_") else f" -> {name}")
+        if label_report is not None:
+            title += f" (purity {label_report['purity'][k]:.2f})"
+        save_png(sheets / f"cluster_{k:02d}.png", contact_sheet(imgs, lab, k, title))
+    save_png(out / "clusters.png", label_overview(imgs[:16], lab[:16], [regions.clusters[k] for k in range(K)]))
+    if args.install:
+        from sfeditor.domains import get_domain, resources_dir
+
+        dest = resources_dir() / get_domain(args.domain).regions_file
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        regions.save(dest)
+        print(f"installed {dest}", file=sys.stderr)
+    summary = {"regions_file": str(out / "regions.json"), "clusters": K, "leaves": regions.leaves,
+               "seconds": result.seconds, "temperature": regions.temperature}
+    if label_report is not None:
+        summary["labels"] = {str(k): v for k, v in regions.clusters.items()}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_regions_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from sfeditor.checkpoints import load_generator
+    from sfeditor.correlation import code_correlation, layer_means, mean_correlation
+    from sfeditor.imageio import save_png, to_uint8
+    from sfeditor.masks import RegionModel
+    from sfeditor.region_eval import evaluate_regions
+    from sfeditor.regions import load_regions
+
+    device = _setup(args)
+    torch.set_grad_enabled(False)
+    regions = load_regions(args.regions)
+    domain = args.domain or regions.domain
+    G = load_generator(args.generator or domain, device=device)
+    model = RegionModel(G, regions)
+    trunc = _truncation(args, domain)
+    oracle = _load_oracle(domain, device)
+    t0 = time.perf_counter()
+    scores = evaluate_regions(model, oracle, n=args.samples, seed=args.seed, truncation=trunc,
+                              progress=_progress_fn("regions-eval"))
+    seconds = time.perf_counter() - t0
+
+    n_show = min(16, args.samples)
+    s = G.random_styles(n_show, seed=args.seed, truncation=trunc)
+    images = G.synthesis(s, "const")
+    names = list(oracle.region_names)
+    to_oracle = torch.tensor([names.index(leaf) for leaf in model.leaves])
+    pred = to_oracle[model.hard_labels(s).cpu()].numpy()
+    target = oracle.predict(images.float())[0].cpu().numpy()
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = Path(args.regions).parent if os.path.exists(args.regions) else Path(".")
+    prefix = args.prefix or domain
+    save_png(out / f"{prefix}-regions-overlay.png", overlay_grid(to_uint8(images), pred, target, names))
+
+    n_m = min(args.samples, args.m_images)
+    codes = G.random_styles(n_m, seed=args.seed, truncation=trunc)
+    M = mean_correlation(code_correlation(model, codes))                       # [L, |S|]
+    per_layer = layer_means(M, G.layout).cpu().numpy()
+    save_png(out / f"{prefix}-regions-M.png",
+             heatmap(per_layer, model.leaves, layer_names(G.layout),
+                     f"M (Eq. 1), mean over each layer's channels, {n_m} images"))
+    share = {leaf: round(float((M[i] > 0.5).float().mean()), 4) for i, leaf in enumerate(model.leaves)}
+    card = {"oracle_miou": round(scores["miou"], 4), "oracle_iou": scores["iou"],
+            "oracle_pixel_accuracy": round(scores["pixel_accuracy"], 4), "eval_images": args.samples,
+            "eval_seed": args.seed, "eval_truncation": trunc,
+            "channels_mostly_in_region": share, "evaluated": datetime.datetime.now().isoformat(timespec="seconds")}
+    print(f"mIoU vs oracle {scores['miou']:.4f} ({args.samples} images, {seconds:.1f} s); per region: "
+          + ", ".join(f"{k} {v}" for k, v in scores["iou"].items()), file=sys.stderr)
+    if not args.no_card and os.path.exists(args.regions):
+        regions.card.update(card)
+        regions.save(args.regions)
+    print(json.dumps(card, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------- parsers
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generator", help="generator checkpoint (default: the domain's shipped generator)")
+    p.add_argument("--truncation", type=float, help="psi (default: the domain's, paper A.6; 1.0 otherwise)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--device", default="auto")
+
+
+def add_parsers(subparsers) -> None:
+    """Register ``regions`` and ``regions-eval`` on an ``add_subparsers()`` object."""
+    from sfeditor.regions import NORMALIZATIONS, PAPER_TREES
+
+    r = subparsers.add_parser("regions", help="discover a domain's regions: DeepPixel Ward clustering (Sec. 4.2)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--domain", required=True, help="domain name (a shipped one, or any name with --generator)")
+    r.add_argument("--clusters", "-k", type=int, default=12, help="K: clusters to cut the Ward tree into")
+    r.add_argument("--samples", type=int, default=256, help="N generated images to sample DeepPixels from")
+    r.add_argument("--pixels", type=int, default=6000, help="DeepPixels kept for Ward (memory ~ pixels^2)")
+    r.add_argument("--size", type=int, default=64, help="DeepPixel resolution")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--normalization", choices=NORMALIZATIONS, default="layer",
+                   help="channel weighting of distances (see sfeditor.clustering)")
+    r.add_argument("--min-resolution", type=int, default=0,
+                   help="leave out layers whose feature maps are coarser (0 = all layers, as the paper)")
+    r.add_argument("--pca", type=int, default=64, help="PCA dimensions for Ward (0 = all channels)")
+    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--out", help="output folder (default runs/regions-<domain>)")
+    r.add_argument("--recluster", action="store_true", help="ignore a saved Ward tree in --out")
+    r.add_argument("--auto-label", action="store_true",
+                   help="toy domains: name clusters by the majority label of the region ORACLE, use the paper tree")
+    r.add_argument("--label-images", type=int, default=64, help="images the oracle labels for --auto-label")
+    r.add_argument("--tree", choices=sorted(PAPER_TREES), help="paper tree for the labels (default: the domain's)")
+    r.add_argument("--sheet-images", type=int, default=16, help="images per contact sheet")
+    r.add_argument("--install", action="store_true", help="also write resources/regions/<domain>.json")
+    _common(r)
+    r.set_defaults(func=cmd_regions)
+
+    e = subparsers.add_parser("regions-eval", help="mIoU of a regions file vs the toy oracle, overlays and M heatmap")
+    e.add_argument("--regions", required=True, help="regions file, or a shipped domain name")
+    e.add_argument("--domain", help="domain (default: the regions file's)")
+    e.add_argument("--samples", type=int, default=128, help="generated images to score")
+    e.add_argument("--seed", type=int, default=1000, help="seed of the evaluation codes (not the clustering's)")
+    e.add_argument("--m-images", type=int, default=32, help="images the M heatmap averages over")
+    e.add_argument("--out", help="folder for the PNGs (default: beside the regions file)")
+    e.add_argument("--prefix", help="PNG name prefix (default: the domain)")
+    e.add_argument("--no-card", action="store_true", help="do not write the numbers into the regions file")
+    _common(e)
+    e.set_defaults(func=cmd_regions_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry: ``python -m trainer.regions regions ...``."""
+    p = argparse.ArgumentParser(prog="python -m trainer.regions")
+    add_parsers(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
