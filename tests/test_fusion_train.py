@@ -1,0 +1,339 @@
+"""FusionNet training (Sec. 4.4 stages, Sec. 4.5 hierarchy), exact resume, DDP and locality evaluation.
+
+Everything runs on a 16x16 random generator with a tiny regions file built here
+(centroids = random DeepPixels of its images, 8 clusters -> 4 leaves
+a, b, c, d under the tree all(ab(a, b), cd(c, d))), on one CPU thread.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from dataclasses import replace
+
+import pytest
+import torch
+
+from sfeditor import Generator
+from sfeditor.clustering import squared_distances
+from sfeditor.fusion_config import regular
+from sfeditor.fusion_net import FusionNet, FusionNetConfig
+from sfeditor.hierarchy import load_hierarchy
+from sfeditor.masks import RegionModel
+from sfeditor.regions import RegionsFile, generator_identity, node
+from trainer.common import CancelToken, Cancelled
+from trainer.fusion import (FusionRecipe, plan_stages, sync_step, train_hierarchy, train_node, training_config,
+                            DistInfo)
+from trainer.fusion_eval import (ClusterJudge, ablation_markdown, ablation_rows, change_map,
+                                 evaluate_locality, hierarchy_composer, hierarchy_targets, load_node_net,
+                                 locality_share, psnr_outside)
+from trainer.fusion_masks import RegionScorer
+from trainer.fusion_stages import (NodeContext, node_regions, prepare_targets, sample_codes, set_trainable,
+                                   stage_loss, trained_blenders)
+
+torch.set_num_threads(1)
+
+TINY = dict(size=16, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16})
+TREE = node("all", node("ab", "a", "b"), node("cd", "c", "d"))
+TRUNC = 0.7
+#: 0.0006 x (5000, 10000, 10000) -> 3, 6, 6 steps
+SCALE = 0.0006
+
+
+def tiny_regions(G) -> RegionsFile:
+    with torch.no_grad():
+        dp = G.deep_pixels(G.random_styles(4, seed=3), size=G.size)
+    x = dp.permute(0, 2, 3, 1).reshape(-1, dp.shape[1])
+    cent = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:8]]
+    d = squared_distances(x[:512, :, None, None], cent)[:, :, 0, 0]
+    two = d.topk(2, dim=1, largest=False).values
+    tau = float((two[:, 1] - two[:, 0]).median() / math.log(99))
+    return RegionsFile(domain="tiny", generator=generator_identity(G), centroids=cent.numpy(),
+                       clusters={i: "abcd"[i % 4] for i in range(8)}, tree=TREE, deep_pixel_size=G.size,
+                       temperature=tau)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    G = Generator(**TINY).eval().requires_grad_(False)
+    G.update_w_avg(256, seed=0)
+    return G, tiny_regions(G)
+
+
+def recipe(**kw) -> FusionRecipe:
+    base = dict(domain="tiny", node="all", steps_scale=SCALE, batch=2, lr=1.0, truncation=TRUNC, sample_every=5,
+                sample_count=2, checkpoint_every=4, device="cpu")
+    base.update(kw)
+    return FusionRecipe(**base)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ------------------------------------------------------------------ masks
+def test_fast_region_masks_equal_the_region_model(tiny):
+    G, regions = tiny
+    scale = torch.rand(regions.channels, generator=torch.Generator().manual_seed(2)).numpy() * 1.5 + 0.5
+    with torch.no_grad():
+        _, feats = G.synthesis(G.random_styles(3, seed=4), return_features=True)
+    for rf in (regions, replace(regions, channel_scale=scale, normalization="layer")):
+        model = RegionModel(G, rf)
+        scorer = RegionScorer(model, ["ab", "c"])
+        soft = scorer.soft_masks(feats)
+        torch.testing.assert_close(soft, model.soft_masks(regions=["ab", "c"], size=model.size, features=feats),
+                                   atol=2e-5, rtol=1e-4)
+        hard, ref = scorer.hard_masks(feats, size=32), model.hard_masks(regions=["ab", "c"], size=32, features=feats)
+        assert hard.shape == ref.shape == (3, 2, 32, 32) and (hard == ref).float().mean() > 0.999
+        assert 0.05 < float(ref[:, 0].mean()) < 0.95          # a non-trivial split
+        labels = RegionScorer(model).hard_labels(feats, size=16)
+        assert (labels == model.hard_labels(size=16, features=feats)).float().mean() > 0.999
+
+
+# ------------------------------------------------------------------ stages
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_lowers_its_loss_and_trains_only_its_blenders(tiny, stage):
+    G, regions = tiny
+    ctx = NodeContext(G, RegionModel(G, regions), node_regions(TREE, "all"), TRUNC)
+    assert (ctx.regions.leaves1, ctx.regions.leaves2) == (("a", "b"), ("c", "d"))
+    torch.manual_seed(0)
+    net = FusionNet(FusionNetConfig.for_layout(G.layout, "paper"))
+    cfg = regular().stage(stage)
+    params = set_trainable(net, trained_blenders(cfg))
+    opt = torch.optim.Adam(params, lr=1.0)
+    val = sample_codes(G, 4, TRUNC, torch.Generator().manual_seed(99))
+    vt = prepare_targets(ctx, val, align_masks=True)
+    before_loss = stage_loss(stage, ctx, net, val, cfg, targets=vt).terms["loss"]
+    align0, fuse0 = snapshot(net.lb_align), snapshot(net.lb_fuse)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(20):
+        loss = stage_loss(stage, ctx, net, sample_codes(G, 2, TRUNC, gen), cfg)
+        opt.zero_grad()
+        loss.total.backward()
+        opt.step()
+    after = stage_loss(stage, ctx, net, val, cfg, targets=vt).terms
+    assert after["loss"] < 0.95 * before_loss, (before_loss, after)
+    expected = {1: {"mask", "align_reg", "fusion"}, 2: {"fusion"}, 3: {"local", "align_reg", "fusion"}}[stage]
+    assert {k for k in after if not k.startswith(("weighted_", "loss")) and not k.endswith(("_r1", "_r2"))} \
+        == expected
+    changed = {name: any(not torch.equal(a, b) for a, b in zip(snap.values(), snapshot(m).values()))
+               for name, snap, m in (("align", align0, net.lb_align), ("fuse", fuse0, net.lb_fuse))}
+    assert changed == {"align": stage in (1, 3), "fuse": stage in (2, 3)}
+    assert all(p.requires_grad == (stage in (1, 3)) for p in net.lb_align.parameters())
+    assert all(p.requires_grad == (stage in (2, 3)) for p in net.lb_fuse.parameters())
+
+
+def test_no_global_and_bf16_paths(tiny):
+    G, regions = tiny
+    ctx = NodeContext(G, RegionModel(G, regions), node_regions(TREE, "ab"), TRUNC, bf16=True)
+    net = FusionNet(FusionNetConfig.for_layout(G.layout, "paper"))
+    codes = sample_codes(G, 2, TRUNC, torch.Generator().manual_seed(1))
+    for stage in (2, 3):
+        cfg = regular().stage(stage)
+        params = set_trainable(net, trained_blenders(cfg, align=False))
+        assert all(p.requires_grad is False for p in net.lb_align.parameters())
+        loss = stage_loss(stage, ctx, net, codes, cfg, align=False)
+        loss.total.backward()
+        assert "align_reg" not in loss.terms and math.isfinite(loss.terms["loss"])
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    with pytest.raises(ValueError):
+        stage_loss(1, ctx, net, codes, regular().stage(1), align=False)
+
+
+def test_configs_and_ablation_plans():
+    cars = node("all", node("car", "car_body", "wheels"), node("background", "background_top", "background_bottom"))
+    tc = training_config("toy-cars", cars, "all")
+    assert tc.name == "favored" and tc.lambda_fusion == (500.0, 250.0) and tc.favored == "car"
+    assert training_config("toy-cars", cars, "all", "favored", "background").lambda_fusion == (250.0, 500.0)
+    assert training_config("toy-cars", cars, "car").name == "short"
+    assert training_config("tiny", TREE, "ab").name == "regular"          # not in the A.2 table
+    assert training_config("tiny", TREE, "ab", steps_scale=0.001).total_steps == 25
+    stages, align = plan_stages(regular(), "no_global")
+    assert not align and [s.steps for s in stages] == [0, 10_000, 10_000]
+    assert [s.steps for s in plan_stages(regular(), "no_stage2")[0]] == [5000, 0, 10_000]
+    with pytest.raises(ValueError):
+        training_config("tiny", TREE, "all", "favored", "x")
+
+
+# ------------------------------------------------------------------ resume
+def test_exact_resume_after_cancel_and_crash(tiny, tmp_path):
+    G, regions = tiny
+    quiet = dict(G=G, regions=regions, log=lambda *a: None, progress_stream=None)
+    ref = train_node(recipe(), tmp_path / "ref", hierarchy=tmp_path / "h.pt", **quiet)
+
+    cancel = CancelToken()
+
+    def cancel_at(step, total, info):
+        assert total == 15
+        if step == 5:                     # stage 2, step 2: checkpoint on cancel
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        train_node(recipe(), tmp_path / "run", cancel=cancel, progress_callback=cancel_at, **quiet)
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert (ck["stage"], ck["step"], ck["done"]) == (2, 2, False)
+
+    def crash_at(step, total, info):
+        if step == 14:                    # stage 3, step 5: killed; the last checkpoint is stage 3, step 4
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        train_node(recipe(), tmp_path / "run", progress_callback=crash_at, **quiet)
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert (ck["stage"], ck["step"]) == (3, 4) and ck["opt"] is not None
+    net = train_node(recipe(), tmp_path / "run", hierarchy=tmp_path / "h2.pt", **quiet)
+
+    for (k, a), b in zip(ref.state_dict().items(), net.state_dict().values()):
+        assert torch.equal(a, b), k
+    lines = [json.loads(x) for x in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in lines] == [(1, i) for i in range(1, 4)] + \
+        [(2, i) for i in range(1, 7)] + [(3, i) for i in range(1, 7)]
+    ref_lines = [json.loads(x) for x in (tmp_path / "ref" / "stats.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in lines] == [r["loss"] for r in ref_lines]
+    assert {"mask", "align_reg", "fusion_r1", "fusion_r2", "weighted_mask"} <= set(lines[0])
+    assert {"local_r1", "local_r2", "fusion", "align_reg"} <= set(lines[-1])
+    assert (tmp_path / "run" / "samples" / "stage3-000006.png").exists()
+    again = load_node_net(tmp_path / "run" / "net.pt")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
+    h = load_hierarchy(tmp_path / "h2.pt")
+    assert sorted(h.nets) == ["all"]
+    with pytest.raises(ValueError):       # another setting in the same folder
+        train_node(recipe(batch=3), tmp_path / "run", **quiet)
+
+
+# ------------------------------------------------------------------- DDP
+def _ddp_worker(rank: int, world: int, port: int, out: str, G, regions) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import torch.distributed as dist
+
+    try:
+        net = train_node(recipe(steps_scale=0.0004, checkpoint_every=3), out, G=G, regions=regions,
+                         log=lambda *a: None, progress_stream=None)
+        torch.save(net.state_dict(), os.path.join(os.path.dirname(out), f"rank{rank}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_end_with_identical_weights(tiny, tmp_path):
+    import torch.multiprocessing as mp
+
+    G, regions = tiny
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    mp.start_processes(_ddp_worker, args=(2, port, str(out), G, regions), nprocs=2, join=True, start_method="fork")
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = FusionNet(FusionNetConfig.for_layout(G.layout, "paper")).state_dict()
+    assert any(not torch.equal(a[k], fresh[k]) for k in a)
+    lines = (out / "stats.jsonl").read_text().splitlines()
+    assert len(lines) == 10                                 # 2 + 4 + 4 steps, written once (rank 0)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["done"] and len(ck["rng"]["sampler"]) == 2
+    assert not torch.equal(ck["rng"]["sampler"][0], ck["rng"]["sampler"][1])
+
+
+def test_sync_step_single_process_flags_nonfinite():
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([1.0, float("nan"), 0.0])
+    q = torch.nn.Parameter(torch.zeros(2))                     # no grad: filled with zeros
+    terms, finite, stop = sync_step(DistInfo(), [p, q], {"loss": 1.0}, True)
+    assert not finite and stop and torch.equal(q.grad, torch.zeros(2))
+
+
+# ------------------------------------------------------ hierarchy + evaluate
+def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
+    G, regions = tiny
+    order = []
+    h = train_hierarchy(recipe(config="short", steps_scale=0.0004), tmp_path / "fus", G=G, regions=regions,
+                        half=True, log=lambda msg: order.append(msg))
+    assert [m for m in order if m.startswith("==")] == ["== node all ==", "== node ab ==", "== node cd =="]
+    saved = load_hierarchy(tmp_path / "fus" / "hierarchy.pt")
+    assert sorted(saved.nets) == ["ab", "all", "cd"]
+    assert torch.load(tmp_path / "fus" / "hierarchy.pt", weights_only=True)["dtype"] == "float16"
+    for name in saved.nets:      # fp16 file: the weights round to the trained ones
+        for a, b in zip(saved.nets[name].state_dict().values(), h.nets[name].state_dict().values()):
+            torch.testing.assert_close(a, b.half().float())
+
+    targets = hierarchy_targets(h)
+    assert [t.label for t in targets] == ["a", "b", "c", "d", "global:all", "global:ab", "global:cd"]
+    assert targets[5].leaves == ("a", "b")
+    judge = ClusterJudge(RegionModel(G, regions))
+    res = evaluate_locality(G, hierarchy_composer(h), h.required_codes(), targets, judge, tmp_path / "eval",
+                            samples=4, batch=4, truncation=TRUNC)
+    for mode in ("random", "fixed"):
+        assert (tmp_path / "eval" / f"heatmaps-{mode}.png").exists()
+        rows = {r["label"]: r for r in res[mode]}
+        assert all(0.0 <= r["locality"] <= 1.0 for r in rows.values())
+        assert rows["global:all"]["locality"] == pytest.approx(1.0)          # its region is the whole image
+    assert "| a | a |" in res["table"]
+
+    nets = {"full": h.nets["all"], "no_global": h.nets["all"]}
+    rows = ablation_rows(G, nets, TREE, "all", judge, samples=4, batch=4, truncation=TRUNC)
+    table = ablation_markdown(rows, ["ab", "cd"])
+    assert "No Global" in table and set(rows["full"]) == {"ab", "cd"}
+
+
+def test_locality_metrics_perfect_and_global():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1
+    inside = torch.zeros(3, 16, 16, dtype=torch.bool)
+    inside[:, 4:10, 2:12] = True
+    local = base + 0.3 * torch.randn(base.shape, generator=g) * inside[:, None]
+    ch = change_map(base, local)
+    assert locality_share(ch, inside) == pytest.approx(1.0)
+    assert torch.all(psnr_outside(base, local, inside) == 100.0)
+    glob = base + 0.3 * torch.randn(base.shape, generator=g)
+    share = locality_share(change_map(base, glob), inside)
+    assert 0.1 < share < 0.5                       # about the region's area share, 60 / 256
+    assert torch.all(psnr_outside(base, glob, inside) < 30)
+    assert math.isnan(locality_share(change_map(base, base), inside))
+    everywhere = torch.ones_like(inside)
+    assert torch.isnan(psnr_outside(base, glob, everywhere)).all()
+
+
+def test_cli_registers_fusion_commands_and_keeps_the_others():
+    from trainer.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["fusion", "--domain", "toy-faces", "--node", "face", "--config", "short", "--steps-scale", "0.1"])
+    assert (a.node, a.config, a.steps_scale, a.func.__name__) == ("face", "short", 0.1, "cmd_fusion")
+    assert p.parse_args(["hierarchy", "--domain", "toy-cars"]).func.__name__ == "cmd_hierarchy"
+    e = p.parse_args(["evaluate", "--domain", "toy-cars", "--hierarchy", "h.pt", "--ablation"])
+    assert e.ablation and e.hierarchy == "h.pt" and e.func.__name__ == "cmd_evaluate"
+    assert p.parse_args(["generator", "--domain", "toy-faces"]).func.__name__ == "cmd_generator"
+    assert p.parse_args(["oracle", "--domain", "toy-cars"]).func.__name__ == "cmd_oracle"
+
+
+def test_cli_end_to_end_on_files(tiny, tmp_path):
+    import signal
+
+    from sfeditor.checkpoints import save_generator
+    from trainer.cli import main
+
+    G, regions = tiny
+    save_generator(G, tmp_path / "g.pt")
+    regions.save(tmp_path / "r.json")
+    files = ["--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions", str(tmp_path / "r.json"),
+             "--truncation", "0.7"]
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = main(["fusion", *files, "--node", "all", "--config", "short", "--steps-scale", "0.0002", "--batch", "2",
+                   "--device", "cpu", "--out", str(tmp_path / "all"), "--hierarchy", str(tmp_path / "h.pt")])
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+    assert rc == 0 and (tmp_path / "all" / "net.pt").exists()
+    assert sorted(load_hierarchy(tmp_path / "h.pt").nets) == ["all"]
+    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--judge", "clusters", "--samples", "2",
+               "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "eval")])
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert rc == 0 and "| ab | a, b |" in report and "| global:all | a, b, c, d |" in report
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["judge"] == "clusters"

@@ -1,0 +1,608 @@
+"""Train StyleFusion FusionNets (``sfeditor-train fusion`` / ``sfeditor-train hierarchy``).
+
+:func:`train_node` trains the FusionNet of one internal node of the regions tree
+through the multi-step schedule of Sec. 4.4 (the stages live in
+:mod:`trainer.fusion_stages`) with a configuration of Appendix A.2 (Regular /
+Short / Favored, ``steps_scale`` for shorter trials); :func:`train_hierarchy`
+trains every internal node, parents first (Sec. 4.5), and collects the nets
+into one hierarchy file (:meth:`sfeditor.hierarchy.FusionHierarchy.save`).
+
+Hierarchical training - what is trained with what
+    Sec. 4.5 trains the tree top-down and keeps a parent fixed while its
+    children train; it does not put the parent into the child's losses, and
+    this trainer does not either: every node's FusionNet is trained on its own,
+    with codes sampled for its two sub-regions and its own global code, and the
+    losses look at that node's output image ``G(FN(s1, s2, s_align))``.  Reasons:
+    (1) the losses of Sec. 4.4 are defined on one FusionNet's I_result, I_align
+    and the M of s1, s2; run through a trained parent, the layout of the child's
+    regions would be set by the *parent's* global code (its LB_align re-aligns
+    the child's output), so Eq. 3's target m_i(I_align) with the child's own
+    s_align would be wrong; (2) at inference the parent takes region R1 from
+    whatever code enters its first slot, and a child's output is such a code
+    (its image shows the child's composition of that region), so nets trained
+    separately compose; (3) A.1 gives every node its own global code and A.2 its
+    own configuration and step budget.  Parents are still trained first, nets
+    already trained are never touched again, and each node has its own
+    resumable run folder, so a node can be retrained alone.
+
+Optimisation: Adam (default lr 0.5: the paper gives none; the blenders' EqualLinear
+layers have lr_mul 0.01, so the effective step is 0.01 x lr, about a plain Adam
+at 2e-4 on the hidden layers), a fresh optimizer per stage over exactly the
+blenders that stage trains (the others have ``requires_grad`` off), no clipping;
+a step whose gradient is not finite is skipped (logged as ``skipped``).
+
+Run folder (one per node): ``options.json``, ``stats.jsonl`` (every loss term,
+raw and weighted, every step), ``samples/stage{k}-{step}.png`` (rows: s1, s2,
+s_align, s'1, s'2, result), atomic ``checkpoint.pt`` (weights, optimizer,
+stage, step, RNG states of every rank), and when done ``net.pt`` (the
+FusionNet, loadable with :func:`sfeditor.fusion_net.load_fusion_net`).  A run
+that is killed or cancelled resumes exactly: the weights after the resumed run
+equal those of an uninterrupted one.
+
+Multi-GPU: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1) every
+process trains on its own batches (``batch`` per process, different sampling
+seeds), gradients are averaged with one all-reduce per step (a flat buffer;
+the trained blenders change from stage to stage and stage 3 runs the net on a
+stacked batch, so the plain all-reduce is simpler than re-wrapping DDP per
+stage and identical in effect), loss terms and the cancel flag are averaged
+too, and only rank 0 writes.  NCCL on CUDA, gloo on CPU.  Exact resume needs the
+same number of processes.  Launch with ``--`` before the module, otherwise
+torchrun takes ``--node`` for its own ``--node-rank``::
+
+    torchrun --nproc_per_node=4 -m -- trainer.cli fusion --domain toy-faces --node all
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sfeditor.atomic import atomic_torch_save, atomic_write_text
+from sfeditor.fusion_config import StageConfig, TrainingConfig, favored, node_config, regular, short
+from sfeditor.fusion_net import FusionNet, FusionNetConfig
+from sfeditor.hierarchy import FusionHierarchy, load_hierarchy, parse_tree
+from sfeditor.imageio import make_grid, save_png, to_uint8
+from sfeditor.regions import internal_nodes
+from sfeditor.style_code import StyleCode
+
+from .common import CancelToken, Cancelled, Progress, RunDir
+from .fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,
+                            trained_blenders)
+
+RUN_FORMAT = "sfeditor-fusion-run"
+RUN_VERSION = 1
+CONFIGS = ("regular", "short", "favored")
+ABLATIONS = ("full", "no_global", "no_stage1", "no_stage2", "no_stage3")
+#: recipe fields a resumed run must share with the checkpoint
+RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "batch", "seed", "lr")
+
+
+@dataclass
+class FusionRecipe:
+    """Everything one node's training depends on (saved in ``options.json``)."""
+
+    domain: str = "toy-faces"
+    node: str = "all"
+    config: str = ""              # "" = the A.2 table (sfeditor.fusion_config.node_config); or regular/short/favored
+    favor: str = ""               # favoured child for "favored" ("" = the table's, else child 1)
+    steps_scale: float = 1.0
+    ablation: str = "full"        # Sec. 7 variants (ABLATIONS)
+    variant: str = "paper"        # FusionNet variant: "paper" | "official"
+    batch: int = 4                # per process
+    lr: float = 0.5               # Adam; EqualLinear lr_mul 0.01 scales the effective step by 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    seed: int = 0
+    truncation: float | None = None     # None = the domain's (A.6: faces 0.7, cars 0.5)
+    temperature: float | None = None    # soft-mask temperature; None = the regions file's
+    generator: str = ""           # checkpoint path or shipped domain; "" = the domain's
+    regions: str = ""             # regions file; "" = the domain's
+    sample_every: int = 500
+    sample_count: int = 8
+    checkpoint_every: int = 100
+    threads: int = 0
+    device: str = "auto"
+    bf16: bool = False            # bfloat16 autocast for the generator passes
+
+    def __post_init__(self) -> None:
+        if self.config not in ("",) + CONFIGS:
+            raise ValueError(f"config must be one of {CONFIGS}, got {self.config!r}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
+        if self.batch < 1 or self.steps_scale <= 0 or self.lr <= 0:
+            raise ValueError("batch, steps_scale and lr must be positive")
+        self.betas = tuple(float(b) for b in self.betas)
+
+
+# ----------------------------------------------------------------- configs
+def training_config(domain: str, tree, node: str, config: str = "", favor: str = "",
+                    steps_scale: float = 1.0) -> TrainingConfig:
+    """The A.2 configuration of ``node``: the paper's table unless ``config`` names a preset.
+
+    Favored lambdas are (R1, R2) pairs in the order of ``tree``'s children.
+    """
+    nr = node_regions(tree, node)
+    children = [nr.child1, nr.child2]
+    if not config:
+        try:
+            tc = node_config(domain, node, steps_scale)
+        except ValueError:
+            return regular(steps_scale)
+        if tc.name != "favored":
+            return tc
+        config, favor = "favored", favor or tc.favored or ""
+    if config == "regular":
+        return regular(steps_scale)
+    if config == "short":
+        return short(steps_scale)
+    fav = favor or children[0]
+    if fav not in children:
+        raise ValueError(f"--favor must name a child of {node!r} ({', '.join(children)}), got {fav!r}")
+    return favored(children.index(fav), fav, steps_scale)
+
+
+def plan_stages(tc: TrainingConfig, ablation: str = "full") -> tuple[list[StageConfig], bool]:
+    """The stages to run and whether LB_align is used (Sec. 7 ablations drop a stage or the global code)."""
+    skip = {"no_global": {1}, "no_stage1": {1}, "no_stage2": {2}, "no_stage3": {3}}.get(ablation, set())
+    stages = [replace(st, steps=0) if st.stage in skip else st for st in tc.stages()]
+    return stages, ablation != "no_global"
+
+
+def domain_truncation(domain: str) -> float:
+    from sfeditor.domains import SHIPPED
+
+    return SHIPPED[domain].truncation if domain in SHIPPED else 1.0
+
+
+# -------------------------------------------------------------- distributed
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    initialized_here: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(pref)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def dist_setup(device: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else a single process."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+    dev = pick_device(device, local)
+    if world <= 1 or not dist.is_available():
+        return DistInfo(0, 1, dev)
+    here = False
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        here = True
+    return DistInfo(dist.get_rank(), dist.get_world_size(), dev, here)
+
+
+def dist_shutdown() -> None:
+    """Leave the process group, if one was joined (end of a CLI command)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sync_step(info: DistInfo, params: list[torch.nn.Parameter], terms: dict[str, float],
+              stop: bool) -> tuple[dict[str, float], bool, bool]:
+    """Average gradients, loss terms and the stop flag over the ranks (one all-reduce).
+
+    Returns ``(terms, finite, stop)``; ``finite`` is false when any rank's gradient
+    is NaN/inf, so that every rank skips the same optimizer step.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not info.distributed:
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+        return terms, finite, stop
+    import torch.distributed as dist
+
+    keys = sorted(terms)
+    grads = [p.grad.reshape(-1) for p in params]
+    extra = torch.tensor([terms[k] for k in keys] + [float(stop)], dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch.cat(grads + [extra])
+    dist.all_reduce(flat)
+    flat /= info.world
+    finite = bool(torch.isfinite(flat).all())
+    off = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[off:off + n].view_as(p))
+        off += n
+    vals = flat[off:].tolist()
+    return {k: v for k, v in zip(keys, vals[:-1])}, finite, vals[-1] > 0
+
+
+def gather_states(info: DistInfo, state: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's sampler state (rank order), on every rank."""
+    if not info.distributed:
+        return [state]
+    import torch.distributed as dist
+
+    out: list = [None] * info.world
+    dist.all_gather_object(out, state)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ----------------------------------------------------------------- assets
+def load_assets(recipe: FusionRecipe, device: torch.device, G=None, regions=None):
+    """The frozen generator and the regions file (given objects win over the recipe's names)."""
+    from sfeditor.checkpoints import load_generator
+    from sfeditor.regions import RegionsFile, load_regions
+
+    if G is None:
+        G = load_generator(recipe.generator or recipe.domain, device=device)
+    G = G.to(device).eval().requires_grad_(False)
+    if regions is None:
+        regions = load_regions(recipe.regions or recipe.domain)
+    if not isinstance(regions, RegionsFile):
+        regions = load_regions(regions)
+    return G, regions
+
+
+def hierarchy_tree(regions):
+    return parse_tree(regions.tree)
+
+
+def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionNet, layout=None,
+                          half: bool = False) -> FusionHierarchy:
+    """Put ``net`` at ``node`` of the hierarchy file at ``path`` (created when missing); atomic."""
+    path = Path(path)
+    root = parse_tree(tree)
+    if path.exists():
+        h = load_hierarchy(path)
+        if h.root != root:
+            raise ValueError(f"{path}: holds a hierarchy for another region tree")
+    else:
+        h = FusionHierarchy(root, config=net.config, layout=layout)
+    h.set_net(node, FusionNet(net.config))
+    h.nets[node].load_state_dict(net.state_dict())
+    if layout is not None:
+        h.layout = layout
+    h.save(path, half=half)
+    return h
+
+
+# ------------------------------------------------------------------ samples
+@torch.no_grad()
+def sample_grid(ctx: NodeContext, net: FusionNet, codes, align: bool = True) -> np.ndarray:
+    """Rows: images of s1, s2, s_align, s'1, s'2 and the fused result."""
+    out = net(codes.s1, codes.s2, codes.s_align if align else None, align=align, fuse=True)
+    stack = StyleCode.cat([codes.s1, codes.s2, codes.s_align, out.s1_aligned, out.s2_aligned, out.result])
+    with ctx.amp():
+        img = ctx.G.synthesis(stack, ctx.noise_mode).float()
+    grid = make_grid(to_uint8(img), cols=len(codes), scale=2)
+    return np.concatenate([_banner(grid.shape[1], "rows: s1 | s2 | s_align | s'1 | s'2 | result"), grid])
+
+
+def _banner(width: int, text: str, height: int = 16) -> np.ndarray:
+    import cv2
+
+    bar = np.full((height, width, 3), 24, dtype=np.uint8)
+    cv2.putText(bar, text, (3, height - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (235, 235, 235), 1, cv2.LINE_AA)
+    return bar
+
+
+# -------------------------------------------------------------------- log
+def truncate_log(run: RunDir, stage: int, step: int) -> None:
+    """Drop log lines written after the checkpoint at (stage, step): a resumed log has no duplicates."""
+    p = run.path / "stats.jsonl"
+    if not p.exists():
+        return
+    keep = []
+    for line in p.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (int(r.get("stage", 0)), int(r.get("step", 0))) <= (stage, step):
+            keep.append(line)
+    atomic_write_text(p, "".join(k + "\n" for k in keep))
+
+
+# ------------------------------------------------------------------- train
+def _recipe_dict(recipe: FusionRecipe) -> dict:
+    d = asdict(recipe)
+    d["betas"] = list(d["betas"])
+    return d
+
+
+def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = True,
+               cancel: CancelToken | None = None, progress_callback=None, G=None, regions=None,
+               hierarchy: str | os.PathLike | None = None, half: bool = False, log=print,
+               progress_stream="stderr") -> FusionNet:
+    """Train (or resume, or just reload when finished) the FusionNet of ``recipe.node``.
+
+    ``G`` / ``regions`` override the recipe's generator / regions names (tests, notebooks).
+    ``hierarchy``: a hierarchy file to put the finished net into (rank 0).
+    ``progress_callback(step, total, info)`` is called after every step (global step count);
+    it may set ``cancel.requested``.  Raises :class:`Cancelled` after checkpointing on cancel.
+    ``progress_stream``: where the progress bar goes (``"stderr"``, a file object, or None for none).
+    """
+    cancel = cancel or CancelToken()
+    if progress_stream == "stderr":
+        progress_stream = sys.stderr
+    info = dist_setup(recipe.device)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    G, regions = load_assets(recipe, info.device, G, regions)
+    from sfeditor.masks import RegionModel
+
+    nr = node_regions(regions.tree, recipe.node)
+    tc = training_config(recipe.domain, regions.tree, recipe.node, recipe.config, recipe.favor, recipe.steps_scale)
+    stages, align = plan_stages(tc, recipe.ablation)
+    truncation = recipe.truncation if recipe.truncation is not None else domain_truncation(recipe.domain)
+    ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature)
+
+    torch.manual_seed(recipe.seed)
+    net = FusionNet(FusionNetConfig.for_layout(G.layout, recipe.variant)).to(info.device)
+    sampler = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 7_919 * (info.rank + 1))
+    run = RunDir(out) if info.is_main else None
+    ckpt_path = Path(out) / "checkpoint.pt"
+
+    stage_no, step, done, opt_state = stages[0].stage, 0, False, None
+    state = None
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if state is not None:
+        if state.get("format") != RUN_FORMAT:
+            raise ValueError(f"{ckpt_path}: not a FusionNet training checkpoint")
+        old = state.get("recipe", {})
+        diff = [k for k in RESUME_KEYS if old.get(k) != _recipe_dict(recipe).get(k)]
+        if diff:
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+                             "use another --out or --restart")
+        if len(state["rng"]["sampler"]) != info.world:
+            raise ValueError(f"{ckpt_path} was written by {len(state['rng']['sampler'])} processes, "
+                             f"this run has {info.world}: exact resume needs the same number")
+        net.load_state_dict(state["net"])
+        stage_no, step, done, opt_state = int(state["stage"]), int(state["step"]), bool(state["done"]), state["opt"]
+        sampler.set_state(state["rng"]["sampler"][info.rank])
+        torch.set_rng_state(state["rng"]["torch"])
+        if run is not None:
+            truncate_log(run, stage_no, step)
+            log(f"resuming {out} at stage {stage_no}, step {step}" if not done else f"{out}: already trained")
+    elif run is not None and (run.path / "stats.jsonl").exists():
+        (run.path / "stats.jsonl").unlink()
+    if run is not None:
+        run.write_options({"recipe": _recipe_dict(recipe), "training": tc.to_dict(),
+                           "stages": [{"stage": s.stage, "steps": s.steps, "train": list(trained_blenders(s, align)),
+                                       "lambdas": s.lambdas} for s in stages],
+                           "align": align, "truncation": truncation, "world_size": info.world,
+                           "regions": asdict(nr), "net": net.config.to_dict(),
+                           "generator": G.config.to_dict()})
+
+    fixed = sample_codes(G, recipe.sample_count, truncation, torch.Generator().manual_seed(recipe.seed + 424_242))
+    totals = {s.stage: s.steps for s in stages}
+    total_steps = sum(totals.values())
+    before = {s.stage: sum(totals[t.stage] for t in stages if t.stage < s.stage) for s in stages}
+    opt: torch.optim.Optimizer | None = None
+
+    def checkpoint(st_no: int, st_step: int, finished: bool = False) -> None:
+        states = gather_states(info, sampler.get_state())
+        if run is None:
+            return
+        run.save({"format": RUN_FORMAT, "version": RUN_VERSION, "recipe": _recipe_dict(recipe),
+                  "stage": st_no, "step": st_step, "done": finished, "net": net.state_dict(),
+                  "opt": None if (opt is None or finished) else opt.state_dict(),
+                  "rng": {"torch": torch.get_rng_state(), "sampler": states}})
+
+    bar = None
+    if info.is_main and not done:
+        g0 = before.get(stage_no, 0) + step
+        bar = Progress(total_steps, f"{recipe.domain}/{recipe.node}", start=g0, stream=progress_stream,
+                       callback=progress_callback)
+    t_start = time.time()
+    for st in stages:
+        if done or st.stage < stage_no:
+            continue
+        if st.stage > stage_no:
+            stage_no, step, opt_state = st.stage, 0, None
+        if step >= st.steps:
+            continue
+        params = set_trainable(net, trained_blenders(st, align))
+        opt = torch.optim.Adam(params, lr=recipe.lr, betas=recipe.betas)
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+            opt_state = None
+        while step < st.steps:
+            t0 = time.time()
+            codes = sample_codes(G, recipe.batch, truncation, sampler)
+            loss = stage_loss(st.stage, ctx, net, codes, st, align=align)
+            opt.zero_grad(set_to_none=True)
+            loss.total.backward()
+            terms, finite, stop = sync_step(info, params, loss.terms, cancel.requested)
+            if finite:
+                opt.step()
+            step += 1
+            g = before[st.stage] + step
+            if run is not None:
+                run.log({"stage": st.stage, "phase": f"stage{st.stage}", "step": step, "global_step": g,
+                         **terms, "skipped": not finite, "sec_per_step": round(time.time() - t0, 4),
+                         "time": round(time.time() - t_start, 2)})
+            if bar is not None:
+                bar.update(g, stage=st.stage, loss=terms.get("loss", float("nan")))
+            if not info.distributed:
+                stop = stop or cancel.requested
+            if run is not None and (step % recipe.sample_every == 0 or step == st.steps):
+                save_png(run.path / "samples" / f"stage{st.stage}-{step:06d}.png", sample_grid(ctx, net, fixed, align))
+            if step % recipe.checkpoint_every == 0 or step == st.steps or stop:
+                checkpoint(st.stage, step)
+            if stop:
+                raise Cancelled(f"stopped at stage {st.stage}, step {step}; rerun the same command to resume")
+        stage_no = st.stage
+    if not done:
+        checkpoint(stage_no, step, finished=True)
+    net.requires_grad_(False).eval()
+    if run is not None:
+        atomic_torch_save({"state_dict": net.state_dict(), "config": net.config.to_dict(), "node": recipe.node,
+                           "children": [nr.child1, nr.child2], "ablation": recipe.ablation,
+                           "training": tc.to_dict()}, run.path / "net.pt")
+        if hierarchy is not None:
+            update_hierarchy_file(hierarchy, regions.tree, recipe.node, net, G.layout, half=half)
+            log(f"{recipe.node}: net written to {run.path / 'net.pt'} and {hierarchy}")
+    barrier(info)
+    return net
+
+
+def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes: list[str] | None = None,
+                    resume: bool = True, cancel: CancelToken | None = None, progress_callback=None, G=None,
+                    regions=None, half: bool = False, hierarchy: str | os.PathLike | None = None,
+                    log=print) -> FusionHierarchy:
+    """Train every internal node (or ``nodes``), parents first; each in ``out_root/<node>``.
+
+    Each node takes its A.2 configuration (``recipe.config`` "" ) unless the recipe names one.
+    The nets are collected in ``hierarchy`` (default ``out_root/hierarchy.pt``).
+    Returns the hierarchy (in memory, on every rank).
+    """
+    info = dist_setup(recipe.device)
+    G, regions = load_assets(recipe, info.device, G, regions)
+    order = [n.name for n in internal_nodes(regions.tree)]
+    if nodes is not None:
+        unknown = sorted(set(nodes) - set(order))
+        if unknown:
+            raise ValueError(f"not internal nodes of the region tree: {unknown} (nodes: {', '.join(order)})")
+        order = [n for n in order if n in set(nodes)]
+    out_root = Path(out_root)
+    hierarchy = Path(hierarchy) if hierarchy is not None else out_root / "hierarchy.pt"
+    nets = {}
+    for name in order:
+        log(f"== node {name} ==")
+        nets[name] = train_node(replace(recipe, node=name), out_root / name, resume=resume, cancel=cancel,
+                                progress_callback=progress_callback, G=G, regions=regions, hierarchy=hierarchy,
+                                half=half, log=log)
+    cfg = next(iter(nets.values())).config if nets else None
+    return FusionHierarchy(regions.tree, nets, config=cfg, layout=G.layout)
+
+
+# --------------------------------------------------------------------- CLI
+def _recipe_from_args(args: argparse.Namespace, node: str) -> FusionRecipe:
+    return FusionRecipe(domain=args.domain, node=node, config=getattr(args, "config", "") or "",
+                        favor=getattr(args, "favor", "") or "", steps_scale=args.steps_scale,
+                        ablation=getattr(args, "ablation", "full"), variant=args.variant, batch=args.batch,
+                        lr=args.lr, seed=args.seed, truncation=args.truncation, temperature=args.temperature,
+                        generator=args.generator or "", regions=args.regions or "", sample_every=args.sample_every,
+                        checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
+                        bf16=args.bf16)
+
+
+def cmd_fusion(args: argparse.Namespace) -> int:
+    recipe = _recipe_from_args(args, args.node)
+    root = Path(f"runs/fusion-{args.domain}")
+    if recipe.ablation != "full":
+        out = Path(args.out) if args.out else Path(f"runs/fusion-{args.domain}-ablation") / recipe.ablation
+        hierarchy = args.hierarchy
+    else:
+        out = Path(args.out) if args.out else root / args.node
+        hierarchy = args.hierarchy or root / "hierarchy.pt"
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    try:
+        train_node(recipe, out, resume=not args.restart, cancel=cancel, hierarchy=hierarchy, half=args.half)
+    except Cancelled as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    finally:
+        dist_shutdown()
+    return 0
+
+
+def cmd_hierarchy(args: argparse.Namespace) -> int:
+    recipe = _recipe_from_args(args, "all")
+    out = Path(args.out) if args.out else Path(f"runs/fusion-{args.domain}")
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    try:
+        train_hierarchy(recipe, out, nodes=args.nodes, resume=not args.restart, cancel=cancel, half=args.half,
+                        hierarchy=args.hierarchy)
+    except Cancelled as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    finally:
+        dist_shutdown()
+    return 0
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--domain", required=True, help="shipped domain (toy-faces, toy-cars) or a name for --generator")
+    p.add_argument("--generator", help="generator checkpoint (default: the domain's)")
+    p.add_argument("--regions", help="regions file (default: the domain's)")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (quick trials)")
+    p.add_argument("--batch", type=int, default=4, help="codes per step (per process under torchrun)")
+    p.add_argument("--lr", type=float, default=0.5, help="Adam learning rate (EqualLinear, lr_mul 0.01)")
+    p.add_argument("--variant", default="paper", choices=["paper", "official"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truncation", type=float, default=None, help="psi (default: the domain's, A.6)")
+    p.add_argument("--temperature", type=float, default=None, help="soft-mask temperature (default: the file's)")
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the generator passes")
+    p.add_argument("--half", action="store_true", help="store the hierarchy file in float16")
+    p.add_argument("--hierarchy", help="hierarchy file to collect the nets in "
+                                       "(default runs/fusion-<domain>/hierarchy.pt)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+
+
+def add_parsers(sub) -> None:
+    """Register ``fusion``, ``hierarchy`` (and, from :mod:`trainer.fusion_eval`, ``evaluate``)."""
+    f = sub.add_parser("fusion", help="train one node's FusionNet (Sec. 4.4 stages, A.2 configs; resumable)")
+    _common_args(f)
+    f.add_argument("--node", required=True, help="internal node of the region tree (e.g. all, face, car)")
+    f.add_argument("--config", choices=CONFIGS, help="A.2 configuration (default: the paper's table for the node)")
+    f.add_argument("--favor", help="favoured child for --config favored (default: the table's, else child 1)")
+    f.add_argument("--ablation", default="full", choices=ABLATIONS, help="Sec. 7 variant")
+    f.add_argument("--out", help="run folder (default runs/fusion-<domain>/<node>)")
+    f.set_defaults(func=cmd_fusion)
+
+    h = sub.add_parser("hierarchy", help="train every FusionNet of the region tree, parents first (Sec. 4.5)")
+    _common_args(h)
+    h.add_argument("--nodes", nargs="+", help="only these internal nodes (still parents first)")
+    h.add_argument("--out", help="root folder (default runs/fusion-<domain>); one run folder per node")
+    h.set_defaults(func=cmd_hierarchy)
+
+    from .fusion_eval import add_parsers as _add_eval
+
+    _add_eval(sub)
+
+
+__all__ = ["FusionRecipe", "train_node", "train_hierarchy", "training_config", "plan_stages", "update_hierarchy_file",
+           "sample_grid", "dist_setup", "dist_shutdown", "sync_step", "add_parsers", "ABLATIONS", "CONFIGS"]
