@@ -1,0 +1,364 @@
+"""``sfeditor invert | edit | transfer``: real-image commands (paper Sec. 6).
+
+Wire into ``sfeditor/cli.py``'s ``build_parser`` with::
+
+    from .cli_images import add_parsers as _add_image_parsers
+    _add_image_parsers(sub)
+
+Each subcommand sets ``func``; errors are ``ValueError`` / ``FileNotFoundError``
+(``ImageError`` and ``AlignmentError`` are ``ValueError``), which ``cli.main``
+reports as ``sfeditor <command>: error: ...`` with exit status 2.  A
+cancelled inversion (Ctrl-C) returns 130.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_parsers", "cmd_invert", "cmd_edit", "cmd_transfer"]
+
+
+# ------------------------------------------------------------- helpers
+def _device(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_G(args):
+    from .checkpoints import load_generator
+
+    G = load_generator(args.model, device=_device(args.device))
+    G.eval()
+    return G
+
+
+def _domain(args) -> str | None:
+    from .domains import SHIPPED
+
+    if getattr(args, "domain", None):
+        return args.domain
+    return args.model if args.model in SHIPPED else None
+
+
+def _rect(text: str | None):
+    if not text:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad rectangle {text!r}: use X,Y,WIDTH,HEIGHT") from None
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"bad rectangle {text!r}: use X,Y,WIDTH,HEIGHT")
+    return vals
+
+
+def _settings(args):
+    from .inversion import InversionSettings
+
+    return InversionSettings(steps=args.steps, lr=args.lr, space=args.space, w_phase=args.w_phase,
+                             pixel_loss="l1" if args.l1 else "mse", msssim_weight=args.msssim,
+                             optimize_noise=args.noise, seed=args.seed,
+                             loss_size=args.loss_size, bf16=args.bf16)
+
+
+def _encoder(args, G):
+    from .toy_encoder import default_encoder_path, load_toy_encoder
+
+    if args.no_encoder:
+        return None
+    path = args.encoder
+    if path is None:
+        dom = _domain(args)
+        path = default_encoder_path(dom) if dom else None
+        if path is None:
+            return None
+    return load_toy_encoder(path, map_location=G.device, G=G)
+
+
+def _projector(args, G):
+    from .inversion import InversionCache, Projector
+
+    cache = False if args.no_cache else InversionCache(args.cache_dir)
+    return Projector(G, _settings(args), encoder=_encoder(args, G), cache=cache)
+
+
+class _Bar:
+    """One stderr line per image: step, PSNR, rate."""
+
+    def __init__(self, label: str, stream=sys.stderr, quiet: bool = False):
+        self.label, self.stream, self.quiet = label, stream, quiet
+        self.t0 = self.last = time.time()
+
+    def __call__(self, step: int, total: int, info: dict) -> None:
+        now = time.time()
+        if self.quiet or (now - self.last < 0.5 and step < total):
+            return
+        self.last = now
+        extra = f" psnr {info['psnr']:.2f} dB" if "psnr" in info else ""
+        self.stream.write(f"\r{self.label}: {step}/{total}{extra} ({now - self.t0:.1f}s)")
+        if step >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _prepare(args, G, path: str):
+    from .alignment import prepare_image
+    from .image_intake import read_image
+
+    rgb = read_image(path, alpha=args.alpha)
+    return prepare_image(rgb, G.size, _domain(args), args.align, rect=args.rect)
+
+
+def _invert_one(args, G, projector, path: str, cancel):
+    prepared = _prepare(args, G, path)
+    for note in prepared.notes:
+        print(f"{path}: {note}", file=sys.stderr)
+    res = projector.invert(prepared.image, progress=_Bar(Path(path).name, quiet=args.quiet), cancel=cancel)
+    return prepared, res
+
+
+def _load_code_or_invert(args, G, projector, path: str, cancel):
+    """A ``*-wplus.pt`` file, or an image to invert -> w+ [1, L, D] and noise."""
+    from .inversion import load_latents
+
+    if Path(path).suffix.lower() == ".pt":
+        w, noise, _ = load_latents(path, G)
+        if w.shape[0] != 1:
+            print(f"{path}: holds {w.shape[0]} codes; using the first", file=sys.stderr)
+        return w[:1].to(G.device), None if noise is None else [n.to(G.device) for n in noise]
+    _, res = _invert_one(args, G, projector, path, cancel)
+    if not res.from_cache:
+        print(f"{path}: inverted, {res.psnr:.2f} dB PSNR in {res.seconds:.1f}s", file=sys.stderr)
+    return res.w_plus.to(G.device), None if res.noise is None else [n.to(G.device) for n in res.noise]
+
+
+def _load_hierarchy(path: str, G):
+    from .hierarchy import load_hierarchy
+
+    h = load_hierarchy(path, map_location=G.device)
+    if h.layout is not None and h.layout.dims != G.layout.dims:
+        raise ValueError(f"{path}: the hierarchy was made for another generator (S layout differs)")
+    widths = {net.config.width for net in h.nets.values()}
+    if widths and widths != {max(G.layout.dims)}:
+        raise ValueError(f"{path}: FusionNets of width {sorted(widths)} do not fit this generator "
+                         f"(widest S layer {max(G.layout.dims)})")
+    h.eval()
+    return h
+
+
+def _save_image(path: str | Path, images, cols: int | None = None, scale: int = 1) -> None:
+    import numpy as np
+
+    from .imageio import make_grid, save_png, to_uint8
+
+    arr = to_uint8(images)
+    save_png(path, arr[0] if len(arr) == 1 and scale == 1 else make_grid(np.asarray(arr), cols=cols, scale=scale))
+
+
+# --------------------------------------------------------------- invert
+def cmd_invert(args: argparse.Namespace) -> int:
+    import torch
+
+    from .imageio import save_png
+    from .inversion import generator_fingerprint, save_latents
+    from .jobs import Cancelled, CancelToken
+
+    G = _load_G(args)
+    projector = _projector(args, G)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    failures = 0
+    for path in args.images:
+        stem = Path(path).stem
+        try:
+            prepared, res = _invert_one(args, G, projector, path, cancel)
+        except Cancelled as e:
+            print(f"\n{e}; nothing saved for {path}", file=sys.stderr)
+            return 130
+        except ValueError as e:        # a bad photo: report it and go on with the others
+            print(f"sfeditor invert: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        with torch.no_grad():
+            recon = res.render(G)
+            code = res.styles(G)
+        save_png(out / f"{stem}-input.png", prepared.image)
+        _save_image(out / f"{stem}.png", recon)
+        code.detach().to("cpu").save(out / f"{stem}.pt")
+        save_latents(out / f"{stem}-wplus.pt", res.w_plus, res.noise,
+                     {"source": str(path), "psnr": res.psnr, "steps": res.steps, "alignment": prepared.method,
+                      "generator": generator_fingerprint(G), "settings": projector.settings.to_dict()})
+        how = "cache hit" if res.from_cache else f"{res.seconds:.1f}s"
+        print(f"{path}: {res.psnr:.2f} dB PSNR ({how}) -> {out / (stem + '.png')}, {stem}.pt, {stem}-wplus.pt")
+    return 1 if failures else 0
+
+
+# ----------------------------------------------------------------- edit
+def _direction(args, G):
+    from .directions import load_direction, pca_directions
+
+    if bool(args.direction) == (args.pca is not None):
+        raise ValueError("give exactly one of --direction FILE.npy or --pca INDEX")
+    if args.direction:
+        return load_direction(args.direction, G, normalize=args.normalize)
+    k = max(args.pca + 1, args.pca_components)
+    pcs = pca_directions(G, n_components=min(k, G.style_dim), n_samples=args.pca_samples,
+                         cache_dir=args.cache_dir_directions)
+    return pcs.direction(args.pca, scaled=True)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    import torch
+
+    from .directions import parse_layers
+    from .editing import composition_from, edit_regions, edit_whole, fuse, render
+    from .inversion import load_latents, save_latents
+
+    G = _load_G(args)
+    w, noise, meta = load_latents(args.latents, G)
+    w = w[:1].to(G.device)
+    noise = None if noise is None else [n.to(G.device) for n in noise]
+    d = _direction(args, G)
+    layers = parse_layers(args.layers, G.n_latent)
+    regions = [r.strip() for r in (args.regions or "").split(",") if r.strip()]
+    with torch.no_grad():
+        original = render(G, w, noise)
+        whole = render(G, edit_whole(G, w, d, args.strength, layers), noise)
+        panels = [original, whole]
+        if regions:
+            if not args.hierarchy:
+                raise ValueError("--regions needs --hierarchy (a trained FusionNet hierarchy)")
+            h = _load_hierarchy(args.hierarchy, G)
+            comp = composition_from(h, w)
+            edited = edit_regions(G, h, comp, d, args.strength, regions, layers=layers)
+            result = G.synthesis(fuse(G, h, edited), noise_mode="const", noise=noise)
+            panels.append(result)
+        else:
+            result = whole
+    _save_image(args.out, result)
+    print(f"wrote {args.out} ({'regions ' + ', '.join(regions) if regions else 'whole image'}, "
+          f"strength {args.strength:g})")
+    if args.compare:
+        cmp_path = Path(args.out).with_name(Path(args.out).stem + "-compare.png")
+        _save_image(cmp_path, torch.cat(panels), cols=len(panels), scale=args.scale)
+        print(f"wrote {cmp_path} (original | whole-image edit{' | region edit' if regions else ''})")
+    if args.save_latents and not regions:
+        save_latents(args.save_latents, edit_whole(G, w, d, args.strength, layers), noise,
+                     {**meta, "edit": {"strength": args.strength, "direction": args.direction or f"pca{args.pca}"}})
+    return 0
+
+
+# ------------------------------------------------------------- transfer
+def cmd_transfer(args: argparse.Namespace) -> int:
+    import torch
+
+    from .editing import hair_transfer, render
+    from .jobs import Cancelled, CancelToken
+
+    G = _load_G(args)
+    h = _load_hierarchy(args.hierarchy, G)
+    projector = _projector(args, G)
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    try:
+        w_t, noise_t = _load_code_or_invert(args, G, projector, args.target, cancel)
+        w_r, _ = _load_code_or_invert(args, G, projector, args.reference, cancel)
+    except Cancelled as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    with torch.no_grad():
+        _, fused = hair_transfer(G, h, w_t, w_r, region=args.region)
+        result = G.synthesis(fused, noise_mode="const", noise=noise_t)
+        _save_image(args.out, result)
+        print(f"wrote {args.out} ({args.region} from {args.reference} onto {args.target})")
+        if args.compare:
+            panels = torch.cat([render(G, w_t, noise_t), render(G, w_r), result])
+            cmp_path = Path(args.out).with_name(Path(args.out).stem + "-compare.png")
+            _save_image(cmp_path, panels, cols=3, scale=args.scale)
+            print(f"wrote {cmp_path} (target | reference | transfer)")
+    return 0
+
+
+# --------------------------------------------------------------- parsers
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default="toy-faces", help="checkpoint path or shipped domain (default toy-faces)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def _invert_args(p: argparse.ArgumentParser) -> None:
+    from .inversion import InversionSettings as D
+
+    g = p.add_argument_group("photo intake and inversion")
+    g.add_argument("--domain", help="domain for alignment (default: the shipped model's name); faces get "
+                                     "FFHQ alignment, everything else a centre crop")
+    g.add_argument("--align", default="auto", choices=["auto", "none", "center", "crop", "ffhq"],
+                   help="auto: as-is if already the generator's size, else by domain")
+    g.add_argument("--rect", type=_rect, help="manual crop X,Y,WIDTH,HEIGHT in pixels (with --align crop or auto)")
+    g.add_argument("--alpha", default="white", choices=["white", "black", "drop"],
+                   help="transparent pictures: composite on white/black, or drop the alpha channel")
+    g.add_argument("--encoder", help="toy encoder file for the initial guess (default: the domain's, if found)")
+    g.add_argument("--no-encoder", action="store_true", help="start from the mean w instead of an encoder")
+    g.add_argument("--steps", type=int, default=D.steps, help=f"optimisation steps (default {D.steps})")
+    g.add_argument("--lr", type=float, default=D.lr, help=f"peak learning rate (default {D.lr})")
+    g.add_argument("--space", default="w+", choices=["w+", "w"])
+    g.add_argument("--w-phase", type=float, default=D.w_phase,
+                   help=f"w+: fraction of steps moving one shared w first (default {D.w_phase})")
+    g.add_argument("--msssim", type=float, default=D.msssim_weight,
+                   help=f"weight of 1 - MS-SSIM (default {D.msssim_weight})")
+    g.add_argument("--l1", action="store_true", help="L1 pixel loss instead of MSE")
+    g.add_argument("--noise", action="store_true", help="also optimise the noise maps (regularised)")
+    g.add_argument("--loss-size", type=int, default=0, help="compare images at this size (0 = full)")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with bf16 support)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cache-dir", help="inversion cache folder (default ~/.cache/sfeditor/inversions)")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the inversion cache")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+
+
+def add_parsers(sub) -> None:
+    """Register ``invert``, ``edit`` and ``transfer`` on an argparse subparsers object."""
+    i = sub.add_parser("invert", help="invert photos into the generator (w+), write reconstructions and codes")
+    i.add_argument("images", nargs="+", help="photo files (PNG, JPEG, WebP, BMP, TIFF)")
+    _model_args(i)
+    i.add_argument("--out", "-o", default="inversions", help="output folder (default ./inversions)")
+    _invert_args(i)
+    i.set_defaults(func=cmd_invert)
+
+    e = sub.add_parser("edit", help="move an inverted code along a latent direction, whole image or by region")
+    e.add_argument("latents", help="a *-wplus.pt file written by 'sfeditor invert'")
+    _model_args(e)
+    e.add_argument("--direction", help="InterFaceGAN-style direction .npy ([w_dim], [1, w_dim] or [n_latent, w_dim])")
+    e.add_argument("--normalize", action="store_true", help="scale the direction file to unit length")
+    e.add_argument("--pca", type=int, help="GANSpace: use principal component INDEX of w (strength in std devs)")
+    e.add_argument("--pca-components", type=int, default=32)
+    e.add_argument("--pca-samples", type=int, default=20000)
+    e.add_argument("--cache-dir-directions", help="PCA cache folder (default ~/.cache/sfeditor/directions)")
+    e.add_argument("--strength", "-s", type=float, required=True)
+    e.add_argument("--regions", help="comma-separated hierarchy nodes to edit (e.g. hair or face,eyes); "
+                                     "default: the whole image")
+    e.add_argument("--hierarchy", help="trained FusionNet hierarchy (needed with --regions)")
+    e.add_argument("--layers", help="w+ entries to move, e.g. 0-5 (default all)")
+    e.add_argument("--out", "-o", default="edit.png")
+    e.add_argument("--compare", action="store_true", help="also write <out>-compare.png: original | whole | regions")
+    e.add_argument("--scale", type=int, default=1, help="upscale of the comparison picture")
+    e.add_argument("--save-latents", help="whole-image edits: also save the edited w+ here")
+    e.set_defaults(func=cmd_edit)
+
+    t = sub.add_parser("transfer", help="transfer a region (default hair) from a reference onto a target")
+    t.add_argument("target", help="target photo or *-wplus.pt")
+    t.add_argument("reference", help="reference photo or *-wplus.pt")
+    _model_args(t)
+    t.add_argument("--hierarchy", required=True, help="trained FusionNet hierarchy")
+    t.add_argument("--region", default="hair", help="hierarchy node to take from the reference (default hair)")
+    t.add_argument("--out", "-o", default="transfer.png")
+    t.add_argument("--compare", action="store_true", help="also write <out>-compare.png: target | reference | result")
+    t.add_argument("--scale", type=int, default=1)
+    _invert_args(t)
+    t.set_defaults(func=cmd_transfer)

@@ -1,0 +1,138 @@
+"""``invert`` / ``edit`` / ``transfer`` end to end on a tiny generator; ``sfeditor-train encoder`` on a tiny one."""
+from __future__ import annotations
+
+import argparse
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sfeditor import Generator
+from sfeditor.checkpoints import save_generator
+from sfeditor.cli_images import add_parsers
+from sfeditor.fusion_net import FusionNetConfig
+from sfeditor.hierarchy import OFFICIAL_TREES, FusionHierarchy
+from sfeditor.image_intake import read_image
+from sfeditor.imageio import save_png, to_uint8
+from sfeditor.inversion import load_latents
+from sfeditor.style_code import StyleCode
+from sfeditor.toy_encoder import load_toy_encoder
+
+TINY = dict(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
+
+
+def run(argv) -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("cli")
+    G = Generator(**TINY).eval()
+    save_generator(G, d / "g.pt")
+    with torch.no_grad():
+        imgs = to_uint8(G.synthesis(G.styles(G.sample_w(2, seed=3, truncation=0.5))))
+    save_png(d / "a.png", imgs[0])
+    wide = cv2.resize(imgs[1], (48, 40))
+    cv2.imwrite(str(d / "b.jpg"), wide[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    (d / "bad.png").write_bytes(b"garbage")
+    torch.manual_seed(1)
+    h = FusionHierarchy.with_random_nets(OFFICIAL_TREES["ffhq"], FusionNetConfig.for_layout(G.layout),
+                                         layout=G.layout)
+    h.save(d / "h.pt")
+    return d, G
+
+
+def common(d):
+    return ["--model", str(d / "g.pt"), "--device", "cpu"]
+
+
+def inv_opts(d):
+    return ["--steps", "6", "--no-encoder", "--cache-dir", str(d / "cache"), "-q"]
+
+
+def test_invert_edit_transfer(files, capsys):
+    d, G = files
+    out = d / "inv"
+    rc = run(["invert", str(d / "a.png"), str(d / "bad.png"), str(d / "b.jpg"), "--out", str(out)]
+             + common(d) + inv_opts(d))
+    assert rc == 1                                         # the garbage file is reported, the others done
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "not an image" in err
+    for stem in ("a", "b"):
+        assert read_image(out / f"{stem}.png").shape == (32, 32, 3)
+        assert read_image(out / f"{stem}-input.png").shape == (32, 32, 3)
+        assert StyleCode.load(out / f"{stem}.pt").layout.dims == G.layout.dims
+        w, _, meta = load_latents(out / f"{stem}-wplus.pt", G)
+        assert w.shape == (1, G.n_latent, G.style_dim) and meta["steps"] == 6
+    assert load_latents(out / "b-wplus.pt")[2]["alignment"] == "center"
+    capsys.readouterr()
+    assert run(["invert", str(d / "a.png"), "--out", str(out)] + common(d) + inv_opts(d)) == 0
+    assert "cache hit" in capsys.readouterr().out
+
+    direction = np.random.default_rng(0).normal(size=32).astype(np.float32)
+    np.save(d / "dir.npy", direction)
+    wfile = str(out / "a-wplus.pt")
+    assert run(["edit", wfile, "--direction", str(d / "dir.npy"), "--strength", "2", "--out", str(d / "e1.png"),
+                "--compare"] + common(d)) == 0
+    assert read_image(d / "e1-compare.png", min_side=1).shape[1] > 2 * 32
+    assert run(["edit", wfile, "--direction", str(d / "dir.npy"), "--strength", "2", "--regions", "hair,eyes",
+                "--hierarchy", str(d / "h.pt"), "--layers", "0-3", "--out", str(d / "e2.png"), "--compare"]
+               + common(d)) == 0
+    assert read_image(d / "e2.png").shape == (32, 32, 3)
+    assert run(["edit", wfile, "--pca", "0", "--pca-components", "4", "--pca-samples", "500", "--strength", "1",
+                "--cache-dir-directions", str(d / "dirs"), "--out", str(d / "e3.png")] + common(d)) == 0
+    with pytest.raises(ValueError, match="needs --hierarchy"):
+        run(["edit", wfile, "--pca", "0", "--strength", "1", "--regions", "hair", "--out", str(d / "x.png"),
+             "--cache-dir-directions", str(d / "dirs"), "--pca-components", "4", "--pca-samples", "500"] + common(d))
+    with pytest.raises(ValueError, match="exactly one"):
+        run(["edit", wfile, "--strength", "1"] + common(d))
+    with pytest.raises(ValueError, match="S-space style code"):
+        run(["edit", str(out / "a.pt"), "--pca", "0", "--strength", "1"] + common(d))
+
+    assert run(["transfer", str(d / "b.jpg"), wfile, "--hierarchy", str(d / "h.pt"), "--out", str(d / "t.png"),
+                "--compare"] + common(d) + inv_opts(d)) == 0
+    assert read_image(d / "t.png").shape == (32, 32, 3)
+    assert read_image(d / "t-compare.png", min_side=1).shape[1] > 3 * 32
+    with pytest.raises(ValueError, match="no region 'beard'"):
+        run(["transfer", wfile, wfile, "--hierarchy", str(d / "h.pt"), "--region", "beard",
+             "--out", str(d / "t2.png")] + common(d))
+
+
+def test_train_encoder_resumes(files, tmp_path, monkeypatch):
+    from trainer.common import Cancelled, CancelToken
+    from trainer.encoder import EncoderRecipe, add_parsers as add_trainer_parsers, train_encoder
+
+    d, G = files
+    monkeypatch.chdir(tmp_path)                    # no runs/generator-<domain>/ defaults from the checkout
+    logs = []
+    recipe = EncoderRecipe(domain="toy-faces", generator=str(d / "g.pt"), init="none", steps=3, batch=2,
+                           latent_batch=2, eval_images=2, eval_every=2, checkpoint_every=1, threads=1)
+    path = train_encoder(recipe, tmp_path / "run", log=logs.append)
+    E = load_toy_encoder(path, G=G)
+    assert E.size == 32 and E.style_dim == 32 and "held-out" in logs[-1]
+    recipe.steps = 5
+    train_encoder(recipe, tmp_path / "run", log=logs.append)
+    assert any("resuming" in m and "step 3" in m for m in logs)
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled, match="stopped at encoder step 1"):
+        train_encoder(EncoderRecipe(domain="toy-faces", generator=str(d / "g.pt"), init="none", steps=4, batch=2,
+                                    latent_batch=2, eval_images=2), tmp_path / "run2", cancel=token, log=logs.append)
+    assert (tmp_path / "run2" / "checkpoint.pt").exists()
+    # fine-tuning from an existing encoder file
+    train_encoder(EncoderRecipe(domain="toy-faces", generator=str(d / "g.pt"), init=str(path), steps=1, batch=2,
+                                latent_batch=2, eval_images=2), tmp_path / "run3", log=logs.append)
+    assert any("fine-tuning" in m for m in logs)
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command")
+    add_trainer_parsers(sub)
+    args = p.parse_args(["encoder", "--domain", "toy-cars", "--steps", "7"])
+    assert args.steps == 7 and callable(args.func)

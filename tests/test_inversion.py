@@ -1,0 +1,221 @@
+"""Projector (W+ optimisation), MS-SSIM, cache, cancel, encoders, e4e validation, w+ files."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from sfeditor import Generator
+from sfeditor.inversion import (E4EUnsupported, InversionCache, InversionSettings, Projector, load_e4e,
+                                load_latents, lr_schedule, ms_ssim, noise_regularization, psnr, read_e4e,
+                                save_latents, ssim)
+from sfeditor.jobs import Cancelled, CancelToken
+from sfeditor.style_code import StyleCode
+from sfeditor.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
+
+TINY = dict(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
+FAST = dict(steps=150, lr=0.1, msssim_weight=0.0, w_phase=0.5)   # ~43 dB on this target
+
+
+@pytest.fixture(scope="module")
+def G():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return Generator(**TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def target(G):
+    with torch.no_grad():
+        return G.synthesis(G.styles(G.sample_w(1, seed=4, truncation=0.5)))
+
+
+# ----------------------------------------------------------------- metrics
+def _smooth(seed: int, size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 3, size // 8, size // 8, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def test_ssim_basics():
+    a = _smooth(0, 64)
+    assert torch.allclose(ssim(a, a), torch.ones(2), atol=1e-5)
+    assert torch.allclose(ms_ssim(a, a), torch.ones(2), atol=1e-5)      # 3 scales at 64 px
+    b = a + 0.2 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))
+    assert (ms_ssim(a, b) < 0.99).all() and (ssim(a, b) < ssim(a, a)).all()
+    assert ms_ssim(a[:, :, :20, :20], b[:, :, :20, :20]).shape == (2,)  # tiny pictures still work
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pytorch_msssim") is None, reason="pytorch-msssim not installed")
+def test_ssim_matches_pytorch_msssim():
+    import pytorch_msssim
+
+    a, b = _smooth(2, 192), _smooth(3, 192)
+    b = 0.6 * a + 0.4 * b
+    ref_s = pytorch_msssim.ssim((a + 1) / 2, (b + 1) / 2, data_range=1.0, size_average=False)
+    ref_m = pytorch_msssim.ms_ssim((a + 1) / 2, (b + 1) / 2, data_range=1.0, size_average=False)
+    assert torch.allclose(ssim(a, b), ref_s, atol=1e-4)
+    assert torch.allclose(ms_ssim(a, b), ref_m, atol=1e-4)
+
+
+def test_lr_schedule_and_noise_regulariser():
+    assert lr_schedule(0.0, 0.1, 0.05, 0.25) == 0.0
+    assert lr_schedule(0.5, 0.1, 0.05, 0.25) == pytest.approx(0.1)
+    assert lr_schedule(0.99, 0.1, 0.05, 0.25) < 0.001
+    g = torch.Generator().manual_seed(0)
+    white = [torch.randn(1, 1, 64, 64, generator=g), torch.randn(1, 1, 32, 32, generator=g)]
+    smooth = [torch.nn.functional.interpolate(torch.randn(1, 1, 8, 8, generator=g), size=(32, 32), mode="bilinear")]
+    smooth = [s / s.std() for s in smooth]
+    assert float(noise_regularization(white)) < 0.01 < float(noise_regularization(smooth))
+
+
+# --------------------------------------------------------------- projector
+def test_projector_reaches_high_psnr(G, target, tmp_path):
+    losses = []
+    res = Projector(G, InversionSettings(**FAST), cache=tmp_path).invert(
+        target, progress=lambda s, t, info: losses.append(info["loss"]))
+    assert res.w_plus.shape == (1, G.n_latent, G.style_dim) and not res.from_cache
+    assert len(losses) == 150 and min(losses[-20:]) < 0.05 * losses[0]
+    assert res.init_psnr < 20 < 30 < res.psnr
+    with torch.no_grad():
+        assert float(psnr(res.render(G), target)) == pytest.approx(res.psnr, abs=1e-3)
+
+
+def test_cache_hit_is_identical_and_skips_optimisation(G, target, tmp_path, monkeypatch):
+    st = InversionSettings(steps=8, lr=0.05)
+    first = Projector(G, st, cache=tmp_path).invert(target)
+    proj = Projector(G, st, cache=tmp_path)
+    monkeypatch.setattr(proj, "_optimise", lambda *a, **k: pytest.fail("optimised despite a cache hit"))
+    again = proj.invert(target)
+    assert again.from_cache and torch.equal(again.w_plus, first.w_plus) and again.psnr == first.psnr
+    monkeypatch.undo()
+    # other settings, other pixels or another generator: a miss
+    assert not Projector(G, InversionSettings(steps=9, lr=0.05), cache=tmp_path).invert(target).from_cache
+    assert not Projector(G, st, cache=tmp_path).invert(target.flip(-1)).from_cache
+    key = proj.cache_key(target)
+    path = InversionCache(tmp_path).path(key)
+    path.write_bytes(b"\x00garbage, not a torch file")                # corrupt entry: ignored, rewritten
+    res = Projector(G, st, cache=tmp_path).invert(target)
+    assert not res.from_cache and torch.allclose(res.w_plus, first.w_plus)
+    assert Projector(G, st, cache=tmp_path).invert(target).from_cache
+    assert Projector(G, st, cache=False).cache is None
+
+
+def test_uint8_input_and_size_check(G, tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    res = Projector(G, InversionSettings(steps=3), cache=tmp_path).invert(img)
+    assert res.steps == 3 and np.isfinite(res.psnr)
+    with pytest.raises(ValueError, match="align or crop"):
+        Projector(G, InversionSettings(steps=3), cache=False).invert(np.zeros((40, 40, 3), np.uint8))
+
+
+def test_cancel_mid_run(G, target, tmp_path):
+    token = CancelToken()
+
+    def progress(step, total, info):
+        if step == 5:
+            token.cancel()
+
+    proj = Projector(G, InversionSettings(steps=100), cache=tmp_path)
+    with pytest.raises(Cancelled) as e:
+        proj.invert(target, progress=progress, cancel=token)
+    assert e.value.partial.steps == 5 and e.value.partial.w_plus.shape == (1, G.n_latent, G.style_dim)
+    assert not InversionCache(tmp_path).path(proj.cache_key(target)).exists()   # partial results not cached
+
+
+def test_noise_optimisation_and_w_space(G, target):
+    with torch.no_grad():      # give the noise inputs some influence
+        for layer in G.conv_layers:
+            layer.noise.weight.fill_(0.1)
+    try:
+        res = Projector(G, InversionSettings(steps=6, optimize_noise=True), cache=False).invert(target)
+        assert res.noise is not None and len(res.noise) == G.num_noises
+        for n in res.noise:
+            assert abs(float(n.mean())) < 1e-4 and float(n.std()) == pytest.approx(1.0, abs=1e-3)
+        res = Projector(G, InversionSettings(steps=4, space="w"), cache=False).invert(target)
+        assert torch.allclose(res.w_plus, res.w_plus[:, :1].expand_as(res.w_plus))
+    finally:
+        with torch.no_grad():
+            for layer in G.conv_layers:
+                layer.noise.weight.zero_()
+
+
+def test_encoder_initialisation_and_files(G, target, tmp_path):
+    torch.manual_seed(1)
+    E = ToyEncoder(size=32, style_dim=32, width=8).eval()
+    torch.save(E.state_dict(), tmp_path / "raw.pt")                       # what the generator run writes
+    save_toy_encoder(E, tmp_path / "wrapped.pt", meta={"domain": "tiny"})
+    for name in ("raw.pt", "wrapped.pt"):
+        E2 = load_toy_encoder(tmp_path / name, G=G)
+        assert E2.config == E.config
+        with torch.no_grad():
+            assert torch.equal(E2(target), E(target))
+    with pytest.raises(ValueError, match="generator uses"):
+        load_toy_encoder(tmp_path / "raw.pt", G=Generator(size=32, style_dim=16, n_mlp=1,
+                                                           channels={4: 8, 8: 8, 16: 8, 32: 8}))
+    (tmp_path / "bad.pt").write_bytes(b"nonsense")
+    with pytest.raises(ValueError, match="not a readable encoder"):
+        load_toy_encoder(tmp_path / "bad.pt")
+    proj = Projector(G, InversionSettings(steps=0), encoder=E, cache=tmp_path)
+    res = proj.invert(target)
+    with torch.no_grad():
+        want = E(target)[:, None].expand(1, G.n_latent, G.style_dim)
+    assert torch.allclose(res.w_plus, want, atol=1e-6)
+    assert proj.cache_key(target) != Projector(G, InversionSettings(steps=0), cache=tmp_path).cache_key(target)
+
+
+def test_latent_files(G, tmp_path):
+    w = torch.randn(2, G.n_latent, G.style_dim)
+    save_latents(tmp_path / "a-wplus.pt", w, None, {"psnr": 31.0})
+    w2, noise, meta = load_latents(tmp_path / "a-wplus.pt", G)
+    assert torch.equal(w, w2) and noise is None and meta["psnr"] == 31.0
+    G.styles(w[:1]).save(tmp_path / "code.pt")
+    with pytest.raises(ValueError, match="S-space style code"):
+        load_latents(tmp_path / "code.pt")
+    with pytest.raises(ValueError, match="generator needs"):
+        load_latents(tmp_path / "a-wplus.pt", Generator(size=16, style_dim=32, n_mlp=1,
+                                                          channels={4: 8, 8: 8, 16: 8}))
+    assert isinstance(StyleCode.load(tmp_path / "code.pt"), StyleCode)
+
+
+def test_e4e_checkpoints_validated_then_refused(tmp_path):
+    ok = {"state_dict": {"encoder.input_layer.0.weight": torch.zeros(64, 3, 3, 3),
+                         "decoder.style.1.weight": torch.zeros(512, 512)},
+          "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": 1024, "checkpoint_path": None},
+          "latent_avg": torch.zeros(18, 512)}
+    torch.save(ok, tmp_path / "e4e.pt")
+    info = read_e4e(tmp_path / "e4e.pt")
+    assert (info.encoder_type, info.resolution, info.n_styles, info.latent_avg_shape) == \
+        ("Encoder4Editing", 1024, 18, (18, 512))
+    with pytest.raises(E4EUnsupported, match="not supported yet"):
+        load_e4e(tmp_path / "e4e.pt")
+    torch.save({"state_dict": {}, "opts": {}}, tmp_path / "empty.pt")
+    with pytest.raises(ValueError, match="no encoder"):
+        read_e4e(tmp_path / "empty.pt")
+    torch.save({"g_ema": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an e4e checkpoint"):
+        read_e4e(tmp_path / "other.pt")
+    torch.save({"state_dict": ok["state_dict"], "opts": {"stylegan_size": 1024}, "latent_avg": torch.zeros(5, 512)},
+               tmp_path / "bad_avg.pt")
+    with pytest.raises(ValueError, match="latent_avg"):
+        read_e4e(tmp_path / "bad_avg.pt")
+    torch.save({"state_dict": ok["state_dict"], "opts": _Opaque()}, tmp_path / "pickled.pt")
+    with pytest.raises(ValueError, match="not a readable"):                # arbitrary objects never unpickled
+        read_e4e(tmp_path / "pickled.pt")
+    with pytest.raises(FileNotFoundError):
+        read_e4e(tmp_path / "missing.pt")
+
+
+class _Opaque:
+    """A class torch.load(weights_only=True) must refuse to rebuild."""
+
+
+def test_cancel_token_protocol():
+    t = CancelToken()
+    assert not t.requested
+    t.requested = True
+    assert t.requested
+    t.reset()
+    assert not t.requested
