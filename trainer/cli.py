@@ -1,0 +1,124 @@
+"""``sfeditor-train``: training jobs (toy generators, region oracles, ...), each resumable."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_generator(args: argparse.Namespace) -> int:
+    from .common import CancelToken, Cancelled
+    from .generator import GeneratorRecipe, train_generator
+
+    recipe = GeneratorRecipe(domain=args.domain, ae_steps=args.ae_steps, mapping_steps=args.mapping_steps,
+                             mix_steps=args.mix_steps, batch=args.batch, seed=args.seed, threads=args.threads,
+                             device=args.device, bf16=not args.no_bf16)
+    if args.steps_scale != 1.0:
+        recipe.ae_steps = max(1, int(recipe.ae_steps * args.steps_scale))
+        recipe.mapping_steps = max(1, int(recipe.mapping_steps * args.steps_scale))
+        recipe.mix_steps = int(recipe.mix_steps * args.steps_scale)
+    out = args.out or f"runs/generator-{args.domain}"
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    try:
+        path = train_generator(recipe, out, resume=not args.restart, cancel=cancel)
+    except Cancelled as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    if args.install:
+        from sfeditor.checkpoints import load_generator, save_generator
+        from sfeditor.domains import get_domain
+
+        G = load_generator(path, device="cpu")
+        dest = get_domain(args.domain).generator_path
+        save_generator(G, dest, meta={"domain": args.domain, "source_run": str(out)}, half=True)
+        print(f"installed fp16 weights to {dest}")
+    return 0
+
+
+def cmd_oracle(args: argparse.Namespace) -> int:
+    from .oracle import train_oracle
+
+    out = args.out or f"resources/oracles/{args.domain}.pt"
+    train_oracle(args.domain, out, steps=args.steps, batch=args.batch, seed=args.seed, resume=not args.restart)
+    return 0
+
+
+def cmd_evaluate_generator(args: argparse.Namespace) -> int:
+    import torch
+
+    from sfeditor.checkpoints import load_generator
+    from sfeditor.toy_encoder import load_toy_encoder
+
+    from .evaluate_generator import evaluate_generator
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    G = load_generator(args.model or args.domain, device="cpu")
+    encoder = load_toy_encoder(args.encoder, G=G) if args.encoder else None
+    out = args.out or f"runs/eval-generator-{args.domain}"
+    m = evaluate_generator(G, args.domain, out, encoder=encoder, n_project=args.project,
+                           project_steps=args.project_steps, n_samples=args.samples)
+    print(f"wrote {out}/metrics.json and PNGs; coverage {m['coverage']['w_plus_psnr_db']:.2f} dB")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sfeditor-train", description="sfeditor training jobs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generator", help="train a toy-domain StyleGAN2 (autoencoder -> mapping -> mixing)")
+    g.add_argument("--domain", required=True, choices=["toy-faces", "toy-cars"])
+    g.add_argument("--out", help="run folder (default runs/generator-<domain>)")
+    g.add_argument("--ae-steps", type=int, default=8000)
+    g.add_argument("--mapping-steps", type=int, default=3000)
+    g.add_argument("--mix-steps", type=int, default=1500)
+    g.add_argument("--steps-scale", type=float, default=1.0, help="multiply every phase's steps (quick trials)")
+    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--no-bf16", action="store_true", help="disable bfloat16 autocast")
+    g.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    g.add_argument("--install", action="store_true", help="copy the result (fp16) into resources/ when done")
+    g.set_defaults(func=cmd_generator)
+
+    e = sub.add_parser("evaluate-generator", help="coverage (W+ projection PSNR), oracle realism, sample grids")
+    e.add_argument("--domain", required=True, choices=["toy-faces", "toy-cars"])
+    e.add_argument("--model", help="generator file (default: the shipped domain)")
+    e.add_argument("--encoder", help="toy encoder weights to start projections from")
+    e.add_argument("--out")
+    e.add_argument("--project", type=int, default=50, help="held-out images to project")
+    e.add_argument("--project-steps", type=int, default=300)
+    e.add_argument("--samples", type=int, default=500)
+    e.add_argument("--threads", type=int, default=0)
+    e.set_defaults(func=cmd_evaluate_generator)
+
+    o = sub.add_parser("oracle", help="train a toy domain's region oracle on renderer images")
+    o.add_argument("--domain", required=True, choices=["toy-faces", "toy-cars"])
+    o.add_argument("--out")
+    o.add_argument("--steps", type=int, default=3000)
+    o.add_argument("--batch", type=int, default=32)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--restart", action="store_true")
+    o.set_defaults(func=cmd_oracle)
+
+    from .encoder import add_parsers as _add_encoder_parsers   # encoder
+    from .fusion import add_parsers as _add_fusion_parsers     # fusion, hierarchy, evaluate
+    from .regions import add_parsers as _add_region_parsers    # regions, regions-eval
+
+    _add_region_parsers(sub)
+    _add_fusion_parsers(sub)
+    _add_encoder_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sfeditor-train {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
