@@ -111,7 +111,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sfeditor", description="StyleFusion editor. Without a subcommand, opens the app.")
+    p = argparse.ArgumentParser(prog="sfeditor", description="StyleFusion editor: headless commands (the desktop window is not built yet).")
     p.add_argument("--version", action="version", version=f"sfeditor {__import__('sfeditor').__version__}")
     sub = p.add_subparsers(dest="command")
 
@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a checkpoint (format, architecture, S layout)")
     i.add_argument("model", help="checkpoint path or shipped domain")
     i.set_defaults(func=cmd_info)
+
+    from .cli_images import add_parsers as _add_image_parsers   # invert, edit, transfer
+
+    _add_image_parsers(sub)
     return p
 
 
