@@ -446,3 +446,23 @@ def test_shipped_domain_names(GA, tmp_path, monkeypatch):
     G1 = load_generator("toy-faces", device="cpu")
     assert_same_generator(GA, G1)
     assert G1.device.type == "cpu"
+
+
+@pytest.mark.parametrize("size", [64, 256, 512, 1024])
+@pytest.mark.parametrize("fmt", ["rosinality", "nvidia-ada", "nvidia-tf"])
+def test_every_resolution_in_every_foreign_format(fmt, size, tmp_path):
+    """Issue 2's 'done when': random generators at 64-1024 in all three foreign formats
+    (narrow widths keep it fast; the layer structure is the full one)."""
+    import math
+
+    ch = {2 ** i: max(4, 32 >> max(0, i - 5)) for i in range(2, int(math.log2(size)) + 1)}
+    G0 = random_generator(seed=size, size=size, style_dim=16, n_mlp=2, channels=ch)
+    path = tmp_path / ("g.pkl" if fmt.startswith("nvidia") else "g.pt")
+    _write(fmt, G0, path)
+    G1 = load_generator(path, device="cpu")
+    assert G1.config.size == size and G1.layout == G0.layout
+    with torch.no_grad():
+        s0 = G0.random_styles(1, seed=0)
+        s1 = G1.random_styles(1, seed=0)
+        assert (s0.flat() - s1.flat()).abs().max() <= 1e-5
+        assert (G0.synthesis(s0) - G1.synthesis(s1)).abs().max() <= 1e-4
