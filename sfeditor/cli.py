@@ -84,7 +84,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         save_png(out, make_grid(images, cols=args.cols, scale=args.scale))
         print(f"wrote {len(images)} images as a grid to {out}")
     if args.save_codes:
-        code.detach().cpu().save(args.save_codes)
+        code.detach().to("cpu").save(args.save_codes)
         print(f"saved {len(code)} style codes to {args.save_codes}")
     return 0
 

@@ -77,6 +77,8 @@ def _encoder(args, G):
         path = default_encoder_path(dom) if dom else None
         if path is None:
             return None
+    if not args.quiet:
+        print(f"initial guesses from the encoder {path}", file=sys.stderr)
     return load_toy_encoder(path, map_location=G.device, G=G)
 
 

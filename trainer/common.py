@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -12,34 +11,7 @@ from typing import Any, Callable
 import torch
 
 from sfeditor.atomic import atomic_torch_save, atomic_write_text
-
-
-class Cancelled(Exception):
-    """Raised inside a training loop when the user asked to stop (after a checkpoint)."""
-
-
-class CancelToken:
-    """Cooperative cancel: set by Ctrl-C / SIGTERM or by a caller (e.g. the app)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def cancel(self) -> None:
-        self.requested = True
-
-    def install_signal_handlers(self) -> None:
-        def handler(signum, frame):  # first signal: finish the step, checkpoint, stop
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            print("\nstopping after this step (checkpoint will be saved); press Ctrl-C again to abort",
-                  file=sys.stderr)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                signal.signal(sig, handler)
-            except ValueError:  # not the main thread
-                pass
+from sfeditor.jobs import CancelToken, Cancelled  # noqa: F401  (re-exported for the trainers)
 
 
 class Progress:
