@@ -69,20 +69,23 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def truncate_log(self, phase: str, step: int) -> None:
-        """On resume, drop log lines written after the checkpoint (so a resumed log has no duplicates)."""
+        """On resume, drop this phase's log lines written after the checkpoint (no duplicates)."""
+        self.filter_log(lambda r: not (r.get("phase") == phase and r.get("step", 0) > step))
+
+    def filter_log(self, keep) -> None:
+        """Rewrite ``stats.jsonl`` atomically with only the records ``keep(record)`` accepts."""
         p = self.path / "stats.jsonl"
         if not p.exists():
             return
-        keep = []
+        lines = []
         for line in p.read_text().splitlines():
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if r.get("phase") == phase and r.get("step", 0) > step:
-                continue
-            keep.append(line)
-        atomic_write_text(p, "".join(k + "\n" for k in keep))
+            if keep(r):
+                lines.append(line)
+        atomic_write_text(p, "".join(k + "\n" for k in lines))
 
     def save(self, state: dict) -> None:
         atomic_torch_save(state, self.checkpoint)

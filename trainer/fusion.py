@@ -54,7 +54,6 @@ torchrun takes ``--node`` for its own ``--node-rank``::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -64,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfeditor.atomic import atomic_torch_save, atomic_write_text
+from sfeditor.atomic import atomic_torch_save
 from sfeditor.fusion_config import StageConfig, TrainingConfig, favored, node_config, regular, short
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy, load_hierarchy, parse_tree
@@ -323,18 +322,7 @@ def _banner(width: int, text: str, height: int = 16) -> np.ndarray:
 # -------------------------------------------------------------------- log
 def truncate_log(run: RunDir, stage: int, step: int) -> None:
     """Drop log lines written after the checkpoint at (stage, step): a resumed log has no duplicates."""
-    p = run.path / "stats.jsonl"
-    if not p.exists():
-        return
-    keep = []
-    for line in p.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if (int(r.get("stage", 0)), int(r.get("step", 0))) <= (stage, step):
-            keep.append(line)
-    atomic_write_text(p, "".join(k + "\n" for k in keep))
+    run.filter_log(lambda r: (int(r.get("stage", 0)), int(r.get("step", 0))) <= (stage, step))
 
 
 # ------------------------------------------------------------------- train
