@@ -1,0 +1,35 @@
+"""Tiny models shared by the composition / commands / render-service tests."""
+from __future__ import annotations
+
+import torch
+
+from sfeditor.composition import Composition
+from sfeditor.fusion_net import FusionNetConfig
+from sfeditor.generator import Generator
+from sfeditor.hierarchy import FusionHierarchy
+from sfeditor.regions import node
+
+torch.set_num_threads(1)
+
+TREE4 = node("all", node("left", "a", "b"), node("right", "c", "d"))
+TREE2 = node("all", "a", "b")
+
+
+def tiny_generator(seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    G = Generator(size=16, style_dim=16, n_mlp=1, channels={4: 16, 8: 16, 16: 8}).eval()
+    G.requires_grad_(False)
+    return G
+
+
+def tiny_hierarchy(G: Generator, tree=TREE4, seed: int = 0) -> FusionHierarchy:
+    torch.manual_seed(seed)
+    cfg = FusionNetConfig.for_layout(G.layout, hidden=32)
+    h = FusionHierarchy.with_random_nets(tree, cfg, layout=G.layout).eval()
+    h.requires_grad_(False)
+    return h
+
+
+def composition(tree=TREE4, **kw) -> Composition:
+    kw.setdefault("domain", "toy-faces")
+    return Composition(tree, **kw)
