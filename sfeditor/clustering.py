@@ -104,6 +104,8 @@ def sample_deep_pixels(G, options: ClusteringOptions, progress: ProgressFn | Non
     gen = torch.Generator().manual_seed(o.seed + 1)
     if codes is None:
         codes = G.random_styles(n, seed=o.seed, truncation=o.truncation)
+    if progress is not None:
+        progress(0, n, "deep pixels")
     feats, where = [], []
     for start in range(0, n, o.batch):
         _check_cancel(cancel)

@@ -29,19 +29,23 @@ def confusion(pred: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def iou_scores(conf: torch.Tensor, names: Sequence[str]) -> dict:
-    """Per-class IoU, mIoU over classes present in prediction or target, pixel accuracy."""
+    """Per-class IoU, mIoU over classes present in prediction or target, pixel accuracy, target class shares."""
     c = conf.double()
     tp = c.diag()
     union = c.sum(0) + c.sum(1) - tp
     iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
     valid = ~torch.isnan(iou)
+    share = c.sum(1) / c.sum().clamp_min(1)
     return {"miou": float(iou[valid].mean()) if valid.any() else float("nan"),
             "iou": {name: (None if torch.isnan(v) else round(float(v), 4)) for name, v in zip(names, iou)},
-            "pixel_accuracy": float(tp.sum() / c.sum().clamp_min(1))}
+            "pixel_accuracy": float(tp.sum() / c.sum().clamp_min(1)),
+            "target_share": {name: round(float(v), 5) for name, v in zip(names, share)}}
 
 
-def _batches(G, n: int, seed: int, truncation: float, batch: int):
+def _batches(G, n: int, seed: int, truncation: float, batch: int, progress: ProgressFn | None, stage: str):
     codes = G.random_styles(n, seed=seed, truncation=truncation)
+    if progress is not None:
+        progress(0, n, stage)
     for i in range(0, n, batch):
         yield i, codes[i:i + batch]
 
@@ -61,7 +65,7 @@ def evaluate_regions(model, oracle, n: int = 64, seed: int = 1000, truncation: f
     to_oracle = torch.tensor([names.index(leaf) for leaf in model.leaves])
     G = model.G
     conf = torch.zeros(len(names), len(names), dtype=torch.long)
-    for i, s in _batches(G, n, seed, truncation, batch):
+    for i, s in _batches(G, n, seed, truncation, batch, progress, "evaluate"):
         images, feats = G.synthesis(s, model.noise_mode, return_features=True)
         pred = to_oracle[model.hard_labels(size=images.shape[-1], features=feats).cpu()]
         target, _ = oracle.predict(images.float())
@@ -80,7 +84,7 @@ def cluster_oracle_counts(model, oracle, n: int = 64, seed: int = 0, truncation:
     names = list(oracle.region_names)
     k = model.regions.num_clusters
     counts = torch.zeros(k, len(names), dtype=torch.long)
-    for i, s in _batches(model.G, n, seed, truncation, batch):
+    for i, s in _batches(model.G, n, seed, truncation, batch, progress, "auto-label"):
         images, feats = model.G.synthesis(s, model.noise_mode, return_features=True)
         lab = model.cluster_labels(features=feats)
         lab = torch.nn.functional.interpolate(lab[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0]

@@ -437,8 +437,8 @@ class RegionsFile:
     def relabelled(self, clusters: dict[int, str], tree: RegionNode) -> "RegionsFile":
         """A copy with new cluster labels and hierarchy (validated)."""
         new = copy.copy(self)
-        new.clusters, new.tree = dict(clusters), tree
-        new.card = copy.deepcopy(self.card)
+        new.clusters, new.tree = {int(k): v for k, v in clusters.items()}, tree
+        new.clustering, new.card = copy.deepcopy(self.clustering), copy.deepcopy(self.card)
         new.validate()
         return new
 

@@ -6,7 +6,7 @@ import torch
 
 from sfeditor import Generator, StyleCode
 from sfeditor.clustering import ClusteringOptions, cluster_generator
-from sfeditor.masks import RegionModel
+from sfeditor.masks import RegionModel, deep_pixels_from_features
 from sfeditor.regions import node
 
 TINY = dict(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
@@ -70,6 +70,8 @@ def test_hard_masks_are_the_low_temperature_limit_of_soft_masks(model, codes):
 def test_features_can_be_reused(model, codes):
     with torch.no_grad():
         _, feats = model.G.synthesis(codes, "const", return_features=True)
+        torch.testing.assert_close(deep_pixels_from_features(feats, 32), model.G.deep_pixels(codes, 32))
+        torch.testing.assert_close(deep_pixels_from_features(feats, 16), model.G.deep_pixels(codes, 16))
         a = model.soft_masks(codes, ["ab"])
         b = model.soft_masks(regions=["ab"], features=feats)
     torch.testing.assert_close(a, b)

@@ -254,11 +254,11 @@ def test_cancel_and_progress(G):
 
     def progress(done, total, stage):
         seen.append((done, total, stage))
-        token.requested = True
+        token.requested = done > 0          # cancel after the first batch
 
     with pytest.raises(Cancelled):
         cluster_generator(G, ClusteringOptions(**OPTS), progress=progress, cancel=token)
-    assert seen == [(6, 12, "deep pixels")]
+    assert seen == [(0, 12, "deep pixels"), (6, 12, "deep pixels")]
 
 
 def test_merge_tree_rejects_bad_input():

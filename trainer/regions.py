@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 PALETTE = np.array([
-    (40, 40, 40), (230, 160, 40), (60, 120, 220), (240, 200, 170), (40, 200, 80), (220, 40, 60),
+    (95, 95, 95), (230, 160, 40), (60, 120, 220), (240, 200, 170), (40, 200, 80), (220, 40, 60),
     (150, 80, 200), (90, 200, 200), (250, 240, 90), (160, 100, 60), (255, 130, 200), (120, 120, 120),
     (0, 110, 90), (200, 200, 255), (130, 0, 40), (180, 255, 120)], dtype=np.uint8)
 
@@ -100,7 +100,7 @@ def _banner(width: int, text: str, height: int = 18) -> np.ndarray:
     return bar
 
 
-def _legend(width: int, names: list[str], colours: np.ndarray, cell: int = 120) -> np.ndarray:
+def _legend(width: int, names: list[str], colours: np.ndarray, cell: int = 150) -> np.ndarray:
     """Rows of (colour chip, name) entries, ``cell`` pixels each, wrapped to ``width``."""
     import cv2
 
@@ -111,7 +111,7 @@ def _legend(width: int, names: list[str], colours: np.ndarray, cell: int = 120) 
         for q, i in enumerate(range(j, min(j + per_row, len(names)))):
             x = 4 + q * cell
             bar[4:14, x:x + 10] = colours[i]
-            cv2.putText(bar, names[i][:16], (x + 14, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (235, 235, 235), 1,
+            cv2.putText(bar, names[i][:20], (x + 14, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (235, 235, 235), 1,
                         cv2.LINE_AA)
         rows.append(bar)
     return np.concatenate(rows)
@@ -165,12 +165,12 @@ def overlay_grid(images: np.ndarray, pred: np.ndarray, target: np.ndarray | None
                            _legend(grid.shape[1], names, col.astype(np.uint8))])
 
 
-def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, cell: int = 26) -> np.ndarray:
+def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, cell: int = 38) -> np.ndarray:
     """A labelled [R, L] heatmap in [0, 1] (viridis) with the values printed."""
     import cv2
 
     r, c = values.shape
-    left, top = 8 * max(len(n) for n in rows) + 10, 46
+    left, top = 9 * max(len(n) for n in rows) + 12, 50
     img = np.full((top + r * cell + 6, left + c * cell + 6, 3), 24, dtype=np.uint8)
     v8 = (np.clip(values, 0, 1) * 255).astype(np.uint8)
     colour = cv2.applyColorMap(v8, cv2.COLORMAP_VIRIDIS)[..., ::-1]                   # [R, L, 3] RGB
@@ -179,12 +179,12 @@ def heatmap(values: np.ndarray, rows: list[str], cols: list[str], title: str, ce
             y, x = top + i * cell, left + j * cell
             img[y:y + cell - 1, x:x + cell - 1] = colour[i, j]
             ink = (0, 0, 0) if v8[i, j] > 150 else (230, 230, 230)
-            cv2.putText(img, f"{values[i, j]:.2f}"[1:] if values[i, j] < 1 else "1.0", (x + 2, y + cell // 2 + 4),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.3, ink, 1, cv2.LINE_AA)
-        cv2.putText(img, rows[i], (4, top + i * cell + cell // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+            cv2.putText(img, f"{values[i, j]:.2f}"[1:] if values[i, j] < 1 else "1.0", (x + 5, y + cell // 2 + 5),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.4, ink, 1, cv2.LINE_AA)
+        cv2.putText(img, rows[i], (4, top + i * cell + cell // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                     (235, 235, 235), 1, cv2.LINE_AA)
     for j, name in enumerate(cols):
-        cv2.putText(img, name, (left + j * cell + 2, top - 6 - 10 * (j % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+        cv2.putText(img, name, (left + j * cell + 3, top - 6 - 12 * (j % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
                     (235, 235, 235), 1, cv2.LINE_AA)
     cv2.putText(img, title, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
     return img
@@ -334,7 +334,8 @@ def cmd_regions_eval(args: argparse.Namespace) -> int:
                      f"M (Eq. 1), mean over each layer's channels, {n_m} images"))
     share = {leaf: round(float((M[i] > 0.5).float().mean()), 4) for i, leaf in enumerate(model.leaves)}
     card = {"oracle_miou": round(scores["miou"], 4), "oracle_iou": scores["iou"],
-            "oracle_pixel_accuracy": round(scores["pixel_accuracy"], 4), "eval_images": args.samples,
+            "oracle_pixel_accuracy": round(scores["pixel_accuracy"], 4),
+            "oracle_region_share": scores["target_share"], "eval_images": args.samples,
             "eval_seed": args.seed, "eval_truncation": trunc,
             "channels_mostly_in_region": share, "evaluated": datetime.datetime.now().isoformat(timespec="seconds")}
     print(f"mIoU vs oracle {scores['miou']:.4f} ({args.samples} images, {seconds:.1f} s); per region: "
