@@ -12,7 +12,6 @@ Usage: python bench/fusion.py [--device cpu|cuda] [--threads 1] [--repeats 3] [-
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -21,19 +20,7 @@ from sfeditor.fusion_net import FusionNetConfig
 from sfeditor.generator import default_channels
 from sfeditor.hierarchy import OFFICIAL_TREES, FusionHierarchy
 
-
-def timed(fn, repeats: int, device) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+from _timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def main() -> None:

@@ -7,25 +7,12 @@ Usage: python bench/synthesis.py [--device cpu|cuda] [--repeats N] [--sizes 64,2
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from sfeditor import Generator
 
-
-def timed(fn, repeats: int, device) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+from _timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def main() -> None:

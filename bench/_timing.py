@@ -1,0 +1,21 @@
+"""Shared timing helper for the bench scripts (run as ``python bench/<script>.py``)."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def timed(fn, repeats: int, device) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call (CUDA synchronised)."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
