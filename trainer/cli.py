@@ -6,7 +6,7 @@ import sys
 
 
 def cmd_generator(args: argparse.Namespace) -> int:
-    from .common import CancelToken, Cancelled
+    from .common import run_cancellable
     from .generator import GeneratorRecipe, train_generator
 
     recipe = GeneratorRecipe(domain=args.domain, ae_steps=args.ae_steps, mapping_steps=args.mapping_steps,
@@ -17,13 +17,9 @@ def cmd_generator(args: argparse.Namespace) -> int:
         recipe.mapping_steps = max(1, int(recipe.mapping_steps * args.steps_scale))
         recipe.mix_steps = int(recipe.mix_steps * args.steps_scale)
     out = args.out or f"runs/generator-{args.domain}"
-    cancel = CancelToken()
-    cancel.install_signal_handlers()
-    try:
-        path = train_generator(recipe, out, resume=not args.restart, cancel=cancel)
-    except Cancelled as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 130
+    path, rc = run_cancellable(lambda cancel: train_generator(recipe, out, resume=not args.restart, cancel=cancel))
+    if rc:
+        return rc
     if args.install:
         from sfeditor.checkpoints import load_generator, save_generator
         from sfeditor.domains import get_domain

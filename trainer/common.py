@@ -14,6 +14,20 @@ from sfeditor.atomic import atomic_torch_save, atomic_write_text
 from sfeditor.jobs import CancelToken, Cancelled  # noqa: F401  (re-exported for the trainers)
 
 
+def run_cancellable(job):
+    """Run ``job(cancel)`` from a CLI: Ctrl-C / SIGTERM ask it to checkpoint and stop.
+
+    Returns ``(result, 0)``, or ``(None, 130)`` after printing why it stopped.
+    """
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    try:
+        return job(cancel), 0
+    except Cancelled as e:
+        print(f"\n{e}", file=sys.stderr)
+        return None, 130
+
+
 class Progress:
     """A one-line text progress bar with rate and ETA; ``callback`` receives (step, total, info)."""
 

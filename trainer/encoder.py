@@ -23,7 +23,6 @@ Register in ``trainer/cli.py``'s ``build_parser``::
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 from sfeditor.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
 
-from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, set_rng_state
+from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, run_cancellable, set_rng_state
 from .generator import HELDOUT_SEED_OFFSET, psnr, recon_loss, rendered_batch
 
 ENCODER_SEED_OFFSET = 5_000_000      # training renders: seeds from here (below the held-out range)
@@ -187,13 +186,9 @@ def cmd_encoder(args: argparse.Namespace) -> int:
                            warmup=args.warmup,
                            seed=args.seed, threads=args.threads, device=args.device)
     out = args.out or f"runs/encoder-{args.domain}"
-    cancel = CancelToken()
-    cancel.install_signal_handlers()
-    try:
-        path = train_encoder(recipe, out, resume=not args.restart, cancel=cancel)
-    except Cancelled as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 130
+    path, rc = run_cancellable(lambda cancel: train_encoder(recipe, out, resume=not args.restart, cancel=cancel))
+    if rc:
+        return rc
     if args.install:
         from sfeditor.domains import resources_dir
         from sfeditor.toy_encoder import load_toy_encoder as _load

@@ -71,7 +71,7 @@ from sfeditor.imageio import make_grid, save_png, to_uint8
 from sfeditor.regions import internal_nodes
 from sfeditor.style_code import StyleCode
 
-from .common import CancelToken, Cancelled, Progress, RunDir
+from .common import CancelToken, Cancelled, Progress, RunDir, run_cancellable
 from .fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,
                             trained_blenders)
 
@@ -520,32 +520,22 @@ def cmd_fusion(args: argparse.Namespace) -> int:
     else:
         out = Path(args.out) if args.out else root / args.node
         hierarchy = args.hierarchy or root / "hierarchy.pt"
-    cancel = CancelToken()
-    cancel.install_signal_handlers()
     try:
-        train_node(recipe, out, resume=not args.restart, cancel=cancel, hierarchy=hierarchy, half=args.half)
-    except Cancelled as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 130
+        return run_cancellable(lambda cancel: train_node(recipe, out, resume=not args.restart, cancel=cancel,
+                                                         hierarchy=hierarchy, half=args.half))[1]
     finally:
         dist_shutdown()
-    return 0
 
 
 def cmd_hierarchy(args: argparse.Namespace) -> int:
     recipe = _recipe_from_args(args, "all")
     out = Path(args.out) if args.out else Path(f"runs/fusion-{args.domain}")
-    cancel = CancelToken()
-    cancel.install_signal_handlers()
     try:
-        train_hierarchy(recipe, out, nodes=args.nodes, resume=not args.restart, cancel=cancel, half=args.half,
-                        hierarchy=args.hierarchy)
-    except Cancelled as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 130
+        return run_cancellable(lambda cancel: train_hierarchy(recipe, out, nodes=args.nodes, resume=not args.restart,
+                                                              cancel=cancel, half=args.half,
+                                                              hierarchy=args.hierarchy))[1]
     finally:
         dist_shutdown()
-    return 0
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
