@@ -30,20 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-PALETTE = np.array([
-    (95, 95, 95), (230, 160, 40), (60, 120, 220), (240, 200, 170), (40, 200, 80), (220, 40, 60),
-    (150, 80, 200), (90, 200, 200), (250, 240, 90), (160, 100, 60), (255, 130, 200), (120, 120, 120),
-    (0, 110, 90), (200, 200, 255), (130, 0, 40), (180, 255, 120)], dtype=np.uint8)
+from sfeditor.cluster_sheets import (banner as _banner, colours as _colours, contact_sheet, label_overview,
+                                     legend as _legend, outline as _outline, upscale as _upscale)
 
 
 # ---------------------------------------------------------------- helpers
-def _colours(n: int) -> np.ndarray:
-    if n <= len(PALETTE):
-        return PALETTE[:n]
-    rng = np.random.default_rng(0)
-    return np.concatenate([PALETTE, rng.integers(30, 256, (n - len(PALETTE), 3), dtype=np.uint8)])
-
-
 def _setup(args: argparse.Namespace):
     import torch
 
@@ -83,68 +74,6 @@ def _load_oracle(domain: str, device):
         return load_oracle(domain, device=device)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"the {domain} oracle is needed here but cannot be loaded: {e}") from None
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Boundary pixels of a boolean mask [..., H, W] (4-neighbourhood)."""
-    m = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)], mode="edge")
-    inner = m[..., 1:-1, 1:-1] & m[..., :-2, 1:-1] & m[..., 2:, 1:-1] & m[..., 1:-1, :-2] & m[..., 1:-1, 2:]
-    return mask & ~inner
-
-
-def _banner(width: int, text: str, height: int = 18) -> np.ndarray:
-    import cv2
-
-    bar = np.full((height, width, 3), 24, dtype=np.uint8)
-    cv2.putText(bar, text, (4, height - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
-    return bar
-
-
-def _legend(width: int, names: list[str], colours: np.ndarray, cell: int = 150) -> np.ndarray:
-    """Rows of (colour chip, name) entries, ``cell`` pixels each, wrapped to ``width``."""
-    import cv2
-
-    per_row = max(1, width // cell)
-    rows = []
-    for j in range(0, len(names), per_row):
-        bar = np.full((18, width, 3), 24, dtype=np.uint8)
-        for q, i in enumerate(range(j, min(j + per_row, len(names)))):
-            x = 4 + q * cell
-            bar[4:14, x:x + 10] = colours[i]
-            cv2.putText(bar, names[i][:20], (x + 14, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (235, 235, 235), 1,
-                        cv2.LINE_AA)
-        rows.append(bar)
-    return np.concatenate(rows)
-
-
-def _upscale(a: np.ndarray, k: int) -> np.ndarray:
-    return a.repeat(k, axis=-3).repeat(k, axis=-2) if k > 1 else a
-
-
-# ---------------------------------------------------------------- pictures
-def contact_sheet(images: np.ndarray, labels: np.ndarray, cluster: int, title: str, scale: int = 2) -> np.ndarray:
-    """Images [B, H, W, 3] with cluster ``cluster``'s pixels bright and outlined, the rest dimmed."""
-    from sfeditor.imageio import make_grid
-
-    inside = labels == cluster
-    grey = images.mean(-1, keepdims=True)
-    dim = (0.25 * grey + 0.1 * images).astype(np.uint8)
-    out = np.where(inside[..., None], images, dim)
-    out = _upscale(out, scale)
-    edge = _outline(_upscale(inside[..., None], scale)[..., 0])
-    out[edge] = (255, 0, 255)
-    grid = make_grid(out, cols=min(8, len(out)))
-    return np.concatenate([_banner(grid.shape[1], title), grid])
-
-
-def label_overview(images: np.ndarray, labels: np.ndarray, names: list[str], scale: int = 2) -> np.ndarray:
-    """Pairs (image, colour-coded cluster map) plus a colour legend."""
-    from sfeditor.imageio import make_grid
-
-    col = _colours(len(names))
-    pairs = np.concatenate([images, col[labels]], axis=2)                     # [B, H, 2W, 3]
-    grid = make_grid(_upscale(pairs, scale), cols=4)
-    return np.concatenate([grid, _legend(grid.shape[1], [f"{i}: {n}" for i, n in enumerate(names)], col)])
 
 
 def overlay_grid(images: np.ndarray, pred: np.ndarray, target: np.ndarray | None, names: list[str],
@@ -204,7 +133,8 @@ def cmd_regions(args: argparse.Namespace) -> int:
 
     from sfeditor.checkpoints import load_generator
     from sfeditor.clustering import Cancelled, ClusteringOptions, ClusteringResult, cluster_generator
-    from sfeditor.imageio import save_png, to_uint8
+    from sfeditor.cluster_sheets import cluster_samples, resize_labels, sheet_title
+    from sfeditor.imageio import save_png
     from sfeditor.masks import RegionModel
     from sfeditor.regions import generator_fingerprint, paper_tree
 
@@ -258,17 +188,15 @@ def cmd_regions(args: argparse.Namespace) -> int:
     regions.save(out / "regions.json")
 
     # contact sheets: the first images of the clustering sample, cluster pixels highlighted
-    s = G.random_styles(args.sheet_images, seed=args.seed, truncation=options.truncation)
-    images, feats = G.synthesis(s, "const", return_features=True)
-    lab = model.cluster_labels(features=feats)
-    lab = torch.nn.functional.interpolate(lab[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0]
-    imgs, lab = to_uint8(images), lab.long().cpu().numpy()
+    imgs, lab = cluster_samples(G, regions, n=args.sheet_images, seed=args.seed, truncation=options.truncation,
+                                batch=args.batch)
+    lab = resize_labels(lab, imgs.shape[1:3])
     sheets = out / "clusters"
     sheets.mkdir(exist_ok=True)
     sizes = result.tree.cluster_sizes(K) / result.tree.cluster_sizes(K).sum()
     for k in range(K):
         name = regions.clusters[k]
-        title = f"cluster {k}: {100 * sizes[k]:.1f}% of pixels" + ("" if name.startswith("cluster_") else f" -> {name}")
+        title = sheet_title(k, name, sizes[k])         # share of the clustering sample's pixels
         if label_report is not None:
             title += f" (purity {label_report['purity'][k]:.2f})"
         save_png(sheets / f"cluster_{k:02d}.png", contact_sheet(imgs, lab, k, title))
