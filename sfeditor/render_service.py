@@ -72,9 +72,15 @@ class CodeCache:
         self.size = size
         self._d: OrderedDict = OrderedDict()
 
+    @staticmethod
+    def key(comp: Composition, name: str) -> tuple:
+        """What a node's code depends on: its explicit code tensor, or (seed, truncation)."""
+        st = comp.state(name)
+        return ("code", id(st.code)) if st.code is not None else ("seed", st.seed, comp.truncation)
+
     def get(self, comp: Composition, name: str, G) -> StyleCode:
         st = comp.state(name)
-        key = ("code", id(st.code)) if st.code is not None else ("seed", st.seed, comp.truncation)
+        key = self.key(comp, name)
         hit = self._d.get(key)
         if hit is not None and (st.code is None or hit[0] is st.code):
             self._d.move_to_end(key)
@@ -111,9 +117,12 @@ class RenderService:
     """One worker thread rendering the newest submitted composition."""
 
     def __init__(self, G, hierarchy=None, on_result: Callable[[RenderResult], None] | None = None,
-                 render_fn: Callable[[RenderRequest], RenderResult] | None = None, threads: int | None = None):
+                 render_fn: Callable[[RenderRequest], RenderResult] | None = None, threads: int | None = None,
+                 on_thumbnail: Callable[[str, np.ndarray], None] | None = None):
         self.G, self.hierarchy = G, hierarchy
         self.on_result = on_result
+        self.on_thumbnail = on_thumbnail
+        self._thumbs: OrderedDict = OrderedDict()     # code key -> (tensor kept alive, uint8 image)
         self._cache = CodeCache()
         self._render_fn = render_fn or (lambda req: render_request(self.G, self.hierarchy, req, self._cache))
         self._threads = threads
@@ -185,7 +194,43 @@ class RenderService:
             except Exception:
                 result = RenderResult(req.stamp, None, (time.perf_counter() - t0) * 1000.0,
                                       traceback.format_exc())
-            self._deliver(result)
+            try:
+                self._deliver(result)
+                if self.on_thumbnail is not None and result.ok:
+                    self._thumbnails(req)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _newer_pending(self) -> bool:
+        with self._cv:
+            return self._pending is not None or self._closed
+
+    def _thumbnails(self, req: RenderRequest) -> None:
+        """After the frame: each node's own image (its code alone), cached by code, cheapest first to
+        be pre-empted: a newer request stops the loop (the next frame resumes it)."""
+        comp = req.composition
+        for name in comp.node_names:
+            if self._newer_pending():
+                return
+            key = CodeCache.key(comp, name)
+            hit = self._thumbs.get(key)
+            if hit is None or (key[0] == "code" and hit[0] is not comp.state(name).code):
+                try:
+                    with torch.no_grad():
+                        img = to_uint8(self.G.synthesis(self._cache.get(comp, name, self.G)))[0]
+                except Exception:
+                    traceback.print_exc()
+                    return
+                hit = self._thumbs[key] = (comp.state(name).code, img)
+                while len(self._thumbs) > 256:
+                    self._thumbs.popitem(last=False)
+            self._thumbs.move_to_end(key)
+            try:
+                self.on_thumbnail(name, hit[1])
+            except Exception:
+                traceback.print_exc()
 
     def _deliver(self, result: RenderResult) -> None:
         with self._cv:
@@ -200,7 +245,3 @@ class RenderService:
                 self.on_result(result)
         except Exception:
             traceback.print_exc()      # an observer's bug must not kill the worker
-        finally:
-            with self._cv:
-                self._busy = False
-                self._cv.notify_all()
