@@ -1,4 +1,4 @@
-"""``sfeditor`` command line: headless subcommands (the window comes with ``sfeditor gui``)."""
+"""``sfeditor`` command line: the desktop window (no subcommand, or ``sfeditor gui``) and headless subcommands."""
 from __future__ import annotations
 
 import argparse
@@ -109,8 +109,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    from .ui.app import run_app
+
+    return run_app(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sfeditor", description="StyleFusion editor: headless commands (the desktop window is not built yet).")
+    p = argparse.ArgumentParser(prog="sfeditor", description="StyleFusion editor. Without a subcommand: opens the desktop window.")
     p.add_argument("--version", action="version", version=f"sfeditor {__import__('sfeditor').__version__}")
     sub = p.add_subparsers(dest="command")
 
@@ -129,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--save-codes", help="also save the rendered style codes to this file")
     r.set_defaults(func=cmd_render)
 
+    from .ui.app import add_gui_arguments
+
+    g = sub.add_parser("gui", help="open the desktop editor (the default without a subcommand)")
+    add_gui_arguments(g)
+    g.set_defaults(func=cmd_gui)
+
     i = sub.add_parser("info", help="describe a checkpoint (format, architecture, S layout)")
     i.add_argument("model", help="checkpoint path or shipped domain")
     i.set_defaults(func=cmd_info)
@@ -143,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        args = parser.parse_args(["gui", *(argv or [])]) if argv else parser.parse_args(["gui"])
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -1,0 +1,61 @@
+"""Start the desktop editor: ``sfeditor`` (no subcommand), ``sfeditor gui [options]`` or ``python main.py``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["run_app", "add_gui_arguments"]
+
+
+def add_gui_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", nargs="?", help="a composition (.sfcomp.json) or a PNG exported by sfeditor to open")
+    p.add_argument("--domain", default=None, help="shipped domain to start with (default toy-faces, or the file's)")
+    p.add_argument("--generator", help="a StyleGAN2 checkpoint instead of a shipped domain")
+    p.add_argument("--hierarchy", help="FusionNet hierarchy for --generator (own .pt or official weights JSON)")
+    p.add_argument("--regions", help="regions file for --generator")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--light", action="store_true", help="light theme")
+    p.add_argument("--no-recovery", action="store_true", help="do not offer to restore autosaved work")
+
+
+def run_app(args: argparse.Namespace | None = None, argv: list[str] | None = None) -> int:
+    """Create the QApplication and the main window; returns the exit code."""
+    if args is None:
+        p = argparse.ArgumentParser(prog="sfeditor gui")
+        add_gui_arguments(p)
+        args = p.parse_args(argv)
+    from PySide6.QtWidgets import QApplication
+
+    from ..session import EditorSession, SessionError, load_bundle
+    from .main_window import MainWindow
+    from .theme import apply_theme
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("sfeditor")
+    app.setOrganizationName("sfeditor")
+    apply_theme(app, dark=not args.light)
+    domain = args.domain
+    comp = None
+    if args.file:
+        try:
+            comp = EditorSession.read_composition(args.file)
+        except SessionError as e:
+            print(f"sfeditor: {e}", file=sys.stderr)
+        if comp is not None and domain is None and not args.generator:
+            domain = comp.domain or None
+    bundle = None
+    if args.generator:
+        try:
+            bundle = load_bundle(domain or Path(args.generator).stem, generator=args.generator,
+                                 hierarchy=args.hierarchy, regions=args.regions, device=args.device)
+        except SessionError as e:
+            print(f"sfeditor: {e}", file=sys.stderr)
+            return 2
+    win = MainWindow(bundle, domain=domain or "toy-faces", device=args.device, dark=not args.light,
+                     check_recovery=not args.no_recovery)
+    if comp is not None:
+        win.apply_composition(comp, Path(args.file), as_edit=False)
+    win.show()
+    code = app.exec()
+    return int(code)

@@ -1,0 +1,985 @@
+"""The sfeditor main window: node graph, live preview, inspector, edits, photos, files.
+
+Every user intent becomes one :class:`sfeditor.session.EditorSession` call (one
+undo entry); the window re-renders through a newest-wins worker
+(:class:`~sfeditor.ui.workers.PreviewBridge`) and runs long work (inversion,
+heatmaps, GANSpace, model loading) as cancellable :class:`~sfeditor.ui.workers.Job`
+objects with progress in the status bar.  No math lives here.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDockWidget, QFileDialog, QFormLayout, QHBoxLayout,
+                               QInputDialog, QLabel, QLineEdit, QMainWindow, QMessageBox, QProgressBar, QPushButton,
+                               QSplitter, QTabWidget, QToolBar, QComboBox, QWidget, QApplication)
+
+from ..domains import SHIPPED
+from ..session import EditorSession, ModelBundle, SessionError, autosave_dir, load_bundle
+from .edit_panel import EditPanel
+from .inspector import InspectorPanel
+from .node_graph import NodeGraphView
+from .preview import PreviewWidget
+from .theme import apply_theme
+from .transfer_dialog import IMAGE_FILTER, TransferDialog
+from .workers import Job, PreviewBridge
+
+__all__ = ["MainWindow", "OpenModelDialog"]
+
+COMPOSITION_FILTER = "Compositions (*.sfcomp.json *.json *.png);;All files (*)"
+PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+MAX_RECENT = 10
+AUTOSAVE_MS = 30_000
+HEATMAP_SAMPLES = 32
+
+
+def _device_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+class OpenModelDialog(QDialog):
+    """A generator checkpoint with an optional hierarchy and regions file."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Open model")
+        form = QFormLayout(self)
+        self.fields = {}
+        for key, label, filt in (("generator", "Generator (.pt / .pkl)", "Checkpoints (*.pt *.pth *.pkl);;All (*)"),
+                                 ("hierarchy", "Hierarchy (optional)", "Hierarchies (*.pt *.json);;All (*)"),
+                                 ("regions", "Regions file (optional)", "Regions (*.json);;All (*)")):
+            row = QHBoxLayout()
+            edit = QLineEdit()
+            btn = QPushButton("…")
+            btn.setFixedWidth(32)
+            btn.clicked.connect(lambda _=False, e=edit, f=filt, t=label: self._browse(e, f, t))
+            row.addWidget(edit, 1)
+            row.addWidget(btn)
+            form.addRow(label, row)
+            self.fields[key] = edit
+        self.domain = QLineEdit()
+        self.domain.setPlaceholderText("a name for the domain (default: the file's name)")
+        form.addRow("Domain name", self.domain)
+        bb = QDialogButtonBox(QDialogButtonBox.StandardButton.Open | QDialogButtonBox.StandardButton.Cancel)
+        bb.accepted.connect(self.accept)
+        bb.rejected.connect(self.reject)
+        form.addRow(bb)
+
+    def _browse(self, edit: QLineEdit, filt: str, title: str) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, title, "", filt)
+        if path:
+            edit.setText(path)
+
+    def values(self) -> dict:
+        v = {k: (e.text().strip() or None) for k, e in self.fields.items()}
+        v["domain"] = self.domain.text().strip() or None
+        return v
+
+
+class MainWindow(QMainWindow):
+    frameShown = Signal(int)          # stamp of the frame now on screen (tests, captures)
+
+    def __init__(self, bundle: ModelBundle | None = None, *, domain: str = "toy-faces",
+                 settings: QSettings | None = None, autosave_folder: str | os.PathLike | None = None,
+                 device: str = "auto", dark: bool = True, check_recovery: bool = True):
+        super().__init__()
+        self.settings = settings if settings is not None else QSettings("sfeditor", "sfeditor")
+        self.autosave_folder = Path(autosave_folder) if autosave_folder else autosave_dir()
+        self.device_pref = device
+        self.dark = dark
+        self.session: EditorSession | None = None
+        self.bridge: PreviewBridge | None = None
+        self.jobs: dict[str, Job] = {}
+        self.errors: list[str] = []
+        self.directions: dict[str, np.ndarray] = {}
+        self.thumbnails: dict[str, np.ndarray] = {}
+        self.last_result = None
+        self.frames_shown = 0
+        self._last_stamp = 0
+        self._committed_frame: np.ndarray | None = None
+        self._before_frame: np.ndarray | None = None
+        self._render_pending = False
+        self._unsubscribe = None
+        self._t_submit: dict[int, float] = {}
+
+        self._build_ui()
+        self._build_actions()
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setInterval(AUTOSAVE_MS)
+        self._autosave_timer.timeout.connect(self.autosave)
+        self._autosave_timer.start()
+        self._overlay_timer = QTimer(self)
+        self._overlay_timer.setSingleShot(True)
+        self._overlay_timer.setInterval(120)
+        self._overlay_timer.timeout.connect(self.refresh_overlay)
+
+        if bundle is None:
+            try:
+                bundle = load_bundle(domain, device=device)
+            except SessionError as e:
+                self.show_error("Could not open the model", str(e))
+        if bundle is not None:
+            self.set_bundle(bundle)
+        if check_recovery:
+            QTimer.singleShot(0, self._offer_recovery)
+
+    # ================================================================= UI
+    def _build_ui(self) -> None:
+        self.setWindowTitle("sfeditor")
+        self.resize(1280, 800)
+        self.setAcceptDrops(True)
+        self.graph = NodeGraphView()
+        self.preview = PreviewWidget()
+        self.preview.set_dark(self.dark)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.graph)
+        split.addWidget(self.preview)
+        split.setStretchFactor(0, 5)
+        split.setStretchFactor(1, 4)
+        split.setSizes([560, 460])
+        self.setCentralWidget(split)
+
+        self.inspector = InspectorPanel()
+        self.edit_panel = EditPanel()
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+        self.model_info.setAlignment(Qt.AlignmentFlag.AlignTop)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.inspector, "Node")
+        self.tabs.addTab(self.edit_panel, "Edit")
+        self.tabs.addTab(self.model_info, "Model")
+        dock = QDockWidget("Inspector", self)
+        dock.setObjectName("inspector-dock")
+        dock.setWidget(self.tabs)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
+        dock.setMinimumWidth(320)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+
+        sb = self.statusBar()
+        self.device_label = QLabel("")
+        self.frame_label = QLabel("frame —")
+        self.frame_label.setMinimumWidth(250)
+        self.job_label = QLabel("")
+        self.job_bar = QProgressBar()
+        self.job_bar.setMaximumWidth(160)
+        self.job_bar.setVisible(False)
+        self.job_cancel = QPushButton("Cancel")
+        self.job_cancel.setVisible(False)
+        self.job_cancel.clicked.connect(self.cancel_jobs)
+        sb.addWidget(self.job_label, 1)
+        sb.addPermanentWidget(self.job_bar)
+        sb.addPermanentWidget(self.job_cancel)
+        sb.addPermanentWidget(self.frame_label)
+        sb.addPermanentWidget(self.device_label)
+
+        g, ins, ed, pv = self.graph, self.inspector, self.edit_panel, self.preview
+        g.selectionChangedNames.connect(self._selection_changed)
+        g.rerollRequested.connect(lambda n: self._do(lambda s: s.reroll(n)))
+        g.seedRequested.connect(self.ask_seed)
+        g.lockRequested.connect(lambda n, v: self._do(lambda s: s.set_locked(n, v)))
+        g.collapseRequested.connect(lambda n, v: self._do(lambda s: s.set_collapsed(n, v)))
+        g.copyRequested.connect(lambda a, b: self._do(lambda s: s.copy_code(a, b)))
+        g.clearCodeRequested.connect(lambda n: self._do(lambda s: s.clear_code(n)))
+        g.photoRequested.connect(self.choose_photo_for)
+        g.heatmapRequested.connect(self.show_heatmap_for)
+        g.filesDropped.connect(self.open_paths)
+        g.randomizeRequested.connect(lambda: self._do(lambda s: s.randomize_unlocked()))
+        ins.seedChanged.connect(lambda n, v: self._do(lambda s: s.set_seed(n, v)))
+        ins.rerollRequested.connect(lambda n: self._do(lambda s: s.reroll(n)))
+        ins.lockRequested.connect(lambda n, v: self._do(lambda s: s.set_locked(n, v)))
+        ins.collapseRequested.connect(lambda n, v: self._do(lambda s: s.set_collapsed(n, v)))
+        ins.clearCodeRequested.connect(lambda n: self._do(lambda s: s.clear_code(n)))
+        ins.heatmapRequested.connect(self.show_heatmap_for)
+        ins.photoRequested.connect(self.choose_photo_for)
+        ins.truncationChanged.connect(lambda v: self._do(lambda s: s.set_truncation(v)))
+        ins.truncationReleased.connect(lambda: self.session and self.session.seal())
+        ins.randomizeRequested.connect(lambda: self._do(lambda s: s.randomize_unlocked()))
+        ed.computePcaRequested.connect(self.compute_pca)
+        ed.loadDirectionRequested.connect(self.load_direction_dialog)
+        ed.previewChanged.connect(self.request_render)
+        ed.cancelPreviewRequested.connect(self.request_render)
+        ed.applyRequested.connect(self.apply_edit)
+        pv.overlayModeChanged.connect(lambda _m: self._overlay_timer.start())
+        pv.heatmapModeChanged.connect(lambda _m: self._overlay_timer.start())
+        pv.cancelRequested.connect(lambda: self.cancel_job("overlay"))
+        pv.compareChanged.connect(lambda _on: self._update_compare())
+        pv.filesDropped.connect(lambda paths: self.open_paths("", paths))
+
+    def _action(self, menu, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+        a = QAction(text, self)
+        if shortcut is not None:
+            a.setShortcut(QKeySequence(shortcut))
+        if tip:
+            a.setStatusTip(tip)
+        a.triggered.connect(lambda _checked=False: slot())
+        menu.addAction(a)
+        return a
+
+    def _build_actions(self) -> None:
+        mb = self.menuBar()
+        f = mb.addMenu("&File")
+        self._action(f, "&New composition", self.new_composition, QKeySequence.StandardKey.New)
+        self._action(f, "&Open…", self.open_dialog, QKeySequence.StandardKey.Open,
+                     "Open a composition (.sfcomp.json) or a PNG exported by sfeditor")
+        self.recent_menu = f.addMenu("Open &recent")
+        self._action(f, "&Save", self.save, QKeySequence.StandardKey.Save)
+        self._action(f, "Save &as…", self.save_as, QKeySequence.StandardKey.SaveAs)
+        self._action(f, "&Export PNG…", self.export_dialog, "Ctrl+E", "The image, with the composition embedded")
+        f.addSeparator()
+        self._action(f, "Open &model…", self.open_model_dialog, "Ctrl+Shift+O",
+                     "A StyleGAN2 checkpoint with an optional hierarchy and regions file")
+        f.addSeparator()
+        self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
+        e = mb.addMenu("&Edit")
+        self.undo_action = self._action(e, "&Undo", lambda: self._do(lambda s: s.undo()), QKeySequence.StandardKey.Undo)
+        self.redo_action = self._action(e, "&Redo", lambda: self._do(lambda s: s.redo()), QKeySequence.StandardKey.Redo)
+        e.addSeparator()
+        self._action(e, "&Randomise all unlocked", lambda: self._do(lambda s: s.randomize_unlocked()),
+                     "Ctrl+Shift+R")
+        v = mb.addMenu("&View")
+        self._action(v, "&Fit graph", self.graph.fit, "Ctrl+0")
+        self.theme_action = self._action(v, "&Light theme", self.toggle_theme)
+        self.theme_action.setCheckable(True)
+        self.theme_action.setChecked(not self.dark)
+        t = mb.addMenu("&Tools")
+        self._action(t, "Invert &photo into all nodes…", lambda: self.choose_photo_for(""))
+        self._action(t, "&Hair / region transfer…", self.transfer_dialog, "Ctrl+T")
+        self._action(t, "&GANSpace directions", self.compute_pca)
+        self._action(t, "Region &labelling tool…", self.labelling_tool)
+        h = mb.addMenu("&Help")
+        self._action(h, "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents)
+        self._action(h, "&About sfeditor", self.show_about)
+
+        tb = QToolBar("Main")
+        tb.setObjectName("main-toolbar")
+        tb.setMovable(False)
+        self.addToolBar(tb)
+        tb.addWidget(QLabel(" Domain "))
+        self.domain_box = QComboBox()
+        self.domain_box.addItems(list(SHIPPED))
+        self.domain_box.setToolTip("Shipped toy domains; File ▸ Open model… for your own checkpoint")
+        self.domain_box.activated.connect(lambda _i: self.switch_domain(self.domain_box.currentText()))
+        tb.addWidget(self.domain_box)
+        tb.addSeparator()
+        tb.addAction(self.undo_action)
+        tb.addAction(self.redo_action)
+        tb.addSeparator()
+        for text, slot in (("Randomise", lambda: self._do(lambda s: s.randomize_unlocked())),
+                           ("Fit", self.graph.fit), ("Export PNG", self.export_dialog),
+                           ("Hair transfer", self.transfer_dialog)):
+            a = QAction(text, self)
+            a.triggered.connect(lambda _c=False, fn=slot: fn())
+            tb.addAction(a)
+        self._refresh_recent()
+
+    # ============================================================ model
+    def set_bundle(self, bundle: ModelBundle, composition=None) -> None:
+        """Show ``bundle`` (closing the previous preview worker) with ``composition`` or a fresh one."""
+        self.cancel_jobs()
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge.deleteLater()
+        if self._unsubscribe:
+            self._unsubscribe()
+        self.session = EditorSession(bundle, composition)
+        self._unsubscribe = self.session.subscribe(self._changed)
+        self.bridge = PreviewBridge(bundle.G, bundle.hierarchy, self)
+        self._last_stamp = 0                   # stamps restart with every worker
+        self._t_submit.clear()
+        self.bridge.frameReady.connect(self._frame_ready)
+        self.bridge.thumbnailReady.connect(self._thumbnail_ready)
+        self.thumbnails.clear()
+        self.directions.clear()
+        self.edit_panel.set_directions([])
+        self._committed_frame = self._before_frame = None
+        self.graph.set_tree(self.session.composition.tree)
+        for n in self.session.composition.internal_nodes:
+            self.graph.set_net_available(n, bundle.hierarchy is None or bundle.has_net(n))
+        i = self.domain_box.findText(bundle.domain)
+        if i < 0:
+            self.domain_box.addItem(bundle.domain)
+            i = self.domain_box.findText(bundle.domain)
+        self.domain_box.setCurrentIndex(i)
+        self.device_label.setText(_device_text(bundle.device))
+        self._update_model_info()
+        for note in bundle.notes:
+            self.statusBar().showMessage(note, 8000)
+        self._changed(None)
+        self.graph.select(self.session.composition.leaves[0] if self.session.composition.leaves else None)
+
+    def _update_model_info(self) -> None:
+        b = self.session.bundle
+        rows = [f"<b>{b.domain}</b>", f"generator: {b.generator_source} ({b.G.size}×{b.G.size}, "
+                f"w {b.G.style_dim}, S {b.G.layout.size} channels)",
+                f"fingerprint: {b.fingerprint[:19]}…",
+                f"hierarchy: {b.hierarchy_path or 'none'}"
+                + (f" ({len(b.hierarchy.nets)} nets)" if b.hierarchy is not None else ""),
+                f"regions: {b.regions_path or 'none'}", f"device: {_device_text(b.device)}"]
+        rows += [f"<i>{n}</i>" for n in b.notes]
+        self.model_info.setText("<br>".join(rows))
+
+    def switch_domain(self, domain: str) -> None:
+        if self.session is not None and domain == self.session.bundle.domain:
+            return
+        self.load_model_async(domain=domain)
+
+    def load_model_async(self, **kwargs) -> Job:
+        kwargs.setdefault("device", self.device_pref)
+        comp = kwargs.pop("composition", None)
+
+        def work(report, cancel):
+            report(0, 1, {})
+            return load_bundle(**kwargs)
+
+        job = self.start_job("model", work, "Loading model…")
+        job.done.connect(lambda b: self.set_bundle(b, comp))
+        job.failed.connect(lambda msg: (self.show_error("Could not open the model", msg), self._sync_domain_box()))
+        return job
+
+    def _sync_domain_box(self) -> None:
+        if self.session is not None:
+            self.domain_box.setCurrentText(self.session.bundle.domain)
+
+    def open_model_dialog(self) -> None:
+        d = OpenModelDialog(self)
+        if d.exec() != QDialog.DialogCode.Accepted:
+            return
+        v = d.values()
+        if not v["generator"]:
+            self.show_error("Open model", "Choose a generator checkpoint.")
+            return
+        self.load_model_async(domain=v["domain"] or Path(v["generator"]).stem, generator=v["generator"],
+                              hierarchy=v["hierarchy"], regions=v["regions"])
+
+    # ============================================================ edits
+    def _do(self, fn) -> bool:
+        """Run one session intent; a refused edit becomes a message, never an exception."""
+        if self.session is None:
+            return False
+        try:
+            return bool(fn(self.session))
+        except (SessionError, ValueError, KeyError) as e:
+            self.show_error("Edit refused", str(e).strip("'\""))
+            return False
+
+    def _changed(self, _event) -> None:
+        comp = self.session.composition
+        self.graph.update_nodes(comp)
+        self._refresh_inspector()
+        self.undo_action.setEnabled(self.session.stack.can_undo())
+        self.redo_action.setEnabled(self.session.stack.can_redo())
+        self.undo_action.setText(f"Undo {self.session.stack.undo_text or ''}".strip())
+        self.redo_action.setText(f"Redo {self.session.stack.redo_text or ''}".strip())
+        self.setWindowTitle(f"{self.session.title()} — sfeditor")
+        self._before_frame = self._committed_frame
+        self.request_render()
+        if self.preview.overlay_mode() != "none":
+            self._overlay_timer.start()
+
+    def request_render(self) -> None:
+        """Coalesce: all edits made during one pass of the event loop give one request."""
+        if not self._render_pending:
+            self._render_pending = True
+            QTimer.singleShot(0, self._submit_render)
+
+    def _submit_render(self) -> None:
+        self._render_pending = False
+        if self.session is None or self.bridge is None or self.bridge.service.closed:
+            return
+        comp = self.session.composition
+        if self.edit_panel.active():
+            try:
+                comp = self._edit_preview_composition()
+                self.edit_panel.set_target_text("previewing; Apply to keep")
+            except (SessionError, ValueError) as e:
+                self.edit_panel.set_target_text(str(e))
+        stamp = self.bridge.submit(comp)
+        self._t_submit[stamp] = time.perf_counter()
+
+    def _frame_ready(self, result) -> None:
+        if self.sender() is not None and self.sender() is not self.bridge:
+            return                             # a late frame of the previous model's worker
+        if result.stamp <= self._last_stamp:
+            return
+        self._last_stamp = result.stamp
+        self.last_result = result
+        if not result.ok:
+            self.preview.set_message("render failed: " + result.error_text.strip().splitlines()[-1])
+            self.frame_label.setText("frame: error")
+            return
+        self.preview.set_frame(result.image)
+        self.preview.set_message(result.note)
+        if not self.edit_panel.active():
+            self._committed_frame = result.image
+        self._update_compare()
+        lat = (time.perf_counter() - self._t_submit.pop(result.stamp, time.perf_counter())) * 1000
+        for k in [k for k in self._t_submit if k < result.stamp]:
+            del self._t_submit[k]
+        nodes = ", ".join(result.recomputed_nodes) if result.recomputed_nodes else "cached"
+        self.frame_label.setText(f"frame {result.render_ms:.0f} ms · latency {lat:.0f} ms · nets: {nodes}")
+        self.frames_shown += 1
+        self.frameShown.emit(result.stamp)
+
+    def _thumbnail_ready(self, name: str, img) -> None:
+        if self.sender() is not None and self.sender() is not self.bridge:
+            return
+        self.thumbnails[name] = img
+        self.graph.set_thumbnail(name, img)
+        if self.inspector.node() == name:
+            self.inspector.set_thumbnail(img)
+
+    def _selection_changed(self, names: list) -> None:
+        self._refresh_inspector()
+        self._refresh_edit_target()
+        if self.preview.overlay_mode() == "heatmap":
+            self._overlay_timer.start()
+
+    def selected(self) -> list[str]:
+        return self.graph.selected_nodes()
+
+    def _refresh_inspector(self) -> None:
+        if self.session is None:
+            return
+        sel = self.selected()
+        name = sel[0] if sel else None
+        s = self.session
+        self.inspector.show_node(name, s.composition, has_net=(name is None or s.bundle.hierarchy is None
+                                                               or s.bundle.has_net(name)),
+                                 bypassed_by=s.bypassed_by(name) if name else None,
+                                 thumbnail=self.thumbnails.get(name) if name else None)
+        self._refresh_edit_target()
+
+    def _refresh_edit_target(self) -> None:
+        if self.edit_panel.whole_image():
+            self.edit_panel.set_target_text("every node (unrestricted edit)")
+        else:
+            sel = self.selected()
+            self.edit_panel.set_target_text(f"nodes: {', '.join(sel)} (and their subtrees)" if sel
+                                            else "select nodes in the graph")
+
+    def ask_seed(self, name: str) -> None:
+        st = self.session.composition.state(name)
+        v, ok = QInputDialog.getDouble(self, "Set seed", f"Seed for {name}", st.seed, 0, 2 ** 32 - 1, 0)
+        if ok:
+            self._do(lambda s: s.set_seed(name, int(v)))
+
+    # ======================================================= latent edits
+    def _current_direction(self):
+        key = self.edit_panel.current_key()
+        if key is None:
+            raise SessionError("choose a direction")
+        return self.directions[key]
+
+    def _edit_args(self) -> dict:
+        from ..directions import parse_layers
+
+        nodes = None if self.edit_panel.whole_image() else self.selected()
+        if nodes is not None and not nodes:
+            raise SessionError("select the nodes to edit (or choose “Whole image”)")
+        layers = parse_layers(self.edit_panel.layers_text() or None, self.session.bundle.G.n_latent)
+        return {"direction": self._current_direction(), "strength": self.edit_panel.strength(),
+                "nodes": nodes, "layers": layers}
+
+    def _edit_preview_composition(self):
+        return self.session.preview_direction(**self._edit_args())
+
+    def apply_edit(self) -> None:
+        try:
+            args = self._edit_args()
+        except (SessionError, ValueError) as e:
+            self.show_error("Edit", str(e))
+            return
+        label = self.edit_panel.list.currentItem().text() if self.edit_panel.list.currentItem() else "edit"
+        if self._do(lambda s: s.apply_direction(label=label, **args)):
+            self.edit_panel.set_strength(0.0)
+
+    def compute_pca(self) -> None:
+        from ..directions import pca_directions
+
+        G = self.session.bundle.G
+
+        def work(report, cancel):
+            report(0, 1, {})
+            return pca_directions(G, n_components=min(20, G.style_dim), n_samples=10_000)
+
+        job = self.start_job("pca", work, "GANSpace: PCA of sampled w…")
+        job.done.connect(self._pca_done)
+        job.failed.connect(lambda m: self.show_error("GANSpace", m))
+
+    def _pca_done(self, pca) -> None:
+        entries = []
+        for i in range(len(pca)):
+            key = f"pca:{i}"
+            self.directions[key] = pca.direction(i)
+            entries.append((key, f"PC {i}  ({pca.explained_variance_ratio[i]:.1%} of variance)"))
+        files = [(k, self._direction_labels[k]) for k in self.directions if k.startswith("file:")]
+        self.edit_panel.set_directions(entries + files)
+        self.tabs.setCurrentWidget(self.edit_panel)
+
+    @property
+    def _direction_labels(self) -> dict:
+        if not hasattr(self, "_dir_labels"):
+            self._dir_labels = {}
+        return self._dir_labels
+
+    def load_direction_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a direction", "", "Directions (*.npy);;All files (*)")
+        if path:
+            self.load_direction(path)
+
+    def load_direction(self, path: str) -> bool:
+        from ..directions import DirectionError, load_direction
+
+        try:
+            d = load_direction(path, self.session.bundle.G)
+        except (DirectionError, ValueError, OSError) as e:
+            self.show_error("Direction file", str(e))
+            return False
+        key = f"file:{path}"
+        self.directions[key] = d
+        self._direction_labels[key] = Path(path).name
+        self.edit_panel.add_direction(key, Path(path).name)
+        self.tabs.setCurrentWidget(self.edit_panel)
+        return True
+
+    # ========================================================= overlays
+    def show_heatmap_for(self, name: str) -> None:
+        self.graph.select(name)
+        self.preview.set_overlay_mode("heatmap")
+        self.refresh_overlay()
+
+    def refresh_overlay(self) -> None:
+        """(Re)start the overlay job for the current mode, selection and composition."""
+        self.cancel_job("overlay")
+        mode = self.preview.overlay_mode()
+        if self.session is None or mode == "none":
+            self.preview.set_progress(0, 0)
+            return
+        if mode == "heatmap":
+            self._start_heatmap()
+        else:
+            self._start_masks()
+
+    def _start_heatmap(self) -> None:
+        from ..locality import locality_heatmap
+
+        b, comp = self.session.bundle, self.session.composition.snapshot()
+        sel = self.selected()
+        node = sel[0] if sel else comp.tree.name
+        base = self.preview.heatmap_mode()
+        samples = HEATMAP_SAMPLES if b.G.size <= 256 else 8
+
+        def work(report, cancel):
+            return locality_heatmap(b.G, b.hierarchy, comp, node, base, samples=samples,
+                                    batch=8 if b.G.size <= 128 else 1, cancel=cancel)
+
+        job = self.start_job("overlay", work, f"heatmap of {node}", status=False)
+        title = f"{node}: mean |Δ| when its code is resampled ({'fixed' if base == 'fixed' else 'random'} base)"
+        job.partial.connect(lambda u: (self.preview.set_heatmap(u.values, title=title),
+                                       self.preview.set_progress(u.done, u.total, f"{node}: {u.done}/{u.total}"),
+                                       u.note and self.preview.set_message(u.note)))
+        job.finished.connect(lambda: self.preview.set_progress(0, 0))
+
+    def _start_masks(self) -> None:
+        b = self.session.bundle
+        if b.region_model is None:
+            self.preview.set_message("no regions file for this model: masks unavailable")
+            return
+        comp = self.session.composition.snapshot()
+
+        def work(report, cancel):
+            import copy
+
+            from ..render_service import CodeCache
+
+            cache = CodeCache()
+            with torch.no_grad():
+                h = copy.deepcopy(b.hierarchy) if b.hierarchy is not None else None
+                if h is None:
+                    s = cache.get(comp, comp.tree.name, b.G)
+                else:
+                    need = h.required_codes(comp.collapsed_nodes())
+                    s = h({n: cache.get(comp, n, b.G) for n in need}, comp.collapsed_nodes(), use_cache=False)
+                return b.region_model.hard_labels(s)[0].cpu().numpy()
+
+        job = self.start_job("overlay", work, "region masks", status=False)
+        job.done.connect(lambda lab: self.preview.set_masks(lab, list(b.region_model.leaves)))
+
+    def _update_compare(self) -> None:
+        if self.edit_panel.active():
+            self.preview.set_compare(self._committed_frame, "before edit")
+        else:
+            self.preview.set_compare(self._before_frame, "before")
+
+    # ============================================================ photos
+    def choose_photo_for(self, node: str) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, f"Photo for {node or 'all nodes'}", "", IMAGE_FILTER)
+        if path:
+            self.open_paths(node, [path])
+
+    def open_paths(self, node: str, paths: list) -> None:
+        """Files dropped on a node ("" = the canvas / preview): a composition (JSON or a PNG made by
+        sfeditor) restores it; any other image is inverted and assigned."""
+        for path in paths[:1]:
+            p = Path(path)
+            if p.suffix.lower() == ".json" or p.name.endswith(".sfcomp.json"):
+                self.open_composition(p)
+                return
+            if p.suffix.lower() == ".png":
+                try:
+                    comp = EditorSession.read_composition(p)
+                except SessionError:
+                    comp = None
+                if comp is not None:
+                    self.apply_composition(comp, p, as_edit=True)
+                    return
+            if p.suffix.lower() not in PHOTO_SUFFIXES:
+                self.show_error("Unsupported file", f"{p.name}: not an image or a composition "
+                                f"(images: {', '.join(sorted(PHOTO_SUFFIXES))})")
+                return
+            self.invert_photo(p, node)
+        if len(paths) > 1:
+            self.statusBar().showMessage(f"{len(paths) - 1} more file(s) ignored: drop one photo at a time", 6000)
+
+    def _inversion_fn(self, path: Path):
+        """A job function: read, align/crop and invert ``path`` -> w+ [1, L, D]."""
+        from ..alignment import prepare_image
+        from ..image_intake import read_image
+        from ..inversion import InversionCache, InversionSettings, Projector
+        from ..toy_encoder import default_encoder_path, load_toy_encoder
+
+        b = self.session.bundle
+
+        def work(report, cancel):
+            img = read_image(path)
+            prep = prepare_image(img, b.G.size, b.domain)
+            enc_path = default_encoder_path(b.domain)
+            enc = load_toy_encoder(enc_path, map_location=b.device, G=b.G) if enc_path else None
+            proj = Projector(b.G, InversionSettings(), encoder=enc, cache=InversionCache())
+            res = proj.invert(prep.image, progress=report, cancel=cancel)
+            return res
+        return work
+
+    def invert_photo(self, path: Path, node: str) -> Job:
+        job = self.start_job("invert", self._inversion_fn(path), f"Inverting {path.name}")
+        job.done.connect(lambda res: self._photo_inverted(res, node, path))
+        job.failed.connect(lambda m: self.show_error("Photo", f"{path.name}: {m}"))
+        return job
+
+    def _photo_inverted(self, res, node: str, path: Path) -> None:
+        if self._do(lambda s: s.assign_photo(node or None, res.w_plus, f"photo {path.name}")):
+            how = "cached" if res.from_cache else f"{res.seconds:.1f} s"
+            self.statusBar().showMessage(f"{path.name}: inverted ({res.psnr:.1f} dB PSNR, {how}) "
+                                         f"-> {node or 'all nodes'}", 8000)
+
+    def transfer_dialog(self) -> None:
+        leaves = [n for n in self.session.composition.node_names if n != self.session.composition.tree.name]
+        d = TransferDialog(leaves, "hair", self)
+        if d.exec() != QDialog.DialogCode.Accepted:
+            return
+        target, reference, region = d.choice()
+        self.transfer(target, reference, region)
+
+    def transfer(self, target: str | None, reference: str, region: str) -> Job:
+        ref_fn = self._inversion_fn(Path(reference))
+        tgt_fn = self._inversion_fn(Path(target)) if target else None
+
+        def work(report, cancel):
+            ref = ref_fn(lambda i, n, info: report(i, 2 * n if tgt_fn else n, info), cancel)
+            tgt = tgt_fn(lambda i, n, info: report(n + i, 2 * n, info), cancel) if tgt_fn else None
+            return ref, tgt
+
+        job = self.start_job("invert", work, f"Transfer {region}: inverting")
+        job.done.connect(lambda r: self._do(lambda s: s.transfer_region(
+            region, r[0].w_plus, None if r[1] is None else r[1].w_plus, label=f"transfer from {Path(reference).name}")))
+        job.failed.connect(lambda m: self.show_error("Transfer", m))
+        return job
+
+    # ============================================================== jobs
+    def start_job(self, kind: str, fn, text: str, status: bool = True) -> Job:
+        """Start a job of ``kind`` (a newer job of the same kind cancels the older one)."""
+        self.cancel_job(kind)
+        job = Job(fn, kind, self)
+        self.jobs[kind] = job
+        if status:
+            self.job_label.setText(text)
+            self.job_bar.setRange(0, 0)
+            self.job_bar.setVisible(True)
+            self.job_cancel.setVisible(True)
+            job.progress.connect(self._job_progress)
+
+        def finished():
+            if self.jobs.get(kind) is job:
+                del self.jobs[kind]
+            if status and not any(j for k, j in self.jobs.items() if k != "overlay"):
+                self.job_bar.setVisible(False)
+                self.job_cancel.setVisible(False)
+                self.job_label.setText("")
+        job.finished.connect(finished)
+        job.cancelled.connect(lambda: self.statusBar().showMessage(f"{text}: cancelled", 4000))
+        return job.start()
+
+    def _job_progress(self, step: int, total: int, info: dict) -> None:
+        if total > 0:
+            self.job_bar.setRange(0, total)
+            self.job_bar.setValue(step)
+        if "psnr" in info:
+            self.job_bar.setFormat(f"%v/%m · {info['psnr']:.1f} dB")
+
+    def cancel_job(self, kind: str) -> None:
+        job = self.jobs.get(kind)
+        if job is not None:
+            job.cancel()
+
+    def cancel_jobs(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancel()
+
+    def wait_for_jobs(self, timeout: float = 60.0) -> bool:
+        """Block until running jobs end (tests, shutdown)."""
+        end = time.time() + timeout
+        for job in list(self.jobs.values()):
+            if not job.wait(max(0.0, end - time.time())):
+                return False
+        return True
+
+    # ============================================================= files
+    def new_composition(self) -> None:
+        if self.session is None:
+            return
+        comp = self.session.bundle.new_composition()
+        self.apply_composition(comp, None, as_edit=True)
+
+    def open_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open composition", "", COMPOSITION_FILTER)
+        if path:
+            self.open_composition(Path(path))
+
+    def open_composition(self, path: Path) -> bool:
+        try:
+            comp = EditorSession.read_composition(path)
+        except SessionError as e:
+            self.show_error("Open", str(e))
+            return False
+        if comp is None:
+            self.show_error("Open", f"{Path(path).name}: this PNG carries no sfeditor composition")
+            return False
+        ok = self.apply_composition(comp, Path(path), as_edit=False)
+        if ok:
+            self._add_recent(str(path))
+        return ok
+
+    def apply_composition(self, comp, path: Path | None, as_edit: bool) -> bool:
+        """Show ``comp``: as one undoable edit when it fits the current model, else by opening its model."""
+        s = self.session
+        same_tree = s is not None and comp.tree.to_dict() == s.composition.tree.to_dict()
+        if s is not None and same_tree and (comp.domain in ("", s.bundle.domain)):
+            try:
+                if as_edit:
+                    s.restore(comp, f"restore {path.name}" if path else "new composition")
+                else:
+                    warnings = s.replace_composition(comp, path)
+                    self._unsubscribe()
+                    self._unsubscribe = s.subscribe(self._changed)
+                    self._changed(None)
+                    for w in warnings:
+                        self.statusBar().showMessage(f"{path.name}: {w}", 8000)
+            except SessionError as e:
+                self.show_error("Composition", str(e))
+                return False
+            return True
+        if comp.domain in SHIPPED:
+            self.load_model_async(domain=comp.domain, composition=comp)
+            return True
+        self.show_error("Composition", f"{path.name if path else 'composition'}: made for the model "
+                        f"“{comp.domain}”; open that model first (File ▸ Open model…)")
+        return False
+
+    def save(self) -> bool:
+        if self.session is None:
+            return False
+        if self.session.path is None:
+            return self.save_as()
+        return self.save_to(self.session.path)
+
+    def save_as(self) -> bool:
+        path, _ = QFileDialog.getSaveFileName(self, "Save composition", "composition.sfcomp.json",
+                                              "Compositions (*.sfcomp.json)")
+        return bool(path) and self.save_to(Path(path))
+
+    def save_to(self, path: Path) -> bool:
+        try:
+            self.session.save(path)
+        except (OSError, SessionError) as e:
+            self.show_error("Save", f"{path}: {e}")
+            return False
+        self._add_recent(str(path))
+        self._changed(None)
+        self.statusBar().showMessage(f"saved {path}", 4000)
+        return True
+
+    def export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export PNG", "sfeditor.png", "PNG images (*.png)")
+        if path:
+            self.export_png(Path(path))
+
+    def export_png(self, path: Path) -> bool:
+        frame = self.preview.frame()
+        if frame is None or self.session is None:
+            self.show_error("Export", "nothing rendered yet")
+            return False
+        try:
+            self.session.export_png(path, frame)
+        except (OSError, SessionError) as e:
+            self.show_error("Export", f"{path}: {e}")
+            return False
+        self.statusBar().showMessage(f"exported {path} (drop it back on sfeditor to restore the composition)", 6000)
+        return True
+
+    def _recent(self) -> list[str]:
+        v = self.settings.value("recent", [])
+        if isinstance(v, str):
+            v = [v]
+        return [str(x) for x in (v or [])]
+
+    def _add_recent(self, path: str) -> None:
+        items = [path] + [p for p in self._recent() if p != path]
+        self.settings.setValue("recent", items[:MAX_RECENT])
+        self._refresh_recent()
+
+    def _refresh_recent(self) -> None:
+        self.recent_menu.clear()
+        items = self._recent()
+        for p in items:
+            a = self.recent_menu.addAction(p)
+            a.triggered.connect(lambda _c=False, path=p: self.open_composition(Path(path)))
+        self.recent_menu.setEnabled(bool(items))
+
+    # ========================================================== autosave
+    def autosave(self) -> Path | None:
+        if self.session is None or not self.session.dirty:
+            return None
+        try:
+            return self.session.autosave(self.autosave_folder)
+        except OSError as e:
+            self.statusBar().showMessage(f"autosave failed: {e}", 6000)
+            return None
+
+    def _offer_recovery(self) -> None:
+        files = [p for p in EditorSession.recovery_files(self.autosave_folder)
+                 if self.session is None or p != self.session.autosave_path(self.autosave_folder)]
+        if not files:
+            return
+        box = QMessageBox(QMessageBox.Icon.Question, "Recover unsaved work",
+                          f"sfeditor did not exit cleanly. Restore the composition autosaved at "
+                          f"{time.ctime(files[0].stat().st_mtime)}?",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Discard
+                          | QMessageBox.StandardButton.Ignore, self)
+        box.finished.connect(lambda r: self._recovery_answer(box.standardButton(box.clickedButton()), files))
+        box.open()
+
+    def _recovery_answer(self, button, files: list[Path]) -> None:
+        if button == QMessageBox.StandardButton.Yes:
+            self.recover_from(files[0])
+        if button in (QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.Discard):
+            for f in files:
+                f.unlink(missing_ok=True)
+
+    def recover_from(self, path: Path) -> bool:
+        try:
+            comp = EditorSession.read_composition(path)
+        except SessionError as e:
+            self.show_error("Recovery", str(e))
+            return False
+        return self.apply_composition(comp, path, as_edit=True)
+
+    # =========================================================== dialogs
+    def show_error(self, title: str, text: str) -> None:
+        """A non-blocking message box; the text is also kept in :attr:`errors` and the status bar."""
+        self.errors.append(f"{title}: {text}")
+        self.statusBar().showMessage(f"{title}: {text}", 10000)
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        self._last_box = box
+
+    def show_shortcuts(self) -> None:
+        QMessageBox.information(self, "Keyboard shortcuts", (
+            "Graph: click select · Ctrl+click add · drag a node onto another: copy its code · drop a photo on a "
+            "node: invert and assign · R re-roll · L lock · C collapse/expand · Del back to seed code · "
+            "arrows move the selection · F fit · +/- zoom · double-click: locality heatmap\n"
+            "Ctrl+Z / Ctrl+Shift+Z undo / redo · Ctrl+Shift+R randomise all unlocked · Ctrl+S save · "
+            "Ctrl+O open · Ctrl+E export PNG · Ctrl+T hair transfer"))
+
+    def show_about(self) -> None:
+        from .. import __version__
+
+        QMessageBox.about(self, "About sfeditor", f"sfeditor {__version__}: an editor for StyleFusion "
+                          "(Kafri et al., 2022): one latent code per semantic region, fused by a tree of FusionNets.")
+
+    def toggle_theme(self) -> None:
+        self.dark = not self.dark
+        apply_theme(QApplication.instance(), self.dark)
+        self.preview.set_dark(self.dark)
+        self.settings.setValue("dark", self.dark)
+
+    def labelling_tool(self) -> None:
+        from ..cluster_sheets import cluster_samples, cluster_sheets
+        from .labelling import RegionLabellingDialog
+
+        b = self.session.bundle
+        if b.regions is None:
+            self.show_error("Region labelling", "this model has no regions file: run "
+                            "`sfeditor-train regions --generator <checkpoint> --clusters K` first, then open it "
+                            "with File ▸ Open model…")
+            return
+
+        def work(report, cancel):
+            imgs, labels = cluster_samples(b.G, b.regions, n=12, truncation=b.truncation, progress=report,
+                                           cancel=cancel)
+            return cluster_sheets(imgs, labels, b.regions)
+
+        job = self.start_job("sheets", work, "Rendering cluster contact sheets…")
+
+        def show(sheets):
+            d = RegionLabellingDialog(b.regions, sheets, self)
+            d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            d.open()
+            self._labelling = d
+        job.done.connect(show)
+        job.failed.connect(lambda m: self.show_error("Region labelling", m))
+
+    # ============================================================= close
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        if self.session is not None and self.session.dirty and not self._confirm_discard():
+            event.ignore()
+            return
+        self.shutdown()
+        event.accept()
+
+    def _confirm_discard(self) -> bool:
+        r = QMessageBox.question(self, "Unsaved changes", "Save the composition before closing?",
+                                 QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                                 | QMessageBox.StandardButton.Cancel)
+        if r == QMessageBox.StandardButton.Save:
+            return self.save()
+        return r == QMessageBox.StandardButton.Discard
+
+    def shutdown(self) -> None:
+        """Stop workers and remove this session's recovery file (a clean exit)."""
+        self._autosave_timer.stop()
+        self.cancel_jobs()
+        self.wait_for_jobs(10.0)
+        if self.bridge is not None:
+            self.bridge.close()
+        if self.session is not None:
+            self.session.discard_autosave(self.autosave_folder)
