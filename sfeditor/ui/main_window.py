@@ -97,7 +97,8 @@ class MainWindow(QMainWindow):
         self.dark = dark
         self.session: EditorSession | None = None
         self.bridge: PreviewBridge | None = None
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Job] = {}       # newest job of each kind
+        self._running: set[Job] = set()      # every job whose thread may still run
         self.errors: list[str] = []
         self.directions: dict[str, np.ndarray] = {}
         self.thumbnails: dict[str, np.ndarray] = {}
@@ -144,7 +145,8 @@ class MainWindow(QMainWindow):
         split.addWidget(self.preview)
         split.setStretchFactor(0, 5)
         split.setStretchFactor(1, 4)
-        split.setSizes([560, 460])
+        split.setSizes([520, 440])
+        self.preview.setMinimumWidth(300)
         self.setCentralWidget(split)
 
         self.inspector = InspectorPanel()
@@ -161,7 +163,7 @@ class MainWindow(QMainWindow):
         dock.setObjectName("inspector-dock")
         dock.setWidget(self.tabs)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
-        dock.setMinimumWidth(320)
+        dock.setMinimumWidth(300)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
 
         sb = self.statusBar()
@@ -340,10 +342,9 @@ class MainWindow(QMainWindow):
             report(0, 1, {})
             return load_bundle(**kwargs)
 
-        job = self.start_job("model", work, "Loading model…")
-        job.done.connect(lambda b: self.set_bundle(b, comp))
-        job.failed.connect(lambda msg: (self.show_error("Could not open the model", msg), self._sync_domain_box()))
-        return job
+        return self.start_job("model", work, "Loading model…", done=lambda b: self.set_bundle(b, comp),
+                              failed=lambda msg: (self.show_error("Could not open the model", msg),
+                                                  self._sync_domain_box()))
 
     def _sync_domain_box(self) -> None:
         if self.session is not None:
@@ -424,7 +425,8 @@ class MainWindow(QMainWindow):
         lat = (time.perf_counter() - self._t_submit.pop(result.stamp, time.perf_counter())) * 1000
         for k in [k for k in self._t_submit if k < result.stamp]:
             del self._t_submit[k]
-        nodes = ", ".join(result.recomputed_nodes) if result.recomputed_nodes else "cached"
+        nodes = (", ".join(result.recomputed_nodes) if result.recomputed_nodes else "cached") \
+            if result.hierarchy_used else "none (no hierarchy)"
         self.frame_label.setText(f"frame {result.render_ms:.0f} ms · latency {lat:.0f} ms · nets: {nodes}")
         self.frames_shown += 1
         self.frameShown.emit(result.stamp)
@@ -511,9 +513,8 @@ class MainWindow(QMainWindow):
             report(0, 1, {})
             return pca_directions(G, n_components=min(20, G.style_dim), n_samples=10_000)
 
-        job = self.start_job("pca", work, "GANSpace: PCA of sampled w…")
-        job.done.connect(self._pca_done)
-        job.failed.connect(lambda m: self.show_error("GANSpace", m))
+        self.start_job("pca", work, "GANSpace: PCA of sampled w…", done=self._pca_done,
+                       failed=lambda m: self.show_error("GANSpace", m))
 
     def _pca_done(self, pca) -> None:
         entries = []
@@ -582,12 +583,13 @@ class MainWindow(QMainWindow):
             return locality_heatmap(b.G, b.hierarchy, comp, node, base, samples=samples,
                                     batch=8 if b.G.size <= 128 else 1, cancel=cancel)
 
-        job = self.start_job("overlay", work, f"heatmap of {node}", status=False)
-        title = f"{node}: mean |Δ| when its code is resampled ({'fixed' if base == 'fixed' else 'random'} base)"
-        job.partial.connect(lambda u: (self.preview.set_heatmap(u.values, title=title),
-                                       self.preview.set_progress(u.done, u.total, f"{node}: {u.done}/{u.total}"),
-                                       u.note and self.preview.set_message(u.note)))
-        job.finished.connect(lambda: self.preview.set_progress(0, 0))
+        title = f"{node}: mean |Δ| when its code is resampled"
+        self.start_job("overlay", work, f"heatmap of {node}", status=False,
+                       partial=lambda u: (self.preview.set_heatmap(u.values, title=title),
+                                          self.preview.set_progress(u.done, u.total, f"{node}: {u.done}/{u.total}"),
+                                          u.note and self.preview.set_message(u.note)),
+                       finished=lambda: self.preview.set_progress(0, 0),
+                       failed=lambda m: self.preview.set_message(f"heatmap failed: {m}"))
 
     def _start_masks(self) -> None:
         b = self.session.bundle
@@ -611,8 +613,9 @@ class MainWindow(QMainWindow):
                     s = h({n: cache.get(comp, n, b.G) for n in need}, comp.collapsed_nodes(), use_cache=False)
                 return b.region_model.hard_labels(s)[0].cpu().numpy()
 
-        job = self.start_job("overlay", work, "region masks", status=False)
-        job.done.connect(lambda lab: self.preview.set_masks(lab, list(b.region_model.leaves)))
+        self.start_job("overlay", work, "region masks", status=False,
+                       done=lambda lab: self.preview.set_masks(lab, list(b.region_model.leaves)),
+                       failed=lambda m: self.preview.set_message(f"masks failed: {m}"))
 
     def _update_compare(self) -> None:
         if self.edit_panel.active():
@@ -670,10 +673,9 @@ class MainWindow(QMainWindow):
         return work
 
     def invert_photo(self, path: Path, node: str) -> Job:
-        job = self.start_job("invert", self._inversion_fn(path), f"Inverting {path.name}")
-        job.done.connect(lambda res: self._photo_inverted(res, node, path))
-        job.failed.connect(lambda m: self.show_error("Photo", f"{path.name}: {m}"))
-        return job
+        return self.start_job("invert", self._inversion_fn(path), f"Inverting {path.name}",
+                              done=lambda res: self._photo_inverted(res, node, path),
+                              failed=lambda m: self.show_error("Photo", f"{path.name}: {m}"))
 
     def _photo_inverted(self, res, node: str, path: Path) -> None:
         if self._do(lambda s: s.assign_photo(node or None, res.w_plus, f"photo {path.name}")):
@@ -698,18 +700,25 @@ class MainWindow(QMainWindow):
             tgt = tgt_fn(lambda i, n, info: report(n + i, 2 * n, info), cancel) if tgt_fn else None
             return ref, tgt
 
-        job = self.start_job("invert", work, f"Transfer {region}: inverting")
-        job.done.connect(lambda r: self._do(lambda s: s.transfer_region(
-            region, r[0].w_plus, None if r[1] is None else r[1].w_plus, label=f"transfer from {Path(reference).name}")))
-        job.failed.connect(lambda m: self.show_error("Transfer", m))
-        return job
+        return self.start_job("invert", work, f"Transfer {region}: inverting",
+                              done=lambda r: self._do(lambda s: s.transfer_region(
+                                  region, r[0].w_plus, None if r[1] is None else r[1].w_plus,
+                                  label=f"transfer from {Path(reference).name}")),
+                              failed=lambda m: self.show_error("Transfer", m))
 
     # ============================================================== jobs
-    def start_job(self, kind: str, fn, text: str, status: bool = True) -> Job:
-        """Start a job of ``kind`` (a newer job of the same kind cancels the older one)."""
+    def start_job(self, kind: str, fn, text: str, status: bool = True, *, done=None, failed=None, partial=None,
+                  finished=None) -> Job:
+        """Start a job of ``kind`` (a newer job of the same kind cancels the older one).  The callbacks
+        are connected before the thread starts, so a job that ends at once still reports."""
         self.cancel_job(kind)
-        job = Job(fn, kind, self)
+        job = Job(fn, kind)          # no Qt parent: it lives until its thread ends, even if the window goes
         self.jobs[kind] = job
+        self._running.add(job)
+        job.finished.connect(lambda: self._running.discard(job))
+        for sig, cb in ((job.done, done), (job.failed, failed), (job.partial, partial), (job.finished, finished)):
+            if cb is not None:
+                sig.connect(cb)
         if status:
             self.job_label.setText(text)
             self.job_bar.setRange(0, 0)
@@ -741,13 +750,13 @@ class MainWindow(QMainWindow):
             job.cancel()
 
     def cancel_jobs(self) -> None:
-        for job in list(self.jobs.values()):
+        for job in list(self._running):
             job.cancel()
 
     def wait_for_jobs(self, timeout: float = 60.0) -> bool:
         """Block until running jobs end (tests, shutdown)."""
         end = time.time() + timeout
-        for job in list(self.jobs.values()):
+        for job in list(self._running):
             if not job.wait(max(0.0, end - time.time())):
                 return False
         return True
@@ -948,15 +957,14 @@ class MainWindow(QMainWindow):
                                            cancel=cancel)
             return cluster_sheets(imgs, labels, b.regions)
 
-        job = self.start_job("sheets", work, "Rendering cluster contact sheets…")
-
         def show(sheets):
             d = RegionLabellingDialog(b.regions, sheets, self)
             d.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
             d.open()
             self._labelling = d
-        job.done.connect(show)
-        job.failed.connect(lambda m: self.show_error("Region labelling", m))
+
+        self.start_job("sheets", work, "Rendering cluster contact sheets…", done=show,
+                       failed=lambda m: self.show_error("Region labelling", m))
 
     # ============================================================= close
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)

@@ -145,7 +145,7 @@ class PreviewWidget(QWidget):
 
         self._overlay_combo = QComboBox(self)
         self._overlay_combo.setToolTip("Overlay drawn on top of the preview")
-        for text, mode in (("No overlay", "none"), ("Locality heatmap", "heatmap"), ("Region masks", "masks")):
+        for text, mode in (("No overlay", "none"), ("Heatmap", "heatmap"), ("Masks", "masks")):
             self._overlay_combo.addItem(text, mode)
         self._overlay_combo.currentIndexChanged.connect(self._on_overlay_index)
 
@@ -154,15 +154,16 @@ class PreviewWidget(QWidget):
             "Heatmap base: resample only the selected node's code on a fixed base (paper Fig. 11),\n"
             "or on random base codes (Fig. 10)"
         )
-        for text, mode in (("Fixed base (Fig. 11)", "fixed"), ("Random base (Fig. 10)", "random")):
+        for text, mode in (("Fixed base", "fixed"), ("Random base", "random")):
             self._heatmap_combo.addItem(text, mode)
         self._heatmap_combo.currentIndexChanged.connect(self._on_heatmap_index)
 
-        self._opacity_caption = QLabel("Opacity", self)
+        self._opacity_caption = QLabel("α", self)
+        self._opacity_caption.setToolTip("Overlay opacity")
         self._opacity_slider = QSlider(Qt.Orientation.Horizontal, self)
         self._opacity_slider.setRange(0, 100)
         self._opacity_slider.setValue(60)
-        self._opacity_slider.setFixedWidth(100)
+        self._opacity_slider.setFixedWidth(72)
         self._opacity_slider.setToolTip("Overlay opacity")
         self._opacity_value = QLabel(self)
         self._opacity_value.setMinimumWidth(self._opacity_value.fontMetrics().horizontalAdvance("100%") + 4)
@@ -188,6 +189,11 @@ class PreviewWidget(QWidget):
         self._progress.hide()
         self._cancel_button.hide()
 
+        for combo in (self._overlay_combo, self._heatmap_combo):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+            combo.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+            longest = max(combo.itemText(i) for i in range(combo.count()))
+            combo.setMinimumWidth(combo.fontMetrics().horizontalAdvance(longest) + 44)   # + arrow, padding
         bar.addWidget(self._overlay_combo)
         bar.addWidget(self._heatmap_combo)
         bar.addSpacing(8)
