@@ -3,6 +3,7 @@ overlays, edits, autosave.  Tiny random models keep it fast; one test opens the 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +220,11 @@ def test_shipped_domains_masks_and_switch(qtbot, tmp_path):
     assert "hair" in win.graph.node_names()
     win.preview.set_overlay_mode("masks")
     qtbot.waitUntil(lambda: "overlay" not in win.jobs and win.preview.overlay_mode() == "masks", timeout=WAIT)
+    win.labelling_tool()                              # contact sheets rendered in a job, then the dialog
+    qtbot.waitUntil(lambda: getattr(win, "_labelling", None) is not None, timeout=WAIT)
+    assert win._labelling.problems() == []
+    win._labelling._ask_unsaved = lambda: "discard"
+    win._labelling.close()
     win.switch_domain("toy-cars")
     qtbot.waitUntil(lambda: win.session.bundle.domain == "toy-cars", timeout=WAIT)
     qtbot.waitUntil(lambda: win.frames_shown >= 2, timeout=WAIT)
@@ -231,3 +237,69 @@ def test_cli_gui_parser():
 
     args = build_parser().parse_args(["gui", "--domain", "toy-cars", "x.sfcomp.json"])
     assert args.domain == "toy-cars" and args.file == "x.sfcomp.json" and args.func.__name__ == "cmd_gui"
+
+
+def _photo(G, seed, path):
+    with torch.no_grad():
+        save_png(path, to_uint8(G.synthesis(G.styles(G.sample_w(1, seed=seed, truncation=0.5))))[0])
+    return str(path)
+
+
+def test_hair_transfer_flow(qtbot, win, tmp_path):
+    """Target and reference photos inverted; the region's nodes get the reference, the rest the target."""
+    settle(qtbot, win)
+    G = win.session.bundle.G
+    target, ref = _photo(G, 1, tmp_path / "target.png"), _photo(G, 2, tmp_path / "ref.png")
+    win.transfer(target, ref, "right")
+    qtbot.waitUntil(lambda: win.session.stack.undo_text is not None
+                    and win.session.stack.undo_text.startswith("transfer"), timeout=60_000)
+    comp = win.session.composition
+    inside = {n: comp.state(n).code for n in ("right", "c", "d")}
+    outside = {n: comp.state(n).code for n in ("all", "left", "a", "b")}
+    assert all(c is not None for c in (*inside.values(), *outside.values()))
+    assert all(torch.equal(c, inside["right"]) for c in inside.values())
+    assert all(torch.equal(c, outside["all"]) for c in outside.values())
+    assert not torch.equal(inside["right"], outside["all"])
+    settle(qtbot, win)
+    assert np.array_equal(win.preview.frame(), direct_render(win))
+
+
+def test_cancel_inversion_changes_nothing(qtbot, win, tmp_path):
+    settle(qtbot, win)
+    path = _photo(win.session.bundle.G, 3, tmp_path / "p.png")
+    job = win.invert_photo(Path(path), "a")
+    job.cancel()
+    qtbot.waitUntil(lambda: not job.is_running(), timeout=WAIT)
+    qtbot.wait(20)
+    assert win.session.composition.state("a").code is None and len(win.session.stack) == 0
+
+
+def test_compare_view_shows_the_frame_before_the_last_edit(qtbot, win):
+    settle(qtbot, win)
+    first = win.preview.frame().copy()
+    win.graph.rerollRequested.emit("a")
+    settle(qtbot, win)
+    win.preview.set_compare_enabled(True)
+    qtbot.wait(1)
+    assert np.array_equal(win.preview.compare_image(), first)
+
+
+def test_open_model_from_files_and_bad_model(qtbot, win, tmp_path, tiny_bundle):
+    from sfeditor.checkpoints import save_generator
+
+    save_generator(tiny_bundle.G, tmp_path / "g.pt")
+    tiny_bundle.hierarchy.save(tmp_path / "h.pt")
+    job = win.load_model_async(domain="mine", generator=str(tmp_path / "g.pt"), hierarchy=str(tmp_path / "h.pt"))
+    qtbot.waitUntil(lambda: not job.is_running() and win.session.bundle.domain == "mine", timeout=WAIT)
+    assert win.session.bundle.hierarchy is not None and win.domain_box.currentText() == "mine"
+    n = len(win.errors)
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    win.load_model_async(domain="bad", generator=str(tmp_path / "bad.pt"))
+    qtbot.waitUntil(lambda: len(win.errors) > n, timeout=WAIT)
+    assert "bad.pt" in win.errors[-1] and win.session.bundle.domain == "mine"   # the open model stays
+
+
+def test_labelling_tool_without_regions_explains(qtbot, win):
+    n = len(win.errors)
+    win.labelling_tool()
+    assert len(win.errors) == n + 1 and "sfeditor-train regions" in win.errors[-1]

@@ -28,7 +28,7 @@ from .node_graph import NodeGraphView
 from .preview import PreviewWidget
 from .theme import apply_theme
 from .transfer_dialog import IMAGE_FILTER, TransferDialog
-from .workers import Job, PreviewBridge
+from .workers import Dispatcher, Job, PreviewBridge, gui_thread_gc
 
 __all__ = ["MainWindow", "OpenModelDialog"]
 
@@ -111,6 +111,8 @@ class MainWindow(QMainWindow):
         self._unsubscribe = None
         self._t_submit: dict[int, float] = {}
 
+        gui_thread_gc()
+        self.dispatcher = Dispatcher(self)    # worker threads hand results to the GUI thread through it
         self._build_ui()
         self._build_actions()
         self._autosave_timer = QTimer(self)
@@ -294,7 +296,7 @@ class MainWindow(QMainWindow):
             self._unsubscribe()
         self.session = EditorSession(bundle, composition)
         self._unsubscribe = self.session.subscribe(self._changed)
-        self.bridge = PreviewBridge(bundle.G, bundle.hierarchy, self)
+        self.bridge = PreviewBridge(bundle.G, bundle.hierarchy, self.dispatcher, self)
         self._last_stamp = 0                   # stamps restart with every worker
         self._t_submit.clear()
         self.bridge.frameReady.connect(self._frame_ready)
@@ -408,7 +410,7 @@ class MainWindow(QMainWindow):
 
     def _frame_ready(self, result) -> None:
         if self.sender() is not None and self.sender() is not self.bridge:
-            return                             # a late frame of the previous model's worker
+            return                             # a late frame of the previous model's worker (closed anyway)
         if result.stamp <= self._last_stamp:
             return
         self._last_stamp = result.stamp
@@ -712,7 +714,7 @@ class MainWindow(QMainWindow):
         """Start a job of ``kind`` (a newer job of the same kind cancels the older one).  The callbacks
         are connected before the thread starts, so a job that ends at once still reports."""
         self.cancel_job(kind)
-        job = Job(fn, kind)          # no Qt parent: it lives until its thread ends, even if the window goes
+        job = Job(fn, self.dispatcher, kind)   # no Qt parent: it lives until its thread ends
         self.jobs[kind] = job
         self._running.add(job)
         job.finished.connect(lambda: self._running.discard(job))

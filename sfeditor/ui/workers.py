@@ -1,22 +1,73 @@
 """Qt bridges to the core's background work: the live preview and cancellable jobs.
 
 The math runs in the core (:mod:`sfeditor.render_service`, :mod:`sfeditor.locality`,
-:mod:`sfeditor.inversion`); these classes only move results onto the GUI thread
-with signals (emitted from worker threads, so Qt queues them to the receivers).
+:mod:`sfeditor.inversion`) on plain Python threads.  Those threads never touch a
+Qt object: they put ``(callable, args)`` on a :class:`Dispatcher`'s queue, and
+the dispatcher's timer runs them on the GUI thread, where the signals are then
+emitted.  (Emitting PySide6 signals from foreign threads into Python callables
+crashed under garbage collection here; the queue makes the hand-over explicit.)
 """
 from __future__ import annotations
 
 import inspect
+import queue
 import threading
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from ..jobs import Cancelled, CancelToken
 from ..render_service import RenderService
 
-__all__ = ["PreviewBridge", "Job"]
+__all__ = ["Dispatcher", "PreviewBridge", "Job", "gui_thread_gc"]
+
+_GC = None
+
+
+def gui_thread_gc(interval_s: float = 1.0):
+    """Run Python's cyclic garbage collector only on the GUI thread (once per process).
+
+    Automatic collection may start in any thread; when it frees a cycle that holds Qt
+    objects (a closed dialog, a lambda connected to a widget), their C++ destructors
+    then run off the GUI thread and crash.  pyqtgraph's GarbageCollector disables the
+    automatic collector and collects from a GUI-thread timer instead."""
+    global _GC
+    if _GC is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _GC = GarbageCollector(interval=interval_s)
+    return _GC
+
+
+class Dispatcher(QObject):
+    """Runs callables posted from any thread on the GUI thread (polled every ``interval_ms``)."""
+
+    def __init__(self, parent: QObject | None = None, interval_ms: int = 8):
+        super().__init__(parent)
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.drain)
+        self._timer.start()
+
+    def post(self, fn: Callable, *args) -> None:
+        """Thread-safe: queue ``fn(*args)`` for the GUI thread."""
+        self._q.put((fn, args))
+
+    def drain(self) -> int:
+        """Run everything queued so far (GUI thread); returns how many calls ran."""
+        n = 0
+        while True:
+            try:
+                fn, args = self._q.get_nowait()
+            except queue.Empty:
+                return n
+            n += 1
+            try:
+                fn(*args)
+            except Exception:  # a view's bug must not stop the queue
+                traceback.print_exc()
 
 
 class PreviewBridge(QObject):
@@ -25,11 +76,21 @@ class PreviewBridge(QObject):
     frameReady = Signal(object)            # RenderResult
     thumbnailReady = Signal(str, object)   # node name, uint8 [H, W, 3]
 
-    def __init__(self, G, hierarchy=None, parent: QObject | None = None, thumbnails: bool = True):
+    def __init__(self, G, hierarchy, dispatcher: Dispatcher, parent: QObject | None = None,
+                 thumbnails: bool = True):
         super().__init__(parent)
-        self.service = RenderService(G, hierarchy, on_result=self.frameReady.emit,
-                                     on_thumbnail=(lambda n, img: self.thumbnailReady.emit(n, img))
+        post = dispatcher.post
+        self.service = RenderService(G, hierarchy, on_result=lambda r: post(self._deliver_frame, r),
+                                     on_thumbnail=(lambda n, img: post(self._deliver_thumb, n, img))
                                      if thumbnails else None)
+
+    def _deliver_frame(self, result) -> None:
+        if not self.service.closed:
+            self.frameReady.emit(result)
+
+    def _deliver_thumb(self, name: str, img) -> None:
+        if not self.service.closed:
+            self.thumbnailReady.emit(name, img)
 
     def submit(self, composition) -> int:
         return self.service.submit(composition)
@@ -57,9 +118,11 @@ class Job(QObject):
     cancelled = Signal()
     finished = Signal()          # after any of done / failed / cancelled
 
-    def __init__(self, fn: Callable[..., Any], name: str = "job", parent: QObject | None = None):
+    def __init__(self, fn: Callable[..., Any], dispatcher: Dispatcher, name: str = "job",
+                 parent: QObject | None = None):
         super().__init__(parent)
         self.fn, self.name = fn, name
+        self._post = dispatcher.post
         self.token = CancelToken()
         self._thread: threading.Thread | None = None
         self.result: Any = None
@@ -81,8 +144,13 @@ class Job(QObject):
             self._thread.join(timeout)
         return not self.is_running()
 
-    def _report(self, step: int, total: int, info: dict | None = None) -> None:
-        self.progress.emit(int(step), int(total), dict(info or {}))
+    def _report(self, step: int, total: int, info=None) -> None:
+        """Progress in the core's forms: ``(step, total, {metrics})`` or ``(done, total, "stage")``."""
+        info = dict(info) if isinstance(info, dict) else ({"stage": str(info)} if info else {})
+        self._post(self._emit, "progress", int(step), int(total), info)
+
+    def _emit(self, which: str, *args) -> None:   # GUI thread
+        getattr(self, which).emit(*args)
 
     def _run(self) -> None:
         try:
@@ -93,17 +161,17 @@ class Job(QObject):
                     if self.token.requested:
                         raise Cancelled(f"{self.name} cancelled")
                     last = item
-                    self.partial.emit(item)
+                    self._post(self._emit, "partial", item)
                 out = last
             if self.token.requested:
                 raise Cancelled(f"{self.name} cancelled")
             self.result = out
-            self.done.emit(out)
+            self._post(self._emit, "done", out)
         except Cancelled:
-            self.cancelled.emit()
+            self._post(self._emit, "cancelled")
         except Exception as e:  # reported to the user, never raised into Qt
             self.error = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
             traceback.print_exc()
-            self.failed.emit(self.error)
+            self._post(self._emit, "failed", self.error)
         finally:
-            self.finished.emit()
+            self._post(self._emit, "finished")
