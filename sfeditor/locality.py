@@ -33,7 +33,9 @@ MODES = ("fixed", "random")
 
 
 def change_map(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
-    """Per-pixel mean absolute change over channels: ``[B, 3, H, W]`` x2 -> ``[B, H, W]``."""
+    """Per-pixel mean absolute change over channels: ``[B, C, H, W]`` x2 -> ``[B, H, W]``."""
+    if base.shape != edited.shape or base.ndim != 4:
+        raise ValueError("base and edited must be [B, C, H, W] of the same shape")
     return (edited.float() - base.float()).abs().mean(dim=1)
 
 

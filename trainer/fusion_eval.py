@@ -47,6 +47,7 @@ from sfeditor.atomic import atomic_write_text
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy, TreeNode, load_hierarchy, parse_tree
 from sfeditor.imageio import make_grid, save_png, to_uint8
+from sfeditor.locality import change_map
 from sfeditor.style_code import StyleCode
 
 PSNR_CAP = 100.0
@@ -54,11 +55,7 @@ Composer = Callable[[Mapping[str, StyleCode]], StyleCode]
 
 
 # ---------------------------------------------------------------- metrics
-def change_map(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
-    """``[B, H, W]``: absolute change per pixel, averaged over the colour channels."""
-    if base.shape != edited.shape or base.ndim != 4:
-        raise ValueError("base and edited must be [B, C, H, W] of the same shape")
-    return (edited.float() - base.float()).abs().mean(1)
+# change_map (per-pixel mean |change|) is the core's, shared with the editor's heatmaps
 
 
 def locality_share(change: torch.Tensor, inside: torch.Tensor) -> float:
