@@ -80,7 +80,7 @@ RUN_VERSION = 1
 CONFIGS = ("regular", "short", "favored")
 ABLATIONS = ("full", "no_global", "no_stage1", "no_stage2", "no_stage3")
 #: recipe fields a resumed run must share with the checkpoint
-RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "batch", "seed", "lr")
+RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "batch", "seed", "lr")
 
 
 @dataclass
@@ -94,6 +94,7 @@ class FusionRecipe:
     steps_scale: float = 1.0
     ablation: str = "full"        # Sec. 7 variants (ABLATIONS)
     variant: str = "paper"        # FusionNet variant: "paper" | "official"
+    hidden: int = 0               # MLP width; 0 = the variant's (3W paper, 5W official); smaller ships smaller
     batch: int = 4                # per process
     lr: float = 0.5               # Adam; EqualLinear lr_mul 0.01 scales the effective step by 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -360,7 +361,7 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature)
 
     torch.manual_seed(recipe.seed)
-    net = FusionNet(FusionNetConfig.for_layout(G.layout, recipe.variant)).to(info.device)
+    net = FusionNet(FusionNetConfig.for_layout(G.layout, recipe.variant, hidden=recipe.hidden)).to(info.device)
     sampler = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 7_919 * (info.rank + 1))
     run = RunDir(out) if info.is_main else None
     ckpt_path = Path(out) / "checkpoint.pt"
@@ -373,7 +374,8 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
         if state.get("format") != RUN_FORMAT:
             raise ValueError(f"{ckpt_path}: not a FusionNet training checkpoint")
         old = state.get("recipe", {})
-        diff = [k for k in RESUME_KEYS if old.get(k) != _recipe_dict(recipe).get(k)]
+        defaults = _recipe_dict(FusionRecipe())      # keys added later count as their defaults
+        diff = [k for k in RESUME_KEYS if old.get(k, defaults.get(k)) != _recipe_dict(recipe).get(k)]
         if diff:
             raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); "
                              "use another --out or --restart")
@@ -504,7 +506,8 @@ def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes:
 def _recipe_from_args(args: argparse.Namespace, node: str) -> FusionRecipe:
     return FusionRecipe(domain=args.domain, node=node, config=getattr(args, "config", "") or "",
                         favor=getattr(args, "favor", "") or "", steps_scale=args.steps_scale,
-                        ablation=getattr(args, "ablation", "full"), variant=args.variant, batch=args.batch,
+                        ablation=getattr(args, "ablation", "full"), variant=args.variant,
+                        hidden=getattr(args, "hidden", 0) or 0, batch=args.batch,
                         lr=args.lr, seed=args.seed, truncation=args.truncation, temperature=args.temperature,
                         generator=args.generator or "", regions=args.regions or "", sample_every=args.sample_every,
                         checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
@@ -546,6 +549,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=4, help="codes per step (per process under torchrun)")
     p.add_argument("--lr", type=float, default=0.5, help="Adam learning rate (EqualLinear, lr_mul 0.01)")
     p.add_argument("--variant", default="paper", choices=["paper", "official"])
+    p.add_argument("--hidden", type=int, default=0,
+                   help="FusionNet MLP width (default: 3x the widest S layer, paper; 5x official)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=None, help="psi (default: the domain's, A.6)")
     p.add_argument("--temperature", type=float, default=None, help="soft-mask temperature (default: the file's)")
