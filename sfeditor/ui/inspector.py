@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
                                QSlider, QVBoxLayout, QWidget)
+
+from .pixmaps import rgb_pixmap
 
 __all__ = ["InspectorPanel", "to_pixmap"]
 
@@ -17,14 +19,7 @@ PSI_STEPS = 100      # slider ticks per 1.0 of truncation
 
 
 def to_pixmap(rgb: np.ndarray, size: int | None = None) -> QPixmap:
-    """uint8 [H, W, 3] -> QPixmap (optionally scaled to ``size`` px, nearest-neighbour)."""
-    a = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
-    h, w = a.shape[:2]
-    img = QImage(a.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
-    pm = QPixmap.fromImage(img)
-    if size:
-        pm = pm.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation)
-    return pm
+    return rgb_pixmap(rgb, "thumbnail", size)
 
 
 class InspectorPanel(QWidget):

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QIcon, QImage, QKeySequence, QPixmap, QShortcut
+from PySide6.QtGui import QColor, QIcon, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QGroupBox,
                                QHBoxLayout, QHeaderView, QInputDialog, QLabel, QMessageBox, QPushButton,
                                QScrollArea, QSplitter, QTableWidget, QTableWidgetItem, QToolButton, QTreeWidget,
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
+from .pixmaps import rgb_pixmap
 from ..cluster_sheets import BANNER_HEIGHT, PALETTE
 from ..regions import PAPER_TREES, RegionNode, RegionsFile, paper_tree
 
@@ -45,11 +46,7 @@ NAME_ROLE = Qt.ItemDataRole.UserRole
 # ------------------------------------------------------------------ helpers
 def sheet_pixmap(rgb: np.ndarray) -> QPixmap:
     """uint8 RGB [H, W, 3] -> QPixmap."""
-    a = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"a contact sheet must be uint8 [H, W, 3], got {list(a.shape)}")
-    h, w = a.shape[:2]
-    return QPixmap.fromImage(QImage(a.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy())
+    return rgb_pixmap(rgb, "a contact sheet")
 
 
 def _chip(colour: QColor, size: int = 12) -> QIcon:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QEvent, QMimeData, QPoint, QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import (QColor, QDrag, QFont, QFontMetricsF, QImage, QKeySequence, QPainter, QPainterPath,
+from PySide6.QtGui import (QColor, QDrag, QFont, QFontMetricsF, QKeySequence, QPainter, QPainterPath,
                            QPalette, QPen, QPixmap)
 from PySide6.QtWidgets import (QApplication, QFrame, QGraphicsItem, QGraphicsPathItem, QGraphicsScene,
                                QGraphicsView, QMenu)
 
+from .pixmaps import rgb_pixmap
 from ..composition import Composition
 from ..regions import RegionNode
 
@@ -100,19 +101,7 @@ def _clamp(v: float, lo: float, hi: float) -> float:
 
 
 def _rgb_pixmap(rgb: np.ndarray) -> QPixmap:
-    """uint8 [H, W, 3] (or [H, W] grey, [H, W, 4] RGBA) -> QPixmap."""
-    a = np.asarray(rgb)
-    if a.dtype != np.uint8:
-        raise ValueError(f"thumbnail: expected a uint8 image, got dtype {a.dtype}")
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"thumbnail: expected an [H, W, 3] image, got shape {list(a.shape)}")
-    a = np.ascontiguousarray(a)
-    h, w, ch = a.shape
-    fmt = QImage.Format_RGB888 if ch == 3 else QImage.Format_RGBA8888
-    img = QImage(a.data, w, h, w * ch, fmt).copy()      # copy: the image must not borrow numpy's buffer
-    return QPixmap.fromImage(img)
+    return rgb_pixmap(rgb, "thumbnail")
 
 
 # --------------------------------------------------------------------- glyphs
