@@ -442,7 +442,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for variant in ABLATIONS:
             run = root / variant
             if args.train_ablation:
-                recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant,
+                recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant, hidden=args.hidden,
                                       steps_scale=args.ablation_steps_scale, generator=args.generator or "",
                                       regions=args.regions or "", device=args.device, bf16=args.bf16,
                                       threads=args.threads)
@@ -491,6 +491,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--ablation-dir", help="variant runs (default runs/fusion-<domain>-ablation/<variant>)")
     e.add_argument("--train-ablation", action="store_true", help="train (or resume) the missing variants first")
     e.add_argument("--ablation-steps-scale", type=float, default=1.0)
+    e.add_argument("--hidden", type=int, default=0, help="FusionNet MLP width of the ablation runs (as trained)")
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--bf16", action="store_true")
