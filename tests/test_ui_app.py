@@ -291,7 +291,11 @@ def test_open_model_from_files_and_bad_model(qtbot, win, tmp_path, tiny_bundle):
     tiny_bundle.hierarchy.save(tmp_path / "h.pt")
     job = win.load_model_async(domain="mine", generator=str(tmp_path / "g.pt"), hierarchy=str(tmp_path / "h.pt"))
     qtbot.waitUntil(lambda: not job.is_running() and win.session.bundle.domain == "mine", timeout=WAIT)
-    assert win.session.bundle.hierarchy is not None and win.domain_box.currentText() == "mine"
+    assert win.session.bundle.hierarchy is not None and win.domain_box.currentText() == "mine — g.pt"
+    # the picker remembers it: shipped domains first, then recent models (also in a new window)
+    texts = [win.domain_box.itemText(i) for i in range(win.domain_box.count())]
+    assert texts[:2] == ["toy-faces", "toy-cars"] and "mine — g.pt" in texts
+    assert win._recent_models()[0]["generator"] == str(tmp_path / "g.pt")
     n = len(win.errors)
     (tmp_path / "bad.pt").write_bytes(b"nope")
     win.load_model_async(domain="bad", generator=str(tmp_path / "bad.pt"))

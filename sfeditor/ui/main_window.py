@@ -269,9 +269,11 @@ class MainWindow(QMainWindow):
         self.addToolBar(tb)
         tb.addWidget(QLabel(" Domain "))
         self.domain_box = QComboBox()
-        self.domain_box.addItems(list(SHIPPED))
-        self.domain_box.setToolTip("Shipped toy domains; File ▸ Open model… for your own checkpoint")
-        self.domain_box.activated.connect(lambda _i: self.switch_domain(self.domain_box.currentText()))
+        self.domain_box.setToolTip("Shipped toy domains, then models you opened recently "
+                                   "(File ▸ Open model… for another checkpoint)")
+        self.domain_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.domain_box.activated.connect(self._model_chosen)
+        self._fill_model_box()
         tb.addWidget(self.domain_box)
         tb.addSeparator()
         tb.addAction(self.undo_action)
@@ -308,11 +310,7 @@ class MainWindow(QMainWindow):
         self.graph.set_tree(self.session.composition.tree)
         for n in self.session.composition.internal_nodes:
             self.graph.set_net_available(n, bundle.hierarchy is None or bundle.has_net(n))
-        i = self.domain_box.findText(bundle.domain)
-        if i < 0:
-            self.domain_box.addItem(bundle.domain)
-            i = self.domain_box.findText(bundle.domain)
-        self.domain_box.setCurrentIndex(i)
+        self._sync_domain_box()
         self.device_label.setText(_device_text(bundle.device))
         self._update_model_info()
         for note in bundle.notes:
@@ -339,18 +337,81 @@ class MainWindow(QMainWindow):
     def load_model_async(self, **kwargs) -> Job:
         kwargs.setdefault("device", self.device_pref)
         comp = kwargs.pop("composition", None)
+        spec = {k: kwargs.get(k) for k in ("domain", "generator", "hierarchy", "regions")}
 
         def work(report, cancel):
             report(0, 1, {})
             return load_bundle(**kwargs)
 
-        return self.start_job("model", work, "Loading model…", done=lambda b: self.set_bundle(b, comp),
+        def done(bundle):
+            if spec["generator"]:
+                self._add_recent_model(spec)
+            self.set_bundle(bundle, comp)
+
+        return self.start_job("model", work, "Loading model…", done=done,
                               failed=lambda msg: (self.show_error("Could not open the model", msg),
                                                   self._sync_domain_box()))
 
+    # -------------------------------------------------------- model picker
+    def _recent_models(self) -> list[dict]:
+        import json
+
+        try:
+            items = json.loads(self.settings.value("recent_models", "[]") or "[]")
+        except (TypeError, ValueError):
+            return []
+        return [d for d in items if isinstance(d, dict) and d.get("generator")]
+
+    def _add_recent_model(self, spec: dict) -> None:
+        import json
+
+        items = [spec] + [d for d in self._recent_models() if d.get("generator") != spec["generator"]
+                          or d.get("hierarchy") != spec.get("hierarchy")]
+        self.settings.setValue("recent_models", json.dumps(items[:MAX_RECENT]))
+        self._fill_model_box()
+
+    def _fill_model_box(self) -> None:
+        """Shipped domains first, then recently opened checkpoints (name — file)."""
+        box = self.domain_box
+        box.blockSignals(True)
+        box.clear()
+        for name in SHIPPED:
+            box.addItem(name, {"domain": name})
+        recent = self._recent_models()
+        if recent:
+            box.insertSeparator(box.count())
+        for d in recent:
+            box.addItem(f"{d.get('domain') or Path(d['generator']).stem} — {Path(d['generator']).name}", d)
+            box.setItemData(box.count() - 1, "\n".join(f"{k}: {v}" for k, v in d.items() if v),
+                            Qt.ItemDataRole.ToolTipRole)
+        box.blockSignals(False)
+        self._sync_domain_box()
+
+    def _model_chosen(self, index: int) -> None:
+        spec = self.domain_box.itemData(index)
+        if not isinstance(spec, dict):
+            return
+        if spec.get("generator"):
+            if self.session is not None and self.session.bundle.generator_source == spec["generator"] \
+                    and self.session.bundle.hierarchy_path == spec.get("hierarchy"):
+                return
+            self.load_model_async(**{k: v for k, v in spec.items() if v})
+        else:
+            self.switch_domain(spec["domain"])
+
     def _sync_domain_box(self) -> None:
-        if self.session is not None:
-            self.domain_box.setCurrentText(self.session.bundle.domain)
+        """Show the open model in the picker (added as an entry when it is not listed)."""
+        if self.session is None:
+            return
+        b, box = self.session.bundle, self.domain_box
+        for i in range(box.count()):
+            d = box.itemData(i)
+            if isinstance(d, dict) and ((d.get("generator") and d["generator"] == b.generator_source)
+                                        or (not d.get("generator") and d.get("domain") == b.generator_source)):
+                box.setCurrentIndex(i)
+                return
+        box.addItem(b.domain, {"domain": b.domain, "generator": b.generator_source})
+        box.setCurrentIndex(box.count() - 1)
 
     def open_model_dialog(self) -> None:
         d = OpenModelDialog(self)
