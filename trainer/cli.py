@@ -11,7 +11,9 @@ def cmd_generator(args: argparse.Namespace) -> int:
 
     recipe = GeneratorRecipe(domain=args.domain, ae_steps=args.ae_steps, mapping_steps=args.mapping_steps,
                              mix_steps=args.mix_steps, batch=args.batch, seed=args.seed, threads=args.threads,
-                             device=args.device, bf16=not args.no_bf16)
+                             device=args.device, bf16=not args.no_bf16, region_weight=args.region_weight)
+    if args.ae_lr is not None:
+        recipe.ae_lr = args.ae_lr
     if args.steps_scale != 1.0:
         recipe.ae_steps = max(1, int(recipe.ae_steps * args.steps_scale))
         recipe.mapping_steps = max(1, int(recipe.mapping_steps * args.steps_scale))
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mix-steps", type=int, default=1500)
     g.add_argument("--steps-scale", type=float, default=1.0, help="multiply every phase's steps (quick trials)")
     g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--region-weight", type=float, default=1.0,
+                   help="reconstruction weight of small regions' pixels (eyes, mouth; wheels), e.g. 4")
+    g.add_argument("--ae-lr", type=float, default=None, help="autoencoder learning rate (default 0.0015)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     g.add_argument("--device", default="auto")
