@@ -151,6 +151,7 @@ class FusionHierarchy(nn.Module):
         self.last_recomputed: list[str] = []
         self.recompute_counts: dict[str, int] = {}
         self.collapsed: set[str] = set(collapsed)
+        self.meta: dict = {}       # JSON-like notes saved with the file, e.g. the generator's fingerprint
         self.nets = nn.ModuleDict()
         for name, net in (nets or {}).items():
             self.set_net(name, net)
@@ -325,6 +326,8 @@ class FusionHierarchy(nn.Module):
             state["net_configs"] = cfgs
         if self.layout is not None:
             state["layout"] = self.layout.to_dict()
+        if self.meta:
+            state["meta"] = dict(self.meta)
         return state
 
     def save(self, path: str | os.PathLike, half: bool = False) -> None:
@@ -403,7 +406,11 @@ def _from_state(state: dict, where: str, map_location) -> FusionHierarchy:
             except (ValueError, AttributeError) as e:
                 raise ValueError(f"node {name!r}: {e}") from None
             nets[name] = net.to(map_location)
-        return FusionHierarchy(root, nets, config=cfg, layout=layout)
+        h = FusionHierarchy(root, nets, config=cfg, layout=layout)
+        meta = state.get("meta")
+        if isinstance(meta, dict):
+            h.meta = {str(k): v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+        return h
     except KeyError as e:
         raise ValueError(f"{where}: hierarchy file lacks {e.args[0]!r}") from None
     except (ValueError, TypeError) as e:

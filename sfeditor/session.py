@@ -143,6 +143,10 @@ def _check_fit(bundle: ModelBundle) -> None:
         if widths and widths != {max(G.layout.dims)}:
             raise SessionError(f"{bundle.hierarchy_path}: FusionNets of width {sorted(widths)} do not fit "
                                f"this generator (widest S layer {max(G.layout.dims)})")
+        made_for = getattr(h, "meta", {}).get("generator_fingerprint")
+        if made_for and made_for != bundle.fingerprint:
+            bundle.notes.append(f"{Path(str(bundle.hierarchy_path)).name} was trained for another generator "
+                                "(fingerprint differs): fusion may be poor")
     r = bundle.regions
     if r is not None:
         try:

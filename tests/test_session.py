@@ -221,3 +221,20 @@ def test_restore_is_one_undo_entry(bundle):
     assert s.composition.truncation == 0.4 and len(s.stack) == 1
     s.undo()
     assert s.composition.same_as(before)
+
+
+def test_hierarchy_for_another_generator_is_noted(bundle, tmp_path):
+    from sfeditor.checkpoints import save_generator
+    from sfeditor.hierarchy import load_hierarchy
+
+    save_generator(bundle.G, tmp_path / "g.pt")
+    bundle.hierarchy.meta["generator_fingerprint"] = "sha256:someone-else"
+    bundle.hierarchy.save(tmp_path / "h.pt")
+    assert load_hierarchy(tmp_path / "h.pt").meta == {"generator_fingerprint": "sha256:someone-else"}
+    b = load_bundle("mine", generator=tmp_path / "g.pt", hierarchy=tmp_path / "h.pt", device="cpu")
+    assert any("another generator" in n for n in b.notes)
+    bundle.hierarchy.meta["generator_fingerprint"] = b.fingerprint
+    bundle.hierarchy.save(tmp_path / "h2.pt")
+    b2 = load_bundle("mine", generator=tmp_path / "g.pt", hierarchy=tmp_path / "h2.pt", device="cpu")
+    assert not any("another generator" in n for n in b2.notes)
+    bundle.hierarchy.meta.clear()

@@ -282,7 +282,7 @@ def hierarchy_tree(regions):
 
 
 def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionNet, layout=None,
-                          half: bool = False) -> FusionHierarchy:
+                          half: bool = False, generator_fingerprint: str | None = None) -> FusionHierarchy:
     """Put ``net`` at ``node`` of the hierarchy file at ``path`` (created when missing); atomic."""
     path = Path(path)
     root = parse_tree(tree)
@@ -296,6 +296,8 @@ def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionN
     h.nets[node].load_state_dict(net.state_dict())
     if layout is not None:
         h.layout = layout
+    if generator_fingerprint:
+        h.meta["generator_fingerprint"] = generator_fingerprint
     h.save(path, half=half)
     return h
 
@@ -466,7 +468,10 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
                            "children": [nr.child1, nr.child2], "ablation": recipe.ablation,
                            "training": tc.to_dict()}, run.path / "net.pt")
         if hierarchy is not None:
-            update_hierarchy_file(hierarchy, regions.tree, recipe.node, net, G.layout, half=half)
+            from sfeditor.regions import generator_fingerprint
+
+            update_hierarchy_file(hierarchy, regions.tree, recipe.node, net, G.layout, half=half,
+                                  generator_fingerprint=generator_fingerprint(G))
             log(f"{recipe.node}: net written to {run.path / 'net.pt'} and {hierarchy}")
     barrier(info)
     return net
