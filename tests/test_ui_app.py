@@ -220,6 +220,8 @@ def test_shipped_domains_masks_and_switch(qtbot, tmp_path):
     assert "hair" in win.graph.node_names()
     win.preview.set_overlay_mode("masks")
     qtbot.waitUntil(lambda: "overlay" not in win.jobs and win.preview.overlay_mode() == "masks", timeout=WAIT)
+    assert win.export_png(tmp_path / "faces.png")
+    faces_seeds = {n: st.seed for n, st in win.session.composition.nodes.items()}
     win.labelling_tool()                              # contact sheets rendered in a job, then the dialog
     qtbot.waitUntil(lambda: getattr(win, "_labelling", None) is not None, timeout=WAIT)
     assert win._labelling.problems() == []
@@ -229,6 +231,10 @@ def test_shipped_domains_masks_and_switch(qtbot, tmp_path):
     qtbot.waitUntil(lambda: win.session.bundle.domain == "toy-cars", timeout=WAIT)
     qtbot.waitUntil(lambda: win.frames_shown >= 2, timeout=WAIT)
     assert "wheels" in win.graph.node_names()
+    # a toy-faces PNG dropped on the toy-cars editor reopens toy-faces with that composition
+    win.graph.filesDropped.emit("", [str(tmp_path / "faces.png")])
+    qtbot.waitUntil(lambda: win.session.bundle.domain == "toy-faces", timeout=WAIT)
+    assert {n: st.seed for n, st in win.session.composition.nodes.items()} == faces_seeds
     win.shutdown()
 
 

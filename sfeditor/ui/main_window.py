@@ -296,7 +296,13 @@ class MainWindow(QMainWindow):
             self.bridge.deleteLater()
         if self._unsubscribe:
             self._unsubscribe()
-        self.session = EditorSession(bundle, composition)
+        self.session = EditorSession(bundle)
+        if composition is not None:
+            try:
+                for w in self.session.replace_composition(composition):
+                    self.statusBar().showMessage(w, 8000)
+            except SessionError as e:
+                self.show_error("Composition", f"{e}; starting a new composition instead")
         self._unsubscribe = self.session.subscribe(self._changed)
         self.bridge = PreviewBridge(bundle.G, bundle.hierarchy, self.dispatcher, self)
         self._last_stamp = 0                   # stamps restart with every worker
