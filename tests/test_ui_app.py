@@ -313,3 +313,13 @@ def test_labelling_tool_without_regions_explains(qtbot, win):
     n = len(win.errors)
     win.labelling_tool()
     assert len(win.errors) == n + 1 and "sfeditor-train regions" in win.errors[-1]
+
+
+def test_sfeditor_without_subcommand_opens_the_window(monkeypatch):
+    import sfeditor.ui.app as app
+    from sfeditor.cli import main
+
+    seen = {}
+    monkeypatch.setattr(app, "run_app", lambda args: seen.setdefault("args", args) and 0)
+    assert main([]) == 0
+    assert seen["args"].command == "gui" and seen["args"].domain is None
