@@ -323,3 +323,21 @@ def test_sfeditor_without_subcommand_opens_the_window(monkeypatch):
     monkeypatch.setattr(app, "run_app", lambda args: seen.setdefault("args", args) and 0)
     assert main([]) == 0
     assert seen["args"].command == "gui" and seen["args"].domain is None
+
+
+def test_edit_compare_with_the_unrestricted_edit(qtbot, win, tmp_path):
+    settle(qtbot, win)
+    G = win.session.bundle.G
+    np.save(tmp_path / "d.npy", np.random.default_rng(1).normal(size=G.style_dim).astype(np.float32))
+    assert win.load_direction(str(tmp_path / "d.npy"))
+    win.graph.select("a")
+    win.edit_panel.compare_whole.setChecked(True)
+    win.preview.set_compare_enabled(True)
+    win.edit_panel.set_strength(4.0)
+    qtbot.waitUntil(lambda: getattr(win, "_whole_frame", None) is not None, timeout=WAIT)
+    settle(qtbot, win)
+    whole = win.session.preview_direction(win.directions[win.edit_panel.current_key()], 4.0, None)
+    b = win.session.bundle
+    want = render_request(b.G, b.hierarchy, RenderRequest(whole, 0)).image
+    assert np.array_equal(win.preview.compare_image(), want)
+    assert not np.array_equal(want, win.preview.frame())       # region-limited differs from unrestricted

@@ -9,7 +9,7 @@ edit live; *Apply* makes it one undo entry.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QDoubleSpinBox, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
                                QListWidgetItem, QPushButton, QRadioButton, QSlider, QVBoxLayout, QWidget)
 
 __all__ = ["EditPanel"]
@@ -71,6 +71,10 @@ class EditPanel(QWidget):
         self._scope.addButton(self.scope_all)
         sl.addWidget(self.scope_sel)
         sl.addWidget(self.scope_all)
+        self.compare_whole = QCheckBox("Compare: show the unrestricted edit beside it (Fig. 14)")
+        self.compare_whole.setToolTip("With the preview's Compare on, the left image is the same edit applied to "
+                                      "every node, i.e. without region-limited fusion")
+        sl.addWidget(self.compare_whole)
         self.target = QLabel("")
         self.target.setWordWrap(True)
         sl.addWidget(self.target)
@@ -92,6 +96,7 @@ class EditPanel(QWidget):
         self.spin.valueChanged.connect(self._spin)
         self.layers.editingFinished.connect(self._changed)
         self._scope.buttonToggled.connect(lambda *_: self._changed())
+        self.compare_whole.toggled.connect(lambda *_: self._changed())
         self.apply_btn.clicked.connect(self.applyRequested.emit)
         self.reset_btn.clicked.connect(self.reset)
         self._refresh_buttons()

@@ -474,6 +474,32 @@ class MainWindow(QMainWindow):
                 self.edit_panel.set_target_text(str(e))
         stamp = self.bridge.submit(comp)
         self._t_submit[stamp] = time.perf_counter()
+        self._whole_frame = None
+        if self.edit_panel.active() and self.edit_panel.compare_whole.isChecked() \
+                and not self.edit_panel.whole_image():
+            self._render_whole_edit()
+
+    def _render_whole_edit(self) -> None:
+        """The same edit on every node (no region limit), rendered in a job for the compare view."""
+        import copy
+
+        from ..render_service import RenderRequest, render_request
+
+        try:
+            args = dict(self._edit_args(), nodes=None)
+            comp = self.session.preview_direction(**args)
+        except (SessionError, ValueError):
+            return
+        b = self.session.bundle
+        h = copy.deepcopy(b.hierarchy) if b.hierarchy is not None else None
+
+        def work(report, cancel):
+            return render_request(b.G, h, RenderRequest(comp, 0)).image
+
+        def done(img):
+            self._whole_frame = img
+            self._update_compare()
+        self.start_job("compare", work, "unrestricted edit", status=False, done=done)
 
     def _frame_ready(self, result) -> None:
         if self.sender() is not None and self.sender() is not self.bridge:
@@ -687,7 +713,9 @@ class MainWindow(QMainWindow):
                        failed=lambda m: self.preview.set_message(f"masks failed: {m}"))
 
     def _update_compare(self) -> None:
-        if self.edit_panel.active():
+        if self.edit_panel.active() and getattr(self, "_whole_frame", None) is not None:
+            self.preview.set_compare(self._whole_frame, "whole image (no region limit)")
+        elif self.edit_panel.active():
             self.preview.set_compare(self._committed_frame, "before edit")
         else:
             self.preview.set_compare(self._before_frame, "before")
