@@ -219,7 +219,8 @@ class RenderService:
             if hit is None or (key[0] == "code" and hit[0] is not comp.state(name).code):
                 try:
                     with torch.no_grad():
-                        img = to_uint8(self.G.synthesis(self._cache.get(comp, name, self.G)))[0]
+                        code = self._cache.get(comp, name, self.G)
+                        img = to_uint8(self.G.synthesis(code, noise_mode="const"))[0]
                 except Exception:
                     traceback.print_exc()
                     return

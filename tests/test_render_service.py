@@ -238,3 +238,29 @@ def test_core_does_not_import_qt():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_thumbnails_are_each_nodes_own_image_and_cached(G, H):
+    got: dict[str, np.ndarray] = {}
+    renders = []
+    svc = RenderService(G, H, on_thumbnail=lambda n, img: got.__setitem__(n, img))
+    orig = G.synthesis
+
+    try:
+        comp = composition()
+        svc.submit(comp)
+        assert svc.wait_until_idle(30)
+        assert set(got) == set(comp.node_names)
+        for n in comp.node_names:
+            with torch.no_grad():
+                want = to_uint8(G.synthesis(G.styles(comp.w_for(n, G)), noise_mode="const"))[0]
+            assert np.array_equal(got[n], want), n
+        # a second frame with one node changed renders one new thumbnail only
+        G.synthesis = lambda *a, **k: (renders.append(1), orig(*a, **k))[1]
+        comp.set_state("a", NodeState(seed=999))
+        svc.submit(comp)
+        assert svc.wait_until_idle(30)
+        assert len(renders) == 2          # the frame + a's thumbnail
+    finally:
+        G.__dict__.pop("synthesis", None)      # back to the class method
+        svc.close()
