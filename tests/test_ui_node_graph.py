@@ -349,7 +349,7 @@ def test_node_drop_emits_copy(view, rec):
 
 def test_drag_highlights_the_card_under_the_cursor(view):
     def move(mime, pos):
-        ev = QDragMoveEvent(QPointF(pos), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+        ev = QDragMoveEvent(QPoint(pos.x(), pos.y()), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
         view.dragMoveEvent(ev)
         return ev.isAccepted()
 

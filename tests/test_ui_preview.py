@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("pytestqt")
 pytest.importorskip("pyqtgraph")
 
-from PySide6.QtCore import QMimeData, QPointF, QRectF, Qt, QUrl  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QRectF, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QColor, QDragEnterEvent, QDropEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
@@ -304,7 +304,7 @@ def test_file_drop_emits_paths(w, tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.pt"
     mime = _mime([QUrl.fromLocalFile(str(a)), QUrl.fromLocalFile(str(b)), QUrl("https://example.com/x.png")])
     got = _collect(w.filesDropped)
-    enter = QDragEnterEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime,
+    enter = QDragEnterEvent(QPoint(20, 20), Qt.DropAction.CopyAction, mime,
                             Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(w, enter)
     assert enter.isAccepted()
@@ -353,7 +353,7 @@ def test_drop_on_graphics_viewport_reaches_widget(w, tmp_path):
     mime = _mime([QUrl.fromLocalFile(path)])
     got = _collect(w.filesDropped)
     vp = w.graphics_widget.viewport()
-    enter = QDragEnterEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime,
+    enter = QDragEnterEvent(QPoint(20, 20), Qt.DropAction.CopyAction, mime,
                             Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(vp, enter)
     assert enter.isAccepted() and "Drop to load 1 file" in w._message_label.text()
