@@ -123,6 +123,7 @@ class RenderService:
         self.on_result = on_result
         self.on_thumbnail = on_thumbnail
         self._thumbs: OrderedDict = OrderedDict()     # code key -> (tensor kept alive, uint8 image)
+        self._shown: dict[str, np.ndarray] = {}       # node -> the thumbnail last handed to on_thumbnail
         self._cache = CodeCache()
         self._render_fn = render_fn or (lambda req: render_request(self.G, self.hierarchy, req, self._cache))
         self._threads = threads
@@ -228,6 +229,9 @@ class RenderService:
                 while len(self._thumbs) > 256:
                     self._thumbs.popitem(last=False)
             self._thumbs.move_to_end(key)
+            if self._shown.get(name) is hit[1]:
+                continue                      # the viewer already has this node's current thumbnail
+            self._shown[name] = hit[1]
             try:
                 self.on_thumbnail(name, hit[1])
             except Exception:

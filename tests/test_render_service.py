@@ -255,12 +255,13 @@ def test_thumbnails_are_each_nodes_own_image_and_cached(G, H):
             with torch.no_grad():
                 want = to_uint8(G.synthesis(G.styles(comp.w_for(n, G)), noise_mode="const"))[0]
             assert np.array_equal(got[n], want), n
-        # a second frame with one node changed renders one new thumbnail only
+        # a second frame with one node changed renders (and hands over) one new thumbnail only
         G.synthesis = lambda *a, **k: (renders.append(1), orig(*a, **k))[1]
+        got.clear()
         comp.set_state("a", NodeState(seed=999))
         svc.submit(comp)
         assert svc.wait_until_idle(30)
-        assert len(renders) == 2          # the frame + a's thumbnail
+        assert len(renders) == 2 and list(got) == ["a"]     # the frame + a's thumbnail
     finally:
         G.__dict__.pop("synthesis", None)      # back to the class method
         svc.close()

@@ -147,7 +147,7 @@ class MainWindow(QMainWindow):
         split.addWidget(self.preview)
         split.setStretchFactor(0, 5)
         split.setStretchFactor(1, 4)
-        split.setSizes([520, 440])
+        split.setSizes([600, 400])
         self.preview.setMinimumWidth(300)
         self.setCentralWidget(split)
 
