@@ -447,8 +447,11 @@ class MainWindow(QMainWindow):
         self._refresh_inspector()
         self.undo_action.setEnabled(self.session.stack.can_undo())
         self.redo_action.setEnabled(self.session.stack.can_redo())
-        self.undo_action.setText(f"Undo {self.session.stack.undo_text or ''}".strip())
-        self.redo_action.setText(f"Redo {self.session.stack.redo_text or ''}".strip())
+        # the text stays short (it is a toolbar button too); the tooltip says what would be undone
+        self.undo_action.setToolTip(f"Undo: {self.session.stack.undo_text}" if self.session.stack.can_undo()
+                                    else "Nothing to undo")
+        self.redo_action.setToolTip(f"Redo: {self.session.stack.redo_text}" if self.session.stack.can_redo()
+                                    else "Nothing to redo")
         self.setWindowTitle(f"{self.session.title()} — sfeditor")
         self._before_frame = self._committed_frame
         self.request_render()
