@@ -717,7 +717,7 @@ class MainWindow(QMainWindow):
 
     def _update_compare(self) -> None:
         if self.edit_panel.active() and getattr(self, "_whole_frame", None) is not None:
-            self.preview.set_compare(self._whole_frame, "whole image (no region limit)")
+            self.preview.set_compare(self._whole_frame, "every node")
         elif self.edit_panel.active():
             self.preview.set_compare(self._committed_frame, "before edit")
         else:
@@ -834,7 +834,8 @@ class MainWindow(QMainWindow):
                 self.job_cancel.setVisible(False)
                 self.job_label.setText("")
         job.finished.connect(finished)
-        job.cancelled.connect(lambda: self.statusBar().showMessage(f"{text}: cancelled", 4000))
+        if status:     # background overlays are cancelled on every edit: no message for those
+            job.cancelled.connect(lambda: self.statusBar().showMessage(f"{text}: cancelled", 4000))
         return job.start()
 
     def _job_progress(self, step: int, total: int, info: dict) -> None:
