@@ -1,4 +1,4 @@
-"""Tiny models shared by the composition / commands / render-service tests."""
+"""Tiny models shared by the tests (editor core, regions, inversion, cluster sheets)."""
 from __future__ import annotations
 
 import torch
@@ -20,6 +20,15 @@ def tiny_generator(seed: int = 0) -> Generator:
     G = Generator(size=16, style_dim=16, n_mlp=1, channels={4: 16, 8: 16, 16: 8}).eval()
     G.requires_grad_(False)
     return G
+
+
+SMALL = dict(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
+
+
+def small_generator(seed: int = 0) -> Generator:
+    """A 32x32 generator with enough layers for DeepPixels, masks and inversion tests."""
+    torch.manual_seed(seed)
+    return Generator(**SMALL).eval()
 
 
 def tiny_hierarchy(G: Generator, tree=TREE4, seed: int = 0) -> FusionHierarchy:

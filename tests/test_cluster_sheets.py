@@ -4,22 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from sfeditor import Generator
+from editor_core_helpers import small_generator
 from sfeditor.cluster_sheets import (cluster_samples, cluster_shares, cluster_sheets, contact_sheet, label_overview,
                                      resize_labels, sheet_title)
 from sfeditor.jobs import Cancelled, CancelToken
 from sfeditor.regions import RegionsFile, generator_identity, node
 
-TINY = dict(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
 K = 4
 
 
 @pytest.fixture(scope="module")
 def G():
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    return Generator(**TINY).eval()
+    return small_generator()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from editor_core_helpers import small_generator
 
 from sfeditor import Generator
 from sfeditor.inversion import (E4EUnsupported, InversionCache, InversionSettings, Projector, load_e4e,
@@ -15,15 +16,13 @@ from sfeditor.jobs import Cancelled, CancelToken
 from sfeditor.style_code import StyleCode
 from sfeditor.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
 
-TINY = dict(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
 FAST = dict(steps=150, lr=0.1, msssim_weight=0.0, w_phase=0.5)   # ~43 dB on this target
 
 
 @pytest.fixture(scope="module")
 def G():
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    return Generator(**TINY).eval()
+    return small_generator()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from editor_core_helpers import SMALL as TINY, small_generator
 
 from sfeditor import Generator
 from sfeditor.clustering import (ClusteringOptions, ClusteringResult, MergeTree, assign, channel_scale,
@@ -15,15 +16,13 @@ from sfeditor.regions import (PAPER_TREES, RegionNode, RegionsFile, generator_fi
                               load_regions, node, paper_tree, region_of)
 from sfeditor.toy import region_names
 
-TINY = dict(size=32, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16})
 OPTS = dict(samples=12, pixels=600, pca=12, batch=6)
 
 
 @pytest.fixture(scope="module")
 def G():
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    return Generator(**TINY).eval()
+    return small_generator()
 
 
 @pytest.fixture(scope="module")
