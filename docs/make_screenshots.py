@@ -62,7 +62,7 @@ def main(out: str = "docs/images") -> int:
     win.edit_panel.compare_whole.setChecked(True)
     win.preview.set_compare_enabled(True)
     win.edit_panel.set_strength(3.0)
-    wait(app, lambda: getattr(win, "_whole_frame", None) is not None, 60)
+    wait(app, lambda: win._whole_frame is not None, 60)
     win.tabs.setCurrentWidget(win.edit_panel)
     shot(app, win, out_dir / "app-faces-edit.png")
     win.edit_panel.set_strength(0.0)

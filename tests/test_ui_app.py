@@ -334,7 +334,7 @@ def test_edit_compare_with_the_unrestricted_edit(qtbot, win, tmp_path):
     win.edit_panel.compare_whole.setChecked(True)
     win.preview.set_compare_enabled(True)
     win.edit_panel.set_strength(4.0)
-    qtbot.waitUntil(lambda: getattr(win, "_whole_frame", None) is not None, timeout=WAIT)
+    qtbot.waitUntil(lambda: win._whole_frame is not None, timeout=WAIT)
     settle(qtbot, win)
     whole = win.session.preview_direction(win.directions[win.edit_panel.current_key()], 4.0, None)
     b = win.session.bundle

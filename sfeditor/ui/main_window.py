@@ -100,12 +100,14 @@ class MainWindow(QMainWindow):
         self.jobs: dict[str, Job] = {}       # newest job of each kind
         self._running: set[Job] = set()      # every job whose thread may still run
         self.errors: list[str] = []
-        self.directions: dict[str, np.ndarray] = {}
+        self.directions: dict[str, np.ndarray] = {}      # key -> direction ("pca:3", "file:/path.npy")
+        self._direction_labels: dict[str, str] = {}      # file directions' list labels
         self.thumbnails: dict[str, np.ndarray] = {}
         self.last_result = None
         self.frames_shown = 0
         self._last_stamp = 0
-        self._committed_frame: np.ndarray | None = None
+        self._committed_frame: np.ndarray | None = None   # last frame without a previewed edit
+        self._whole_frame: np.ndarray | None = None       # the previewed edit applied to every node
         self._before_frame: np.ndarray | None = None
         self._render_pending = False
         self._unsubscribe = None
@@ -624,12 +626,6 @@ class MainWindow(QMainWindow):
         self.edit_panel.set_directions(entries + files)
         self.tabs.setCurrentWidget(self.edit_panel)
 
-    @property
-    def _direction_labels(self) -> dict:
-        if not hasattr(self, "_dir_labels"):
-            self._dir_labels = {}
-        return self._dir_labels
-
     def load_direction_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load a direction", "", "Directions (*.npy);;All files (*)")
         if path:
@@ -716,7 +712,7 @@ class MainWindow(QMainWindow):
                        failed=lambda m: self.preview.set_message(f"masks failed: {m}"))
 
     def _update_compare(self) -> None:
-        if self.edit_panel.active() and getattr(self, "_whole_frame", None) is not None:
+        if self.edit_panel.active() and self._whole_frame is not None:
             self.preview.set_compare(self._whole_frame, "every node")
         elif self.edit_panel.active():
             self.preview.set_compare(self._committed_frame, "before edit")
