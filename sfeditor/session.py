@@ -303,11 +303,7 @@ class EditorSession:
 
     def assign_code(self, nodes: Iterable[str], code: torch.Tensor, text: str) -> bool:
         """Give every node in ``nodes`` the explicit w / w+ ``code`` (one undo entry)."""
-        code = code.detach().float().cpu()
-        if code.ndim == 2:
-            code = code[:1]
-        elif code.ndim == 3:
-            code = code[:1]
+        code = code.detach().float().cpu()[:1]        # w [1, D] or w+ [1, L, D]: the first of a batch
         with self.stack.macro(text):
             for n in nodes:
                 self.push(AssignCode(n, code, text))
