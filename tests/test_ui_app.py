@@ -341,3 +341,12 @@ def test_edit_compare_with_the_unrestricted_edit(qtbot, win, tmp_path):
     want = render_request(b.G, b.hierarchy, RenderRequest(whole, 0)).image
     assert np.array_equal(win.preview.compare_image(), want)
     assert not np.array_equal(want, win.preview.frame())       # region-limited differs from unrestricted
+
+
+def test_no_display_gives_a_clear_message():
+    from sfeditor.ui.app import display_problem
+
+    assert "no display" in display_problem({}, "linux")
+    assert display_problem({"DISPLAY": ":0"}, "linux") is None
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}, "linux") is None
+    assert display_problem({}, "darwin") is None and display_problem({}, "win32") is None

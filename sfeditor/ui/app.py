@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["run_app", "add_gui_arguments"]
+__all__ = ["run_app", "add_gui_arguments", "display_problem"]
 
 
 def add_gui_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,12 +19,31 @@ def add_gui_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-recovery", action="store_true", help="do not offer to restore autosaved work")
 
 
+def display_problem(env=None, platform: str | None = None) -> str | None:
+    """A clear message when no window can be opened (Qt would abort), else None."""
+    import os
+
+    env = os.environ if env is None else env
+    platform = platform or sys.platform
+    if not platform.startswith("linux") or env.get("QT_QPA_PLATFORM"):
+        return None
+    if env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
+        return None
+    return ("no display found (DISPLAY / WAYLAND_DISPLAY are not set). Run it on a desktop session, "
+            "through a virtual display (`xvfb-run sfeditor`), or use the headless commands "
+            "(`sfeditor render | invert | edit | transfer`).")
+
+
 def run_app(args: argparse.Namespace | None = None, argv: list[str] | None = None) -> int:
     """Create the QApplication and the main window; returns the exit code."""
     if args is None:
         p = argparse.ArgumentParser(prog="sfeditor gui")
         add_gui_arguments(p)
         args = p.parse_args(argv)
+    problem = display_problem()
+    if problem:
+        print(f"sfeditor: {problem}", file=sys.stderr)
+        return 2
     from PySide6.QtWidgets import QApplication
 
     from ..session import EditorSession, SessionError, load_bundle
