@@ -254,6 +254,13 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
     def checkpoint(ph, st):
         _save_state(run, ph, st, G, E, opts, {"D_img": D_img.state_dict(), "D_lat": D_lat.state_dict()})
 
+    def checkpoint_or_stop(ph, st, total, every):
+        """After a step: checkpoint every ``every`` steps, at the end, or when cancelled (then stop)."""
+        if st % every == 0 or st == total or cancel.requested:
+            checkpoint(ph, st)
+        if cancel.requested:
+            raise Cancelled(f"stopped at {ph} step {st}; rerun the same command to resume")
+
     fixed = rendered_batch(recipe.domain, 0, 16, recipe.size, HELDOUT_SEED_OFFSET).to(dev)
 
     def samples(tag: str) -> None:
@@ -298,10 +305,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             if step % recipe.sample_every == 0 or step == recipe.ae_steps:
                 held = samples(f"ae-{step:06d}")
                 run.log({"phase": "ae", "step": step, "heldout_psnr": held})
-            if step % recipe.checkpoint_every == 0 or step == recipe.ae_steps or cancel.requested:
-                checkpoint("ae", step)
-            if cancel.requested:
-                raise Cancelled(f"stopped at ae step {step}; rerun the same command to resume")
+            checkpoint_or_stop("ae", step, recipe.ae_steps, recipe.checkpoint_every)
         phase, step = "mapping", 0
         checkpoint(phase, step)
 
@@ -343,10 +347,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             bar.update(step, d=float(d_loss), g=float(g_loss), mom=float(mom))
             if step % (recipe.sample_every * 4) == 0 or step == recipe.mapping_steps:
                 samples(f"mapping-{step:06d}")
-            if step % (recipe.checkpoint_every * 5) == 0 or step == recipe.mapping_steps or cancel.requested:
-                checkpoint("mapping", step)
-            if cancel.requested:
-                raise Cancelled(f"stopped at mapping step {step}; rerun the same command to resume")
+            checkpoint_or_stop("mapping", step, recipe.mapping_steps, (recipe.checkpoint_every * 5))
         E.train()
         phase, step = "mix", 0
         checkpoint(phase, step)
@@ -406,10 +407,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             bar.update(step, d=float(d_loss), g=float(g_adv), psnr=p)
             if step % recipe.sample_every == 0 or step == recipe.mix_steps:
                 samples(f"mix-{step:06d}")
-            if step % recipe.checkpoint_every == 0 or step == recipe.mix_steps or cancel.requested:
-                checkpoint("mix", step)
-            if cancel.requested:
-                raise Cancelled(f"stopped at mix step {step}; rerun the same command to resume")
+            checkpoint_or_stop("mix", step, recipe.mix_steps, recipe.checkpoint_every)
         phase, step = "done", 0
         checkpoint(phase, step)
 
