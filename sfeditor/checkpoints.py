@@ -50,7 +50,7 @@ from .generator import Generator, GeneratorConfig
 from .safe_pickle import PickledModule, SafeUnpickler, TFNetworkRecord, UnsafePickleError
 from .upfirdn import make_kernel
 
-__all__ = ["CheckpointError", "CheckpointData", "load_generator", "read_checkpoint", "save_generator",
+__all__ = ["CheckpointError", "CheckpointData", "pick_device", "load_generator", "read_checkpoint", "save_generator",
            "infer_config", "expected_shapes", "resolve_source", "FORMAT_TAG", "FORMAT_VERSION"]
 
 FORMAT_TAG = "sfeditor-generator"
@@ -82,6 +82,13 @@ class CheckpointData:
 
 
 # =================================================================== public API
+def pick_device(pref: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None): the first CUDA GPU when there is one, else the CPU; otherwise ``pref``."""
+    if pref in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(pref)
+
+
 def load_generator(source: str | os.PathLike, device: str | torch.device | None = None) -> Generator:
     """A :class:`Generator` in eval mode on ``device`` (default: CUDA if available, else CPU).
 

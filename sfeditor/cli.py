@@ -31,23 +31,15 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _device(name: str | None):
-    import torch
-
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoints import load_generator
+    from .checkpoints import load_generator, pick_device
     from .domains import SHIPPED
     from .imageio import make_grid, save_png, to_uint8
     from .style_code import StyleCode
 
-    device = _device(args.device)
+    device = pick_device(args.device)
     G = load_generator(args.model, device=device)
     psi = args.truncation
     if psi is None:

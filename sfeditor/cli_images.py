@@ -21,18 +21,10 @@ __all__ = ["add_parsers", "cmd_invert", "cmd_edit", "cmd_transfer"]
 
 
 # ------------------------------------------------------------- helpers
-def _device(name: str | None):
-    import torch
-
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _load_G(args):
-    from .checkpoints import load_generator
+    from .checkpoints import load_generator, pick_device
 
-    G = load_generator(args.model, device=_device(args.device))
+    G = load_generator(args.model, device=pick_device(args.device))
     G.eval()
     return G
 
@@ -143,12 +135,7 @@ def _load_hierarchy(path: str, G):
     from .hierarchy import load_hierarchy
 
     h = load_hierarchy(path, map_location=G.device)
-    if h.layout is not None and h.layout.dims != G.layout.dims:
-        raise ValueError(f"{path}: the hierarchy was made for another generator (S layout differs)")
-    widths = {net.config.width for net in h.nets.values()}
-    if widths and widths != {max(G.layout.dims)}:
-        raise ValueError(f"{path}: FusionNets of width {sorted(widths)} do not fit this generator "
-                         f"(widest S layer {max(G.layout.dims)})")
+    h.check_generator(G, str(path))
     h.eval()
     return h
 

@@ -330,6 +330,15 @@ class FusionHierarchy(nn.Module):
             state["meta"] = dict(self.meta)
         return state
 
+    def check_generator(self, G, where: str = "hierarchy") -> None:
+        """Raise a ValueError naming ``where`` if these FusionNets cannot fuse ``G``'s S codes."""
+        if self.layout is not None and self.layout.dims != G.layout.dims:
+            raise ValueError(f"{where}: the hierarchy was made for another generator (its S-space layout differs)")
+        widths = {net.config.width for net in self.nets.values()}
+        if widths and widths != {max(G.layout.dims)}:
+            raise ValueError(f"{where}: FusionNets of width {sorted(widths)} do not fit this generator "
+                             f"(widest S layer {max(G.layout.dims)})")
+
     def save(self, path: str | os.PathLike, half: bool = False) -> None:
         """Atomic single-file save (loads with ``torch.load(weights_only=True)``); ``half`` stores fp16."""
         atomic_torch_save(self.to_state(half), path)

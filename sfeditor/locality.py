@@ -49,10 +49,6 @@ class HeatmapUpdate:
     note: str = ""
 
 
-def _draw(G, n: int, truncation: float, gen: torch.Generator) -> torch.Tensor:
-    return G.sample_w(n, truncation=truncation, generator=gen)
-
-
 @torch.no_grad()
 def locality_heatmap(G, hierarchy, comp: Composition, node: str, mode: str = "fixed", samples: int = 32,
                      batch: int = 8, seed: int = 0, cancel=None) -> Iterator[HeatmapUpdate]:
@@ -87,10 +83,10 @@ def locality_heatmap(G, hierarchy, comp: Composition, node: str, mode: str = "fi
             codes = {n: fixed_codes[n].repeat(b) for n in need}
             base = base_fixed.expand(b, -1, -1, -1)
         else:
-            codes = {n: G.styles(_draw(G, b, psi, gen)) for n in need}
+            codes = {n: G.styles(G.sample_w(b, truncation=psi, generator=gen)) for n in need}
             base = fuse(codes)
         if node in need:
-            codes[node] = G.styles(_draw(G, b, psi, gen))
+            codes[node] = G.styles(G.sample_w(b, truncation=psi, generator=gen))
             edited = fuse(codes)
             part = change_map(base, edited).sum(0)
         else:

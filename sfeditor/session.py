@@ -30,24 +30,18 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write_bytes
+from .checkpoints import pick_device
 from .commands import (AssignCode, CopyCode, NodeEdit, RandomizeUnlocked, Reroll, SetCollapsed, SetLocked,
                        SetSeed, SetTruncation, UndoStack)
 from .composition import Composition, embed_in_png, extract_from_png
 from .regions import RegionNode, find_node
 
-__all__ = ["ModelBundle", "load_bundle", "pick_device", "default_hierarchy_path", "EditorSession",
+__all__ = ["ModelBundle", "load_bundle", "default_hierarchy_path", "EditorSession",
            "SessionError", "autosave_dir"]
 
 
 class SessionError(ValueError):
     """A user-facing problem (bad file, model mismatch); the message says what and where."""
-
-
-def pick_device(pref: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``: the first CUDA GPU when there is one, else the CPU."""
-    if pref in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(pref)
 
 
 def default_hierarchy_path(domain: str) -> Path | None:
@@ -136,14 +130,11 @@ def _check_fit(bundle: ModelBundle) -> None:
     G = bundle.G
     h = bundle.hierarchy
     if h is not None:
-        if getattr(h, "layout", None) is not None and h.layout.dims != G.layout.dims:
-            raise SessionError(f"{bundle.hierarchy_path}: the hierarchy was made for another generator "
-                               "(its S-space layout differs)")
-        widths = {net.config.width for net in h.nets.values()}
-        if widths and widths != {max(G.layout.dims)}:
-            raise SessionError(f"{bundle.hierarchy_path}: FusionNets of width {sorted(widths)} do not fit "
-                               f"this generator (widest S layer {max(G.layout.dims)})")
-        made_for = getattr(h, "meta", {}).get("generator_fingerprint")
+        try:
+            h.check_generator(G, str(bundle.hierarchy_path))
+        except ValueError as e:
+            raise SessionError(str(e)) from None
+        made_for = h.meta.get("generator_fingerprint")
         if made_for and made_for != bundle.fingerprint:
             bundle.notes.append(f"{Path(str(bundle.hierarchy_path)).name} was trained for another generator "
                                 "(fingerprint differs): fusion may be poor")

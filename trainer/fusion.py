@@ -63,6 +63,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sfeditor.checkpoints import pick_device as _core_pick_device
+
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.fusion_config import StageConfig, TrainingConfig, favored, node_config, regular, short
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
@@ -178,9 +180,8 @@ class DistInfo:
 
 
 def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(pref)
+    """The core's choice (GPU when present), on this process's GPU under torchrun."""
+    dev = _core_pick_device(pref)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev

@@ -102,6 +102,7 @@ class MainWindow(QMainWindow):
         self.errors: list[str] = []
         self.directions: dict[str, np.ndarray] = {}      # key -> direction ("pca:3", "file:/path.npy")
         self._direction_labels: dict[str, str] = {}      # file directions' list labels
+        self._encoder: tuple | None = None                # (bundle, toy encoder or None) for inversions
         self.thumbnails: dict[str, np.ndarray] = {}
         self.last_result = None
         self.frames_shown = 0
@@ -761,9 +762,10 @@ class MainWindow(QMainWindow):
         def work(report, cancel):
             img = read_image(path)
             prep = prepare_image(img, b.G.size, b.domain)
-            enc_path = default_encoder_path(b.domain)
-            enc = load_toy_encoder(enc_path, map_location=b.device, G=b.G) if enc_path else None
-            proj = Projector(b.G, InversionSettings(), encoder=enc, cache=InversionCache())
+            if self._encoder is None or self._encoder[0] is not b:      # read once per model
+                enc_path = default_encoder_path(b.domain)
+                self._encoder = (b, load_toy_encoder(enc_path, map_location=b.device, G=b.G) if enc_path else None)
+            proj = Projector(b.G, InversionSettings(), encoder=self._encoder[1], cache=InversionCache())
             res = proj.invert(prep.image, progress=report, cancel=cancel)
             return res
         return work
