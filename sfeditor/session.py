@@ -66,6 +66,7 @@ class ModelBundle:
     regions_path: str | None = None
     notes: list[str] = field(default_factory=list)
     _fingerprint: str | None = None
+    _hierarchy_fp: str | None = None
     _region_model: object | None = None
 
     @property
@@ -119,11 +120,14 @@ class ModelBundle:
                            hierarchy_identity=self._hierarchy_identity())
 
     def _hierarchy_identity(self) -> str | None:
+        """sha256 of the hierarchy's weights (computed once: they do not change while open)."""
         if self.hierarchy is None:
             return None
-        from .inversion import module_fingerprint
+        if self._hierarchy_fp is None:
+            from .inversion import module_fingerprint
 
-        return module_fingerprint(self.hierarchy)
+            self._hierarchy_fp = module_fingerprint(self.hierarchy)
+        return self._hierarchy_fp
 
 
 def _check_fit(bundle: ModelBundle) -> None:
