@@ -131,6 +131,20 @@ def _load_code_or_invert(args, G, projector, path: str, cancel):
     return res.w_plus.to(G.device), None if res.noise is None else [n.to(G.device) for n in res.noise]
 
 
+def _hierarchy_path(args) -> str:
+    """``--hierarchy``, or the shipped hierarchy of a shipped ``--model``."""
+    from .domains import SHIPPED
+    from .session import default_hierarchy_path
+
+    if args.hierarchy:
+        return args.hierarchy
+    shipped = default_hierarchy_path(args.model) if args.model in SHIPPED else None
+    if shipped is None:
+        raise ValueError("this needs --hierarchy (a trained FusionNet hierarchy for the model); only the "
+                         "shipped toy domains come with one")
+    return str(shipped)
+
+
 def _load_hierarchy(path: str, G):
     from .hierarchy import load_hierarchy
 
@@ -222,9 +236,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         whole = render(G, edit_whole(G, w, d, args.strength, layers), noise)
         panels = [original, whole]
         if regions:
-            if not args.hierarchy:
-                raise ValueError("--regions needs --hierarchy (a trained FusionNet hierarchy)")
-            h = _load_hierarchy(args.hierarchy, G)
+            h = _load_hierarchy(_hierarchy_path(args), G)
             comp = composition_from(h, w)
             edited = edit_regions(G, h, comp, d, args.strength, regions, layers=layers)
             result = G.synthesis(fuse(G, h, edited), noise_mode="const", noise=noise)
@@ -252,7 +264,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from .jobs import Cancelled, CancelToken
 
     G = _load_G(args)
-    h = _load_hierarchy(args.hierarchy, G)
+    h = _load_hierarchy(_hierarchy_path(args), G)
     projector = _projector(args, G)
     cancel = CancelToken()
     cancel.install_signal_handlers()
@@ -332,7 +344,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--strength", "-s", type=float, required=True)
     e.add_argument("--regions", help="comma-separated hierarchy nodes to edit (e.g. hair or face,eyes); "
                                      "default: the whole image")
-    e.add_argument("--hierarchy", help="trained FusionNet hierarchy (needed with --regions)")
+    e.add_argument("--hierarchy", help="trained FusionNet hierarchy for --regions (default: the shipped "
+                   "domain's)")
     e.add_argument("--layers", help="w+ entries to move, e.g. 0-5 (default all)")
     e.add_argument("--out", "-o", default="edit.png")
     e.add_argument("--compare", action="store_true", help="also write <out>-compare.png: original | whole | regions")
@@ -344,7 +357,7 @@ def add_parsers(sub) -> None:
     t.add_argument("target", help="target photo or *-wplus.pt")
     t.add_argument("reference", help="reference photo or *-wplus.pt")
     _model_args(t)
-    t.add_argument("--hierarchy", required=True, help="trained FusionNet hierarchy")
+    t.add_argument("--hierarchy", help="trained FusionNet hierarchy (default: the shipped domain's)")
     t.add_argument("--region", default="hair", help="hierarchy node to take from the reference (default hair)")
     t.add_argument("--out", "-o", default="transfer.png")
     t.add_argument("--compare", action="store_true", help="also write <out>-compare.png: target | reference | result")

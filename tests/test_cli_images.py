@@ -136,3 +136,26 @@ def test_train_encoder_resumes(files, tmp_path, monkeypatch):
     add_trainer_parsers(sub)
     args = p.parse_args(["encoder", "--domain", "toy-cars", "--steps", "7"])
     assert args.steps == 7 and callable(args.func)
+
+
+def test_region_edit_defaults_to_the_shipped_hierarchy(tmp_path):
+    """``--model toy-faces`` without ``--hierarchy``: the shipped toy-faces hierarchy is used."""
+    from sfeditor.checkpoints import load_generator
+    from sfeditor.inversion import save_latents
+
+    G = load_generator("toy-faces", device="cpu")
+    with torch.no_grad():
+        w = G.mapping(torch.randn(1, G.style_dim, generator=torch.Generator().manual_seed(3)), 0.7)
+    save_latents(tmp_path / "w.pt", w[:, None].repeat(1, G.n_latent, 1))
+    direction = np.random.default_rng(0).normal(size=G.style_dim).astype(np.float32)
+    np.save(tmp_path / "dir.npy", direction)
+    assert run(["edit", str(tmp_path / "w.pt"), "--model", "toy-faces", "--device", "cpu", "--direction",
+                str(tmp_path / "dir.npy"), "--strength", "3", "--regions", "hair", "--compare",
+                "--out", str(tmp_path / "e.png")]) == 0
+    from sfeditor.editing import render
+
+    assert read_image(tmp_path / "e-compare.png", min_side=1).shape[1] > 3 * G.size
+    with torch.no_grad():
+        original = to_uint8(render(G, w[:, None].repeat(1, G.n_latent, 1)))[0].astype(int)
+    edited = read_image(tmp_path / "e.png").astype(int)
+    assert np.abs(original - edited).mean() > 0.5          # the hair edit changed the image

@@ -11,11 +11,14 @@ def cmd_generator(args: argparse.Namespace) -> int:
 
     recipe = GeneratorRecipe(domain=args.domain, ae_steps=args.ae_steps, mapping_steps=args.mapping_steps,
                              mix_steps=args.mix_steps, batch=args.batch, seed=args.seed, threads=args.threads,
-                             device=args.device, bf16=not args.no_bf16, region_weight=args.region_weight)
+                             device=args.device, bf16=not args.no_bf16, region_weight=args.region_weight,
+                             ae_adv_weight=args.ae_adv_weight, ae_adv_start=args.ae_adv_start,
+                             init_from=args.init_from or "")
     if args.ae_lr is not None:
         recipe.ae_lr = args.ae_lr
     if args.steps_scale != 1.0:
         recipe.ae_steps = max(1, int(recipe.ae_steps * args.steps_scale))
+        recipe.ae_adv_start = int(recipe.ae_adv_start * args.steps_scale)
         recipe.mapping_steps = max(1, int(recipe.mapping_steps * args.steps_scale))
         recipe.mix_steps = int(recipe.mix_steps * args.steps_scale)
     out = args.out or f"runs/generator-{args.domain}"
@@ -74,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--region-weight", type=float, default=1.0,
                    help="reconstruction weight of small regions' pixels (eyes, mouth; wheels), e.g. 4")
     g.add_argument("--ae-lr", type=float, default=None, help="autoencoder learning rate (default 0.0015)")
+    g.add_argument("--ae-adv-weight", type=float, default=0.0,
+                   help="weight of a patch-discriminator term on the reconstructions (sharper details), e.g. 0.1")
+    g.add_argument("--ae-adv-start", type=int, default=0, help="autoencoder step from which it is used")
+    g.add_argument("--init-from", help="start from another generator run's weights (a run folder or checkpoint)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     g.add_argument("--device", default="auto")

@@ -66,6 +66,13 @@ class GeneratorRecipe:
     mix_steps: int = 0
     mix_lr: float = 0.0005
     adv_weight: float = 0.05
+    ae_adv_weight: float = 0.0      # patch-discriminator term on the autoencoder's reconstructions (0 = off)
+    ae_adv_start: int = 0           # autoencoder step from which the discriminator is used
+    ae_adv_ramp: int = 500          # steps over which its (adaptive) weight ramps from 0 to ae_adv_weight
+    r1_gamma: float = 0.05          # R1 weight of the patch discriminator (lazy, every r1_every steps;
+                                    # StyleGAN2's heuristic 0.0002 * res^2 / batch)
+    r1_every: int = 4
+    init_from: str = ""             # start G and E from another run's weights (fine-tuning); "" = random
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 100
@@ -102,6 +109,57 @@ class ImageDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """A PatchGAN-style discriminator: one logit per ~30 px patch (8x8 logits at 64x64).
+
+    Used on the autoencoder's reconstructions: an L1 loss averages away what
+    it cannot place exactly (eyes, mouths, patterns); a local realism term
+    asks for sharp, present details instead (as VQGAN-style autoencoders do).
+    """
+
+    def __init__(self, width: int = 32, downs: int = 3):
+        super().__init__()
+        layers, ch = [nn.Conv2d(3, width, 3, padding=1), nn.LeakyReLU(0.2)], width
+        for _ in range(downs):
+            nxt = min(ch * 2, 256)
+            layers += [nn.Conv2d(ch, nxt, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            ch = nxt
+        layers += [nn.Conv2d(ch, ch, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(ch, 1, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+        for m in self.net:   # He init for leaky ReLU: PyTorch's default shrinks the signal layer by layer
+            if isinstance(m, nn.Conv2d):  # and the logits then learn very slowly
+                nn.init.kaiming_normal_(m.weight, a=0.2)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def discriminator_step(D: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
+                       r1_gamma: float, with_r1: bool, r1_every: int = 1, clip: float = 5.0) -> dict:
+    """One non-saturating logistic discriminator step, with (lazy) R1 on the real images.
+
+    Run it in fp32: R1's double backward in bfloat16 blew the discriminator up (logits ~1e3) in a
+    trial; the gradient clip guards against what is left."""
+    real = real.detach().requires_grad_(with_r1)
+    d_real = D(real).float()
+    d_fake = D(fake.detach()).float()
+    logits = {"d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
+    loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+    r1 = torch.zeros(())
+    if with_r1:
+        # per image: the mean patch logit (a sum over 64 patches would make R1 ~64x stronger)
+        (grad,) = torch.autograd.grad(d_real.flatten(1).mean(1).sum(), real, create_graph=True)
+        r1 = grad.pow(2).flatten(1).sum(1).mean()
+        loss = loss + 0.5 * r1_gamma * r1_every * r1
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(D.parameters(), clip)
+    opt.step()
+    return {**logits, "r1": float(r1.detach())}
 
 
 class SpikeGuard:
@@ -193,6 +251,25 @@ def synth_w(G: Generator, w: torch.Tensor) -> torch.Tensor:
     return G.synthesis(G.styles(w), noise_mode="const")
 
 
+def load_init_weights(source: str | Path) -> tuple[dict, dict]:
+    """G and E state dicts of another generator run (its ``checkpoint.pt``, or ``generator.pt`` +
+    ``encoder.pt``), for ``init_from`` fine-tuning."""
+    src = Path(source)
+    ck = src / "checkpoint.pt" if src.is_dir() else src
+    if ck.is_file():
+        state = torch.load(ck, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "G" in state and "E" in state:
+            return state["G"], state["E"]
+    if src.is_dir() and (src / "generator.pt").is_file() and (src / "encoder.pt").is_file():
+        from sfeditor.checkpoints import load_generator
+        from sfeditor.toy_encoder import load_toy_encoder
+
+        return load_generator(src / "generator.pt", device="cpu").state_dict(), \
+            load_toy_encoder(src / "encoder.pt").state_dict()
+    raise ValueError(f"{source}: no generator run to start from (expected checkpoint.pt, "
+                     "or generator.pt and encoder.pt)")
+
+
 def _save_state(run: RunDir, phase: str, step: int, G, E, opts: dict, extra: dict | None = None) -> None:
     state = {"phase": phase, "step": step, "G": G.state_dict(), "E": E.state_dict(),
              "config": G.config.to_dict(), "rng": rng_state(),
@@ -216,19 +293,22 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
     E = Encoder(recipe.size, recipe.style_dim)
     D_img = ImageDiscriminator(recipe.size)
     D_lat = LatentDiscriminator(recipe.style_dim)
+    D_patch = PatchDiscriminator()
     opt_ae = torch.optim.Adam(list(G.parameters()) + list(E.parameters()), lr=recipe.ae_lr, betas=(0.9, 0.99))
     opt_map = torch.optim.Adam(G.style.parameters(), lr=recipe.mapping_lr, betas=(0.5, 0.99))
     opt_dlat = torch.optim.Adam(D_lat.parameters(), lr=0.0005, betas=(0.5, 0.99))
     syn_params = [p for n, p in G.named_parameters() if not n.startswith("style.")]
     opt_mix = torch.optim.Adam(syn_params + list(E.parameters()), lr=recipe.mix_lr, betas=(0.5, 0.99))
     opt_dimg = torch.optim.Adam(D_img.parameters(), lr=0.0005, betas=(0.5, 0.99))
+    opt_dpatch = torch.optim.Adam(D_patch.parameters(), lr=0.001, betas=(0.0, 0.99))
     dev = torch.device(recipe.device if recipe.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    G.to(dev); E.to(dev); D_img.to(dev); D_lat.to(dev)
+    G.to(dev); E.to(dev); D_img.to(dev); D_lat.to(dev); D_patch.to(dev)
 
     def amp():
         return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.bf16)
 
-    opts = {"ae": opt_ae, "map": opt_map, "dlat": opt_dlat, "mix": opt_mix, "dimg": opt_dimg}
+    opts = {"ae": opt_ae, "map": opt_map, "dlat": opt_dlat, "mix": opt_mix, "dimg": opt_dimg,
+            "dpatch": opt_dpatch}
 
     phase, step = "ae", 0
     state = run.load() if resume else None
@@ -242,6 +322,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             D_img.load_state_dict(state["D_img"])
         if "D_lat" in state:
             D_lat.load_state_dict(state["D_lat"])
+        if "D_patch" in state:
+            D_patch.load_state_dict(state["D_patch"])
         for k, o in opts.items():
             if k in state["opts"]:
                 o.load_state_dict(state["opts"][k])
@@ -249,10 +331,16 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         phase, step = state["phase"], int(state["step"])
         run.truncate_log(phase, step)
         log(f"resuming {run.path} at phase {phase}, step {step}")
+    elif recipe.init_from:
+        init_g, init_e = load_init_weights(recipe.init_from)
+        G.load_state_dict(init_g)
+        E.load_state_dict(init_e)
+        log(f"starting from the weights of {recipe.init_from}")
     run.write_options({"recipe": asdict(recipe), "generator": G.config.to_dict()})
 
     def checkpoint(ph, st):
-        _save_state(run, ph, st, G, E, opts, {"D_img": D_img.state_dict(), "D_lat": D_lat.state_dict()})
+        _save_state(run, ph, st, G, E, opts, {"D_img": D_img.state_dict(), "D_lat": D_lat.state_dict(),
+                                              "D_patch": D_patch.state_dict()})
 
     def checkpoint_or_stop(ph, st, total, every):
         """After a step: checkpoint every ``every`` steps, at the end, or when cancelled (then stop)."""
@@ -290,8 +378,29 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             with amp():
                 rec = synth_w(G, E(x)).float()
             loss = recon_loss(rec, x, recipe.grad_weight, None if wmap is None else wmap.to(dev))
+            adv = recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start
+            extra = {}
+            if adv:
+                with_r1 = step % recipe.r1_every == 0
+                extra = discriminator_step(D_patch, opt_dpatch, x, rec, recipe.r1_gamma, with_r1,
+                                           recipe.r1_every)
+                g_adv = F.softplus(-D_patch(rec)).mean()
+                # VQGAN's adaptive weight: the adversarial gradient at the last synthesis conv is held
+                # at ae_adv_weight x the reconstruction gradient there (a fixed weight of 0.1 let the
+                # discriminator wreck the reconstructions within 200 steps in a trial), ramped in
+                # over ae_adv_ramp steps while the discriminator warms up.
+                last = G.convs[-1].conv.weight
+                g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0]
+                g_gan = torch.autograd.grad(g_adv, last, retain_graph=True)[0]
+                lam = (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e3).detach()
+                ramp = min(1.0, (step - recipe.ae_adv_start) / max(recipe.ae_adv_ramp, 1))
+                weight = recipe.ae_adv_weight * ramp * lam
+                extra.update(g_adv=float(g_adv.detach()), adv_weight=float(weight))
+                total = loss + weight * g_adv
+            else:
+                total = loss
             opt_ae.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             for g in opt_ae.param_groups:   # warm-up, constant, then linear decay to 10 %
                 g["lr"] = recipe.ae_lr * ae_lr_factor(step, recipe.ae_steps)
             if guard.ok(float(loss.detach())):
@@ -300,7 +409,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             step += 1
             with torch.no_grad():
                 p = float(psnr(rec, x).mean())
-            run.log({"phase": "ae", "step": step, "loss": float(loss), "psnr": p, "time": time.time() - t_start})
+            run.log({"phase": "ae", "step": step, "loss": float(loss), "psnr": p, **extra,
+                     "time": time.time() - t_start})
             bar.update(step, loss=float(loss), psnr=p)
             if step % recipe.sample_every == 0 or step == recipe.ae_steps:
                 held = samples(f"ae-{step:06d}")
