@@ -100,3 +100,25 @@ def test_tiny_run_resumes_exactly(tmp_path, adv):
     G_res = load_generator(resumed, device="cpu")
     for (n, a), (_, b) in zip(G_full.state_dict().items(), G_res.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_seg_critic_refuses_the_judge_and_its_loss_prefers_sharp_images(tmp_path):
+    import shutil
+
+    from sfeditor.toy.oracle import default_path, load_oracle
+    from trainer.generator import load_seg_critic, seg_loss
+
+    copy = tmp_path / "copy.pt"
+    shutil.copy(default_path("toy-faces"), copy)
+    with pytest.raises(ValueError, match="judge"):
+        load_seg_critic("toy-faces", copy, "cpu")
+    net = load_oracle("toy-faces")          # any segmenter exercises the loss itself
+    images, labels = render("toy-faces", np.arange(8), 64)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).requires_grad_(True)
+    lab = torch.from_numpy(labels).long()
+    sharp = seg_loss(net, x, lab)
+    blurred = seg_loss(net, torch.nn.functional.avg_pool2d(x, 7, 1, 3), lab)
+    assert blurred > 2 * sharp
+    w = region_weight_map("toy-faces", labels, ("eyes", "mouth"), 4.0)
+    seg_loss(net, x, lab, w).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

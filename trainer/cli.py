@@ -13,7 +13,10 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              mix_steps=args.mix_steps, batch=args.batch, seed=args.seed, threads=args.threads,
                              device=args.device, bf16=not args.no_bf16, region_weight=args.region_weight,
                              ae_adv_weight=args.ae_adv_weight, ae_adv_start=args.ae_adv_start,
-                             init_from=args.init_from or "")
+                             init_from=args.init_from or "", seg_weight=args.seg_weight,
+                             seg_critic=args.seg_critic or "")
+    if recipe.seg_weight > 0 and not recipe.seg_critic:
+        raise SystemExit("--seg-weight needs --seg-critic (sfeditor-train oracle --domain D --seed 1 --out FILE)")
     if args.ae_lr is not None:
         recipe.ae_lr = args.ae_lr
     if args.steps_scale != 1.0:
@@ -80,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ae-adv-weight", type=float, default=0.0,
                    help="weight of a patch-discriminator term on the reconstructions (sharper details), e.g. 0.1")
     g.add_argument("--ae-adv-start", type=int, default=0, help="autoencoder step from which it is used")
+    g.add_argument("--seg-weight", type=float, default=0.0,
+                   help="weight of a semantic loss: a frozen segmentation critic's cross-entropy on the "
+                        "reconstructions against the renderer's labels, e.g. 0.2")
+    g.add_argument("--seg-critic", help="the critic's weights: an oracle-architecture net trained with another "
+                   "seed (sfeditor-train oracle --seed 1 --out FILE); the shipped oracle is refused")
     g.add_argument("--init-from", help="start from another generator run's weights (a run folder or checkpoint)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

@@ -73,6 +73,8 @@ class GeneratorRecipe:
                                     # StyleGAN2's heuristic 0.0002 * res^2 / batch)
     r1_every: int = 4
     init_from: str = ""             # start G and E from another run's weights (fine-tuning); "" = random
+    seg_weight: float = 0.0         # semantic loss: a frozen segmentation critic on the reconstructions
+    seg_critic: str = ""            # its weights (trained on renders with another seed; never the judge)
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 100
@@ -251,6 +253,36 @@ def synth_w(G: Generator, w: torch.Tensor) -> torch.Tensor:
     return G.synthesis(G.styles(w), noise_mode="const")
 
 
+def load_seg_critic(domain: str, path: str | Path, device) -> nn.Module:
+    """A frozen segmentation network (the oracle's architecture, trained on renders with another seed
+    and data stream) whose cross-entropy against the renderer's labels is the semantic loss.
+
+    The shipped oracle itself is refused: it is the independent judge of generated images (issue 3),
+    and a generator trained against it would be judged by its own teacher."""
+    import hashlib
+
+    from sfeditor.toy.oracle import default_path, load_oracle
+
+    path = Path(path)
+    judge = default_path(domain)
+    if judge.is_file() and path.is_file() and \
+            hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(judge.read_bytes()).digest():
+        raise ValueError(f"{path} is the shipped region oracle, the judge of generated images; train a "
+                         f"separate critic: sfeditor-train oracle --domain {domain} --seed 1 --out critic.pt")
+    critic = load_oracle(domain, path=path).to(device).eval()
+    for p in critic.parameters():
+        p.requires_grad_(False)
+    return critic
+
+
+def seg_loss(critic: nn.Module, image: torch.Tensor, labels: torch.Tensor,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel cross-entropy of the critic's segmentation of ``image`` against the renderer's ``labels``
+    ([B, H, W] int64), optionally re-weighted per pixel like the reconstruction loss."""
+    ce = F.cross_entropy(critic(image), labels, reduction="none")
+    return _wmean(ce[:, None], weight)
+
+
 def load_init_weights(source: str | Path) -> tuple[dict, dict]:
     """G and E state dicts of another generator run (its ``checkpoint.pt``, or ``generator.pt`` +
     ``encoder.pt``), for ``init_from`` fine-tuning."""
@@ -371,6 +403,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         guard = SpikeGuard()
         ae_params = list(G.parameters()) + list(E.parameters())
         small = tuple(recipe.weighted_regions) or SMALL_REGIONS.get(recipe.domain, ())
+        critic = load_seg_critic(recipe.domain, recipe.seg_critic, dev) if recipe.seg_weight > 0 else None
         while step < recipe.ae_steps:
             x, lab = rendered_batch(recipe.domain, step, recipe.batch, recipe.size, labels=True)
             x = x.to(dev)
@@ -380,6 +413,11 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             loss = recon_loss(rec, x, recipe.grad_weight, None if wmap is None else wmap.to(dev))
             adv = recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start
             extra = {}
+            if critic is not None:
+                sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev),
+                               None if wmap is None else wmap.to(dev))
+                extra["seg"] = float(sem.detach())
+                loss = loss + recipe.seg_weight * sem
             if adv:
                 with_r1 = step % recipe.r1_every == 0
                 extra = discriminator_step(D_patch, opt_dpatch, x, rec, recipe.r1_gamma, with_r1,
