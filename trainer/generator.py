@@ -441,15 +441,15 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             total.backward()
             for g in opt_ae.param_groups:   # warm-up, constant, then linear decay to 10 %
                 g["lr"] = recipe.ae_lr * ae_lr_factor(step, recipe.ae_steps)
-            if guard.ok(float(loss.detach())):
+            lv = float(loss.detach())
+            if guard.ok(lv):
                 torch.nn.utils.clip_grad_norm_(ae_params, recipe.clip_grad)
                 opt_ae.step()
             step += 1
             with torch.no_grad():
                 p = float(psnr(rec, x).mean())
-            run.log({"phase": "ae", "step": step, "loss": float(loss), "psnr": p, **extra,
-                     "time": time.time() - t_start})
-            bar.update(step, loss=float(loss), psnr=p)
+            run.log({"phase": "ae", "step": step, "loss": lv, "psnr": p, **extra, "time": time.time() - t_start})
+            bar.update(step, loss=lv, psnr=p)
             if step % recipe.sample_every == 0 or step == recipe.ae_steps:
                 held = samples(f"ae-{step:06d}")
                 run.log({"phase": "ae", "step": step, "heldout_psnr": held})
