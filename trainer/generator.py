@@ -490,9 +490,10 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             (g_loss + 10.0 * mom).backward()
             opt_map.step()
             step += 1
-            run.log({"phase": "mapping", "step": step, "d_loss": float(d_loss), "g_loss": float(g_loss),
-                     "r1": float(r1), "moments": float(mom), "time": time.time() - t_start})
-            bar.update(step, d=float(d_loss), g=float(g_loss), mom=float(mom))
+            run.log({"phase": "mapping", "step": step, "d_loss": float(d_loss.detach()),
+                     "g_loss": float(g_loss.detach()), "r1": float(r1.detach()), "moments": float(mom.detach()),
+                     "time": time.time() - t_start})
+            bar.update(step, d=float(d_loss.detach()), g=float(g_loss.detach()), mom=float(mom.detach()))
             if step % (recipe.sample_every * 4) == 0 or step == recipe.mapping_steps:
                 samples(f"mapping-{step:06d}")
             checkpoint_or_stop("mapping", step, recipe.mapping_steps, (recipe.checkpoint_every * 5))
@@ -550,9 +551,9 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             step += 1
             with torch.no_grad():
                 p = float(psnr(rec, x).mean())
-            run.log({"phase": "mix", "step": step, "d_loss": float(d_loss), "g_adv": float(g_adv), "ae": float(ae),
-                     "psnr": p, "r1": float(r1), "time": time.time() - t_start})
-            bar.update(step, d=float(d_loss), g=float(g_adv), psnr=p)
+            run.log({"phase": "mix", "step": step, "d_loss": float(d_loss.detach()),
+                     "g_adv": float(g_adv.detach()), "ae": float(ae.detach()), "psnr": p, "r1": float(r1.detach()), "time": time.time() - t_start})
+            bar.update(step, d=float(d_loss.detach()), g=float(g_adv.detach()), psnr=p)
             if step % recipe.sample_every == 0 or step == recipe.mix_steps:
                 samples(f"mix-{step:06d}")
             checkpoint_or_stop("mix", step, recipe.mix_steps, recipe.checkpoint_every)
