@@ -552,7 +552,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             with torch.no_grad():
                 p = float(psnr(rec, x).mean())
             run.log({"phase": "mix", "step": step, "d_loss": float(d_loss.detach()),
-                     "g_adv": float(g_adv.detach()), "ae": float(ae.detach()), "psnr": p, "r1": float(r1.detach()), "time": time.time() - t_start})
+                     "g_adv": float(g_adv.detach()), "ae": float(ae.detach()), "psnr": p,
+                     "r1": float(r1.detach()), "time": time.time() - t_start})
             bar.update(step, d=float(d_loss.detach()), g=float(g_adv.detach()), psnr=p)
             if step % recipe.sample_every == 0 or step == recipe.mix_steps:
                 samples(f"mix-{step:06d}")
