@@ -253,8 +253,13 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
     G, regions = tiny
     order = []
     h = train_hierarchy(recipe(config="short", steps_scale=0.0004), tmp_path / "fus", G=G, regions=regions,
-                        half=True, log=lambda msg: order.append(msg))
+                        half=True, log=lambda msg: order.append(msg), node_configs={"cd": ("favored", "d")})
     assert [m for m in order if m.startswith("==")] == ["== node all ==", "== node ab ==", "== node cd =="]
+    opts = {n: json.loads((tmp_path / "fus" / n / "options.json").read_text())["recipe"] for n in ("ab", "cd")}
+    assert (opts["ab"]["config"], opts["cd"]["config"], opts["cd"]["favor"]) == ("short", "favored", "d")
+    with pytest.raises(ValueError, match="not internal nodes"):
+        train_hierarchy(recipe(config="short", steps_scale=0.0004), tmp_path / "x", G=G, regions=regions,
+                        node_configs={"a": ("regular", "")})
     saved = load_hierarchy(tmp_path / "fus" / "hierarchy.pt")
     assert sorted(saved.nets) == ["ab", "all", "cd"]
     assert torch.load(tmp_path / "fus" / "hierarchy.pt", weights_only=True)["dtype"] == "float16"
@@ -306,6 +311,12 @@ def test_cli_registers_fusion_commands_and_keeps_the_others():
     a = p.parse_args(["fusion", "--domain", "toy-faces", "--node", "face", "--config", "short", "--steps-scale", "0.1"])
     assert (a.node, a.config, a.steps_scale, a.func.__name__) == ("face", "short", 0.1, "cmd_fusion")
     assert p.parse_args(["hierarchy", "--domain", "toy-cars"]).func.__name__ == "cmd_hierarchy"
+    hc = p.parse_args(["hierarchy", "--domain", "toy-faces", "--node-config", "bg_hair_clothes=favored:hair",
+                       "--node-config", "face=regular"])
+    assert dict(hc.node_config) == {"bg_hair_clothes": ("favored", "hair"), "face": ("regular", "")}
+    for bad in ("face", "face=fast", "face=short:hair"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["hierarchy", "--domain", "toy-faces", "--node-config", bad])
     e = p.parse_args(["evaluate", "--domain", "toy-cars", "--hierarchy", "h.pt", "--ablation"])
     assert e.ablation and e.hierarchy == "h.pt" and e.func.__name__ == "cmd_evaluate"
     assert p.parse_args(["generator", "--domain", "toy-faces"]).func.__name__ == "cmd_generator"

@@ -481,10 +481,11 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
 def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes: list[str] | None = None,
                     resume: bool = True, cancel: CancelToken | None = None, progress_callback=None, G=None,
                     regions=None, half: bool = False, hierarchy: str | os.PathLike | None = None,
-                    log=print) -> FusionHierarchy:
+                    node_configs: dict[str, tuple[str, str]] | None = None, log=print) -> FusionHierarchy:
     """Train every internal node (or ``nodes``), parents first; each in ``out_root/<node>``.
 
-    Each node takes its A.2 configuration (``recipe.config`` "" ) unless the recipe names one.
+    Each node takes its A.2 configuration (``recipe.config`` "" ) unless the recipe names one, or
+    ``node_configs`` gives that node its own ``(config, favoured child)``.
     The nets are collected in ``hierarchy`` (default ``out_root/hierarchy.pt``).
     Returns the hierarchy (in memory, on every rank).
     """
@@ -496,12 +497,20 @@ def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes:
         if unknown:
             raise ValueError(f"not internal nodes of the region tree: {unknown} (nodes: {', '.join(order)})")
         order = [n for n in order if n in set(nodes)]
+    node_configs = dict(node_configs or {})
+    unknown = sorted(set(node_configs) - {n.name for n in internal_nodes(regions.tree)})
+    if unknown:
+        raise ValueError(f"--node-config names nodes that are not internal nodes of the tree: {unknown}")
     out_root = Path(out_root)
     hierarchy = Path(hierarchy) if hierarchy is not None else out_root / "hierarchy.pt"
     nets = {}
     for name in order:
         log(f"== node {name} ==")
-        nets[name] = train_node(replace(recipe, node=name), out_root / name, resume=resume, cancel=cancel,
+        node_recipe = replace(recipe, node=name)
+        if name in node_configs:
+            config, favor = node_configs[name]
+            node_recipe = replace(node_recipe, config=config, favor=favor)
+        nets[name] = train_node(node_recipe, out_root / name, resume=resume, cancel=cancel,
                                 progress_callback=progress_callback, G=G, regions=regions, hierarchy=hierarchy,
                                 half=half, log=log)
     cfg = next(iter(nets.values())).config if nets else None
@@ -536,13 +545,23 @@ def cmd_fusion(args: argparse.Namespace) -> int:
         dist_shutdown()
 
 
+def _node_config_arg(text: str) -> tuple[str, tuple[str, str]]:
+    node, sep, rest = text.partition("=")
+    config, _, favor = rest.partition(":")
+    if not sep or not node or config not in CONFIGS or (favor and config != "favored"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NODE=CONFIG or NODE=favored:CHILD "
+                                         f"(CONFIG one of {', '.join(CONFIGS)})")
+    return node, (config, favor)
+
+
 def cmd_hierarchy(args: argparse.Namespace) -> int:
     recipe = _recipe_from_args(args, "all")
     out = Path(args.out) if args.out else Path(f"runs/fusion-{args.domain}")
     try:
         return run_cancellable(lambda cancel: train_hierarchy(recipe, out, nodes=args.nodes, resume=not args.restart,
                                                               cancel=cancel, half=args.half,
-                                                              hierarchy=args.hierarchy))[1]
+                                                              hierarchy=args.hierarchy,
+                                                              node_configs=dict(args.node_config or [])))[1]
     finally:
         dist_shutdown()
 
@@ -585,6 +604,9 @@ def add_parsers(sub) -> None:
     h = sub.add_parser("hierarchy", help="train every FusionNet of the region tree, parents first (Sec. 4.5)")
     _common_args(h)
     h.add_argument("--nodes", nargs="+", help="only these internal nodes (still parents first)")
+    h.add_argument("--node-config", action="append", type=_node_config_arg, metavar="NODE=CONFIG[:FAVOR]",
+                   help="train NODE with another A.2 configuration, e.g. bg_hair_clothes=favored:hair "
+                        "(repeatable)")
     h.add_argument("--out", help="root folder (default runs/fusion-<domain>); one run folder per node")
     h.set_defaults(func=cmd_hierarchy)
 
