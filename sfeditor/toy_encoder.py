@@ -87,9 +87,11 @@ def infer_encoder_config(sd: dict) -> EncoderConfig:
     return EncoderConfig(size=4 * 2 ** n_down, style_dim=int(last.shape[0]), width=int(first.shape[0]))
 
 
-def save_toy_encoder(E: ToyEncoder, path: str | os.PathLike, meta: dict | None = None) -> None:
+def save_toy_encoder(E: ToyEncoder, path: str | os.PathLike, meta: dict | None = None, half: bool = False) -> None:
+    """Atomic write of the wrapped format; ``half`` stores float16 weights (read back as float32)."""
     atomic_torch_save({"format": ENCODER_FORMAT, "version": ENCODER_VERSION, "config": asdict(E.config),
-                       "state_dict": {k: v.detach().cpu() for k, v in E.state_dict().items()},
+                       "state_dict": {k: (v.detach().cpu().half() if half and v.is_floating_point()
+                                          else v.detach().cpu()) for k, v in E.state_dict().items()},
                        "meta": dict(meta or {})}, path)
 
 

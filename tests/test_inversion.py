@@ -151,6 +151,10 @@ def test_encoder_initialisation_and_files(G, target, tmp_path):
         assert E2.config == E.config
         with torch.no_grad():
             assert torch.equal(E2(target), E(target))
+    save_toy_encoder(E, tmp_path / "half.pt", half=True)
+    assert torch.load(tmp_path / "half.pt", weights_only=True)["state_dict"]["head.3.weight"].dtype == torch.float16
+    with torch.no_grad():
+        torch.testing.assert_close(load_toy_encoder(tmp_path / "half.pt")(target), E(target), atol=2e-2, rtol=0)
     with pytest.raises(ValueError, match="generator uses"):
         load_toy_encoder(tmp_path / "raw.pt", G=Generator(size=32, style_dim=16, n_mlp=1,
                                                            channels={4: 8, 8: 8, 16: 8, 32: 8}))
