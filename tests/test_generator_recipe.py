@@ -8,8 +8,8 @@ import torch
 from sfeditor.checkpoints import load_generator
 from sfeditor.toy import region_names, render
 from trainer.common import Cancelled, CancelToken
-from trainer.generator import (GeneratorRecipe, PatchDiscriminator, ae_lr_factor, discriminator_step,
-                               recon_loss, region_weight_map, train_generator)
+from trainer.generator import (GeneratorRecipe, PatchDiscriminator, SpikeGuard, ae_lr_factor,
+                               discriminator_step, recon_loss, region_weight_map, train_generator)
 
 torch.set_num_threads(1)
 
@@ -18,6 +18,21 @@ def test_lr_schedule_warms_up_holds_and_decays():
     f = [ae_lr_factor(s, 1000) for s in range(1000)]
     assert f[0] < 0.01 and f[199] == 1.0 and f[650] == 1.0
     assert abs(f[-1] - 0.1) < 0.01 and all(a >= b for a, b in zip(f[700:], f[701:]))
+
+
+def test_spike_guard_skips_spikes_and_flags_a_slow_blow_up():
+    rng = np.random.default_rng(0)
+    steady = SpikeGuard()
+    for v in 0.3 + 0.05 * rng.standard_normal(2000):
+        assert steady.ok(float(v))
+    assert not steady.diverged
+    assert not steady.ok(50.0) and steady.skipped == 1        # one spike: skipped, not "diverged"
+    slow = SpikeGuard()
+    for v in 0.3 + 0.02 * rng.standard_normal(200):
+        slow.ok(float(v))
+    losses = 0.3 * 1.04 ** np.arange(120)                     # 4 % worse each step: no single spike
+    flags = [(slow.ok(float(v)), slow.diverged) for v in losses]
+    assert all(ok for ok, _ in flags) and flags[-1][1] and not flags[0][1]
 
 
 def test_recon_loss_weighting():

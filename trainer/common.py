@@ -14,6 +14,10 @@ from sfeditor.atomic import atomic_torch_save, atomic_write_text
 from sfeditor.jobs import CancelToken, Cancelled  # noqa: F401  (re-exported for the trainers)
 
 
+class Diverged(RuntimeError):
+    """A training run's loss blew up; it stopped without checkpointing the broken state."""
+
+
 def run_cancellable(job):
     """Run ``job(cancel)`` from a CLI: Ctrl-C / SIGTERM ask it to checkpoint and stop.
 
@@ -26,6 +30,9 @@ def run_cancellable(job):
     except Cancelled as e:
         print(f"\n{e}", file=sys.stderr)
         return None, 130
+    except Diverged as e:
+        print(f"\n{e}", file=sys.stderr)
+        return None, 3
 
 
 class Progress:

@@ -40,7 +40,7 @@ from sfeditor.toy import render
 from sfeditor.toy_encoder import ToyEncoder as Encoder
 
 
-from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, set_rng_state
+from .common import CancelToken, Cancelled, Diverged, Progress, RunDir, rng_state, set_rng_state
 
 TRAIN_SEED_OFFSET = 0           # training images use seeds [0, 10_000_000)
 HELDOUT_SEED_OFFSET = 10_000_000  # evaluation images use seeds >= 10_000_000
@@ -168,12 +168,21 @@ class SpikeGuard:
     """Skips an optimiser step whose loss is non-finite or far above the recent average.
 
     bfloat16 autocast with a demodulation-free tRGB can blow up on one bad
-    batch; skipping that step keeps the run healthy.
+    batch; skipping that step keeps the run healthy.  A slow blow-up (each step
+    a little worse, none a spike: W = 6 at lr 0.0015 went 0.57 -> 87 over ~50
+    steps) passes that test; :attr:`diverged` catches it: the running mean
+    ``diverge_factor`` times above the lowest it has been.
     """
 
-    def __init__(self, factor: float = 4.0, warmup: int = 20):
+    def __init__(self, factor: float = 4.0, warmup: int = 20, diverge_factor: float = 3.0):
         self.avg, self.n, self.factor, self.warmup = 0.0, 0, factor, warmup
         self.skipped = 0
+        self.best = math.inf
+        self.diverge_factor = diverge_factor
+
+    @property
+    def diverged(self) -> bool:
+        return self.n >= 5 * self.warmup and self.avg > self.diverge_factor * self.best
 
     def ok(self, loss: float) -> bool:
         if not math.isfinite(loss) or (self.n >= self.warmup and loss > self.factor * self.avg):
@@ -181,6 +190,8 @@ class SpikeGuard:
             return False
         self.n += 1
         self.avg = loss if self.n == 1 else 0.98 * self.avg + 0.02 * loss
+        if self.n >= self.warmup:
+            self.best = min(self.best, self.avg)
         return True
 
 
@@ -374,8 +385,13 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         _save_state(run, ph, st, G, E, opts, {"D_img": D_img.state_dict(), "D_lat": D_lat.state_dict(),
                                               "D_patch": D_patch.state_dict()})
 
-    def checkpoint_or_stop(ph, st, total, every):
-        """After a step: checkpoint every ``every`` steps, at the end, or when cancelled (then stop)."""
+    def checkpoint_or_stop(ph, st, total, every, guard=None):
+        """After a step: checkpoint every ``every`` steps, at the end, or when cancelled (then stop);
+        a diverged loss stops the run without overwriting the last (healthy) checkpoint."""
+        if guard is not None and guard.diverged:
+            raise Diverged(f"{ph} step {st}: the loss diverged (running mean {guard.avg:.4g}, lowest "
+                           f"{guard.best:.4g}); {run.checkpoint} still holds an earlier step. Lower the "
+                           "learning rate (or --region-weight) and rerun the command to resume from it.")
         if st % every == 0 or st == total or cancel.requested:
             checkpoint(ph, st)
         if cancel.requested:
@@ -453,7 +469,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             if step % recipe.sample_every == 0 or step == recipe.ae_steps:
                 held = samples(f"ae-{step:06d}")
                 run.log({"phase": "ae", "step": step, "heldout_psnr": held})
-            checkpoint_or_stop("ae", step, recipe.ae_steps, recipe.checkpoint_every)
+            checkpoint_or_stop("ae", step, recipe.ae_steps, recipe.checkpoint_every, guard)
         phase, step = "mapping", 0
         checkpoint(phase, step)
 
@@ -557,7 +573,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             bar.update(step, d=float(d_loss.detach()), g=float(g_adv.detach()), psnr=p)
             if step % recipe.sample_every == 0 or step == recipe.mix_steps:
                 samples(f"mix-{step:06d}")
-            checkpoint_or_stop("mix", step, recipe.mix_steps, recipe.checkpoint_every)
+            checkpoint_or_stop("mix", step, recipe.mix_steps, recipe.checkpoint_every, guard)
         phase, step = "done", 0
         checkpoint(phase, step)
 
