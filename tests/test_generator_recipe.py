@@ -1,6 +1,8 @@
 """The toy generator recipe (trainer/generator.py): losses, schedule, a tiny run and its exact resume."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -95,6 +97,32 @@ def test_init_from_another_run(tmp_path):
             assert torch.equal(a, b), n
     with pytest.raises(ValueError, match="no generator run"):
         train_generator(tiny_recipe(init_from=str(tmp_path / "nothing")), tmp_path / "c", log=lambda *a: None)
+
+
+def test_gaussian_mapping_matches_the_codes_and_reruns_from_a_phase(tmp_path):
+    from trainer.generator import gaussian_mapping_target
+
+    torch.manual_seed(0)
+    A = torch.randn(4, 4)
+    mu, L = torch.arange(4.0), torch.linalg.cholesky(A @ A.T + torch.eye(4))
+    w = gaussian_mapping_target(torch.randn(20000, 4), mu, L)
+    torch.testing.assert_close(w.mean(0), mu, atol=0.1, rtol=0)
+    torch.testing.assert_close(torch.cov(w.T), L @ L.T, atol=0.25, rtol=0.05)
+
+    r = tiny_recipe(mapping_steps=30, mix_steps=0, mapping_fit_images=64)
+    first = load_generator(train_generator(r, tmp_path / "a", log=lambda *a: None), device="cpu")
+    fits = [json.loads(line)["fit"] for line in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()
+            if '"fit"' in line]
+    assert len(fits) == 30 and fits[-1] < fits[0]
+    again = load_generator(train_generator(r, tmp_path / "a", log=lambda *a: None, from_phase="mapping"),
+                           device="cpu")
+    for (n, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
+        if n.startswith("style."):
+            assert not torch.equal(a, b), n                   # the mapping trained on from its weights
+        elif n != "w_avg":
+            assert torch.equal(a, b), n                       # the synthesis untouched (no mix steps)
+    with pytest.raises(ValueError, match="no run"):
+        train_generator(r, tmp_path / "none", log=lambda *a: None, from_phase="mix")
 
 
 @pytest.mark.slow

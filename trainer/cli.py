@@ -14,7 +14,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              device=args.device, bf16=not args.no_bf16, region_weight=args.region_weight,
                              ae_adv_weight=args.ae_adv_weight, ae_adv_start=args.ae_adv_start,
                              init_from=args.init_from or "", seg_weight=args.seg_weight,
-                             seg_critic=args.seg_critic or "")
+                             seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode)
     if recipe.seg_weight > 0 and not recipe.seg_critic:
         raise SystemExit("--seg-weight needs --seg-critic (sfeditor-train oracle --domain D --seed 1 --out FILE)")
     if args.ae_lr is not None:
@@ -25,7 +25,8 @@ def cmd_generator(args: argparse.Namespace) -> int:
         recipe.mapping_steps = max(1, int(recipe.mapping_steps * args.steps_scale))
         recipe.mix_steps = int(recipe.mix_steps * args.steps_scale)
     out = args.out or f"runs/generator-{args.domain}"
-    path, rc = run_cancellable(lambda cancel: train_generator(recipe, out, resume=not args.restart, cancel=cancel))
+    path, rc = run_cancellable(lambda cancel: train_generator(recipe, out, resume=not args.restart, cancel=cancel,
+                                                              from_phase=args.from_phase))
     if rc:
         return rc
     if args.install:
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "reconstructions against the renderer's labels, e.g. 0.2")
     g.add_argument("--seg-critic", help="the critic's weights: an oracle-architecture net trained with another "
                    "seed (sfeditor-train oracle --seed 1 --out FILE); the shipped oracle is refused")
+    g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
+                   help="z -> w: regress onto a Gaussian fit of the encoder codes (default) or a latent GAN")
+    g.add_argument("--from-phase", choices=["mapping", "mix"],
+                   help="rerun an existing run from this phase on (e.g. after changing the mapping recipe)")
     g.add_argument("--init-from", help="start from another generator run's weights (a run folder or checkpoint)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")

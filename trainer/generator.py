@@ -63,6 +63,10 @@ class GeneratorRecipe:
     mapping_steps: int = 3000
     mapping_batch: int = 256
     mapping_lr: float = 0.02
+    mapping_mode: str = "gaussian"  # "gaussian": regress onto a Gaussian fit of the codes; "gan": latent GAN
+    mapping_fit_images: int = 4096  # encoder codes the Gaussian is fitted to
+    mapping_fit_lr: float = 5.0     # Adam lr of that regression (EqualLinear lr_mul 0.01 and 1/sqrt(fan-in)
+                                    # scale it down ~1600x; at 0.01 only the mean was learnt)
     mix_steps: int = 0
     mix_lr: float = 0.0005
     adv_weight: float = 0.05
@@ -324,9 +328,34 @@ def _save_state(run: RunDir, phase: str, step: int, G, E, opts: dict, extra: dic
 PHASES = ("ae", "mapping", "mix", "done")
 
 
+@torch.no_grad()
+def code_gaussian(E: nn.Module, domain: str, size: int, n: int, dev, amp) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Cholesky factor of the encoder codes of ``n`` fresh renders (fixed seeds)."""
+    codes = []
+    for i in range(max(1, n // 64)):
+        x = rendered_batch(domain, 100_000 + i, 64, size).to(dev)
+        with amp():
+            codes.append(E(x).float())
+    w = torch.cat(codes)
+    cov = torch.cov(w.T)
+    eye = torch.eye(cov.shape[0], device=cov.device)
+    return w.mean(0), torch.linalg.cholesky(cov + 1e-4 * cov.diagonal().mean() * eye)
+
+
+def gaussian_mapping_target(z: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """w = mu + L z' with z' the PixelNorm-ed z the mapping network sees: a Gaussian with the codes'
+    mean and covariance."""
+    zn = z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8)
+    return mu + zn @ L.T
+
+
 def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = True,
-                    cancel: CancelToken | None = None, progress_callback=None, log=print) -> Path:
-    """Run (or resume) the three-phase recipe; writes ``generator.pt`` in ``out`` when done."""
+                    cancel: CancelToken | None = None, progress_callback=None, log=print,
+                    from_phase: str | None = None) -> Path:
+    """Run (or resume) the three-phase recipe; writes ``generator.pt`` in ``out`` when done.
+
+    ``from_phase`` ("mapping" or "mix") reruns an existing run from that phase on with its current
+    weights (e.g. after changing the mapping recipe)."""
     cancel = cancel or CancelToken()
     run = RunDir(out)
     if recipe.threads:
@@ -340,6 +369,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
     opt_ae = torch.optim.Adam(list(G.parameters()) + list(E.parameters()), lr=recipe.ae_lr, betas=(0.9, 0.99))
     opt_map = torch.optim.Adam(G.style.parameters(), lr=recipe.mapping_lr, betas=(0.5, 0.99))
     opt_dlat = torch.optim.Adam(D_lat.parameters(), lr=0.0005, betas=(0.5, 0.99))
+    opt_mapreg = torch.optim.Adam(G.style.parameters(), lr=recipe.mapping_fit_lr, betas=(0.9, 0.99))
     syn_params = [p for n, p in G.named_parameters() if not n.startswith("style.")]
     opt_mix = torch.optim.Adam(syn_params + list(E.parameters()), lr=recipe.mix_lr, betas=(0.5, 0.99))
     opt_dimg = torch.optim.Adam(D_img.parameters(), lr=0.0005, betas=(0.5, 0.99))
@@ -351,7 +381,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe.bf16)
 
     opts = {"ae": opt_ae, "map": opt_map, "dlat": opt_dlat, "mix": opt_mix, "dimg": opt_dimg,
-            "dpatch": opt_dpatch}
+            "dpatch": opt_dpatch, "mapreg": opt_mapreg}
 
     phase, step = "ae", 0
     state = run.load() if resume else None
@@ -374,6 +404,15 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         phase, step = state["phase"], int(state["step"])
         run.truncate_log(phase, step)
         log(f"resuming {run.path} at phase {phase}, step {step}")
+        if from_phase is not None:
+            if from_phase not in ("mapping", "mix"):
+                raise ValueError(f"from_phase must be 'mapping' or 'mix', not {from_phase!r}")
+            if PHASES.index(from_phase) > PHASES.index(phase):
+                raise ValueError(f"{run.path} is at phase {phase}; it has not reached {from_phase} yet")
+            phase, step = from_phase, 0
+            log(f"rerunning from phase {phase}")
+    elif from_phase is not None:
+        raise ValueError(f"{run.path}: no run to rerun from phase {from_phase}")
     elif recipe.init_from:
         init_g, init_e = load_init_weights(recipe.init_from)
         G.load_state_dict(init_g)
@@ -474,6 +513,34 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         checkpoint(phase, step)
 
     # ------------------------------------------------------- phase 2: mapping
+    if phase == "mapping" and recipe.mapping_mode == "gaussian":
+        # The latent GAN below collapsed toward a few faces on the semantic-loss run (top eigenvalues of
+        # the sampled w covariance half the codes'); a Gaussian fit of the codes, regressed into the
+        # mapping network, keeps the codes' mean and covariance exactly and is a plain, stable regression.
+        E.eval()
+        mu, L = code_gaussian(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp)
+        scale = float(L.pow(2).sum() / L.shape[0])          # mean variance per w dimension
+        bar = Progress(recipe.mapping_steps, f"{recipe.domain} mapping (gaussian)", start=step,
+                       callback=progress_callback)
+        while step < recipe.mapping_steps:
+            z = torch.randn(recipe.mapping_batch, recipe.style_dim,
+                            generator=torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)).to(dev)
+            fit = F.mse_loss(G.style(z), gaussian_mapping_target(z, mu, L)) / scale
+            for g in opt_mapreg.param_groups:
+                g["lr"] = recipe.mapping_fit_lr * ae_lr_factor(step, recipe.mapping_steps, warmup=50)
+            opt_mapreg.zero_grad(set_to_none=True)
+            fit.backward()
+            opt_mapreg.step()
+            step += 1
+            run.log({"phase": "mapping", "step": step, "fit": float(fit.detach()), "time": time.time() - t_start})
+            bar.update(step, fit=float(fit.detach()))
+            if step % (recipe.sample_every * 4) == 0 or step == recipe.mapping_steps:
+                samples(f"mapping-{step:06d}")
+            checkpoint_or_stop("mapping", step, recipe.mapping_steps, (recipe.checkpoint_every * 5))
+        E.train()
+        phase, step = "mix", 0
+        checkpoint(phase, step)
+
     if phase == "mapping":
         E.eval()
         bar = Progress(recipe.mapping_steps, f"{recipe.domain} mapping", start=step, callback=progress_callback)
