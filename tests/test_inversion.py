@@ -222,3 +222,24 @@ def test_cancel_token_protocol():
     assert t.requested
     t.reset()
     assert not t.requested
+
+
+def test_shipped_toy_faces_encoder_fits_the_shipped_generator():
+    """The shipped encoder is found without a runs/ folder and starts inversions near the target."""
+    from sfeditor.checkpoints import load_generator
+    from sfeditor.domains import resources_dir
+    from sfeditor.imageio import from_uint8
+    from sfeditor.toy import render
+    from sfeditor.toy_encoder import default_encoder_path
+
+    path = default_encoder_path("toy-faces")
+    assert path == resources_dir() / "encoders" / "toy-faces.pt"
+    G = load_generator("toy-faces", device="cpu")
+    E = load_toy_encoder(path, G=G)
+    images, _ = render("toy-faces", np.arange(10_500_000, 10_500_008), G.size)
+    x = from_uint8(images)
+    with torch.no_grad():
+        rec = G.synthesis(G.styles(E(x)), noise_mode="const")
+        mean = G.synthesis(G.styles(G.w_avg[None].expand(len(x), -1)), noise_mode="const")
+    err = lambda y: float((y.clamp(-1, 1) - x).pow(2).mean())  # noqa: E731
+    assert err(rec) < 0.5 * err(mean)
