@@ -451,6 +451,11 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             G.train(); E.train()
             return float(psnr(rec, fixed).mean())
 
+    def mapping_step_done(st):
+        if st % (recipe.sample_every * 4) == 0 or st == recipe.mapping_steps:
+            samples(f"mapping-{st:06d}")
+        checkpoint_or_stop("mapping", st, recipe.mapping_steps, recipe.checkpoint_every * 5)
+
     t_start = time.time()
     # ------------------------------------------------------------ phase 1: AE
     if phase == "ae":
@@ -535,9 +540,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             step += 1
             run.log({"phase": "mapping", "step": step, "fit": float(fit.detach()), "time": time.time() - t_start})
             bar.update(step, fit=float(fit.detach()))
-            if step % (recipe.sample_every * 4) == 0 or step == recipe.mapping_steps:
-                samples(f"mapping-{step:06d}")
-            checkpoint_or_stop("mapping", step, recipe.mapping_steps, (recipe.checkpoint_every * 5))
+            mapping_step_done(step)
         E.train()
         phase, step = "mix", 0
         checkpoint(phase, step)
@@ -578,9 +581,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
                      "g_loss": float(g_loss.detach()), "r1": float(r1.detach()), "moments": float(mom.detach()),
                      "time": time.time() - t_start})
             bar.update(step, d=float(d_loss.detach()), g=float(g_loss.detach()), mom=float(mom.detach()))
-            if step % (recipe.sample_every * 4) == 0 or step == recipe.mapping_steps:
-                samples(f"mapping-{step:06d}")
-            checkpoint_or_stop("mapping", step, recipe.mapping_steps, (recipe.checkpoint_every * 5))
+            mapping_step_done(step)
         E.train()
         phase, step = "mix", 0
         checkpoint(phase, step)
