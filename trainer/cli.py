@@ -43,9 +43,19 @@ def cmd_generator(args: argparse.Namespace) -> int:
 def cmd_oracle(args: argparse.Namespace) -> int:
     from .oracle import train_oracle
 
+    from .common import Progress, run_cancellable
+
     out = args.out or f"resources/oracles/{args.domain}.pt"
-    train_oracle(args.domain, out, steps=args.steps, batch=args.batch, seed=args.seed, resume=not args.restart)
-    return 0
+    bar = Progress(args.steps, f"{args.domain} oracle")
+
+    def progress(step, total, info):
+        bar.update(step, **{k: v for k, v in (info or {}).items() if isinstance(v, (int, float))})
+    metrics, rc = run_cancellable(lambda cancel: train_oracle(args.domain, out, steps=args.steps, batch=args.batch,
+                                                              seed=args.seed, resume=not args.restart,
+                                                              progress=progress, cancel=cancel))
+    if metrics:
+        print(f"\nwrote {out}: held-out pixel accuracy {metrics.get('pixel_accuracy', float('nan')):.4f}")
+    return rc
 
 
 def cmd_evaluate_generator(args: argparse.Namespace) -> int:
