@@ -11,7 +11,7 @@ target's everywhere else (global codes included), fuse, render.  Reports
 * hair colour distance (mean RGB of the pixels the oracle calls hair, 0-255):
   result vs reference, against the baseline target vs reference.
 
-    python bench/hair_transfer.py [--pairs 8] [--steps 150] [--hierarchy runs/fusion-toy-faces/hierarchy.pt]
+    python bench/hair_transfer.py [--pairs 8] [--steps N (default: the domain's preset)] [--hierarchy runs/fusion-toy-faces/hierarchy.pt]
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def hair_colour(img: np.ndarray, labels: np.ndarray, hair: int) -> np.ndarray | 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--pairs", type=int, default=8)
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, help="projector steps (default: InversionSettings.for_generator)")
     p.add_argument("--hierarchy", help="hierarchy file (default: the shipped one)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     G, h = b.G, b.hierarchy
     enc_path = default_encoder_path("toy-faces")
     E = load_toy_encoder(enc_path, G=G) if enc_path else None
-    proj = Projector(G, InversionSettings(steps=args.steps), encoder=E, cache=False)
+    st = InversionSettings.for_generator(G, "toy-faces", **({"steps": args.steps} if args.steps else {}))
+    proj = Projector(G, st, encoder=E, cache=False)
     oracle = load_oracle("toy-faces")
     hair = region_names("toy-faces").index("hair")
     imgs, labels = render("toy-faces", np.arange(HELDOUT, HELDOUT + 2 * args.pairs), G.size)
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
         v = [r[k] for r in rows if r[k] is not None]
         return (float(np.mean(v)), len(v)) if v else (float("nan"), 0)
 
-    print(f"# toy-faces hair transfer, {args.pairs} held-out pairs, projector {args.steps} steps "
+    print(f"# toy-faces hair transfer, {args.pairs} held-out pairs, projector {st.steps} steps "
           f"({'encoder start' if E else 'mean-w start'}), {sec / args.pairs:.1f} s per pair on "
           f"{torch.get_num_threads()} threads")
     print(f"{'measure':58s} {'mean':>8s} {'n':>3s}")

@@ -63,6 +63,10 @@ def main(argv=None) -> None:
     ap.add_argument("--no-encoder", action="store_true")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--space", default="w+")
+    ap.add_argument("--preset", action="store_true",
+                    help="InversionSettings.for_generator (what the CLI and editor use); --steps still applies")
+    ap.add_argument("--noise", action="store_true", help="also optimise the noise maps (noise regulariser on)")
+    ap.add_argument("--noise-reg", type=float, default=InversionSettings.noise_reg)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -75,8 +79,12 @@ def main(argv=None) -> None:
           f"{args.images} held-out renders")
     print(f"{'steps':>6} {'mean dB':>8} {'min dB':>7} {'wall s/img':>10} {'cpu s/img':>9}")
     for steps in args.steps:
-        st = InversionSettings(steps=steps, lr=args.lr, msssim_weight=args.msssim, w_phase=args.w_phase,
-                               bf16=args.bf16, space=args.space)
+        if args.preset:
+            st = InversionSettings.for_generator(G, args.domain, steps=steps)
+        else:
+            st = InversionSettings(steps=steps, lr=args.lr, msssim_weight=args.msssim, w_phase=args.w_phase,
+                                   bf16=args.bf16, space=args.space, optimize_noise=args.noise,
+                                   noise_reg=args.noise_reg)
         proj = Projector(G, st, encoder=E, cache=False)
         if steps == args.steps[0]:
             proj.invert(imgs[0])        # warm-up: w statistics, fingerprint, allocator

@@ -49,13 +49,18 @@ def _rect(text: str | None):
     return vals
 
 
-def _settings(args):
+def _settings(args, G=None):
+    """The generator's default projector settings (InversionSettings.for_generator), then the flags given."""
     from .inversion import InversionSettings
 
-    return InversionSettings(steps=args.steps, lr=args.lr, space=args.space, w_phase=args.w_phase,
-                             pixel_loss="l1" if args.l1 else "mse", msssim_weight=args.msssim,
-                             optimize_noise=args.noise, seed=args.seed,
-                             loss_size=args.loss_size, bf16=args.bf16)
+    given = {"steps": args.steps, "lr": args.lr, "w_phase": args.w_phase, "msssim_weight": args.msssim,
+             "bf16": args.bf16}
+    over = {k: v for k, v in given.items() if v is not None}
+    over.update(space=args.space, pixel_loss="l1" if args.l1 else "mse", optimize_noise=args.noise,
+                seed=args.seed, loss_size=args.loss_size)
+    if G is None:
+        return InversionSettings(**over)
+    return InversionSettings.for_generator(G, _domain(args), **over)
 
 
 def _encoder(args, G):
@@ -78,7 +83,7 @@ def _projector(args, G):
     from .inversion import InversionCache, Projector
 
     cache = False if args.no_cache else InversionCache(args.cache_dir)
-    return Projector(G, _settings(args), encoder=_encoder(args, G), cache=cache)
+    return Projector(G, _settings(args, G), encoder=_encoder(args, G), cache=cache)
 
 
 class _Bar:
@@ -306,17 +311,20 @@ def _invert_args(p: argparse.ArgumentParser) -> None:
                    help="transparent pictures: composite on white/black, or drop the alpha channel")
     g.add_argument("--encoder", help="toy encoder file for the initial guess (default: the domain's, if found)")
     g.add_argument("--no-encoder", action="store_true", help="start from the mean w instead of an encoder")
-    g.add_argument("--steps", type=int, default=D.steps, help=f"optimisation steps (default {D.steps})")
-    g.add_argument("--lr", type=float, default=D.lr, help=f"peak learning rate (default {D.lr})")
+    preset = ("defaults: the domain's measured preset for generators of 128 px or less "
+              "(toy-faces 300 steps, toy-cars 500), else")
+    g.add_argument("--steps", type=int, help=f"optimisation steps ({preset} {D.steps})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (small generators 0.1, else {D.lr})")
     g.add_argument("--space", default="w+", choices=["w+", "w"])
-    g.add_argument("--w-phase", type=float, default=D.w_phase,
-                   help=f"w+: fraction of steps moving one shared w first (default {D.w_phase})")
-    g.add_argument("--msssim", type=float, default=D.msssim_weight,
-                   help=f"weight of 1 - MS-SSIM (default {D.msssim_weight})")
+    g.add_argument("--w-phase", type=float,
+                   help=f"w+: fraction of steps moving one shared w first (small generators 0, else {D.w_phase})")
+    g.add_argument("--msssim", type=float,
+                   help=f"weight of 1 - MS-SSIM (small generators 0, else {D.msssim_weight})")
     g.add_argument("--l1", action="store_true", help="L1 pixel loss instead of MSE")
     g.add_argument("--noise", action="store_true", help="also optimise the noise maps (regularised)")
     g.add_argument("--loss-size", type=int, default=0, help="compare images at this size (0 = full)")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (faster on CPUs with bf16 support)")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast (default: on for small generators where the CPU/GPU runs bf16 natively)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cache-dir", help="inversion cache folder (default ~/.cache/sfeditor/inversions)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the inversion cache")

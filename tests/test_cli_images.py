@@ -159,3 +159,19 @@ def test_region_edit_defaults_to_the_shipped_hierarchy(tmp_path):
         original = to_uint8(render(G, w[:, None].repeat(1, G.n_latent, 1)))[0].astype(int)
     edited = read_image(tmp_path / "e.png").astype(int)
     assert np.abs(original - edited).mean() > 0.5          # the hair edit changed the image
+
+
+def test_inversion_flags_override_the_generator_preset(monkeypatch):
+    """`sfeditor invert` starts from the generator's preset; only the flags a user gives replace it."""
+    import sfeditor.inversion as inv
+    from sfeditor.cli import build_parser
+    from sfeditor.cli_images import _settings
+
+    monkeypatch.setattr(inv, "bf16_is_fast", lambda device: True)
+    small = type("G", (), {"size": 64, "device": torch.device("cpu")})()
+    p = build_parser()
+    st = _settings(p.parse_args(["invert", "x.png", "--model", "toy-cars"]), small)
+    assert (st.steps, st.msssim_weight, st.w_phase, st.bf16) == (500, 0.0, 0.0, True)
+    st = _settings(p.parse_args(["invert", "x.png", "--model", "toy-faces", "--steps", "40", "--msssim", "0.2",
+                                 "--no-bf16", "--w-phase", "0.3"]), small)
+    assert (st.steps, st.msssim_weight, st.w_phase, st.bf16, st.lr) == (40, 0.2, 0.3, False, 0.1)

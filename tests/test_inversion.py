@@ -224,6 +224,35 @@ def test_cancel_token_protocol():
     assert not t.requested
 
 
+def test_default_settings_follow_the_generator_and_domain(monkeypatch):
+    """Small generators get the measured preset (domain steps, no MS-SSIM); flags given win; big ones keep defaults."""
+    import sfeditor.inversion as inv
+
+    monkeypatch.setattr(inv, "bf16_is_fast", lambda device: False)
+    small = type("G", (), {"size": 64, "device": torch.device("cpu")})()
+    big = type("G", (), {"size": 1024, "device": torch.device("cpu")})()
+    faces = InversionSettings.for_generator(small, "toy-faces")
+    cars = InversionSettings.for_generator(small, "toy-cars")
+    other = InversionSettings.for_generator(small, None)
+    assert (faces.steps, cars.steps, other.steps) == (300, 500, inv.SMALL_GENERATOR_STEPS)
+    assert faces.msssim_weight == 0.0 and faces.w_phase == 0.0 and faces.lr == 0.1 and not faces.bf16
+    assert InversionSettings.for_generator(big, "toy-faces") == InversionSettings()
+    mine = InversionSettings.for_generator(small, "toy-cars", steps=7, msssim_weight=0.3, bf16=True)
+    assert (mine.steps, mine.msssim_weight, mine.bf16, mine.lr) == (7, 0.3, True, 0.1)
+    monkeypatch.setattr(inv, "bf16_is_fast", lambda device: True)
+    assert InversionSettings.for_generator(small, "toy-faces").bf16
+    assert not InversionSettings.for_generator(big).bf16
+
+
+def test_bf16_is_fast_answers_for_every_device_kind():
+    from sfeditor.inversion import bf16_is_fast
+
+    assert bf16_is_fast("cpu") in (True, False)
+    assert bf16_is_fast("meta") is False
+    if not torch.cuda.is_available():
+        assert bf16_is_fast("cuda") is False
+
+
 def test_shipped_toy_faces_encoder_fits_the_shipped_generator():
     """The shipped encoder is found without a runs/ folder and starts inversions near the target."""
     from sfeditor.checkpoints import load_generator

@@ -765,7 +765,8 @@ class MainWindow(QMainWindow):
             if self._encoder is None or self._encoder[0] is not b:      # read once per model
                 enc_path = default_encoder_path(b.domain)
                 self._encoder = (b, load_toy_encoder(enc_path, map_location=b.device, G=b.G) if enc_path else None)
-            proj = Projector(b.G, InversionSettings(), encoder=self._encoder[1], cache=InversionCache())
+            proj = Projector(b.G, InversionSettings.for_generator(b.G, b.domain), encoder=self._encoder[1],
+                             cache=InversionCache())
             res = proj.invert(prep.image, progress=report, cancel=cancel)
             return res
         return work
