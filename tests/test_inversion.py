@@ -253,7 +253,8 @@ def test_bf16_is_fast_answers_for_every_device_kind():
         assert bf16_is_fast("cuda") is False
 
 
-def test_shipped_toy_faces_encoder_fits_the_shipped_generator():
+@pytest.mark.parametrize("domain", ["toy-faces", "toy-cars"])
+def test_shipped_toy_encoder_fits_the_shipped_generator(domain):
     """The shipped encoder is found without a runs/ folder and starts inversions near the target."""
     from sfeditor.checkpoints import load_generator
     from sfeditor.domains import resources_dir
@@ -261,11 +262,11 @@ def test_shipped_toy_faces_encoder_fits_the_shipped_generator():
     from sfeditor.toy import render
     from sfeditor.toy_encoder import default_encoder_path
 
-    path = default_encoder_path("toy-faces")
-    assert path == resources_dir() / "encoders" / "toy-faces.pt"
-    G = load_generator("toy-faces", device="cpu")
+    path = default_encoder_path(domain)
+    assert path == resources_dir() / "encoders" / f"{domain}.pt"
+    G = load_generator(domain, device="cpu")
     E = load_toy_encoder(path, G=G)
-    images, _ = render("toy-faces", np.arange(10_500_000, 10_500_008), G.size)
+    images, _ = render(domain, np.arange(10_500_000, 10_500_008), G.size)
     x = from_uint8(images)
     with torch.no_grad():
         rec = G.synthesis(G.styles(E(x)), noise_mode="const")
