@@ -64,7 +64,8 @@ def _settings(args, G=None):
 
 
 def _encoder(args, G):
-    from .toy_encoder import default_encoder_path, load_toy_encoder
+    """The initial-guess encoder: --encoder (a toy encoder or an official e4e/pSp checkpoint), else the domain's."""
+    from .toy_encoder import LooksLikeE4E, default_encoder_path, load_toy_encoder
 
     if args.no_encoder:
         return None
@@ -76,7 +77,12 @@ def _encoder(args, G):
             return None
     if not args.quiet:
         print(f"initial guesses from the encoder {path}", file=sys.stderr)
-    return load_toy_encoder(path, map_location=G.device, G=G)
+    try:
+        return load_toy_encoder(path, map_location=G.device, G=G)
+    except LooksLikeE4E:
+        from .inversion import load_e4e
+
+        return load_e4e(path, G=G, map_location=G.device)
 
 
 def _projector(args, G):
@@ -309,7 +315,8 @@ def _invert_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rect", type=_rect, help="manual crop X,Y,WIDTH,HEIGHT in pixels (with --align crop or auto)")
     g.add_argument("--alpha", default="white", choices=["white", "black", "drop"],
                    help="transparent pictures: composite on white/black, or drop the alpha channel")
-    g.add_argument("--encoder", help="toy encoder file for the initial guess (default: the domain's, if found)")
+    g.add_argument("--encoder", help="initial-guess encoder: a toy encoder file or an official e4e/pSp checkpoint "
+                                      "(default: the domain's toy encoder, if found)")
     g.add_argument("--no-encoder", action="store_true", help="start from the mean w instead of an encoder")
     preset = ("defaults: the domain's measured preset for generators of 128 px or less "
               "(toy-faces 300 steps, toy-cars 500), else")

@@ -17,9 +17,9 @@ Paper Sec. 6.1 inverts real images before editing them.  This module gives
   fingerprint, settings, initialiser); atomic writes, unreadable or
   mismatching entries are ignored.  Default folder
   ``$SFEDITOR_CACHE/inversions`` or ``~/.cache/sfeditor/inversions``.
-* :func:`read_e4e` - safe reading and validation of official e4e encoder
-  checkpoints (``{"state_dict", "opts", "latent_avg"}``); running them is not
-  supported yet (:class:`E4EUnsupported`).
+* :func:`read_e4e` / :func:`load_e4e` - safe reading and validation of official
+  e4e encoder checkpoints (``{"state_dict", "opts", "latent_avg"}``) and the
+  encoder itself (:mod:`sfeditor.e4e`) as the projector's initial guess.
 """
 from __future__ import annotations
 
@@ -718,7 +718,7 @@ def lpips_loss(net: str = "vgg", device=None) -> Callable[[torch.Tensor, torch.T
 
 # ================================================================== e4e
 class E4EUnsupported(ValueError):
-    """The file is a valid e4e checkpoint, but running e4e encoders is not supported yet."""
+    """The file is a valid e4e/pSp checkpoint of an encoder type that is not supported."""
 
 
 @dataclass
@@ -735,6 +735,18 @@ class E4EInfo:
     opts: dict
 
 
+def _load_e4e_file(p: Path):
+    """torch.load with ``weights_only`` (argparse.Namespace allowed for ``opts``): no code from the file runs."""
+    import argparse
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{p}: not a readable e4e checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+            from None
+
+
 def read_e4e(path: str | os.PathLike) -> E4EInfo:
     """Read and validate an official e4e checkpoint safely (``weights_only``; no code runs).
 
@@ -746,12 +758,7 @@ def read_e4e(path: str | os.PathLike) -> E4EInfo:
         raise FileNotFoundError(f"no e4e checkpoint at {p}")
     import argparse
 
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{p}: not a readable e4e checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
-            from None
+    obj = _load_e4e_file(p)
     if not isinstance(obj, dict) or "state_dict" not in obj or "opts" not in obj:
         keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"{p}: not an e4e checkpoint (expected keys state_dict, opts, latent_avg; found {keys})")
@@ -783,13 +790,31 @@ def read_e4e(path: str | os.PathLike) -> E4EInfo:
                    {k: v for k, v in opts.items() if isinstance(v, (str, int, float, bool)) or v is None})
 
 
-def load_e4e(path: str | os.PathLike):
-    """Validate an e4e checkpoint, then refuse clearly: the e4e (IR-SE-50) architecture is not
-    implemented here yet.  Use the optimisation projector (optionally with a toy encoder)."""
+#: encoder types of e4e / pSp checkpoints that :func:`load_e4e` runs (-> predicts deltas on one w)
+E4E_TYPES = {"Encoder4Editing": True, "GradualStyleEncoder": False}
+
+
+def load_e4e(path: str | os.PathLike, G=None, map_location="cpu"):
+    """An official e4e (or pSp ``GradualStyleEncoder``) checkpoint as a projector initialiser.
+
+    Validated by :func:`read_e4e` (no code runs), then built as
+    :class:`sfeditor.e4e.E4EEncoder` with strict key matching.  With ``G``, the
+    W+ shape must match it ([n_latent, 512]).  Other encoder types raise
+    :class:`E4EUnsupported`.
+    """
+    from .e4e import E4EEncoder
+
     info = read_e4e(path)
-    raise E4EUnsupported(f"{info.path}: a valid e4e checkpoint ({info.encoder_type}, {info.resolution}x"
-                         f"{info.resolution}, {info.n_styles} styles), but the e4e architecture is not supported "
-                         "yet; invert with the optimisation projector instead (sfeditor invert --steps ...)")
+    if info.encoder_type not in E4E_TYPES:
+        raise E4EUnsupported(f"{info.path}: encoder type {info.encoder_type!r} is not supported (supported: "
+                             f"{', '.join(E4E_TYPES)}); invert with the optimisation projector instead")
+    if G is not None and (G.n_latent != info.n_styles or G.style_dim != 512):
+        raise ValueError(f"{info.path}: this e4e encoder predicts {info.n_styles} x 512 codes (a "
+                         f"{info.resolution}px StyleGAN2); the generator needs {G.n_latent} x {G.style_dim}")
+    obj = _load_e4e_file(Path(info.path))
+    enc = E4EEncoder.from_state_dict(obj["state_dict"], info.n_styles, obj.get("latent_avg"), info.path,
+                                     deltas=E4E_TYPES[info.encoder_type])
+    return enc.to(map_location)
 
 
 # ============================================================ w+ files

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .atomic import atomic_torch_save
 
-__all__ = ["ToyEncoder", "EncoderConfig", "load_toy_encoder", "save_toy_encoder", "infer_encoder_config",
+__all__ = ["ToyEncoder", "LooksLikeE4E", "EncoderConfig", "load_toy_encoder", "save_toy_encoder", "infer_encoder_config",
            "default_encoder_path", "ENCODER_FORMAT"]
 
 ENCODER_FORMAT = "sfeditor-toy-encoder"
@@ -95,6 +95,10 @@ def save_toy_encoder(E: ToyEncoder, path: str | os.PathLike, meta: dict | None =
                        "meta": dict(meta or {})}, path)
 
 
+class LooksLikeE4E(ValueError):
+    """The file is an e4e/pSp checkpoint, not a toy encoder (:func:`sfeditor.inversion.load_e4e` reads it)."""
+
+
 def load_toy_encoder(path: str | os.PathLike, map_location="cpu", G=None) -> ToyEncoder:
     """Load an encoder file; with ``G``, check it produces w of ``G``'s size at ``G``'s resolution."""
     path = Path(os.fspath(path))
@@ -116,8 +120,9 @@ def load_toy_encoder(path: str | os.PathLike, map_location="cpu", G=None) -> Toy
         sd = obj
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: no state dict in the encoder file")
-    if any(k.startswith(("encoder.", "decoder.")) for k in sd):
-        raise ValueError(f"{path}: this looks like an e4e/pSp checkpoint; use sfeditor.inversion.read_e4e")
+    inner = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else {}
+    if any(isinstance(k, str) and k.startswith(("encoder.", "decoder.")) for k in (*sd, *inner)):
+        raise LooksLikeE4E(f"{path}: this looks like an e4e/pSp checkpoint; use sfeditor.inversion.load_e4e")
     try:
         cfg = infer_encoder_config(sd)
         E = ToyEncoder(cfg.size, cfg.style_dim, cfg.width)

@@ -175,3 +175,18 @@ def test_inversion_flags_override_the_generator_preset(monkeypatch):
     st = _settings(p.parse_args(["invert", "x.png", "--model", "toy-faces", "--steps", "40", "--msssim", "0.2",
                                  "--no-bf16", "--w-phase", "0.3"]), small)
     assert (st.steps, st.msssim_weight, st.w_phase, st.bf16, st.lr) == (40, 0.2, 0.3, False, 0.1)
+
+
+def test_invert_takes_an_e4e_checkpoint_as_encoder(files, capsys):
+    """--encoder accepts an official e4e file; one for another generator is refused with a clear message."""
+    d, G = files
+    torch.save({"state_dict": {"encoder.input_layer.0.weight": torch.zeros(64, 3, 3, 3)},
+                "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": 1024}, "latent_avg": torch.zeros(18, 512)},
+               d / "e4e.pt")
+    args = ["invert", str(d / "a.png"), "--out", str(d / "inv-e4e")] + common(d) + \
+        ["--steps", "2", "--encoder", str(d / "e4e.pt"), "--no-cache", "-q"]
+    from sfeditor.cli import main
+
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and "18 x 512" in err and "generator needs" in err

@@ -183,7 +183,7 @@ def test_latent_files(G, tmp_path):
     assert isinstance(StyleCode.load(tmp_path / "code.pt"), StyleCode)
 
 
-def test_e4e_checkpoints_validated_then_refused(tmp_path):
+def test_e4e_checkpoints_validated(tmp_path):
     ok = {"state_dict": {"encoder.input_layer.0.weight": torch.zeros(64, 3, 3, 3),
                          "decoder.style.1.weight": torch.zeros(512, 512)},
           "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": 1024, "checkpoint_path": None},
@@ -192,8 +192,12 @@ def test_e4e_checkpoints_validated_then_refused(tmp_path):
     info = read_e4e(tmp_path / "e4e.pt")
     assert (info.encoder_type, info.resolution, info.n_styles, info.latent_avg_shape) == \
         ("Encoder4Editing", 1024, 18, (18, 512))
-    with pytest.raises(E4EUnsupported, match="not supported yet"):
+    with pytest.raises(ValueError, match="not an IR-SE-50 Encoder4Editing"):     # a truncated encoder
         load_e4e(tmp_path / "e4e.pt")
+    torch.save({**ok, "opts": {"encoder_type": "ResNetBackboneEncoder", "stylegan_size": 1024}},
+               tmp_path / "resnet.pt")
+    with pytest.raises(E4EUnsupported, match="ResNetBackboneEncoder"):
+        load_e4e(tmp_path / "resnet.pt")
     torch.save({"state_dict": {}, "opts": {}}, tmp_path / "empty.pt")
     with pytest.raises(ValueError, match="no encoder"):
         read_e4e(tmp_path / "empty.pt")
@@ -209,6 +213,70 @@ def test_e4e_checkpoints_validated_then_refused(tmp_path):
         read_e4e(tmp_path / "pickled.pt")
     with pytest.raises(FileNotFoundError):
         read_e4e(tmp_path / "missing.pt")
+
+
+def _e4e_state(n_styles: int, seed: int = 0) -> dict:
+    """Random weights for an e4e encoder; every tensor is a view of one storage, so the file stays small."""
+    from sfeditor.e4e import Encoder4Editing
+
+    want = Encoder4Editing(n_styles).state_dict()
+    base = torch.randn(max(v.numel() for v in want.values()), generator=torch.Generator().manual_seed(seed)) * 0.05
+    out = {}
+    for k, v in want.items():
+        if k.endswith("num_batches_tracked"):
+            out[k] = v
+        elif k.endswith("running_var") or k.endswith("res_layer.0.weight") or k.endswith("res_layer.4.weight"):
+            out[k] = torch.ones_like(v)
+        else:
+            out[k] = base[:v.numel()].view(v.shape)
+    return out
+
+
+def test_e4e_encoder_runs_and_matches_its_architecture(tmp_path):
+    """An e4e/pSp checkpoint loads strictly, predicts w+ = w0 + deltas + latent_avg, and feeds the projector."""
+    from sfeditor.e4e import IR_SE_50_UNITS, Encoder4Editing
+
+    torch.manual_seed(0)
+    # official key layout (IR-SE-50, FPN laterals, gradual style blocks)
+    keys = set(Encoder4Editing(4).state_dict())
+    assert len(IR_SE_50_UNITS) == 24
+    for k in ("input_layer.0.weight", "input_layer.2.weight", "body.3.shortcut_layer.0.weight",
+              "body.0.res_layer.5.fc1.weight", "body.23.res_layer.3.weight", "styles.0.convs.6.weight",
+              "styles.3.convs.8.weight", "styles.0.linear.weight", "latlayer1.weight", "latlayer2.bias"):
+        assert k in keys, k
+    assert "body.0.shortcut_layer.0.weight" not in keys                  # same width: max-pool shortcut
+
+    # every branch (coarse, middle, fine) with a narrow w to keep the test light
+    net = Encoder4Editing(10, w_dim=32).eval()
+    flat = Encoder4Editing(10, w_dim=32, deltas=False).eval()
+    flat.load_state_dict(net.state_dict())
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        a, b = net(x), flat(x)
+    assert a.shape == (1, 10, 32)
+    assert torch.allclose(a[:, 1:], a[:, :1] + b[:, 1:], atol=1e-5) and torch.allclose(a[:, 0], b[:, 0])
+
+    sd = _e4e_state(4)
+    avg = torch.randn(4, 512)
+    torch.save({"state_dict": {**{f"encoder.{k}": v for k, v in sd.items()}, "decoder.style.1.weight": torch.zeros(1)},
+                "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": 8}, "latent_avg": avg},
+               tmp_path / "e4e.pt")
+    enc = load_e4e(tmp_path / "e4e.pt")
+    ref = Encoder4Editing(4).eval()
+    ref.load_state_dict(sd)
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expect = ref(torch.nn.functional.interpolate(img, size=(256, 256), mode="bilinear", align_corners=False))
+    assert torch.allclose(enc(img), expect + avg[None], atol=1e-4)
+    with pytest.raises(ValueError, match="generator needs"):
+        load_e4e(tmp_path / "e4e.pt", G=small_generator())
+    fake = type("G", (), {"n_latent": 4, "style_dim": 512})()
+    assert load_e4e(tmp_path / "e4e.pt", G=fake) is not None
+    sd["styles.0.linear.bias"] = torch.zeros(7)
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in sd.items()},
+                "opts": {"encoder_type": "GradualStyleEncoder", "stylegan_size": 8}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="has shape"):
+        load_e4e(tmp_path / "bad.pt")
 
 
 class _Opaque:
