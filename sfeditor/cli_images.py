@@ -49,7 +49,7 @@ def _rect(text: str | None):
     return vals
 
 
-def _settings(args, G=None):
+def _settings(args, G):
     """The generator's default projector settings (InversionSettings.for_generator), then the flags given."""
     from .inversion import InversionSettings
 
@@ -58,8 +58,6 @@ def _settings(args, G=None):
     over = {k: v for k, v in given.items() if v is not None}
     over.update(space=args.space, pixel_loss="l1" if args.l1 else "mse", optimize_noise=args.noise,
                 seed=args.seed, loss_size=args.loss_size)
-    if G is None:
-        return InversionSettings(**over)
     return InversionSettings.for_generator(G, _domain(args), **over)
 
 

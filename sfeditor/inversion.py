@@ -753,6 +753,11 @@ def read_e4e(path: str | os.PathLike) -> E4EInfo:
     Expected: ``{"state_dict": {"encoder.*", "decoder.*"}, "opts": {...}, "latent_avg": [n_latent, 512]
     or [512]}``.  Raises ``ValueError`` for anything else, ``FileNotFoundError`` if missing.
     """
+    return _read_e4e(path)[0]
+
+
+def _read_e4e(path: str | os.PathLike) -> tuple[E4EInfo, dict]:
+    """:func:`read_e4e`, also returning the loaded checkpoint (read once: e4e files are ~1 GB)."""
     p = Path(os.fspath(path))
     if not p.is_file():
         raise FileNotFoundError(f"no e4e checkpoint at {p}")
@@ -786,8 +791,9 @@ def read_e4e(path: str | os.PathLike) -> E4EInfo:
         if la.ndim not in (1, 2) or la.shape[-1] < 1 or (la.ndim == 2 and la.shape[0] not in (1, n_styles)):
             raise ValueError(f"{p}: unexpected e4e latent_avg shape {la_shape} (expected [{n_styles}, w_dim] "
                              "or [w_dim])")
-    return E4EInfo(str(p), str(opts.get("encoder_type", "?")), res, n_styles, la_shape, len(enc), len(dec),
+    info = E4EInfo(str(p), str(opts.get("encoder_type", "?")), res, n_styles, la_shape, len(enc), len(dec),
                    {k: v for k, v in opts.items() if isinstance(v, (str, int, float, bool)) or v is None})
+    return info, obj
 
 
 #: encoder types of e4e / pSp checkpoints that :func:`load_e4e` runs (-> predicts deltas on one w)
@@ -804,14 +810,13 @@ def load_e4e(path: str | os.PathLike, G=None, map_location="cpu"):
     """
     from .e4e import E4EEncoder
 
-    info = read_e4e(path)
+    info, obj = _read_e4e(path)
     if info.encoder_type not in E4E_TYPES:
         raise E4EUnsupported(f"{info.path}: encoder type {info.encoder_type!r} is not supported (supported: "
                              f"{', '.join(E4E_TYPES)}); invert with the optimisation projector instead")
     if G is not None and (G.n_latent != info.n_styles or G.style_dim != 512):
         raise ValueError(f"{info.path}: this e4e encoder predicts {info.n_styles} x 512 codes (a "
                          f"{info.resolution}px StyleGAN2); the generator needs {G.n_latent} x {G.style_dim}")
-    obj = _load_e4e_file(Path(info.path))
     enc = E4EEncoder.from_state_dict(obj["state_dict"], info.n_styles, obj.get("latent_avg"), info.path,
                                      deltas=E4E_TYPES[info.encoder_type])
     return enc.to(map_location)
