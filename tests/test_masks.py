@@ -98,3 +98,21 @@ def test_soft_masks_are_differentiable_an_optimised_code_grows_its_region(model,
         hard_end = model.hard_masks(StyleCode(s.conv, s.rgb, s.layout), [region]).mean().item()
     assert end > start + 0.05, (start, end)
     assert hard_end > start
+
+
+def test_min_resolution_files_skip_coarse_layers_exactly():
+    """A file clustered on the fine layers only: RegionModel leaves the coarse channels out of the
+    distances (their weight is ~1e-12), and gets the full computation's distances and masks."""
+    from sfeditor.clustering import squared_distances
+
+    torch.manual_seed(1)
+    G = Generator(**TINY).eval()
+    result = cluster_generator(G, ClusteringOptions(samples=8, pixels=400, pca=8, batch=4, min_resolution=16))
+    m = RegionModel(G, result.to_regions("tiny", 5))
+    assert m._active_centroids.shape[1] == 16 + 16 + 16          # the conv inputs at 16 and 32 px
+    s = G.random_styles(2, seed=3)
+    with torch.no_grad():
+        full = squared_distances(m.deep_pixels(s), m.centroids, m.channel_scale)
+        fast = m.distances(s)
+    torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-6)
+    assert torch.equal(fast.argmin(1), full.argmin(1))
