@@ -3,10 +3,15 @@
 Reconstructs held-out renders with the run's encoder + synthesis (``checkpoint.pt`` of
 ``sfeditor-train generator``, any phase), segments the reconstructions with the
 domain's region oracle and reports, per region, the IoU against the renderer's
-labels, plus PSNR.  Small regions (eyes, mouth, wheels) are what a plain L1 loss
+labels, plus PSNR and *sharpness*: the mean absolute image gradient (finite
+differences) of the reconstructions over that of the renders (1.0 = as crisp as
+the renders; a blurry autoencoder scores well below).  Small regions (eyes, mouth, wheels) are what a plain L1 loss
 gives up first, so their IoU is the number to watch.
 
     python bench/ae_regions.py runs/generator-toy-faces/checkpoint.pt [more runs ...] [--images 128]
+
+A run may also be a folder holding ``generator.pt`` + ``encoder.pt`` (a finished run, or a copy of
+the shipped pair ``resources/generators/D.pt`` + ``resources/encoders/D.pt``).
 """
 from __future__ import annotations
 
@@ -29,12 +34,23 @@ HELDOUT = 10_000_000 + 900_000
 
 
 def load_run(path: str):
+    if os.path.isdir(path):
+        from sfeditor.checkpoints import load_generator
+        from sfeditor.toy_encoder import load_toy_encoder
+
+        G = load_generator(os.path.join(path, "generator.pt"), device="cpu")
+        return G.eval(), load_toy_encoder(os.path.join(path, "encoder.pt"), G=G).eval(), "final", None
     st = torch.load(path, map_location="cpu", weights_only=True)
     G = Generator(GeneratorConfig.from_dict(st["config"]))
     G.load_state_dict(st["G"])
     E = ToyEncoder(G.size, G.style_dim)
     E.load_state_dict(st["E"])
     return G.eval(), E.eval(), st.get("phase"), st.get("step")
+
+
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute finite-difference gradient of ``[B, 3, H, W]`` images (both directions)."""
+    return ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 2
 
 
 def main(argv=None) -> int:
@@ -58,18 +74,19 @@ def main(argv=None) -> int:
                              for i in range(0, len(x), 32)])
             mse = ((rec.clamp(-1, 1) - x) / 2).pow(2).flatten(1).mean(1)
             psnr = float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+            sharp = float(gradient_magnitude(rec.clamp(-1, 1)) / gradient_magnitude(x))
         pred, _ = oracle.predict(to_uint8(rec))
         ious = []
         for k in range(len(names)):
             a, b = pred == k, labels == k
             union = (a | b).sum()
             ious.append(float((a & b).sum() / union) if union else float("nan"))
-        rows.append((path, phase, step, psnr, ious))
+        rows.append((path, phase, step, psnr, sharp, ious))
     print(f"# {args.domain}: autoencoder reconstructions of {args.images} held-out renders, oracle IoU per region")
-    head = f"{'run':40s} {'phase':>7s} {'step':>6s} {'PSNR':>6s} " + " ".join(f"{n[:8]:>8s}" for n in names)
+    head = f"{'run':40s} {'phase':>7s} {'step':>6s} {'PSNR':>6s} {'sharp':>6s} " + " ".join(f"{n[:8]:>8s}" for n in names)
     print(head)
-    for path, phase, step, psnr, ious in rows:
-        print(f"{path[-40:]:40s} {str(phase):>7s} {str(step):>6s} {psnr:6.2f} "
+    for path, phase, step, psnr, sharp, ious in rows:
+        print(f"{path[-40:]:40s} {str(phase):>7s} {str(step):>6s} {psnr:6.2f} {sharp:6.3f} "
               + " ".join(f"{v:8.3f}" for v in ious))
     return 0
 

@@ -84,6 +84,21 @@ def main(argv=None) -> int:
     for _ in locality_heatmap(G, h, comp, leaf, "fixed", samples=args.heatmap_samples, batch=8):
         pass
     rows.append((f"locality heatmap, {args.heatmap_samples} samples (fixed base)", time.perf_counter() - t))
+    model = b.region_model
+    if model is not None:
+        from sfeditor.clustering import squared_distances
+        from sfeditor.masks import deep_pixels_from_features
+
+        s1 = cache.get(comp, b.tree.name, G)
+
+        @torch.no_grad()
+        def masks_all_channels():       # every DeepPixel channel, as before the active-channel skip
+            _, f = G.synthesis(s1, "const", return_features=True)
+            squared_distances(deep_pixels_from_features(f, model.size), model.centroids, model.channel_scale).argmin(1)
+
+        rows += [(f"region masks of the frame ({model.regions.num_clusters} clusters)",
+                  timed(lambda: model.hard_labels(s1), args.repeats, dev)),
+                 (f"  same, all {sum(G.layout.conv_dims)} DeepPixel channels in the distances", timed(masks_all_channels, args.repeats, dev))]
     print(f"# {args.domain} {G.size}px on {dev} ({torch.get_num_threads()} threads), {note}")
     print(f"{'what':52s} {'ms':>9s} {'x bare':>8s}")
     for name, sec in rows:

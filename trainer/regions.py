@@ -165,7 +165,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         except Cancelled:
             print("\ncancelled", file=sys.stderr)
             return 130
-        result.save(tree_path)
+        result.save(tree_path, max_k=max(64, args.clusters))
         print(f"clustered {options.pixels} DeepPixels of {options.samples} images: "
               f"{result.seconds['deep_pixels']:.1f} s DeepPixels + {result.seconds['ward']:.1f} s Ward",
               file=sys.stderr)
