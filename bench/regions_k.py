@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--pixels", type=int, default=6000)
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--min-resolution", type=int, default=32)
-    p.add_argument("--normalization", default="layer")
+    p.add_argument("--normalization", default="layer", choices=("none", "channel", "layer"))
     p.add_argument("--pca", type=int, default=64)
     p.add_argument("--eval-images", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)

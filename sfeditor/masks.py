@@ -72,12 +72,15 @@ class RegionModel:
         """[K, R] 0/1: cluster k lies in region r."""
         return torch.from_numpy(self.regions.membership(regions)).to(self.centroids.device)
 
-    def deep_pixels(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
+    def _features(self, s: StyleCode | None, features: Features | None) -> Features:
         if features is None:
             if s is None:
                 raise ValueError("give a StyleCode or synthesis features")
             _, features = self.G.synthesis(s, self.noise_mode, return_features=True)
-        return deep_pixels_from_features(features, self.size)
+        return features
+
+    def deep_pixels(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
+        return deep_pixels_from_features(self._features(s, features), self.size)
 
     def _init_active_channels(self, scale) -> None:
         """Which DeepPixel channels count in the distances.
@@ -106,10 +109,7 @@ class RegionModel:
     def _active_deep_pixels(self, s: StyleCode | None, features: Features | None) -> torch.Tensor:
         if self._layer_channels is None:
             return self.deep_pixels(s, features)
-        if features is None:
-            if s is None:
-                raise ValueError("give a StyleCode or synthesis features")
-            _, features = self.G.synthesis(s, self.noise_mode, return_features=True)
+        features = self._features(s, features)
         parts = [resize_features(f if isinstance(idx, slice) else f[:, idx], self.size)
                  for f, idx in zip(features["conv"], self._layer_channels) if idx is not None]
         return torch.cat(parts, dim=1)
