@@ -9,6 +9,10 @@ masks), and measures locality exactly as ``sfeditor-train evaluate`` does
 leaf that owns no channel cannot be edited by this rule at all.
 
     python bench/locality_bound.py --domain toy-faces [--samples 64] [--m-images 64]
+        [--generator FILE --regions FILE] [--partition]
+
+``--partition`` replaces argmax M by the channel groups of the region-swap loss
+(``sfeditor-train generator --swap-weight``): how local those groups are.
 
 Prints a table: leaf | locality random | locality fixed | PSNR outside (fixed).
 """
@@ -51,20 +55,44 @@ def argmax_m_composer(G, model: RegionModel, n_images: int, truncation: float, s
     return compose, counts
 
 
+def partition_composer(G, leaves: list[str], domain: str):
+    """Channel c comes from the leaf whose region-swap group holds it (pose group: the first leaf)."""
+    from sfeditor.toy import swap_groups
+    from trainer.generator import swap_channel_groups
+
+    names = swap_groups(domain)
+    ids = swap_channel_groups(G.layout, len(names))
+    owner = torch.tensor([leaves.index(names[int(g)]) if g > 0 else 0 for g in ids])
+
+    def compose(codes):
+        flat = torch.stack([codes[k].flat() for k in leaves])
+        idx = owner.to(flat.device)[None, None, :].expand(1, flat.shape[1], -1)
+        return StyleCode.from_flat(G, flat.gather(0, idx)[0])
+    return compose, {k: int((owner == i).sum()) for i, k in enumerate(leaves)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--domain", default="toy-faces")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--m-images", type=int, default=64)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--generator", help="generator file (default: the domain's shipped one)")
+    p.add_argument("--regions", help="regions file (default: the domain's shipped one)")
+    p.add_argument("--partition", action="store_true",
+                   help="assign channels by the region-swap loss's groups (trainer.generator."
+                        "swap_channel_groups; the pose group goes with the first leaf) instead of argmax M")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dom = get_domain(args.domain)
-    G = load_generator(args.domain, device="cpu").eval()
-    model = RegionModel(G, resources_dir() / dom.regions_file)
+    G = load_generator(args.generator or args.domain, device="cpu").eval()
+    model = RegionModel(G, args.regions or resources_dir() / dom.regions_file)
     t0 = time.perf_counter()
-    compose, counts = argmax_m_composer(G, model, args.m_images, dom.truncation)
+    if args.partition:
+        compose, counts = partition_composer(G, list(model.leaves), args.domain)
+    else:
+        compose, counts = argmax_m_composer(G, model, args.m_images, dom.truncation)
     leaves = list(model.leaves)
     targets = [EditTarget(k, k, (k,)) for k in leaves]
     judge = OracleJudge(load_oracle(args.domain))
@@ -78,7 +106,8 @@ def main(argv=None) -> int:
     print(f"{'leaf':18s} {'channels':>8s} {'random':>7s} {'fixed':>7s} {'PSNR out':>9s}")
     for k in leaves:
         r, f = rows["random"][k], rows["fixed"][k]
-        print(f"{k:18s} {counts[k]:8d} {r['locality']:7.3f} {f['locality']:7.3f} {f['psnr_outside']:8.1f}")
+        name = k + (" (+pose)" if args.partition and k == leaves[0] else "")
+        print(f"{name:18s} {counts[k]:8d} {r['locality']:7.3f} {f['locality']:7.3f} {f['psnr_outside']:8.1f}")
     return 0
 
 

@@ -126,9 +126,9 @@ def test_gaussian_mapping_matches_the_codes_and_reruns_from_a_phase(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adv", [0.0, 0.1])
-def test_tiny_run_resumes_exactly(tmp_path, adv):
-    full = train_generator(tiny_recipe(ae_adv_weight=adv), tmp_path / "a", log=lambda *a: None)
+@pytest.mark.parametrize("adv,swap", [(0.0, 0.0), (0.1, 0.0), (0.0, 1.0)])
+def test_tiny_run_resumes_exactly(tmp_path, adv, swap):
+    full = train_generator(tiny_recipe(ae_adv_weight=adv, swap_weight=swap), tmp_path / "a", log=lambda *a: None)
     G_full = load_generator(full, device="cpu")
 
     token = CancelToken()
@@ -137,9 +137,9 @@ def test_tiny_run_resumes_exactly(tmp_path, adv):
         if step >= 3:
             token.cancel()
     with pytest.raises(Cancelled):
-        train_generator(tiny_recipe(ae_adv_weight=adv), tmp_path / "b", cancel=token,
+        train_generator(tiny_recipe(ae_adv_weight=adv, swap_weight=swap), tmp_path / "b", cancel=token,
                         progress_callback=stop_at_3, log=lambda *a: None)
-    resumed = train_generator(tiny_recipe(ae_adv_weight=adv), tmp_path / "b", log=lambda *a: None)
+    resumed = train_generator(tiny_recipe(ae_adv_weight=adv, swap_weight=swap), tmp_path / "b", log=lambda *a: None)
     G_res = load_generator(resumed, device="cpu")
     for (n, a), (_, b) in zip(G_full.state_dict().items(), G_res.state_dict().items()):
         assert torch.equal(a, b), n
@@ -165,3 +165,52 @@ def test_seg_critic_refuses_the_judge_and_its_loss_prefers_sharp_images(tmp_path
     w = region_weight_map("toy-faces", labels, ("eyes", "mouth"), 4.0)
     seg_loss(net, x, lab, w).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_swap_channel_groups_split_every_layer_evenly():
+    from sfeditor.generator import Generator
+    from trainer.generator import swap_channel_groups
+
+    G = Generator(tiny_recipe().generator_config())
+    ids = swap_channel_groups(G.layout, 5)
+    assert ids.shape == (G.layout.size,)
+    for part in torch.split(ids, list(G.layout.dims)):
+        counts = torch.bincount(part, minlength=5)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_region_swap_loss_reads_only_the_swapped_group_from_the_donor():
+    """B's code reaches the loss through the swapped group's channels only."""
+    from contextlib import nullcontext
+
+    from sfeditor.generator import Generator
+    from trainer.generator import region_swap_loss, swap_channel_groups, swap_donor_seeds
+
+    torch.manual_seed(0)
+    r = tiny_recipe()
+    G = Generator(r.generator_config()).eval()
+    groups = swap_channel_groups(G.layout, 5)
+    seeds = np.arange(4)
+    _, gi = swap_donor_seeds(3, 4, 5)
+
+    class FakeE(torch.nn.Module):   # B's code: a fixed w, perturbed below
+        def __init__(self, w):
+            super().__init__()
+            self.w = w
+
+        def forward(self, xb):
+            return self.w
+
+    w_a = torch.randn(4, r.style_dim)
+    w_b = torch.randn(4, r.style_dim)
+    base, _ = region_swap_loss(G, FakeE(w_b), "toy-cars", 3, seeds, w_a, groups, nullcontext, 1.0, (), 1.0)
+    same, _ = region_swap_loss(G, FakeE(w_b), "toy-cars", 3, seeds, w_a, groups, nullcontext, 1.0, (), 1.0)
+    assert torch.equal(base, same)
+    other, _ = region_swap_loss(G, FakeE(w_b + 3.0), "toy-cars", 3, seeds, w_a, groups, nullcontext, 1.0, (), 1.0)
+    assert not torch.isclose(base, other)
+    # with every image's group emptied of channels, the donor cannot matter at all
+    none = torch.full_like(groups, 99)
+    l1, _ = region_swap_loss(G, FakeE(w_b), "toy-cars", 3, seeds, w_a, none, nullcontext, 1.0, (), 1.0)
+    l2, _ = region_swap_loss(G, FakeE(w_b + 3.0), "toy-cars", 3, seeds, w_a, none, nullcontext, 1.0, (), 1.0)
+    assert torch.isclose(l1, l2)
+    assert len(gi) == 4

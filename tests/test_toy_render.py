@@ -101,3 +101,39 @@ def test_empty_batch():
     imgs, labs, params = render("toy-faces", [], size=16, return_params=True)
     assert imgs.shape == (0, 16, 16, 3) and labs.shape == (0, 16, 16)
     assert all(v.shape == (0,) for v in params.values())
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_every_parameter_has_a_swap_group(domain):
+    from sfeditor.toy import param_group, swap_groups
+
+    _, _, params = render(domain, np.arange(64), size=16, return_params=True)
+    groups = {param_group(domain, name) for name in params}
+    assert groups == set(swap_groups(domain))
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_render_swap_changes_only_the_swapped_region(domain):
+    from scipy.ndimage import binary_dilation
+
+    from sfeditor.toy import render_swap, swap_groups
+
+    seeds, donors = np.arange(40, 72), np.arange(500, 532)
+    a, la = render(domain, seeds)
+    # a donor equal to the image itself changes nothing
+    same, lsame = render_swap(domain, seeds, seeds, ["global"] * len(seeds))
+    np.testing.assert_array_equal(same, a)
+    names = region_names(domain)
+    for g in swap_groups(domain)[1:]:
+        img, lab = render_swap(domain, seeds, donors, [g] * len(seeds))
+        k = names.index(g)
+        region = binary_dilation((la == k) | (lab == k), iterations=2, axes=(1, 2))
+        changed = np.abs(img.astype(int) - a.astype(int)).max(-1) > 8
+        assert changed.any(), g
+        outside = (changed & ~region).mean() / max(changed.mean(), 1e-9)
+        # shapes that touch follow (a hairstyle covers some background), so not exactly 0
+        assert outside < 0.35, (g, outside)
+    with pytest.raises(ValueError, match="unknown swap group"):
+        render_swap(domain, [1], [2], ["nose"])
+    with pytest.raises(ValueError, match="same length"):
+        render_swap(domain, [1, 2], [2], ["global"])

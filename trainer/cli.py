@@ -14,7 +14,8 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              device=args.device, bf16=not args.no_bf16, region_weight=args.region_weight,
                              ae_adv_weight=args.ae_adv_weight, ae_adv_start=args.ae_adv_start,
                              init_from=args.init_from or "", seg_weight=args.seg_weight,
-                             seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode)
+                             seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
+                             swap_weight=args.swap_weight)
     if recipe.seg_weight > 0 and not recipe.seg_critic:
         raise SystemExit("--seg-weight needs --seg-critic (sfeditor-train oracle --domain D --seed 1 --out FILE)")
     if args.ae_lr is not None:
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "reconstructions against the renderer's labels, e.g. 0.2")
     g.add_argument("--seg-critic", help="the critic's weights: an oracle-architecture net trained with another "
                    "seed (sfeditor-train oracle --seed 1 --out FILE); the shipped oracle is refused")
+    g.add_argument("--swap-weight", type=float, default=0.0,
+                   help="weight of the region-swap loss: one group of style channels per region (and one for "
+                        "the pose) must carry that region alone, e.g. 1 (builds the region-local channels "
+                        "StyleFusion relies on)")
     g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
                    help="z -> w: regress onto a Gaussian fit of the encoder codes (default) or a latent GAN")
     g.add_argument("--from-phase", choices=["mapping", "mix"],

@@ -17,6 +17,10 @@ recipe here has three phases, each resumable from ``checkpoint.pt``:
    channel by channel (as StyleFusion does), anchored by the autoencoder
    loss so reconstructions stay sharp.
 
+Optional in phase 1: the region-swap loss (``swap_weight``, :func:`region_swap_loss`), which
+gives each group of style channels one region (or the pose) to carry, so that the S space has the
+region-local channels StyleFusion fuses.
+
 Data are rendered on the fly from deterministic seeds (step * batch + i), so
 a resumed run sees exactly the batches an uninterrupted one would.
 """
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 
 
 from sfeditor.generator import Generator, GeneratorConfig
+from sfeditor.style_code import StyleCode
 from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
 from sfeditor.toy import render
 from sfeditor.toy_encoder import ToyEncoder as Encoder
@@ -79,6 +84,7 @@ class GeneratorRecipe:
     init_from: str = ""             # start G and E from another run's weights (fine-tuning); "" = random
     seg_weight: float = 0.0         # semantic loss: a frozen segmentation critic on the reconstructions
     seg_critic: str = ""            # its weights (trained on renders with another seed; never the judge)
+    swap_weight: float = 0.0        # region-swap loss (0 = off): see swap_channel_groups
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 100
@@ -298,6 +304,56 @@ def seg_loss(critic: nn.Module, image: torch.Tensor, labels: torch.Tensor,
     return _wmean(ce[:, None], weight)
 
 
+def swap_channel_groups(layout, n_groups: int) -> torch.Tensor:
+    """[|S|] group id of every style channel: channel c of each layer belongs to group c mod n.
+
+    The region-swap loss gives each group one job: group 0 the pose ("global"), group k the k-th
+    region.  Real StyleGAN2 S spaces hold such region-local channels (StyleSpace; the paper's
+    Sec. 4.2 relies on them); an autoencoder-trained toy generator does not grow them by itself
+    (``bench/locality_bound.py``: 0 channels owned by eyes or mouth), so the loss asks for them."""
+    return torch.cat([torch.arange(d) % n_groups for d in layout.dims])
+
+
+def swap_donor_seeds(step: int, batch: int, n_groups: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic donor (B) seeds and group index of a step's region swaps (a resumed run sees the
+    same swaps)."""
+    rng = np.random.default_rng([seed, 77, step])
+    b = 40_000_000 + (np.arange(batch) + step * batch) % 10_000_000
+    return b, rng.integers(0, n_groups, batch)
+
+
+def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a: np.ndarray,
+                     w_a: torch.Tensor, groups: torch.Tensor, amp, grad_weight: float, small: tuple,
+                     region_weight: float, critic=None, seg_weight: float = 0.0,
+                     seed: int = 0) -> tuple[torch.Tensor, float]:
+    """Region-swap reconstruction: A's style code with one group's channels taken from B's must
+    synthesise the renderer's A-with-B's-region image (or B's pose: group 0;
+    ``sfeditor.toy.render_swap``).  ``w_a`` are the encoder codes of the renders of ``seeds_a`` (the
+    autoencoder batch, reused); B is rendered and encoded here.  Returns (loss, PSNR of the swaps)."""
+    from sfeditor.toy import render_swap, swap_groups
+
+    names = swap_groups(domain)
+    dev = groups.device
+    n = len(seeds_a)
+    b, gi = swap_donor_seeds(step, n, len(names), seed)
+    xb, _ = render(domain, b, size=G.config.size)
+    y, lab = render_swap(domain, seeds_a, b, [names[i] for i in gi], size=G.config.size)
+    xb, y = from_uint8(xb).to(dev), from_uint8(y).to(dev)
+    take = (groups[None, :] == torch.as_tensor(gi, device=dev)[:, None]).float()
+    with amp():
+        s = G.styles(torch.cat([w_a, E(xb)])).flat().float()
+        s_mix = StyleCode.from_flat(G, take * s[n:] + (1 - take) * s[:n])
+        out = G.synthesis(s_mix, noise_mode="const").float()
+    wmap = region_weight_map(domain, lab, small, region_weight)
+    wmap = None if wmap is None else wmap.to(dev)
+    loss = recon_loss(out, y, grad_weight, wmap)
+    if critic is not None and seg_weight > 0:
+        loss = loss + seg_weight * seg_loss(critic, out, torch.from_numpy(lab).long().to(dev), wmap)
+    with torch.no_grad():
+        p = float(psnr(out, y).mean())
+    return loss, p
+
+
 def load_init_weights(source: str | Path) -> tuple[dict, dict]:
     """G and E state dicts of another generator run (its ``checkpoint.pt``, or ``generator.pt`` +
     ``encoder.pt``), for ``init_from`` fine-tuning."""
@@ -464,15 +520,25 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         ae_params = list(G.parameters()) + list(E.parameters())
         small = tuple(recipe.weighted_regions) or SMALL_REGIONS.get(recipe.domain, ())
         critic = load_seg_critic(recipe.domain, recipe.seg_critic, dev) if recipe.seg_weight > 0 else None
+        if recipe.swap_weight > 0:
+            from sfeditor.toy import swap_groups
+            swap_groups_ids = swap_channel_groups(G.layout, len(swap_groups(recipe.domain))).to(dev)
         while step < recipe.ae_steps:
             x, lab = rendered_batch(recipe.domain, step, recipe.batch, recipe.size, labels=True)
             x = x.to(dev)
             wmap = region_weight_map(recipe.domain, lab, small, recipe.region_weight)
             with amp():
-                rec = synth_w(G, E(x)).float()
+                w_a = E(x)
+                rec = synth_w(G, w_a).float()
             loss = recon_loss(rec, x, recipe.grad_weight, None if wmap is None else wmap.to(dev))
             adv = recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start
             extra = {}
+            if recipe.swap_weight > 0:
+                seeds_a = TRAIN_SEED_OFFSET + (np.arange(recipe.batch) + step * recipe.batch) % 10_000_000
+                sw, sw_psnr = region_swap_loss(G, E, recipe.domain, step, seeds_a, w_a, swap_groups_ids, amp,
+                                               recipe.grad_weight, small, recipe.region_weight, critic,
+                                               recipe.seg_weight, recipe.seed)
+                extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr)
             if critic is not None:
                 sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev),
                                None if wmap is None else wmap.to(dev))
@@ -497,6 +563,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
                 total = loss + weight * g_adv
             else:
                 total = loss
+            if recipe.swap_weight > 0:
+                total = total + recipe.swap_weight * sw
             opt_ae.zero_grad(set_to_none=True)
             total.backward()
             for g in opt_ae.param_groups:   # warm-up, constant, then linear decay to 10 %

@@ -55,14 +55,20 @@ class Sampler:
     images never depend on batch composition or on the order of draws.
     """
 
-    def __init__(self, seeds_u64: np.ndarray, salt: str):
+    def __init__(self, seeds_u64: np.ndarray, salt: str, donor=None):
         self.seeds = seeds_u64
         self.salt = salt
         self.params: dict[str, np.ndarray] = {}
+        # donor = (seeds [N], take(name) -> bool): the named parameters for which ``take`` is true are
+        # drawn from the donor's seeds instead (a region swap: image A with region R of image B)
+        self.donor = donor
 
     def _raw(self, name: str) -> np.ndarray:
         key = zlib.crc32(f"{self.salt}/{name}".encode())
-        return uniform01(self.seeds, key)
+        seeds = self.seeds
+        if self.donor is not None and self.donor[1](name):
+            seeds = self.donor[0]
+        return uniform01(seeds, key)
 
     def u(self, name: str, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
         """Uniform in [lo, hi); returned as float32 [N, 1, 1]."""

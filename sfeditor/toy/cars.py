@@ -15,6 +15,20 @@ from ._common import (
 REGIONS = ["background_top", "background_bottom", "car_body", "wheels"]
 SKY, GROUND, BODY, WHEELS = range(4)
 
+#: Which region each sampled parameter describes ("global": the car's placement and the horizon,
+#: what the global codes align).  Swapping ``car_body`` also resizes the wheels (each body type has
+#: its wheel size), as it would on a real car; a ``wheels`` swap changes rims and spokes.
+PARAM_GROUPS = {
+    "global": ("car_scale", "facing_left", "car_depth", "car_x", "horizon", "wheelbase", "wheel_shift"),
+    "background_top": ("sky", "sky_bright", "sky_hor_bright", "sun_x", "sun_y", "sun_radius", "sun",
+                       "clouds", "cloud0_x", "cloud0_y", "cloud0_w", "cloud1_x", "cloud1_y", "cloud1_w"),
+    "background_bottom": ("hill_amp", "hills", "hill_freq", "hill_phase", "ground", "ground_bright", "road",
+                          "road_far", "road_near", "road_bright", "dash_phase"),
+    "car_body": ("body_type", "length", "body_height", "roof_height", "wheel_size", "cabin_shift", "cabin_offset", "paint", "paint_bright", "pillar_pos",
+                 "glass_tint", "reflect_phase"),
+    "wheels": ("rim_ratio", "rim_color", "spokes", "wheel_angle", "spoke_width", "disc_rim"),
+}
+
 BODY_TYPES = ["sedan", "hatchback", "suv", "sports"]
 _TYPE_W = [0.3, 0.25, 0.25, 0.2]
 
@@ -58,10 +72,12 @@ def _halfplane_edge(u, v, u0, v0, u1, v1, inside_neg_u: bool):
     return d if inside_neg_u else -d
 
 
-def render(seeds_u64: np.ndarray, size: int):
-    """Render a batch; returns (images uint8 [N,S,S,3], labels uint8 [N,S,S], params)."""
+def render(seeds_u64: np.ndarray, size: int, donor=None):
+    """Render a batch; returns (images uint8 [N,S,S,3], labels uint8 [N,S,S], params).
+
+    ``donor`` (seeds, take) draws the parameters ``take(name)`` accepts from other seeds (a swap)."""
     n = len(seeds_u64)
-    P = Sampler(seeds_u64, "toy-cars")
+    P = Sampler(seeds_u64, "toy-cars", donor)
     x, y = grid(size)
 
     # ---- sky

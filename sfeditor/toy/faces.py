@@ -16,6 +16,23 @@ from ._common import (
 REGIONS = ["bg", "hair", "clothes", "skin", "eyes", "mouth"]
 BG, HAIR, CLOTHES, SKIN, EYES, MOUTH = range(6)
 
+#: Which region each sampled parameter describes ("global": the pose and lighting that the paper's
+#: global codes control).  A region swap (``sfeditor.toy.render_swap``) redraws one group from
+#: another seed; shapes that touch (hair around the head) follow the parameters, as in a photo.
+PARAM_GROUPS = {
+    "global": ("scale", "pos_x", "pos_y", "rotation", "light"),
+    "bg": ("bg1", "bg2", "bg_grey", "bg_desat", "bg_angle", "bg_pattern", "bg_pattern_amp",
+           "bg_stripe_freq", "bg_dot_freq", "bg_dot_radius", "bg_vignette"),
+    "hair": ("hair_color", "hair_bright", "hair_style", "hair_volume", "hairline", "hairline_curve",
+             "hair_part", "fringe", "brow_gap", "brow_tilt", "brow_thickness"),
+    "clothes": ("clothes", "clothes_desat", "clothes2", "shoulder_height", "shoulder_width",
+                "shoulder_slope", "neckline", "neckline_depth", "clothes_striped", "clothes_stripe_freq"),
+    "skin": ("skin_tone", "skin_warmth", "head_width", "head_height", "jaw_width", "ear_height",
+             "neck_width", "nose_height"),
+    "eyes": ("eye_height", "eye_spacing", "eye_size", "eye_openness", "gaze", "iris_color"),
+    "mouth": ("mouth_height", "mouth_width", "lip_thickness", "mouth_open", "smile", "lip_tint"),
+}
+
 HAIR_STYLES = ["short", "long", "bob", "afro", "bun", "buzz"]
 _STYLE_W = [0.24, 0.25, 0.17, 0.11, 0.13, 0.10]
 
@@ -78,10 +95,12 @@ def _background(P: Sampler, x, y, n: int, size: int) -> np.ndarray:
     return img
 
 
-def render(seeds_u64: np.ndarray, size: int):
-    """Render a batch; returns (images uint8 [N,S,S,3], labels uint8 [N,S,S], params)."""
+def render(seeds_u64: np.ndarray, size: int, donor=None):
+    """Render a batch; returns (images uint8 [N,S,S,3], labels uint8 [N,S,S], params).
+
+    ``donor`` (seeds, take) draws the parameters ``take(name)`` accepts from other seeds (a swap)."""
     n = len(seeds_u64)
-    P = Sampler(seeds_u64, "toy-faces")
+    P = Sampler(seeds_u64, "toy-faces", donor)
     x, y = grid(size)
 
     # ---- global pose / lighting
