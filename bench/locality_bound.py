@@ -44,15 +44,16 @@ def argmax_m_composer(G, model: RegionModel, n_images: int, truncation: float, s
         z = torch.randn(n_images, G.style_dim, generator=gen)
         s = G.styles(G.mapping(z, truncation))
         M = code_correlation(model, s, model.leaves).mean(0)           # [K, |S|]
-    owner = M.argmax(0)                                                   # [|S|]
-    leaves = list(model.leaves)
+    return owner_composer(G, M.argmax(0), list(model.leaves))
 
+
+def owner_composer(G, owner: torch.Tensor, leaves: list[str]):
+    """compose(codes) taking channel c from leaf ``owner[c]``; and the channel count per leaf."""
     def compose(codes):
         flat = torch.stack([codes[k].flat() for k in leaves])             # [K, B, |S|]
         idx = owner.to(flat.device)[None, None, :].expand(1, flat.shape[1], -1)
         return StyleCode.from_flat(G, flat.gather(0, idx)[0])
-    counts = {k: int((owner == i).sum()) for i, k in enumerate(leaves)}
-    return compose, counts
+    return compose, {k: int((owner == i).sum()) for i, k in enumerate(leaves)}
 
 
 def partition_composer(G, leaves: list[str], domain: str):
@@ -63,12 +64,7 @@ def partition_composer(G, leaves: list[str], domain: str):
     names = swap_groups(domain)
     ids = swap_channel_groups(G.layout, len(names))
     owner = torch.tensor([leaves.index(names[int(g)]) if g > 0 else 0 for g in ids])
-
-    def compose(codes):
-        flat = torch.stack([codes[k].flat() for k in leaves])
-        idx = owner.to(flat.device)[None, None, :].expand(1, flat.shape[1], -1)
-        return StyleCode.from_flat(G, flat.gather(0, idx)[0])
-    return compose, {k: int((owner == i).sum()) for i, k in enumerate(leaves)}
+    return owner_composer(G, owner, leaves)
 
 
 def main(argv=None) -> int:
