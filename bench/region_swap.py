@@ -9,7 +9,8 @@ for the first run.
 
     python bench/region_swap.py RUN [RUN ...] --domain toy-faces [--pairs 64] [--grid out.png]
 
-RUN: a folder with generator.pt and encoder.pt (a generator run, or copies of shipped files).
+RUN: a folder with generator.pt and encoder.pt (a finished run, or copies of shipped files), or a
+run's checkpoint.pt.
 """
 from __future__ import annotations
 
@@ -25,15 +26,8 @@ import torch  # noqa: E402
 from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8  # noqa: E402
 from sfeditor.style_code import StyleCode  # noqa: E402
 from sfeditor.toy import render, render_swap, swap_groups  # noqa: E402
+from bench.ae_regions import load_run  # noqa: E402
 from trainer.generator import HELDOUT_SEED_OFFSET, psnr, swap_channel_groups  # noqa: E402
-
-
-def load_run(path: str):
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.toy_encoder import load_toy_encoder
-
-    return load_generator(os.path.join(path, "generator.pt"), device="cpu").eval(), \
-        load_toy_encoder(os.path.join(path, "encoder.pt")).eval()
 
 
 @torch.no_grad()
@@ -70,7 +64,7 @@ def main(argv=None) -> int:
           f"swap, {args.pairs} held-out pairs")
     print(f"{'run':32s} " + " ".join(f"{n[:10]:>10s}" for n in names) + f" {'mean':>6s}")
     for i, run in enumerate(args.runs):
-        G, E = load_run(run)
+        G, E, _, _ = load_run(run)
         keep = 8 if (args.grid and i == 0) else 0
         scores, rows = swap_scores(G, E, args.domain, args.pairs, keep)
         print(f"{run[-32:]:32s} " + " ".join(f"{scores[n]:10.2f}" for n in names)

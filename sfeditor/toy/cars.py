@@ -24,8 +24,8 @@ PARAM_GROUPS = {
                        "clouds", "cloud0_x", "cloud0_y", "cloud0_w", "cloud1_x", "cloud1_y", "cloud1_w"),
     "background_bottom": ("hill_amp", "hills", "hill_freq", "hill_phase", "ground", "ground_bright", "road",
                           "road_far", "road_near", "road_bright", "dash_phase"),
-    "car_body": ("body_type", "length", "body_height", "roof_height", "wheel_size", "cabin_shift", "cabin_offset", "paint", "paint_bright", "pillar_pos",
-                 "glass_tint", "reflect_phase"),
+    "car_body": ("body_type", "length", "body_height", "roof_height", "wheel_size", "cabin_shift",
+                 "cabin_offset", "paint", "paint_bright", "pillar_pos", "glass_tint", "reflect_phase"),
     "wheels": ("rim_ratio", "rim_color", "spokes", "wheel_angle", "spoke_width", "disc_rim"),
 }
 
