@@ -16,6 +16,8 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              init_from=args.init_from or "", seg_weight=args.seg_weight,
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
                              swap_weight=args.swap_weight)
+    if recipe.swap_weight < 0:
+        raise SystemExit(f"--swap-weight must be >= 0, not {recipe.swap_weight}")
     if recipe.seg_weight > 0 and not recipe.seg_critic:
         raise SystemExit("--seg-weight needs --seg-critic (sfeditor-train oracle --domain D --seed 1 --out FILE)")
     if args.ae_lr is not None:
