@@ -212,3 +212,66 @@ def test_region_swap_loss_reads_only_the_swapped_group_from_the_donor():
     l1, _ = region_swap_loss(G, FakeE(w_b), "toy-cars", 3, seeds, w_a, none, nullcontext, 1.0, (), 1.0)
     l2, _ = region_swap_loss(G, FakeE(w_b + 3.0), "toy-cars", 3, seeds, w_a, none, nullcontext, 1.0, (), 1.0)
     assert torch.isclose(l1, l2)
+
+
+def test_swap_focus_weights_exactly_the_pixels_a_swap_changes():
+    from sfeditor.toy import render, render_swap
+    from trainer.generator import changed_pixels, swap_batch
+
+    seeds = np.arange(6)
+    r = swap_batch("toy-faces", 2, seeds, 64)
+    xa, _ = render("toy-faces", seeds, 64)
+    same, _ = render_swap("toy-faces", seeds, seeds, ["eyes"] * 6, 64)
+    to = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1   # noqa: E731
+    assert changed_pixels(to(same), to(xa)).sum() == 0          # a swap with itself changes nothing
+    m = changed_pixels(to(r["y"]), to(xa))
+    raw = (np.abs(r["y"].astype(int) - xa.astype(int)).max(-1) > 2)
+    assert m.shape == (6, 1, 64, 64)
+    assert bool(m[:, 0][torch.from_numpy(raw)].all())           # every changed pixel is weighted
+    assert 0 < float(m.mean()) < 0.9                             # and not the whole image
+
+
+def test_swap_focus_changes_the_loss_and_needs_a_renders():
+    from contextlib import nullcontext
+
+    from sfeditor.generator import Generator
+    from sfeditor.imageio import from_uint8
+    from sfeditor.toy import render
+    from trainer.generator import region_swap_loss, swap_batch, swap_channel_groups
+
+    torch.manual_seed(0)
+    r = tiny_recipe()
+    G = Generator(r.generator_config()).eval()
+    E = lambda x: torch.zeros(len(x), r.style_dim)   # noqa: E731
+    groups = swap_channel_groups(G.layout, 5)
+    seeds = np.arange(4)
+    w_a = torch.randn(4, r.style_dim)
+    rendered = swap_batch("toy-cars", 3, seeds, G.config.size)
+    x_a = from_uint8(render("toy-cars", seeds, G.config.size)[0])
+    args = (G, E, "toy-cars", 3, seeds, w_a, groups, nullcontext, 1.0, (), 1.0)
+    plain, _ = region_swap_loss(*args)
+    pre, _ = region_swap_loss(*args, rendered=rendered)
+    assert torch.equal(plain, pre)                   # the prefetched renders are the same data
+    focused, _ = region_swap_loss(*args, rendered=rendered, x_a=x_a, focus=10.0)
+    assert not torch.isclose(plain, focused)
+    with pytest.raises(ValueError, match="x_a"):
+        region_swap_loss(*args, focus=10.0)
+
+
+def test_prefetcher_returns_each_step_in_order_and_skips_ahead():
+    from trainer.generator import Prefetcher
+
+    calls = []
+
+    def make(s):
+        calls.append(s)
+        return s * s
+
+    p = Prefetcher(make, depth=2)
+    try:
+        assert [p.get(s) for s in range(5)] == [0, 1, 4, 9, 16]
+        assert p.get(10) == 100                      # a jump (resume) drops stale work
+        assert all(s >= 10 for s in p.pending)
+    finally:
+        p.close()
+    assert calls[:5] == [0, 1, 2, 3, 4]

@@ -15,9 +15,10 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              ae_adv_weight=args.ae_adv_weight, ae_adv_start=args.ae_adv_start,
                              init_from=args.init_from or "", seg_weight=args.seg_weight,
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
-                             swap_weight=args.swap_weight)
-    if recipe.swap_weight < 0:
-        raise SystemExit(f"--swap-weight must be >= 0, not {recipe.swap_weight}")
+                             swap_weight=args.swap_weight, swap_focus=args.swap_focus)
+    if recipe.swap_weight < 0 or recipe.swap_focus < 0:
+        raise SystemExit(f"--swap-weight and --swap-focus must be >= 0, not {recipe.swap_weight}, "
+                         f"{recipe.swap_focus}")
     if recipe.seg_weight > 0 and not recipe.seg_critic:
         raise SystemExit("--seg-weight needs --seg-critic (sfeditor-train oracle --domain D --seed 1 --out FILE)")
     if args.ae_lr is not None:
@@ -106,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the region-swap loss: one group of style channels per region (and one for "
                         "the pose) must carry that region alone, e.g. 1 (builds the region-local channels "
                         "StyleFusion relies on)")
+    g.add_argument("--swap-focus", type=float, default=0.0,
+                   help="extra weight of the pixels a region swap changes (1 + F), so small regions' swaps "
+                        "(eyes, mouth) count, e.g. 10")
     g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
                    help="z -> w: regress onto a Gaussian fit of the encoder codes (default) or a latent GAN")
     g.add_argument("--from-phase", choices=["mapping", "mix"],

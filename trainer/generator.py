@@ -85,6 +85,7 @@ class GeneratorRecipe:
     seg_weight: float = 0.0         # semantic loss: a frozen segmentation critic on the reconstructions
     seg_critic: str = ""            # its weights (trained on renders with another seed; never the judge)
     swap_weight: float = 0.0        # region-swap loss (0 = off): see swap_channel_groups
+    swap_focus: float = 0.0         # extra loss weight of the pixels a swap changes (see region_swap_loss)
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 100
@@ -322,23 +323,43 @@ def swap_donor_seeds(step: int, batch: int, n_groups: int, seed: int = 0) -> tup
     return b, rng.integers(0, n_groups, batch)
 
 
-def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a: np.ndarray,
-                     w_a: torch.Tensor, groups: torch.Tensor, amp, grad_weight: float, small: tuple,
-                     region_weight: float, critic=None, seg_weight: float = 0.0,
-                     seed: int = 0) -> tuple[torch.Tensor, float]:
-    """Region-swap reconstruction: A's style code with one group's channels taken from B's must
-    synthesise the renderer's A-with-B's-region image (or B's pose: group 0;
-    ``sfeditor.toy.render_swap``).  ``w_a`` are the encoder codes of the renders of ``seeds_a`` (the
-    autoencoder batch, reused); B is rendered and encoded here.  Returns (loss, PSNR of the swaps)."""
+def swap_batch(domain: str, step: int, seeds_a: np.ndarray, size: int, seed: int = 0) -> dict:
+    """The renders one step's region swaps need (numpy, so it can be prepared in a background
+    thread): donor seeds ``b``, group index ``gi`` per pair, the donors' images ``xb``, and the
+    renderer's A-with-B's-group images ``y`` with their labels ``lab``."""
     from sfeditor.toy import render_swap, swap_groups
 
     names = swap_groups(domain)
+    b, gi = swap_donor_seeds(step, len(seeds_a), len(names), seed)
+    xb, _ = render(domain, b, size=size)
+    y, lab = render_swap(domain, seeds_a, b, [names[i] for i in gi], size=size)
+    return {"b": b, "gi": gi, "xb": xb, "y": y, "lab": lab}
+
+
+def changed_pixels(y: torch.Tensor, x: torch.Tensor, tol: float = 0.02) -> torch.Tensor:
+    """[B, 1, H, W] float mask of the pixels where a swap's target ``y`` differs from A's own render
+    ``x`` (both in [-1, 1]), grown by one pixel: the pixels the swapped group must change."""
+    diff = (y - x).abs().amax(1, keepdim=True) > tol
+    return F.max_pool2d(diff.float(), 3, stride=1, padding=1)
+
+
+def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a: np.ndarray,
+                     w_a: torch.Tensor, groups: torch.Tensor, amp, grad_weight: float, small: tuple,
+                     region_weight: float, critic=None, seg_weight: float = 0.0,
+                     seed: int = 0, rendered: dict | None = None, x_a: torch.Tensor | None = None,
+                     focus: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Region-swap reconstruction: A's style code with one group's channels taken from B's must
+    synthesise the renderer's A-with-B's-region image (or B's pose: group 0;
+    ``sfeditor.toy.render_swap``).  ``w_a`` are the encoder codes of the renders of ``seeds_a`` (the
+    autoencoder batch, reused); B is rendered and encoded here (or taken from ``rendered``, see
+    :func:`swap_batch`).  ``focus`` > 0 (needs ``x_a``, A's renders) multiplies the loss weight of
+    the pixels the swap changes by 1 + focus, so a swap of a small region (eyes: ~2 % of the image)
+    is not drowned by the pixels that stay.  Returns (loss, PSNR of the swaps)."""
     dev = groups.device
     n = len(seeds_a)
-    b, gi = swap_donor_seeds(step, n, len(names), seed)
-    xb, _ = render(domain, b, size=G.config.size)
-    y, lab = render_swap(domain, seeds_a, b, [names[i] for i in gi], size=G.config.size)
-    xb, y = from_uint8(xb).to(dev), from_uint8(y).to(dev)
+    r = rendered if rendered is not None else swap_batch(domain, step, seeds_a, G.config.size, seed)
+    gi, lab = r["gi"], r["lab"]
+    xb, y = from_uint8(r["xb"]).to(dev), from_uint8(r["y"]).to(dev)
     take = (groups[None, :] == torch.as_tensor(gi, device=dev)[:, None]).float()
     with amp():
         s = G.styles(torch.cat([w_a, E(xb)])).flat().float()
@@ -346,12 +367,43 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
         out = G.synthesis(s_mix, noise_mode="const").float()
     wmap = region_weight_map(domain, lab, small, region_weight)
     wmap = None if wmap is None else wmap.to(dev)
+    if focus > 0:
+        if x_a is None:
+            raise ValueError("region_swap_loss: focus needs x_a (A's renders)")
+        f = 1 + focus * changed_pixels(y, x_a.to(dev))
+        wmap = f if wmap is None else wmap * f
     loss = recon_loss(out, y, grad_weight, wmap)
     if critic is not None and seg_weight > 0:
         loss = loss + seg_weight * seg_loss(critic, out, torch.from_numpy(lab).long().to(dev), wmap)
     with torch.no_grad():
         p = float(psnr(out, y).mean())
     return loss, p
+
+
+class Prefetcher:
+    """Prepares the numpy data of the next steps in a background thread while the current step
+    trains (rendering is ~100 ms of a batch-32 step; on a GPU it was the bottleneck).  Data depend on
+    the step only, so results and resume are unchanged."""
+
+    def __init__(self, make, depth: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.make, self.depth = make, depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.pending: dict = {}
+
+    def get(self, step: int):
+        for s in range(step, step + self.depth + 1):
+            if s not in self.pending:
+                self.pending[s] = self.pool.submit(self.make, s)
+        for s in [s for s in self.pending if s < step]:
+            self.pending.pop(s).cancel()
+        return self.pending.pop(step).result()
+
+    def close(self) -> None:
+        for f in self.pending.values():
+            f.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def load_init_weights(source: str | Path) -> tuple[dict, dict]:
@@ -523,65 +575,77 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         if recipe.swap_weight > 0:
             from sfeditor.toy import swap_groups
             swap_groups_ids = swap_channel_groups(G.layout, len(swap_groups(recipe.domain))).to(dev)
-        while step < recipe.ae_steps:
-            x, lab = rendered_batch(recipe.domain, step, recipe.batch, recipe.size, labels=True)
-            x = x.to(dev)
-            wmap = region_weight_map(recipe.domain, lab, small, recipe.region_weight)
-            with amp():
-                w_a = E(x)
-                rec = synth_w(G, w_a).float()
-            loss = recon_loss(rec, x, recipe.grad_weight, None if wmap is None else wmap.to(dev))
-            adv = recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start
-            extra = {}
-            if recipe.swap_weight > 0:
-                seeds_a = TRAIN_SEED_OFFSET + (np.arange(recipe.batch) + step * recipe.batch) % 10_000_000
-                sw, sw_psnr = region_swap_loss(G, E, recipe.domain, step, seeds_a, w_a, swap_groups_ids, amp,
-                                               recipe.grad_weight, small, recipe.region_weight, critic,
-                                               recipe.seg_weight, recipe.seed)
-                extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr)
-            if critic is not None:
-                sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev),
-                               None if wmap is None else wmap.to(dev))
-                extra["seg"] = float(sem.detach())
-                loss = loss + recipe.seg_weight * sem
-            if adv:
-                with_r1 = step % recipe.r1_every == 0
-                extra.update(discriminator_step(D_patch, opt_dpatch, x, rec, recipe.r1_gamma, with_r1,
-                                                recipe.r1_every))
-                g_adv = F.softplus(-D_patch(rec)).mean()
-                # VQGAN's adaptive weight: the adversarial gradient at the last synthesis conv is held
-                # at ae_adv_weight x the reconstruction gradient there (a fixed weight of 0.1 let the
-                # discriminator wreck the reconstructions within 200 steps in a trial), ramped in
-                # over ae_adv_ramp steps while the discriminator warms up.
-                last = G.convs[-1].conv.weight
-                g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0]
-                g_gan = torch.autograd.grad(g_adv, last, retain_graph=True)[0]
-                lam = (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e3).detach()
-                ramp = min(1.0, (step - recipe.ae_adv_start) / max(recipe.ae_adv_ramp, 1))
-                weight = recipe.ae_adv_weight * ramp * lam
-                extra.update(g_adv=float(g_adv.detach()), adv_weight=float(weight))
-                total = loss + weight * g_adv
-            else:
-                total = loss
-            if recipe.swap_weight > 0:
-                total = total + recipe.swap_weight * sw
-            opt_ae.zero_grad(set_to_none=True)
-            total.backward()
-            for g in opt_ae.param_groups:   # warm-up, constant, then linear decay to 10 %
-                g["lr"] = recipe.ae_lr * ae_lr_factor(step, recipe.ae_steps)
-            lv = float(loss.detach())
-            if guard.ok(lv):
-                torch.nn.utils.clip_grad_norm_(ae_params, recipe.clip_grad)
-                opt_ae.step()
-            step += 1
-            with torch.no_grad():
-                p = float(psnr(rec, x).mean())
-            run.log({"phase": "ae", "step": step, "loss": lv, "psnr": p, **extra, "time": time.time() - t_start})
-            bar.update(step, loss=lv, psnr=p)
-            if step % recipe.sample_every == 0 or step == recipe.ae_steps:
-                held = samples(f"ae-{step:06d}")
-                run.log({"phase": "ae", "step": step, "heldout_psnr": held})
-            checkpoint_or_stop("ae", step, recipe.ae_steps, recipe.checkpoint_every, guard)
+
+        def ae_data(st: int):
+            seeds = TRAIN_SEED_OFFSET + (np.arange(recipe.batch) + st * recipe.batch) % 10_000_000
+            images, labels = render(recipe.domain, seeds, size=recipe.size)
+            swap = (swap_batch(recipe.domain, st, seeds, recipe.size, recipe.seed)
+                    if recipe.swap_weight > 0 else None)
+            return seeds, images, labels, swap
+
+        prefetch = Prefetcher(ae_data)
+        try:
+            while step < recipe.ae_steps:
+                seeds_a, images, lab, swap = prefetch.get(step)
+                x = from_uint8(images).to(dev)
+                wmap = region_weight_map(recipe.domain, lab, small, recipe.region_weight)
+                with amp():
+                    w_a = E(x)
+                    rec = synth_w(G, w_a).float()
+                loss = recon_loss(rec, x, recipe.grad_weight, None if wmap is None else wmap.to(dev))
+                adv = recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start
+                extra = {}
+                if recipe.swap_weight > 0:
+                    sw, sw_psnr = region_swap_loss(G, E, recipe.domain, step, seeds_a, w_a, swap_groups_ids, amp,
+                                                   recipe.grad_weight, small, recipe.region_weight, critic,
+                                                   recipe.seg_weight, recipe.seed, rendered=swap, x_a=x,
+                                                   focus=recipe.swap_focus)
+                    extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr)
+                if critic is not None:
+                    sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev),
+                                   None if wmap is None else wmap.to(dev))
+                    extra["seg"] = float(sem.detach())
+                    loss = loss + recipe.seg_weight * sem
+                if adv:
+                    with_r1 = step % recipe.r1_every == 0
+                    extra.update(discriminator_step(D_patch, opt_dpatch, x, rec, recipe.r1_gamma, with_r1,
+                                                    recipe.r1_every))
+                    g_adv = F.softplus(-D_patch(rec)).mean()
+                    # VQGAN's adaptive weight: the adversarial gradient at the last synthesis conv is held
+                    # at ae_adv_weight x the reconstruction gradient there (a fixed weight of 0.1 let the
+                    # discriminator wreck the reconstructions within 200 steps in a trial), ramped in
+                    # over ae_adv_ramp steps while the discriminator warms up.
+                    last = G.convs[-1].conv.weight
+                    g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0]
+                    g_gan = torch.autograd.grad(g_adv, last, retain_graph=True)[0]
+                    lam = (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e3).detach()
+                    ramp = min(1.0, (step - recipe.ae_adv_start) / max(recipe.ae_adv_ramp, 1))
+                    weight = recipe.ae_adv_weight * ramp * lam
+                    extra.update(g_adv=float(g_adv.detach()), adv_weight=float(weight))
+                    total = loss + weight * g_adv
+                else:
+                    total = loss
+                if recipe.swap_weight > 0:
+                    total = total + recipe.swap_weight * sw
+                opt_ae.zero_grad(set_to_none=True)
+                total.backward()
+                for g in opt_ae.param_groups:   # warm-up, constant, then linear decay to 10 %
+                    g["lr"] = recipe.ae_lr * ae_lr_factor(step, recipe.ae_steps)
+                lv = float(loss.detach())
+                if guard.ok(lv):
+                    torch.nn.utils.clip_grad_norm_(ae_params, recipe.clip_grad)
+                    opt_ae.step()
+                step += 1
+                with torch.no_grad():
+                    p = float(psnr(rec, x).mean())
+                run.log({"phase": "ae", "step": step, "loss": lv, "psnr": p, **extra, "time": time.time() - t_start})
+                bar.update(step, loss=lv, psnr=p)
+                if step % recipe.sample_every == 0 or step == recipe.ae_steps:
+                    held = samples(f"ae-{step:06d}")
+                    run.log({"phase": "ae", "step": step, "heldout_psnr": held})
+                checkpoint_or_stop("ae", step, recipe.ae_steps, recipe.checkpoint_every, guard)
+        finally:
+            prefetch.close()
         phase, step = "mapping", 0
         checkpoint(phase, step)
 
