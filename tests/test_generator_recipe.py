@@ -256,6 +256,15 @@ def test_swap_focus_changes_the_loss_and_needs_a_renders():
     assert not torch.isclose(plain, focused)
     with pytest.raises(ValueError, match="x_a"):
         region_swap_loss(*args, focus=10.0)
+    # the anchor replaces the target outside the changed pixels only: anchoring to the truth itself
+    # is the plain loss, anchoring to A's render differs
+    y = from_uint8(rendered["y"])
+    anchored_y, _ = region_swap_loss(*args, rendered=rendered, x_a=x_a, rec_a=y)
+    assert torch.isclose(anchored_y, plain)
+    anchored_x, _ = region_swap_loss(*args, rendered=rendered, x_a=x_a, rec_a=x_a + 0.5)
+    assert not torch.isclose(anchored_x, plain)
+    with pytest.raises(ValueError, match="x_a"):
+        region_swap_loss(*args, rec_a=y)
 
 
 def test_prefetcher_returns_each_step_in_order_and_skips_ahead():

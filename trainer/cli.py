@@ -15,7 +15,8 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              ae_adv_weight=args.ae_adv_weight, ae_adv_start=args.ae_adv_start,
                              init_from=args.init_from or "", seg_weight=args.seg_weight,
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
-                             swap_weight=args.swap_weight, swap_focus=args.swap_focus)
+                             swap_weight=args.swap_weight, swap_focus=args.swap_focus,
+                             swap_anchor=args.swap_anchor)
     if recipe.swap_weight < 0 or recipe.swap_focus < 0:
         raise SystemExit(f"--swap-weight and --swap-focus must be >= 0, not {recipe.swap_weight}, "
                          f"{recipe.swap_focus}")
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--swap-focus", type=float, default=0.0,
                    help="extra weight of the pixels a region swap changes (1 + F), so small regions' swaps "
                         "(eyes, mouth) count, e.g. 10")
+    g.add_argument("--swap-anchor", action="store_true",
+                   help="the pixels a region swap leaves alone must match A's own reconstruction (not the "
+                        "render), so the swap loss measures only what a group leaks outside its region")
     g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
                    help="z -> w: regress onto a Gaussian fit of the encoder codes (default) or a latent GAN")
     g.add_argument("--from-phase", choices=["mapping", "mix"],

@@ -86,6 +86,7 @@ class GeneratorRecipe:
     seg_critic: str = ""            # its weights (trained on renders with another seed; never the judge)
     swap_weight: float = 0.0        # region-swap loss (0 = off): see swap_channel_groups
     swap_focus: float = 0.0         # extra loss weight of the pixels a swap changes (see region_swap_loss)
+    swap_anchor: bool = False       # pixels a swap leaves alone must match A's reconstruction (region_swap_loss)
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 100
@@ -347,14 +348,18 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
                      w_a: torch.Tensor, groups: torch.Tensor, amp, grad_weight: float, small: tuple,
                      region_weight: float, critic=None, seg_weight: float = 0.0,
                      seed: int = 0, rendered: dict | None = None, x_a: torch.Tensor | None = None,
-                     focus: float = 0.0) -> tuple[torch.Tensor, float]:
+                     focus: float = 0.0, rec_a: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """Region-swap reconstruction: A's style code with one group's channels taken from B's must
     synthesise the renderer's A-with-B's-region image (or B's pose: group 0;
     ``sfeditor.toy.render_swap``).  ``w_a`` are the encoder codes of the renders of ``seeds_a`` (the
     autoencoder batch, reused); B is rendered and encoded here (or taken from ``rendered``, see
     :func:`swap_batch`).  ``focus`` > 0 (needs ``x_a``, A's renders) multiplies the loss weight of
     the pixels the swap changes by 1 + focus, so a swap of a small region (eyes: ~2 % of the image)
-    is not drowned by the pixels that stay.  Returns (loss, PSNR of the swaps)."""
+    is not drowned by the pixels that stay.  ``rec_a`` (A's reconstruction, detached; needs ``x_a``)
+    anchors the pixels the swap leaves alone to what the model draws for A rather than to the
+    render: their loss then measures only what the swapped group leaks outside its region (the
+    generator-side counterpart of the localization loss, Eq. 5), not A's reconstruction error.
+    Returns (loss, PSNR of the swaps against the renderer's truth)."""
     dev = groups.device
     n = len(seeds_a)
     r = rendered if rendered is not None else swap_batch(domain, step, seeds_a, G.config.size, seed)
@@ -367,12 +372,14 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
         out = G.synthesis(s_mix, noise_mode="const").float()
     wmap = region_weight_map(domain, lab, small, region_weight)
     wmap = None if wmap is None else wmap.to(dev)
+    if (focus > 0 or rec_a is not None) and x_a is None:
+        raise ValueError("region_swap_loss: focus and rec_a need x_a (A's renders)")
+    changed = changed_pixels(y, x_a.to(dev)) if x_a is not None else None
     if focus > 0:
-        if x_a is None:
-            raise ValueError("region_swap_loss: focus needs x_a (A's renders)")
-        f = 1 + focus * changed_pixels(y, x_a.to(dev))
+        f = 1 + focus * changed
         wmap = f if wmap is None else wmap * f
-    loss = recon_loss(out, y, grad_weight, wmap)
+    target = y if rec_a is None else changed * y + (1 - changed) * rec_a.detach().to(dev)
+    loss = recon_loss(out, target, grad_weight, wmap)
     if critic is not None and seg_weight > 0:
         loss = loss + seg_weight * seg_loss(critic, out, torch.from_numpy(lab).long().to(dev), wmap)
     with torch.no_grad():
@@ -599,7 +606,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
                     sw, sw_psnr = region_swap_loss(G, E, recipe.domain, step, seeds_a, w_a, swap_groups_ids, amp,
                                                    recipe.grad_weight, small, recipe.region_weight, critic,
                                                    recipe.seg_weight, recipe.seed, rendered=swap, x_a=x,
-                                                   focus=recipe.swap_focus)
+                                                   focus=recipe.swap_focus,
+                                                   rec_a=rec if recipe.swap_anchor else None)
                     extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr)
                 if critic is not None:
                     sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev),
