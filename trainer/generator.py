@@ -389,8 +389,8 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
 
 class Prefetcher:
     """Prepares the numpy data of the next steps in a background thread while the current step
-    trains (rendering is ~100 ms of a batch-32 step; on a GPU it was the bottleneck).  Data depend on
-    the step only, so results and resume are unchanged."""
+    trains (rendering takes ~100 ms of a batch-32 step on one core).  Data depend on the step only,
+    so results and resume are unchanged."""
 
     def __init__(self, make, depth: int = 2):
         from concurrent.futures import ThreadPoolExecutor
