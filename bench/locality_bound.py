@@ -96,8 +96,9 @@ def main(argv=None) -> int:
         res = evaluate_locality(G, compose, leaves, targets, judge, tmp, samples=args.samples, batch=16,
                                 truncation=dom.truncation)
     rows = {mode: {r["label"]: r for r in res[mode]} for mode in ("random", "fixed")}
-    print(f"# {args.domain}: locality of the argmax-M channel assignment (no FusionNet), "
-          f"{args.samples} samples, M over {args.m_images} images, oracle judge, "
+    rule = ("the region-swap channel groups" if args.partition
+            else f"the argmax-M channel assignment (M over {args.m_images} images)")
+    print(f"# {args.domain}: locality of {rule} (no FusionNet), {args.samples} samples, oracle judge, "
           f"{time.perf_counter() - t0:.0f} s")
     print(f"{'leaf':18s} {'channels':>8s} {'random':>7s} {'fixed':>7s} {'PSNR out':>9s}")
     for k in leaves:
