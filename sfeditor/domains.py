@@ -22,7 +22,8 @@ def resources_dir() -> Path:
 @dataclass(frozen=True)
 class Domain:
     """A named domain: its generator file, default truncation (paper A.6), regions file, and the
-    projector steps that reach issue 6's target on its generator (BENCHMARKS.md, 0 = generic default)."""
+    projector steps and learning rate that reach issue 6's target on its generator (BENCHMARKS.md,
+    "Inversion presets"; 0 = the small-generator preset's)."""
 
     name: str
     truncation: float
@@ -30,6 +31,7 @@ class Domain:
     regions_file: str | None = None
     description: str = ""
     inversion_steps: int = 0
+    inversion_lr: float = 0.0
 
     @property
     def generator_path(self) -> Path:
@@ -40,7 +42,8 @@ SHIPPED: dict[str, Domain] = {
     "toy-faces": Domain("toy-faces", 0.7, "generators/toy-faces.pt", "regions/toy-faces.json",
                         "procedural portraits: bg, hair, clothes, skin, eyes, mouth", inversion_steps=300),
     "toy-cars": Domain("toy-cars", 0.5, "generators/toy-cars.pt", "regions/toy-cars.json",
-                       "procedural cars: background_top, background_bottom, car_body, wheels", inversion_steps=500),
+                       "procedural cars: background_top, background_bottom, car_body, wheels", inversion_steps=500,
+                       inversion_lr=0.2),
 }
 
 

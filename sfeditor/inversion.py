@@ -244,7 +244,8 @@ class InversionSettings:
         BENCHMARKS.md ("Inversion presets"): MSE only (MS-SSIM has one or two
         scales at 64x64; it cost 0.25 dB PSNR and a third more time per step),
         no shared-w phase, lr 0.1, bf16 autocast where it is fast, and the
-        domain's measured step count (:attr:`sfeditor.domains.Domain.inversion_steps`).
+        domain's measured step count and learning rate (:attr:`sfeditor.domains.Domain.inversion_steps`,
+        ``inversion_lr``).
         Larger generators keep the StyleGAN2 projector's defaults.
         """
         base: dict[str, Any] = {}
@@ -256,6 +257,8 @@ class InversionSettings:
 
                 if domain in SHIPPED and SHIPPED[domain].inversion_steps:
                     base["steps"] = SHIPPED[domain].inversion_steps
+                if domain in SHIPPED and SHIPPED[domain].inversion_lr:
+                    base["lr"] = SHIPPED[domain].inversion_lr
         base.update(overrides)
         return cls(**base)
 
