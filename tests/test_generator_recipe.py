@@ -231,7 +231,7 @@ def test_swap_focus_weights_exactly_the_pixels_a_swap_changes():
     assert 0 < float(m.mean()) < 0.9                             # and not the whole image
 
 
-def test_swap_focus_changes_the_loss_and_needs_a_renders():
+def test_swap_focus_and_anchor_change_the_loss_and_need_the_a_renders():
     from contextlib import nullcontext
 
     from sfeditor.generator import Generator
