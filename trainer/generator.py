@@ -264,10 +264,15 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
+def step_seeds(step: int, batch: int, offset: int = TRAIN_SEED_OFFSET) -> np.ndarray:
+    """The deterministic render seeds of a step's batch (a resumed run sees the same data)."""
+    return offset + (np.arange(batch) + step * batch) % 10_000_000
+
+
 def rendered_batch(domain: str, step: int, batch: int, size: int, offset: int = TRAIN_SEED_OFFSET,
                    labels: bool = False):
     """Images (in [-1, 1]) of the step's deterministic seeds; with ``labels`` also the label maps."""
-    seeds = offset + (np.arange(batch) + step * batch) % 10_000_000
+    seeds = step_seeds(step, batch, offset)
     images, lab = render(domain, seeds, size=size)
     return (from_uint8(images), lab) if labels else from_uint8(images)
 
@@ -320,7 +325,7 @@ def swap_donor_seeds(step: int, batch: int, n_groups: int, seed: int = 0) -> tup
     """Deterministic donor (B) seeds and group index of a step's region swaps (a resumed run sees the
     same swaps)."""
     rng = np.random.default_rng([seed, 77, step])
-    b = 40_000_000 + (np.arange(batch) + step * batch) % 10_000_000
+    b = step_seeds(step, batch, 40_000_000)
     return b, rng.integers(0, n_groups, batch)
 
 
@@ -584,7 +589,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             swap_groups_ids = swap_channel_groups(G.layout, len(swap_groups(recipe.domain))).to(dev)
 
         def ae_data(st: int):
-            seeds = TRAIN_SEED_OFFSET + (np.arange(recipe.batch) + st * recipe.batch) % 10_000_000
+            seeds = step_seeds(st, recipe.batch)
             images, labels = render(recipe.domain, seeds, size=recipe.size)
             swap = (swap_batch(recipe.domain, st, seeds, recipe.size, recipe.seed)
                     if recipe.swap_weight > 0 else None)
