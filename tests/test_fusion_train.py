@@ -116,8 +116,12 @@ def test_stage_lowers_its_loss_and_trains_only_its_blenders(tiny, stage):
     after = stage_loss(stage, ctx, net, val, cfg, targets=vt).terms
     assert after["loss"] < 0.95 * before_loss, (before_loss, after)
     expected = {1: {"mask", "align_reg", "fusion"}, 2: {"fusion"}, 3: {"local", "align_reg", "fusion"}}[stage]
-    assert {k for k in after if not k.startswith(("weighted_", "loss")) and not k.endswith(("_r1", "_r2"))} \
+    assert {k for k in after if not k.startswith(("weighted_", "loss", "q_")) and not k.endswith(("_r1", "_r2"))} \
         == expected
+    # the log carries the mean blend coefficients of the nets the stage runs (collapse shows up there)
+    assert {k for k in after if k.startswith("q_")} == {1: {"q_align"}, 2: {"q_align", "q_fuse"},
+                                                         3: {"q_align", "q_fuse"}}[stage]
+    assert all(0.0 <= after[k] <= 1.0 for k in after if k.startswith("q_"))
     changed = {name: any(not torch.equal(a, b) for a, b in zip(snap.values(), snapshot(m).values()))
                for name, snap, m in (("align", align0, net.lb_align), ("fuse", fuse0, net.lb_fuse))}
     assert changed == {"align": stage in (1, 3), "fuse": stage in (2, 3)}
@@ -347,4 +351,9 @@ def test_cli_end_to_end_on_files(tiny, tmp_path):
                "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "eval")])
     report = (tmp_path / "eval" / "report.md").read_text()
     assert rc == 0 and "| ab | a, b |" in report and "| global:all | a, b, c, d |" in report
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["judge"] == "clusters"
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["judge"] == "clusters"
+    # blend coefficients of the trained net: where its channels come from
+    assert "FusionNet blend coefficients" in report and "| all | " in report
+    blend = metrics["blend"]["all"]
+    assert blend["channels"] == G.layout.size and 0.0 <= blend["fuse_share"] <= 1.0

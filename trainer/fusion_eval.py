@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from sfeditor.atomic import atomic_write_text
+from sfeditor.blend_stats import BlendStats, blend_stats, hierarchy_blend_stats
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy, TreeNode, load_hierarchy, parse_tree
 from sfeditor.imageio import make_grid, save_png, to_uint8
@@ -377,6 +378,33 @@ def ablation_markdown(rows: Mapping[str, Mapping[str, Mapping[str, float]]], kid
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------- blend statistics
+def blend_table(stats: Mapping[str, BlendStats], children: Mapping[str, Sequence[str]],
+                label: str = "node") -> str:
+    """Markdown: per net, where its channels come from and any sign of collapse (sfeditor.blend_stats)."""
+    head = (f"| {label} | channels from child 1 / child 2 | q_fuse mean | global code: coarse channels set "
+            "| q saturated (fuse / align) | input dependence (fuse / align) | warnings |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for name, st in stats.items():
+        c1, c2 = children[name]
+        n2 = st.fuse_channels_child2
+        glob = "—" if st.align_channels is None else f"{st.align_channels:.0f} of {st.coarse_channels}"
+        sat = f"{st.fuse_saturated:.2f} / " + ("—" if st.align_saturated is None else f"{st.align_saturated:.2f}")
+        dep = f"{st.fuse_input_dependence:.3f} / " + ("—" if st.align_input_dependence is None
+                                                      else f"{st.align_input_dependence:.3f}")
+        warn = "; ".join(st.warnings(c1, c2)) or "—"
+        lines.append(f"| {name} | {st.channels - n2:.0f} {c1} / {n2:.0f} {c2} | {st.fuse_share:.2f} | {glob} "
+                     f"| {sat} | {dep} | {warn} |")
+    return "\n".join(lines) + "\n"
+
+
+def net_blend_stats(G, net: FusionNet, samples: int, truncation: float, seed: int = 0,
+                    align: bool = True) -> BlendStats:
+    gen = torch.Generator().manual_seed(seed)
+    c = sample_code_set(G, ["s1", "s2", "s_align"], samples, truncation, gen)
+    return blend_stats(net, c["s1"], c["s2"], c["s_align"] if align else None)
+
+
 # --------------------------------------------------------------------- CLI
 def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
     if kind in ("auto", "oracle"):
@@ -432,6 +460,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    "Locality = share of the mean absolute pixel change inside the edited code's region "
                    "(judge labels of the base image); PSNR over the pixels outside it. "
                    "Heatmaps: `heatmaps-random.png` (Fig. 10), `heatmaps-fixed.png` (Fig. 11).\n\n", res["table"]]
+        bstats = hierarchy_blend_stats(h, G, samples=min(args.samples, 64), truncation=truncation, seed=args.seed)
+        metrics["blend"] = {k: v.to_dict() for k, v in bstats.items()}
+        report += ["\n### FusionNet blend coefficients (`sfeditor.blend_stats`)\n\n",
+                   "q_fuse = share of the second child's code in the result, q_align = share of the node's "
+                   "global code in the coarse layers; saturated = q within 0.01 of 0 or 1; input dependence = "
+                   "mean per-channel std of q over sampled inputs (0: one fixed channel mask).\n\n",
+                   blend_table(bstats, {n: h.children_of(n) for n in bstats})]
     elif not args.ablation:
         raise FileNotFoundError(f"no hierarchy file at {hpath} (train one with `sfeditor-train hierarchy "
                                 f"--domain {args.domain}`, or pass --hierarchy)")
@@ -457,6 +492,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                  args.seed, amp)
             kids = list(next(iter(rows.values())).keys())
             table = ablation_markdown(rows, kids)
+            vstats = {v: net_blend_stats(G, net, min(args.samples, 64), truncation, args.seed, v != "no_global")
+                      for v, net in nets.items()}
+            metrics["ablation_blend"] = {k: v.to_dict() for k, v in vstats.items()}
+            table += ("\nBlend coefficients of each variant:\n\n"
+                      + blend_table({ABLATION_TITLES.get(v, v): st for v, st in vstats.items()},
+                                    {ABLATION_TITLES.get(v, v): kids for v in vstats}, label="variant"))
             atomic_write_text(out / "ablation.md", f"# Sec. 7 ablation: {args.domain}, node {node}\n\n{table}")
             metrics["ablation"] = {"node": node, "runs": str(root), "rows": rows}
             missing = [v for v in ABLATIONS if v not in nets]
@@ -500,4 +541,5 @@ def add_parsers(sub) -> None:
 
 __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer", "node_composer", "EditTarget",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
-           "heatmap_figure", "colormap", "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers"]
+           "heatmap_figure", "colormap", "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers",
+           "blend_table", "net_blend_stats"]

@@ -181,9 +181,22 @@ def _q_slice(q: BlendCoefficients, index) -> BlendCoefficients:
     return BlendCoefficients([t if t is None else t[index] for t in q.layers], q.layout)
 
 
-def _finish(terms: dict, lambdas: dict) -> StageLoss:
+def _q_means(out) -> dict[str, float]:
+    """Mean blend coefficients of a FusionNet call, for the log (``sfeditor.blend_stats`` explains them):
+    ``q_align`` = share of the global code in s'1, s'2; ``q_fuse`` = share of s'2 in the result.
+    A q_align that falls to 0 means the alignment was switched off; q_fuse at 0 or 1, a collapsed fusion."""
+    log = {}
+    with torch.no_grad():
+        if out.q_align is not None:
+            log["q_align"] = float(torch.cat([out.q_align[0].flat(), out.q_align[1].flat()]).float().mean())
+        if out.q_fuse is not None:
+            log["q_fuse"] = float(out.q_fuse.flat().float().mean())
+    return log
+
+
+def _finish(terms: dict, lambdas: dict, out=None) -> StageLoss:
     total, parts = total_loss(terms, lambdas, return_parts=True)
-    log: dict[str, float] = {}
+    log: dict[str, float] = {} if out is None else _q_means(out)
     for name, t in terms.items():
         if isinstance(t, (tuple, list)):
             log[f"{name}_r1"], log[f"{name}_r2"] = float(t[0].detach()), float(t[1].detach())
@@ -220,7 +233,7 @@ def stage1_align_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, target
     l_reg = align_reg_loss(*out.q_align)
     f1 = fusion_loss(s1p, codes.s1, codes.s2, targets.w1, targets.w2, per_region=True)[0]
     f2 = fusion_loss(s2p, codes.s1, codes.s2, targets.w1, targets.w2, per_region=True)[1]
-    return _finish({"mask": l_mask, "align_reg": l_reg, "fusion": (f1, f2)}, cfg.lambdas)
+    return _finish({"mask": l_mask, "align_reg": l_reg, "fusion": (f1, f2)}, cfg.lambdas, out)
 
 
 def stage2_fuse_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, targets: Targets,
@@ -233,7 +246,7 @@ def stage2_fuse_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, targets
     out = net(codes.s1, codes.s2, codes.s_align if align else None, align=align, fuse=True)
     s1p, s2p = out.s1_aligned.detach(), out.s2_aligned.detach()
     f = fusion_loss(out.result, s1p, s2p, targets.w1, targets.w2, per_region=True)
-    return _finish({"fusion": f}, cfg.lambdas)
+    return _finish({"fusion": f}, cfg.lambdas, out)
 
 
 def stage3_joint_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, targets: Targets,
@@ -257,7 +270,7 @@ def stage3_joint_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, target
     if align:
         terms["align_reg"] = align_reg_loss(*(_q_slice(q, slice(0, b)) for q in out.q_align))
     terms["fusion"] = fusion_loss(out.result[0:b], codes.s1, codes.s2, targets.w1, targets.w2, per_region=True)
-    return _finish(terms, cfg.lambdas)
+    return _finish(terms, cfg.lambdas, out)
 
 
 LossFn = Callable[..., StageLoss]
