@@ -223,6 +223,8 @@ def edit_experiment(G, compose: Composer, names: Sequence[str], targets: Sequenc
     stats = [EditStats(t, mode) for t in targets]
     fixed = sample_code_set(G, names, 1, truncation, gen) if mode == "fixed" else None
     done = 0
+    if progress is not None:     # starts the clock of a progress bar (its rate counts from here)
+        progress(0, samples, mode)
     while done < samples:
         b = min(batch, samples - done)
         if fixed is not None:
@@ -443,7 +445,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bars: dict[str, Progress] = {}
 
     def progress(done, total, stage):
-        bars.setdefault(stage, Progress(total, f"evaluate {stage}")).update(done)
+        if stage not in bars:
+            bars[stage] = Progress(total, f"evaluate {stage}")
+        bars[stage].update(done)
 
     report = [f"# StyleFusion locality: {args.domain}\n",
               f"judge: {judge.kind}; truncation {truncation}; {args.samples} edits per code and mode; "
