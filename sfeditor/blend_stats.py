@@ -101,22 +101,26 @@ def blend_stats(net, s1: StyleCode, s2: StyleCode, s_align: StyleCode | None = N
 
 
 @torch.no_grad()
+def node_blend_stats(hierarchy, G, name: str, samples: int = 16, truncation: float = 0.7,
+                     seed: int = 0) -> BlendStats:
+    """:func:`blend_stats` of node ``name``'s net on codes sampled from ``G`` (z -> w with truncation)."""
+    if not hierarchy.has_net(name):
+        raise ValueError(f"node {name!r} has no FusionNet")
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(3 * samples, G.style_dim, generator=gen).to(G.device)
+    s = G.styles(G.mapping(z, truncation))
+    net = hierarchy.nets[name]
+    p = next(net.parameters(), None)
+    if p is not None:
+        s = s.to(device=p.device, dtype=p.dtype)
+    return blend_stats(net, s[:samples], s[samples:2 * samples], s[2 * samples:])
+
+
 def hierarchy_blend_stats(hierarchy, G, samples: int = 16, truncation: float = 0.7,
                           seed: int = 0) -> dict[str, BlendStats]:
-    """:func:`blend_stats` of every node with a net, on codes sampled from ``G`` (z -> w with truncation)."""
-    gen = torch.Generator().manual_seed(seed)
-    out: dict[str, BlendStats] = {}
-    for name in hierarchy.internal_nodes:
-        if not hierarchy.has_net(name):
-            continue
-        z = torch.randn(3 * samples, G.style_dim, generator=gen).to(G.device)
-        s = G.styles(G.mapping(z, truncation))
-        net = hierarchy.nets[name]
-        p = next(net.parameters(), None)
-        if p is not None:
-            s = s.to(device=p.device, dtype=p.dtype)
-        out[name] = blend_stats(net, s[:samples], s[samples:2 * samples], s[2 * samples:])
-    return out
+    """:func:`node_blend_stats` of every node with a net (each node on the same sampled codes)."""
+    return {name: node_blend_stats(hierarchy, G, name, samples, truncation, seed)
+            for name in hierarchy.internal_nodes if hierarchy.has_net(name)}
 
 
-__all__ = ["BlendStats", "blend_stats", "hierarchy_blend_stats", "SATURATION", "INPUT_INDEPENDENT"]
+__all__ = ["BlendStats", "blend_stats", "node_blend_stats", "hierarchy_blend_stats", "SATURATION", "INPUT_INDEPENDENT"]

@@ -68,6 +68,7 @@ class ModelBundle:
     _fingerprint: str | None = None
     _hierarchy_fp: str | None = None
     _region_model: object | None = None
+    _blend_notes: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -101,6 +102,28 @@ class ModelBundle:
 
     def has_net(self, name: str) -> bool:
         return self.hierarchy is not None and name in self.hierarchy.node_map and self.hierarchy.has_net(name)
+
+    def blend_note(self, name: str) -> str | None:
+        """What node ``name``'s FusionNet does with its inputs, in words (``sfeditor.blend_stats``).
+
+        Where its channels come from and whether the global code sets any; a code the net
+        ignores is said so.  Computed once per node (16 sampled inputs); None without a net.
+        """
+        if not self.has_net(name):
+            return None
+        if name not in self._blend_notes:
+            from .blend_stats import node_blend_stats
+
+            c1, c2 = self.hierarchy.children_of(name)
+            try:
+                st = node_blend_stats(self.hierarchy, self.G, name, samples=16, truncation=self.truncation)
+            except (RuntimeError, ValueError) as e:      # e.g. a net that does not fit this generator
+                self._blend_notes[name] = f"FusionNet: cannot be inspected ({e})"
+            else:
+                lines = ["FusionNet " + st.summary(c1, c2)]
+                lines += [w for w in st.warnings(c1, c2) if "changes nothing" in w]
+                self._blend_notes[name] = "\n".join(lines)
+        return self._blend_notes[name]
 
     def describe(self) -> str:
         h = "no hierarchy" if self.hierarchy is None else f"{len(self.hierarchy.nets)} FusionNets"

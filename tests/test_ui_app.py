@@ -71,6 +71,15 @@ def test_first_frame_thumbnails_and_status(qtbot, win):
     qtbot.waitUntil(lambda: len(win.thumbnails) == len(win.session.composition.node_names), timeout=WAIT)
     assert "ms" in win.frame_label.text() and win.device_label.text().startswith(("CPU", "GPU"))
     assert win.graph.node_names() == win.session.composition.node_names
+    # the inspector says what the selected node's FusionNet does with its two inputs
+    win.graph.select("left")
+    qtbot.waitUntil(lambda: win.inspector.node() == "left", timeout=WAIT)
+    note = win.inspector.net_info.text()
+    assert note.startswith("FusionNet channels:") and " from a, " in note and "from b" in note
+    assert note == win.session.bundle.blend_note("left")
+    win.graph.select("a")
+    qtbot.waitUntil(lambda: win.inspector.node() == "a", timeout=WAIT)
+    assert win.inspector.net_info.text() == ""          # a leaf has no net
 
 
 def test_graph_intents_are_undoable_and_rendered(qtbot, win):

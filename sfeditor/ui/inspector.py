@@ -63,6 +63,13 @@ class InspectorPanel(QWidget):
         info.addStretch(1)
         top.addLayout(info, 1)
         nl.addLayout(top)
+        self.net_info = QLabel("")      # what the node's FusionNet does (blend coefficients), full width
+        self.net_info.setWordWrap(True)
+        self.net_info.setStyleSheet("color: #9fb3c8; font-size: 11px;")
+        self.net_info.setToolTip("From the net's blend coefficients q on 16 sampled inputs (sfeditor.blend_stats):\n"
+                                 "which child's code each style channel comes from, and how many of the\n"
+                                 "coarse (layout) channels the node's global code sets.")
+        nl.addWidget(self.net_info)
 
         form = QFormLayout()
         seed_row = QHBoxLayout()
@@ -129,8 +136,11 @@ class InspectorPanel(QWidget):
         return self._name
 
     def show_node(self, name: str | None, comp, *, has_net: bool = True, bypassed_by: str | None = None,
-                  thumbnail: np.ndarray | None = None) -> None:
-        """Display ``name``'s state from composition ``comp`` (None: nothing selected)."""
+                  thumbnail: np.ndarray | None = None, net_note: str | None = None) -> None:
+        """Display ``name``'s state from composition ``comp`` (None: nothing selected).
+
+        ``net_note``: what the node's FusionNet does (``ModelBundle.blend_note``), shown under the notes.
+        """
         self._updating = True
         try:
             self._name = name
@@ -141,6 +151,7 @@ class InspectorPanel(QWidget):
                 self.title.setText("No node selected")
                 self.kind.setText("Click a node in the graph.")
                 self.status.setText("")
+                self.net_info.setText("")
                 self.code_src.setText("—")
                 self.thumb.clear()
             else:
@@ -156,6 +167,7 @@ class InspectorPanel(QWidget):
                 if st.collapsed:
                     notes.append("collapsed: the whole subtree takes this code")
                 self.status.setText("\n".join(notes))
+                self.net_info.setText(net_note if internal and has_net and net_note else "")
                 self.seed.setValue(st.seed)
                 self.code_src.setText("explicit code (photo / edit)" if st.code is not None else "from seed")
                 self.clear_code.setEnabled(st.code is not None)

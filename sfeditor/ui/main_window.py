@@ -558,7 +558,8 @@ class MainWindow(QMainWindow):
         self.inspector.show_node(name, s.composition, has_net=(name is None or s.bundle.hierarchy is None
                                                                or s.bundle.has_net(name)),
                                  bypassed_by=s.bypassed_by(name) if name else None,
-                                 thumbnail=self.thumbnails.get(name) if name else None)
+                                 thumbnail=self.thumbnails.get(name) if name else None,
+                                 net_note=s.bundle.blend_note(name) if name else None)
         self._refresh_edit_target()
 
     def _refresh_edit_target(self) -> None:
