@@ -205,6 +205,19 @@ def test_exact_resume_after_cancel_and_crash(tiny, tmp_path):
     assert sorted(h.nets) == ["all"]
     with pytest.raises(ValueError):       # another setting in the same folder
         train_node(recipe(batch=3), tmp_path / "run", **quiet)
+    with pytest.raises(ValueError, match="coarse_layers"):
+        train_node(recipe(coarse_layers=2), tmp_path / "run", **quiet)
+
+
+def test_coarse_layers_sets_what_lb_align_blends(tiny, tmp_path):
+    G, regions = tiny
+    net = train_node(recipe(coarse_layers=2, steps_scale=0.0004), tmp_path / "c2", G=G, regions=regions,
+                     log=lambda *a: None, progress_stream=None)
+    assert net.config.n_common == 2 and load_node_net(tmp_path / "c2" / "net.pt").config.n_common == 2
+    n_conv = len(G.layout.conv_dims)
+    assert net.coarse_layers(G.layout) == [0, 1, n_conv, n_conv + 1]
+    with pytest.raises(ValueError, match="coarse_layers"):
+        recipe(coarse_layers=-1)
 
 
 # ------------------------------------------------------------------- DDP

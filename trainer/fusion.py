@@ -82,7 +82,8 @@ RUN_VERSION = 1
 CONFIGS = ("regular", "short", "favored")
 ABLATIONS = ("full", "no_global", "no_stage1", "no_stage2", "no_stage3")
 #: recipe fields a resumed run must share with the checkpoint
-RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "batch", "seed", "lr")
+RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "coarse_layers", "batch", "seed",
+               "lr")
 
 
 @dataclass
@@ -97,6 +98,7 @@ class FusionRecipe:
     ablation: str = "full"        # Sec. 7 variants (ABLATIONS)
     variant: str = "paper"        # FusionNet variant: "paper" | "official"
     hidden: int = 0               # MLP width; 0 = the variant's (3W paper, 5W official); smaller ships smaller
+    coarse_layers: int = 5        # layers LB_align blends, per list (conv and tRGB): the official n_common
     batch: int = 4                # per process
     lr: float = 0.5               # Adam; EqualLinear lr_mul 0.01 scales the effective step by 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -119,6 +121,8 @@ class FusionRecipe:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         if self.batch < 1 or self.steps_scale <= 0 or self.lr <= 0:
             raise ValueError("batch, steps_scale and lr must be positive")
+        if self.coarse_layers < 0:
+            raise ValueError("coarse_layers must be >= 0")
         self.betas = tuple(float(b) for b in self.betas)
 
 
@@ -364,7 +368,8 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature)
 
     torch.manual_seed(recipe.seed)
-    net = FusionNet(FusionNetConfig.for_layout(G.layout, recipe.variant, hidden=recipe.hidden)).to(info.device)
+    net = FusionNet(FusionNetConfig.for_layout(G.layout, recipe.variant, hidden=recipe.hidden,
+                                               n_common=recipe.coarse_layers)).to(info.device)
     sampler = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 7_919 * (info.rank + 1))
     run = RunDir(out) if info.is_main else None
     ckpt_path = Path(out) / "checkpoint.pt"
@@ -522,7 +527,7 @@ def _recipe_from_args(args: argparse.Namespace, node: str) -> FusionRecipe:
     return FusionRecipe(domain=args.domain, node=node, config=getattr(args, "config", "") or "",
                         favor=getattr(args, "favor", "") or "", steps_scale=args.steps_scale,
                         ablation=getattr(args, "ablation", "full"), variant=args.variant,
-                        hidden=getattr(args, "hidden", 0) or 0, batch=args.batch,
+                        hidden=getattr(args, "hidden", 0) or 0, coarse_layers=args.coarse_layers, batch=args.batch,
                         lr=args.lr, seed=args.seed, truncation=args.truncation, temperature=args.temperature,
                         generator=args.generator or "", regions=args.regions or "", sample_every=args.sample_every,
                         checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
@@ -576,6 +581,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="paper", choices=["paper", "official"])
     p.add_argument("--hidden", type=int, default=0,
                    help="FusionNet MLP width (default: 3x the widest S layer, paper; 5x official)")
+    p.add_argument("--coarse-layers", type=int, default=5,
+                   help="layers LB_align blends in each list, conv and tRGB (A.4; default 5 as the official code). "
+                        "At 1024 px 5 tRGB layers reach 64 px; a 64 px generator has only 5 tRGB layers in all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=None, help="psi (default: the domain's, A.6)")
     p.add_argument("--temperature", type=float, default=None, help="soft-mask temperature (default: the file's)")

@@ -482,6 +482,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             run = root / variant
             if args.train_ablation:
                 recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant, hidden=args.hidden,
+                                      coarse_layers=args.coarse_layers,
                                       steps_scale=args.ablation_steps_scale, generator=args.generator or "",
                                       regions=args.regions or "", device=args.device, bf16=args.bf16,
                                       threads=args.threads)
@@ -537,6 +538,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--train-ablation", action="store_true", help="train (or resume) the missing variants first")
     e.add_argument("--ablation-steps-scale", type=float, default=1.0)
     e.add_argument("--hidden", type=int, default=0, help="FusionNet MLP width of the ablation runs (as trained)")
+    e.add_argument("--coarse-layers", type=int, default=5, help="LB_align layers of the ablation runs (as trained)")
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--bf16", action="store_true")
