@@ -13,6 +13,13 @@ Lambdas (A.2, Regular): mask 30,000; local 15,000 with eps 0.1; alignReg 6 in st
 and 1 in stage 3; fusion 375 in all stages.  Per-region lambdas are (R1, R2) pairs
 (R1 = child 1 of the node); Favored gives the favoured region fusion 500 / local 20,000
 and the other 250 / 10,000.
+
+Stage 3's L_fusion: the paper writes Eq. 7 against the inputs s1, s2 and does not say
+whether stage 3 keeps stage 2's intermediate targets s'1, s'2.  ``stage3_fusion_target``
+chooses: ``"inputs"`` (Eq. 7 as written, the default) or ``"aligned"`` (s'1, s'2 as
+fixed targets, as in stage 2).  Against the inputs, L_fusion pulls every channel LB_align
+took from the global code back to s1 / s2; on the toy generators that erases the
+alignment within a few hundred steps (measured in ``resources/hierarchies/README.md``).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from .hierarchy import official_tree
 
 REGULAR_STEPS = (5_000, 10_000, 10_000)
+FUSION_TARGETS = ("inputs", "aligned")
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class StageConfig:
     use_fuse: bool                    # False in stage 1 (FusionNet runs without LB_fuse)
     lambdas: dict                     # loss name -> float or (R1, R2)
     epsilon: float = 0.1              # perturbation strength of Eq. 4 (used with "local")
+    fusion_target: str = "inputs"     # stage 3: L_fusion against s1, s2 ("inputs") or s'1, s'2 ("aligned")
 
 
 @dataclass(frozen=True)
@@ -47,12 +56,15 @@ class TrainingConfig:
     lambda_fusion: tuple[float, float] = (375.0, 375.0)
     favored: str | None = None          # name of the favoured region (Favored)
     steps_scale: float = 1.0
+    stage3_fusion_target: str = "inputs"    # see the module docstring
 
     def __post_init__(self) -> None:
         if len(self.stage_steps) not in (1, 2, 3) or any(s < 0 for s in self.stage_steps):
             raise ValueError("stage_steps must hold 1 to 3 non-negative step counts")
         if self.steps_scale <= 0:
             raise ValueError("steps_scale must be positive")
+        if self.stage3_fusion_target not in FUSION_TARGETS:
+            raise ValueError(f"stage3_fusion_target must be one of {FUSION_TARGETS}")
 
     @property
     def n_stages(self) -> int:
@@ -79,7 +91,23 @@ class TrainingConfig:
         if stage == 2:
             return StageConfig(2, self.steps(2), ("fuse",), True, {"fusion": self.lambda_fusion}, self.epsilon)
         lam = {"local": self.lambda_local, "align_reg": self.lambda_align_reg_stage3, "fusion": self.lambda_fusion}
-        return StageConfig(3, self.steps(3), ("align", "fuse"), True, lam, self.epsilon)
+        return StageConfig(3, self.steps(3), ("align", "fuse"), True, lam, self.epsilon, self.stage3_fusion_target)
+
+    def with_stage3(self, fusion_target: str | None = None, align_reg: float | None = None,
+                    local_scale: float = 1.0) -> "TrainingConfig":
+        """Stage-3 settings on top of a preset: L_fusion's target, lambda_alignReg, a factor on lambda_local."""
+        if local_scale <= 0:
+            raise ValueError("local_scale must be positive")
+        kw: dict = {}
+        if fusion_target is not None:
+            kw["stage3_fusion_target"] = fusion_target
+        if align_reg is not None:
+            if align_reg < 0:
+                raise ValueError("the stage-3 alignReg lambda must be >= 0")
+            kw["lambda_align_reg_stage3"] = float(align_reg)
+        if local_scale != 1.0:
+            kw["lambda_local"] = tuple(float(x) * local_scale for x in self.lambda_local)
+        return replace(self, **kw) if kw else self
 
     def stages(self) -> list[StageConfig]:
         return [self.stage(i + 1) for i in range(self.n_stages)]

@@ -20,6 +20,7 @@ from sfeditor.clustering import squared_distances
 from sfeditor.fusion_config import regular
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import load_hierarchy
+from sfeditor.losses import fusion_loss
 from sfeditor.masks import RegionModel
 from sfeditor.regions import RegionsFile, generator_identity, node
 from trainer.common import CancelToken, Cancelled
@@ -159,6 +160,39 @@ def test_configs_and_ablation_plans():
     assert [s.steps for s in plan_stages(regular(), "no_stage2")[0]] == [5000, 0, 10_000]
     with pytest.raises(ValueError):
         training_config("tiny", TREE, "all", "favored", "x")
+    # stage-3 settings on top of a preset (the paper's values stay the default)
+    t3 = tc.with_stage3("aligned", 0.1, 10.0).stage(3)
+    assert t3.fusion_target == "aligned" and t3.lambdas["align_reg"] == 0.1
+    assert t3.lambdas["local"] == (200_000.0, 100_000.0) and t3.lambdas["fusion"] == (500.0, 250.0)
+    assert tc.stage(3).fusion_target == "inputs" and tc.with_stage3() == tc
+    for bad in (dict(fusion_target="s0"), dict(local_scale=0.0), dict(align_reg=-1.0)):
+        with pytest.raises(ValueError):
+            tc.with_stage3(**bad)
+    with pytest.raises(ValueError):
+        FusionRecipe(stage3_target="x")
+
+
+@pytest.mark.parametrize("target", ["inputs", "aligned"])
+def test_stage3_fusion_target(tiny, target):
+    """Stage 3's L_fusion compares s_result with s1, s2 (Eq. 7) or with the aligned codes s'1, s'2."""
+    G, regions = tiny
+    ctx = NodeContext(G, RegionModel(G, regions), node_regions(TREE, "all"), TRUNC)
+    torch.manual_seed(0)
+    net = FusionNet(FusionNetConfig.for_layout(G.layout, "paper"))
+    with torch.no_grad():                 # non-trivial q_align so s'i differs from si
+        for name, p in net.lb_align.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 50.0)
+    cfg = replace(regular().with_stage3(target).stage(3), lambdas={"fusion": 1.0})
+    codes = sample_codes(G, 3, TRUNC, torch.Generator().manual_seed(1))
+    t = prepare_targets(ctx, codes)
+    got = stage_loss(3, ctx, net, codes, cfg, targets=t).terms["fusion"]
+    with torch.no_grad():
+        out = net(codes.s1, codes.s2, codes.s_align)
+        aligned = float(fusion_loss(out.result, out.s1_aligned, out.s2_aligned, t.w1, t.w2))
+        inputs = float(fusion_loss(out.result, codes.s1, codes.s2, t.w1, t.w2))
+    assert abs(aligned - inputs) > 1e-3
+    assert got == pytest.approx(aligned if target == "aligned" else inputs, rel=1e-4)
 
 
 # ------------------------------------------------------------------ resume

@@ -83,7 +83,7 @@ CONFIGS = ("regular", "short", "favored")
 ABLATIONS = ("full", "no_global", "no_stage1", "no_stage2", "no_stage3")
 #: recipe fields a resumed run must share with the checkpoint
 RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "coarse_layers", "batch", "seed",
-               "lr")
+               "lr", "stage3_target", "align_reg3", "local_scale")
 
 
 @dataclass
@@ -99,6 +99,9 @@ class FusionRecipe:
     variant: str = "paper"        # FusionNet variant: "paper" | "official"
     hidden: int = 0               # MLP width; 0 = the variant's (3W paper, 5W official); smaller ships smaller
     coarse_layers: int = 5        # layers LB_align blends, per list (conv and tRGB): the official n_common
+    stage3_target: str = "inputs"     # stage 3's L_fusion against s1, s2 ("inputs", Eq. 7) or s'1, s'2 ("aligned")
+    align_reg3: float | None = None   # stage 3's lambda_alignReg (None = A.2's 1)
+    local_scale: float = 1.0          # factor on A.2's lambda_local
     batch: int = 4                # per process
     lr: float = 0.5               # Adam; EqualLinear lr_mul 0.01 scales the effective step by 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -123,6 +126,7 @@ class FusionRecipe:
             raise ValueError("batch, steps_scale and lr must be positive")
         if self.coarse_layers < 0:
             raise ValueError("coarse_layers must be >= 0")
+        TrainingConfig().with_stage3(self.stage3_target, self.align_reg3, self.local_scale)   # validates them
         self.betas = tuple(float(b) for b in self.betas)
 
 
@@ -363,6 +367,7 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
 
     nr = node_regions(regions.tree, recipe.node)
     tc = training_config(recipe.domain, regions.tree, recipe.node, recipe.config, recipe.favor, recipe.steps_scale)
+    tc = tc.with_stage3(recipe.stage3_target, recipe.align_reg3, recipe.local_scale)
     stages, align = plan_stages(tc, recipe.ablation)
     truncation = recipe.truncation if recipe.truncation is not None else domain_truncation(recipe.domain)
     ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature)
@@ -528,6 +533,7 @@ def _recipe_from_args(args: argparse.Namespace, node: str) -> FusionRecipe:
                         favor=getattr(args, "favor", "") or "", steps_scale=args.steps_scale,
                         ablation=getattr(args, "ablation", "full"), variant=args.variant,
                         hidden=getattr(args, "hidden", 0) or 0, coarse_layers=args.coarse_layers, batch=args.batch,
+                        **stage3_recipe_args(args),
                         lr=args.lr, seed=args.seed, truncation=args.truncation, temperature=args.temperature,
                         generator=args.generator or "", regions=args.regions or "", sample_every=args.sample_every,
                         checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
@@ -571,6 +577,19 @@ def cmd_hierarchy(args: argparse.Namespace) -> int:
         dist_shutdown()
 
 
+def stage3_recipe_args(args: argparse.Namespace) -> dict:
+    return dict(stage3_target=args.stage3_target, align_reg3=args.align_reg_stage3, local_scale=args.local_scale)
+
+
+def add_stage3_args(p: argparse.ArgumentParser) -> None:
+    """Stage-3 settings (``sfeditor.fusion_config``: the paper leaves L_fusion's stage-3 target open)."""
+    p.add_argument("--stage3-target", choices=["inputs", "aligned"], default="inputs",
+                   help="stage 3's L_fusion against the inputs s1, s2 (Eq. 7 as written, default) or the aligned "
+                        "codes s'1, s'2 (as stage 2; keeps LB_align's alignment)")
+    p.add_argument("--align-reg-stage3", type=float, default=None, help="stage 3's lambda_alignReg (default A.2's 1)")
+    p.add_argument("--local-scale", type=float, default=1.0, help="multiply A.2's lambda_local (default 1)")
+
+
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", required=True, help="shipped domain (toy-faces, toy-cars) or a name for --generator")
     p.add_argument("--generator", help="generator checkpoint (default: the domain's)")
@@ -584,6 +603,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coarse-layers", type=int, default=5,
                    help="layers LB_align blends in each list, conv and tRGB (A.4; default 5 as the official code). "
                         "At 1024 px 5 tRGB layers reach 64 px; a 64 px generator has only 5 tRGB layers in all")
+    add_stage3_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=None, help="psi (default: the domain's, A.6)")
     p.add_argument("--temperature", type=float, default=None, help="soft-mask temperature (default: the file's)")

@@ -427,7 +427,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sfeditor.regions import load_regions
 
     from .common import Progress
-    from .fusion import ABLATIONS, FusionRecipe, domain_truncation, pick_device, train_node
+    from .fusion import ABLATIONS, FusionRecipe, domain_truncation, pick_device, stage3_recipe_args, train_node
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -482,7 +482,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             run = root / variant
             if args.train_ablation:
                 recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant, hidden=args.hidden,
-                                      coarse_layers=args.coarse_layers,
+                                      coarse_layers=args.coarse_layers, **stage3_recipe_args(args),
                                       steps_scale=args.ablation_steps_scale, generator=args.generator or "",
                                       regions=args.regions or "", device=args.device, bf16=args.bf16,
                                       threads=args.threads)
@@ -519,6 +519,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
+    from .fusion import add_stage3_args
+
     e = sub.add_parser("evaluate", help="locality heatmaps (Fig. 10/11) and numbers of a trained hierarchy; "
                                         "Sec. 7 ablation")
     e.add_argument("--domain", required=True)
@@ -539,6 +541,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--ablation-steps-scale", type=float, default=1.0)
     e.add_argument("--hidden", type=int, default=0, help="FusionNet MLP width of the ablation runs (as trained)")
     e.add_argument("--coarse-layers", type=int, default=5, help="LB_align layers of the ablation runs (as trained)")
+    add_stage3_args(e)
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--bf16", action="store_true")

@@ -256,7 +256,8 @@ def stage3_joint_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, target
     One FusionNet call on the stacked triples (s1, s2), (s~1, s2), (s1, s~2) (Eq. 4,
     ``s~i = si + eps (s_rnd - si)``) and one synthesis pass give I_result, I~1, I~2;
     L_local (Eq. 5) measures them inside the binary masks m1, m2 of I_result.
-    L_alignReg and L_fusion (Eq. 7 against s1, s2) use the unperturbed triple.
+    L_alignReg and L_fusion (Eq. 7 against s1, s2; against s'1, s'2 without gradient when
+    ``cfg.fusion_target == "aligned"``) use the unperturbed triple.
     """
     b = len(codes)
     s1t, s2t = perturb(codes.s1, codes.s_rnd, cfg.epsilon), perturb(codes.s2, codes.s_rnd, cfg.epsilon)
@@ -269,7 +270,11 @@ def stage3_joint_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, target
     terms: dict = {"local": l_local}
     if align:
         terms["align_reg"] = align_reg_loss(*(_q_slice(q, slice(0, b)) for q in out.q_align))
-    terms["fusion"] = fusion_loss(out.result[0:b], codes.s1, codes.s2, targets.w1, targets.w2, per_region=True)
+    if cfg.fusion_target == "aligned":      # stage 2's targets s'1, s'2 (fixed: they do not pull LB_align back)
+        t1, t2 = out.s1_aligned[0:b].detach(), out.s2_aligned[0:b].detach()
+    else:                                   # Eq. 7 as written: the inputs s1, s2
+        t1, t2 = codes.s1, codes.s2
+    terms["fusion"] = fusion_loss(out.result[0:b], t1, t2, targets.w1, targets.w2, per_region=True)
     return _finish(terms, cfg.lambdas, out)
 
 
