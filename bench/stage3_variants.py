@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfeditor.blend_stats import blend_stats  # noqa: E402
+from sfeditor.blend_stats import sampled_blend_stats  # noqa: E402
 from sfeditor.checkpoints import load_generator  # noqa: E402
 from sfeditor.masks import RegionModel  # noqa: E402
 from sfeditor.regions import load_regions  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from trainer.fusion import domain_truncation, training_config  # noqa: E402
-from trainer.fusion_eval import OracleJudge, ablation_rows, load_node_net, sample_code_set  # noqa: E402
+from trainer.fusion_eval import OracleJudge, ablation_rows, load_node_net  # noqa: E402
 from trainer.fusion_stages import NodeContext, node_regions, sample_codes, set_trainable, stage_loss  # noqa: E402
 
 
@@ -69,11 +69,10 @@ def main() -> int:
     judge = OracleJudge(load_oracle(a.domain))
     amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     start = load_node_net(a.init)
-    eval_codes = sample_code_set(G, ["s1", "s2", "s_align"], 64, trunc, torch.Generator().manual_seed(a.eval_seed))
 
     def score(net) -> dict:
         rows = ablation_rows(G, {"x": net}, regions.tree, a.node, judge, a.samples, 16, trunc, a.eval_seed, amp)["x"]
-        st = blend_stats(net, eval_codes["s1"], eval_codes["s2"], eval_codes["s_align"])
+        st = sampled_blend_stats(net, G, 64, trunc, a.eval_seed)
         return {"rows": rows, "global": st.align_channels, "coarse": st.coarse_channels,
                 "c2": st.fuse_channels_child2, "channels": st.channels}
 

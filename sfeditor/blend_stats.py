@@ -101,19 +101,26 @@ def blend_stats(net, s1: StyleCode, s2: StyleCode, s_align: StyleCode | None = N
 
 
 @torch.no_grad()
-def node_blend_stats(hierarchy, G, name: str, samples: int = 16, truncation: float = 0.7,
-                     seed: int = 0) -> BlendStats:
-    """:func:`blend_stats` of node ``name``'s net on codes sampled from ``G`` (z -> w with truncation)."""
-    if not hierarchy.has_net(name):
-        raise ValueError(f"node {name!r} has no FusionNet")
+def sampled_blend_stats(net, G, samples: int = 16, truncation: float = 0.7, seed: int = 0,
+                        align: bool = True) -> BlendStats:
+    """:func:`blend_stats` of ``net`` on s1, s2, s_align sampled from ``G`` (z -> w with truncation, seeded).
+
+    ``align=False`` runs the net without LB_align (the "No Global" ablation)."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(3 * samples, G.style_dim, generator=gen).to(G.device)
     s = G.styles(G.mapping(z, truncation))
-    net = hierarchy.nets[name]
     p = next(net.parameters(), None)
     if p is not None:
         s = s.to(device=p.device, dtype=p.dtype)
-    return blend_stats(net, s[:samples], s[samples:2 * samples], s[2 * samples:])
+    return blend_stats(net, s[:samples], s[samples:2 * samples], s[2 * samples:] if align else None)
+
+
+def node_blend_stats(hierarchy, G, name: str, samples: int = 16, truncation: float = 0.7,
+                     seed: int = 0) -> BlendStats:
+    """:func:`sampled_blend_stats` of node ``name``'s net in a hierarchy."""
+    if not hierarchy.has_net(name):
+        raise ValueError(f"node {name!r} has no FusionNet")
+    return sampled_blend_stats(hierarchy.nets[name], G, samples, truncation, seed)
 
 
 def hierarchy_blend_stats(hierarchy, G, samples: int = 16, truncation: float = 0.7,
@@ -123,4 +130,4 @@ def hierarchy_blend_stats(hierarchy, G, samples: int = 16, truncation: float = 0
             for name in hierarchy.internal_nodes if hierarchy.has_net(name)}
 
 
-__all__ = ["BlendStats", "blend_stats", "node_blend_stats", "hierarchy_blend_stats", "SATURATION", "INPUT_INDEPENDENT"]
+__all__ = ["BlendStats", "blend_stats", "sampled_blend_stats", "node_blend_stats", "hierarchy_blend_stats", "SATURATION", "INPUT_INDEPENDENT"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sfeditor import StyleCode, StyleLayout
-from sfeditor.blend_stats import blend_stats, hierarchy_blend_stats
+from sfeditor.blend_stats import blend_stats, hierarchy_blend_stats, sampled_blend_stats
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy
 
@@ -115,6 +115,9 @@ def test_hierarchy_stats_cover_nodes_with_nets_only():
     assert list(stats) == ["all"] and stats["all"].samples == 4
     assert stats == hierarchy_blend_stats(h, _same_g(), samples=4, truncation=0.5, seed=1)     # seeded
     assert stats != hierarchy_blend_stats(h, _same_g(), samples=4, truncation=0.5, seed=2)
+    assert stats["all"] == sampled_blend_stats(h.nets["all"], _same_g(), samples=4, truncation=0.5, seed=1)
+    no_global = sampled_blend_stats(h.nets["all"], _same_g(), samples=4, truncation=0.5, seed=1, align=False)
+    assert no_global.align_share is None and no_global.channels == stats["all"].channels
 
 
 def _same_g() -> TinyG:

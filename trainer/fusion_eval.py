@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from sfeditor.atomic import atomic_write_text
-from sfeditor.blend_stats import BlendStats, blend_stats, hierarchy_blend_stats
+from sfeditor.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy, TreeNode, load_hierarchy, parse_tree
 from sfeditor.imageio import make_grid, save_png, to_uint8
@@ -400,13 +400,6 @@ def blend_table(stats: Mapping[str, BlendStats], children: Mapping[str, Sequence
     return "\n".join(lines) + "\n"
 
 
-def net_blend_stats(G, net: FusionNet, samples: int, truncation: float, seed: int = 0,
-                    align: bool = True) -> BlendStats:
-    gen = torch.Generator().manual_seed(seed)
-    c = sample_code_set(G, ["s1", "s2", "s_align"], samples, truncation, gen)
-    return blend_stats(net, c["s1"], c["s2"], c["s_align"] if align else None)
-
-
 # --------------------------------------------------------------------- CLI
 def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
     if kind in ("auto", "oracle"):
@@ -497,8 +490,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                  args.seed, amp)
             kids = list(next(iter(rows.values())).keys())
             table = ablation_markdown(rows, kids)
-            vstats = {v: net_blend_stats(G, net, min(args.samples, 64), truncation, args.seed, v != "no_global")
-                      for v, net in nets.items()}
+            vstats = {v: sampled_blend_stats(net, G, min(args.samples, 64), truncation, args.seed,
+                                             align=v != "no_global") for v, net in nets.items()}
             metrics["ablation_blend"] = {k: v.to_dict() for k, v in vstats.items()}
             table += ("\nBlend coefficients of each variant:\n\n"
                       + blend_table({ABLATION_TITLES.get(v, v): st for v, st in vstats.items()},
@@ -551,4 +544,4 @@ def add_parsers(sub) -> None:
 __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer", "node_composer", "EditTarget",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
            "heatmap_figure", "colormap", "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers",
-           "blend_table", "net_blend_stats"]
+           "blend_table"]
