@@ -93,8 +93,8 @@ def _projector(args, G):
 class _Bar:
     """One stderr line per image: step, PSNR, rate."""
 
-    def __init__(self, label: str, stream=sys.stderr, quiet: bool = False):
-        self.label, self.stream, self.quiet = label, stream, quiet
+    def __init__(self, label: str, stream=None, quiet: bool = False):
+        self.label, self.stream, self.quiet = label, stream or sys.stderr, quiet   # stderr as it is now
         self.t0 = self.last = time.time()
 
     def __call__(self, step: int, total: int, info: dict) -> None:

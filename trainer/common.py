@@ -34,12 +34,15 @@ def run_cancellable(job):
         print(f"\n{e}", file=sys.stderr)
         return None, 3
 
+_STDERR = object()   # Progress's default stream: sys.stderr as it is when the bar is made
+
 
 class Progress:
     """A one-line text progress bar with rate and ETA; ``callback`` receives (step, total, info)."""
 
-    def __init__(self, total: int, desc: str = "", start: int = 0, stream=sys.stderr,
+    def __init__(self, total: int, desc: str = "", start: int = 0, stream=_STDERR,
                  callback: Callable[[int, int, dict], None] | None = None, min_interval: float = 1.0):
+        stream = sys.stderr if stream is _STDERR else stream     # looked up now: stderr may have been replaced
         self.total, self.desc, self.stream, self.callback = total, desc, stream, callback
         self.start_step, self.t0, self.last = start, time.time(), 0.0
         self.min_interval = min_interval
