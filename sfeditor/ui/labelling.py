@@ -141,6 +141,8 @@ class RegionLabellingDialog(QDialog):
         self._dirty = False
         self._colour_of: dict[str, QColor] = {}
         self._combo_names: list[str] = []
+        self._shown: dict[int, str] = {}           # the name each cluster row shows now
+        self._chips: dict[int, QIcon] = {}         # colour (rgba) -> chip icon
         self._viewers: list[SheetViewer] = []
         self._building_tree = False
         self.setWindowTitle(f"Label regions — {regions.domain}")
@@ -790,31 +792,43 @@ class RegionLabellingDialog(QDialog):
         self.setWindowTitle(f"Label regions — {self.regions.domain}{' *' if self._dirty else ''}")
         self._update_buttons()
 
+    def _chip_of(self, name: str) -> QIcon:
+        colour = self._colour(name)
+        key = colour.rgba()
+        if key not in self._chips:
+            self._chips[key] = _chip(colour)
+        return self._chips[key]
+
     def _refresh_clusters(self) -> None:
         names = self.region_names()
         if names != self._combo_names:
             self._combo_names = names
+            self._shown.clear()                    # every combo's item list changes: redo every row
             for c in self.combos.values():
                 c.blockSignals(True)
                 c.clear()
                 for n in names:
-                    c.addItem(_chip(self._colour(n)), n)
+                    c.addItem(self._chip_of(n), n)
                 c.blockSignals(False)
             self.select_region_combo.blockSignals(True)
             self.select_region_combo.clear()
             for n in names:
-                self.select_region_combo.addItem(_chip(self._colour(n)), n)
+                self.select_region_combo.addItem(self._chip_of(n), n)
             self.select_region_combo.setCurrentIndex(-1)
             self.select_region_combo.blockSignals(False)
+        index = {n: i for i, n in enumerate(names)}
         for k, c in self.combos.items():
             name = self._clusters[k]
+            if self._shown.get(k) == name and c.currentText() == name:
+                continue                           # rows that did not change (thousands of clusters)
             c.blockSignals(True)
-            c.setCurrentIndex(names.index(name))
+            c.setCurrentIndex(index[name])
             c.setEditText(name)
             c.blockSignals(False)
             item = self.table.item(k, 0)
-            item.setIcon(_chip(self._colour(name)))
+            item.setIcon(self._chip_of(name))
             item.setToolTip(f"Cluster {k}: {name}")
+            self._shown[k] = name
         used = len(set(self._clusters.values()))
         self.count_label.setText(f"{len(self._clusters)} clusters · {used} region{'s' if used != 1 else ''}")
 
