@@ -353,9 +353,7 @@ class ClusteringResult:
             return 1.0
         x = torch.from_numpy(self.calibration.astype(np.float32))[:, :, None, None]
         d = squared_distances(x, torch.from_numpy(self.cut(k)), torch.from_numpy(self.channel_scale))[:, :, 0, 0]
-        two = d.topk(2, dim=1, largest=False).values
-        gap = float(torch.quantile(two[:, 1] - two[:, 0], quantile))
-        return max(gap / math.log(99.0), 1e-6)
+        return soft_min_temperature(d, quantile)
 
     def to_regions(self, domain: str, k: int, clusters: dict[int, str] | None = None,
                    tree: RegionNode | None = None) -> RegionsFile:
@@ -439,6 +437,19 @@ def squared_distances(deep_pixels: torch.Tensor, centroids: torch.Tensor,
     return (xx - 2 * xc + cc).clamp_min(0) / x.shape[1]
 
 
+def soft_min_temperature(distances: torch.Tensor, quantile: float = 0.5) -> float:
+    """tau such that the ``quantile`` pixel gets p(nearest) ~ 0.99 under the soft-min (A.5).
+
+    ``distances``: ``[P, K]`` (K >= 2) of P calibration DeepPixels to the centroids;
+    tau = quantile(d2 - d1) / ln 99 with d1 <= d2 the two smallest distances of a pixel.
+    """
+    if distances.ndim != 2 or distances.shape[1] < 2 or distances.shape[0] < 1:
+        return 1.0
+    two = distances.float().topk(2, dim=1, largest=False).values
+    gap = float(torch.quantile(two[:, 1] - two[:, 0], quantile))
+    return max(gap / math.log(99.0), 1e-6)
+
+
 @torch.no_grad()
 def assign(deep_pixels: torch.Tensor, centroids, channel_scale=None, batch: int = 16) -> torch.Tensor:
     """Hard labels ``[B, H, W]`` (int64): the nearest centroid of every DeepPixel (Sec. 4.2)."""
@@ -450,4 +461,4 @@ def assign(deep_pixels: torch.Tensor, centroids, channel_scale=None, batch: int 
 
 __all__ = ["ClusteringOptions", "ClusteringResult", "MergeTree", "Cancelled", "cluster_generator",
            "sample_deep_pixels", "channel_scale", "used_channels", "ward_tree", "pca_reduce", "squared_distances", "assign",
-           "deep_pixel_size"]
+           "soft_min_temperature", "deep_pixel_size"]

@@ -62,6 +62,41 @@ def test_regions_then_eval(tmp_path, gen_path, monkeypatch, capsys):
     assert (tmp_path / "pics" / "tiny-regions-M.png").exists()
 
 
+def test_regions_with_prune_and_regions_prune(tmp_path, gen_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_load_oracle", lambda domain, device: StubOracle())
+    out = tmp_path / "run"
+    base = ["regions", "--domain", "tiny", "--generator", str(gen_path), "--samples", "8", "--pixels", "400",
+            "--pca", "8", "--batch", "4", "--sheet-images", "2", "--out", str(out), "--device", "cpu",
+            "--clusters", "30", "--tree", "churches"]
+    assert cli.main(base + ["--prune"]) == 2                               # labels are needed first
+    assert "--prune needs labelled clusters" in capsys.readouterr().err
+    assert cli.main(base + ["--auto-label", "--label-images", "4", "--prune", "--prune-images", "4"]) == 0
+    assert "pruned 30 ->" in capsys.readouterr().err
+    rf = RegionsFile.load(out / "regions.json")
+    report = rf.clustering["pruning"]
+    assert rf.num_clusters == report["clusters"] < 30 and report["images"] == 4
+    assert set(rf.clusters.values()) == {"church", "background"}
+    assert len(list((out / "clusters").iterdir())) == rf.num_clusters   # the earlier run's 30 sheets are gone
+
+    # the same on a file labelled elsewhere (here: the unpruned auto-labelled one), in place and to --out
+    assert cli.main(base + ["--auto-label", "--label-images", "4"]) == 0
+    capsys.readouterr()
+    assert cli.main(["regions-prune", "--regions", str(out / "regions.json"), "--generator", str(gen_path),
+                     "--images", "4", "--out", str(tmp_path / "pruned.json"), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["from_clusters"] == 30
+    assert RegionsFile.load(out / "regions.json").num_clusters == 30
+    assert RegionsFile.load(tmp_path / "pruned.json").num_clusters < 30
+    assert cli.main(["regions-prune", "--regions", "toy-faces"]) == 2       # a shipped file is never overwritten
+    assert "give --out" in capsys.readouterr().err
+
+
+def test_commands_leave_autograd_as_they_found_it(tmp_path, gen_path):
+    assert torch.is_grad_enabled()
+    cli.main(["regions", "--domain", "tiny", "--generator", str(gen_path), "--samples", "4", "--pixels", "100",
+              "--pca", "4", "--clusters", "2", "--sheet-images", "1", "--out", str(tmp_path), "--device", "cpu"])
+    assert torch.is_grad_enabled()
+
+
 def test_errors_are_reported(tmp_path, capsys):
     assert cli.main(["regions-eval", "--regions", str(tmp_path / "nope.json")]) == 2
     assert "error" in capsys.readouterr().err

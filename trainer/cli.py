@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .encoder import add_parsers as _add_encoder_parsers   # encoder
     from .fusion import add_parsers as _add_fusion_parsers     # fusion, hierarchy, evaluate
-    from .regions import add_parsers as _add_region_parsers    # regions, regions-eval
+    from .regions import add_parsers as _add_region_parsers    # regions, regions-eval, regions-prune
 
     _add_region_parsers(sub)
     _add_fusion_parsers(sub)

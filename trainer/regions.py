@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
@@ -128,9 +129,20 @@ def layer_names(layout) -> list[str]:
 
 
 # ---------------------------------------------------------------- commands
-def cmd_regions(args: argparse.Namespace) -> int:
-    import torch
+def _without_grad(command):
+    """Run a command with autograd off and the caller's setting restored (commands also run in-process)."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        import torch
 
+        with torch.no_grad():
+            return command(args)
+
+    return run
+
+
+@_without_grad
+def cmd_regions(args: argparse.Namespace) -> int:
     from sfeditor.checkpoints import load_generator
     from sfeditor.clustering import Cancelled, ClusteringOptions, ClusteringResult, cluster_generator
     from sfeditor.cluster_sheets import cluster_samples, resize_labels, sheet_title
@@ -141,7 +153,6 @@ def cmd_regions(args: argparse.Namespace) -> int:
     from .common import CancelToken
 
     device = _setup(args)
-    torch.set_grad_enabled(False)
     G = load_generator(args.generator or args.domain, device=device)
     out = Path(args.out or f"runs/regions-{args.domain}")
     out.mkdir(parents=True, exist_ok=True)
@@ -184,6 +195,26 @@ def cmd_regions(args: argparse.Namespace) -> int:
         regions.clustering["auto_label"] = {"method": "majority vote of the region oracle", **label_report}
     elif args.tree:
         print("--tree is used with --auto-label; an unlabelled file keeps the Ward hierarchy", file=sys.stderr)
+    kept = list(range(K))
+    if args.prune:
+        if label_report is None:
+            raise ValueError("--prune needs labelled clusters: pass --auto-label, or label the file and run "
+                             "`sfeditor-train regions-prune`")
+        from sfeditor.centroid_pruning import prune_regions
+
+        cancel = CancelToken()
+        cancel.install_signal_handlers()
+        try:
+            regions, prune_report = prune_regions(RegionModel(G, regions), images=args.prune_images,
+                                                  seed=args.seed + 2, truncation=options.truncation,
+                                                  progress=_progress_fn("regions"), cancel=cancel)
+        except Cancelled:
+            print("\ncancelled", file=sys.stderr)
+            return 130
+        kept = prune_report["kept"]
+        print(f"pruned {K} -> {len(kept)} centroids (every region decision on {prune_report['images']} "
+              f"pool images kept)", file=sys.stderr)
+        K = len(kept)
     regions.card["created"] = datetime.datetime.now().isoformat(timespec="seconds")
     regions.save(out / "regions.json")
 
@@ -193,13 +224,16 @@ def cmd_regions(args: argparse.Namespace) -> int:
     lab = resize_labels(lab, imgs.shape[1:3])
     sheets = out / "clusters"
     sheets.mkdir(exist_ok=True)
-    sizes = result.tree.cluster_sizes(K) / result.tree.cluster_sizes(K).sum()
+    for stale in sheets.glob("cluster_*.png"):          # from an earlier run with another K
+        stale.unlink()
+    sizes = result.tree.cluster_sizes(args.clusters) / result.tree.cluster_sizes(args.clusters).sum()
+    digits = max(2, len(str(K - 1)))
     for k in range(K):
         name = regions.clusters[k]
-        title = sheet_title(k, name, sizes[k])         # share of the clustering sample's pixels
+        title = sheet_title(k, name, sizes[kept[k]])   # share of the clustering sample's pixels
         if label_report is not None:
-            title += f" (purity {label_report['purity'][k]:.2f})"
-        save_png(sheets / f"cluster_{k:02d}.png", contact_sheet(imgs, lab, k, title))
+            title += f" (purity {label_report['purity'][kept[k]]:.2f})"
+        save_png(sheets / f"cluster_{k:0{digits}d}.png", contact_sheet(imgs, lab, k, title))
     save_png(out / "clusters.png", label_overview(imgs[:16], lab[:16], [regions.clusters[k] for k in range(K)]))
     if args.install:
         from sfeditor.domains import get_domain, resources_dir
@@ -216,6 +250,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     return 0
 
 
+@_without_grad
 def cmd_regions_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -227,7 +262,6 @@ def cmd_regions_eval(args: argparse.Namespace) -> int:
     from sfeditor.regions import load_regions
 
     device = _setup(args)
-    torch.set_grad_enabled(False)
     regions = load_regions(args.regions)
     domain = args.domain or regions.domain
     G = load_generator(args.generator or domain, device=device)
@@ -275,6 +309,42 @@ def cmd_regions_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@_without_grad
+def cmd_regions_prune(args: argparse.Namespace) -> int:
+    from sfeditor.centroid_pruning import prune_regions
+    from sfeditor.checkpoints import load_generator
+    from sfeditor.clustering import Cancelled
+    from sfeditor.masks import RegionModel
+    from sfeditor.regions import load_regions
+
+    from .common import CancelToken
+
+    if args.out is None and not os.path.exists(args.regions):
+        raise ValueError(f"{args.regions} is a shipped domain's file: give --out")
+    device = _setup(args)
+    regions = load_regions(args.regions)
+    domain = args.domain or regions.domain
+    G = load_generator(args.generator or domain, device=device)
+    if len(set(regions.clusters.values())) == regions.num_clusters:
+        print("every cluster has a label of its own: only centroids no pool pixel is nearest to can go",
+              file=sys.stderr)
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    try:
+        new, report = prune_regions(RegionModel(G, regions), images=args.images, seed=args.seed,
+                                    truncation=_truncation(args, domain), top=args.top,
+                                    progress=_progress_fn("regions-prune"), cancel=cancel)
+    except Cancelled:
+        print("\ncancelled (nothing written)", file=sys.stderr)
+        return 130
+    out = Path(args.out or args.regions)
+    new.save(out)
+    print(f"pruned {report['from_clusters']} -> {report['clusters']} centroids in {report['seconds']:.1f} s; "
+          f"wrote {out} (run regions-eval to score it)", file=sys.stderr)
+    print(json.dumps({k: v for k, v in report.items() if k != "kept"}, indent=1))
+    return 0
+
+
 # ---------------------------------------------------------------- parsers
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", help="generator checkpoint (default: the domain's shipped generator)")
@@ -284,7 +354,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(subparsers) -> None:
-    """Register ``regions`` and ``regions-eval`` on an ``add_subparsers()`` object."""
+    """Register ``regions``, ``regions-eval`` and ``regions-prune`` on an ``add_subparsers()`` object."""
     from sfeditor.regions import NORMALIZATIONS, PAPER_TREES
 
     r = subparsers.add_parser("regions", help="discover a domain's regions: DeepPixel Ward clustering (Sec. 4.2)",
@@ -307,6 +377,9 @@ def add_parsers(subparsers) -> None:
                    help="toy domains: name clusters by the majority label of the region ORACLE, use the paper tree")
     r.add_argument("--label-images", type=int, default=64, help="images the oracle labels for --auto-label")
     r.add_argument("--tree", choices=sorted(PAPER_TREES), help="paper tree for the labels (default: the domain's)")
+    r.add_argument("--prune", action="store_true",
+                   help="after --auto-label, drop the centroids that never decide a region (sfeditor.centroid_pruning)")
+    r.add_argument("--prune-images", type=int, default=128, help="pool images for --prune")
     r.add_argument("--sheet-images", type=int, default=16, help="images per contact sheet")
     r.add_argument("--install", action="store_true", help="also write resources/regions/<domain>.json")
     _common(r)
@@ -323,6 +396,21 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--no-card", action="store_true", help="do not write the numbers into the regions file")
     _common(e)
     e.set_defaults(func=cmd_regions_eval)
+    _add_prune_parser(subparsers)
+
+
+def _add_prune_parser(subparsers) -> None:
+    p = subparsers.add_parser("regions-prune", help="drop a labelled regions file's centroids that never decide a region",
+                              description="Keep only the centroids that decide some pool pixel's region "
+                              "(sfeditor.centroid_pruning): the same masks on the pool, fewer distances per mask.")
+    p.add_argument("--regions", required=True, help="labelled regions file, or a shipped domain name (with --out)")
+    p.add_argument("--domain", help="domain (default: the regions file's)")
+    p.add_argument("--images", type=int, default=128, help="pool images (generated; seed --seed)")
+    p.add_argument("--seed", type=int, default=2, help="seed of the pool codes (not the clustering's or labelling's)")
+    p.add_argument("--top", type=int, default=64, help="nearest centroids remembered per pool pixel")
+    p.add_argument("--out", help="where to write the pruned file (default: overwrite --regions)")
+    _common(p)
+    p.set_defaults(func=cmd_regions_prune)
 
 
 def main(argv: list[str] | None = None) -> int:
