@@ -106,6 +106,12 @@ class RegionModel:
         self._active_centroids = self.centroids[:, active.to(dev)]
         self._active_scale = self.channel_scale[active.to(dev)]
 
+    @property
+    def layer_channels(self) -> list | None:
+        """Per conv layer, the DeepPixel channels that count in distances: ``None`` (none of
+        them), a slice (all) or an index tensor; ``None`` overall when every channel counts."""
+        return None if self._layer_channels is None else list(self._layer_channels)
+
     def _active_deep_pixels(self, s: StyleCode | None, features: Features | None) -> torch.Tensor:
         if self._layer_channels is None:
             return self.deep_pixels(s, features)

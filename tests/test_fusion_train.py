@@ -80,7 +80,11 @@ def test_fast_region_masks_equal_the_region_model(tiny):
     scale = torch.rand(regions.channels, generator=torch.Generator().manual_seed(2)).numpy() * 1.5 + 0.5
     with torch.no_grad():
         _, feats = G.synthesis(G.random_styles(3, seed=4), return_features=True)
-    for rf in (regions, replace(regions, channel_scale=scale, normalization="layer")):
+    coarse = scale.copy()                        # min_resolution-style: the 4-px layer and half of the next left out
+    d0, d1 = G.layout.conv_dims[:2]
+    coarse[:d0] = coarse[d0:d0 + d1:2] = 1e6 * scale.max()
+    for rf in (regions, replace(regions, channel_scale=scale, normalization="layer"),
+               replace(regions, channel_scale=coarse, normalization="layer")):
         model = RegionModel(G, rf)
         scorer = RegionScorer(model, ["ab", "c"])
         soft = scorer.soft_masks(feats)

@@ -11,7 +11,9 @@ of a stage-2 step on toy-faces).  Two facts give the same masks much cheaper:
   centroid (Sec. 4.2);
 * the resize (bilinear, antialiased when shrinking) is linear and acts on every
   channel alike, so ``resize(x_l) . c = resize(x_l . c)``: the dot product can be
-  taken per layer at the layer's own resolution and only the K score maps resized.
+  taken per layer at the layer's own resolution and only the K score maps resized;
+* layers a regions file weighs ~0 (``min_resolution``: the shipped toy files use
+  the 32- and 64-px layers only) are skipped, as in RegionModel.
 
 :class:`RegionScorer` computes ``score_k = (|c_k|^2 - 2 x.c_k) / C`` (the distance
 minus its k-independent part; channel scale included) that way; its soft and
@@ -44,7 +46,9 @@ class RegionScorer:
         dims = list(model.G.layout.conv_dims)
         if sum(dims) != self.channels:
             raise ValueError("centroid width does not match the generator's conv channels")
-        self.weights = list(torch.split(c * inv2, dims, dim=1))             # per layer [K, C_l], c / scale^2
+        weights = torch.split(c * inv2, dims, dim=1)                        # per layer [K, C_l], c / scale^2
+        active = model.layer_channels or [slice(None)] * len(dims)          # the layers and channels that count
+        self.layers = [(i, idx, w[:, idx]) for i, (w, idx) in enumerate(zip(weights, active)) if idx is not None]
         self.member = model.membership(regions).float()                     # [K, R]
         self.cluster_leaf = model.cluster_leaf
         self.regions = None if regions is None else list(regions)
@@ -52,10 +56,11 @@ class RegionScorer:
     def scores(self, features: dict) -> torch.Tensor:
         """``[B, K, s, s]``: squared distance to each centroid minus its k-independent part."""
         conv = features["conv"]
-        if len(conv) != len(self.weights):
+        if len(conv) != len(self.model.G.layout.conv_dims):
             raise ValueError("features do not come from this generator")
         acc = None
-        for f, w in zip(conv, self.weights):
+        for i, idx, w in self.layers:
+            f = conv[i] if isinstance(idx, slice) else conv[i][:, idx.to(conv[i].device)]
             d = resize_features(torch.einsum("bchw,kc->bkhw", f.float(), w.to(f.device)), self.size)
             acc = d if acc is None else acc + d
         return (self.cc.to(acc.device)[None, :, None, None] - 2 * acc) / self.channels
