@@ -107,12 +107,33 @@ def contact_sheet(images: np.ndarray, labels: np.ndarray, cluster: int, title: s
     return np.concatenate([banner(grid.shape[1], title), grid])
 
 
-def label_overview(images: np.ndarray, labels: np.ndarray, names: list[str], scale: int = 2) -> np.ndarray:
-    """Pairs (image, colour-coded cluster map) plus a colour legend; ``names[k]`` names cluster k."""
-    col = colours(len(names))
-    pairs = np.concatenate([images, col[labels]], axis=2)                     # [B, H, 2W, 3]
-    grid = make_grid(upscale(pairs, scale), cols=4)
-    return np.concatenate([grid, legend(grid.shape[1], [f"{i}: {n}" for i, n in enumerate(names)], col)])
+def label_overview(images: np.ndarray, labels: np.ndarray, names: list[str], scale: int = 2,
+                   max_legend: int = 64) -> np.ndarray:
+    """Pairs (image, colour-coded cluster map) plus a colour legend; ``names[k]`` names cluster k.
+
+    With more than ``max_legend`` clusters (a fine cut, labelled) one colour per
+    cluster is unreadable: the map is coloured by name, cluster borders drawn
+    darker, and the legend counts each name's clusters.
+    """
+    if len(names) <= max_legend:
+        col = colours(len(names))
+        pairs = np.concatenate([images, col[labels]], axis=2)                 # [B, H, 2W, 3]
+        grid = make_grid(upscale(pairs, scale), cols=4)
+        return np.concatenate([grid, legend(grid.shape[1], [f"{i}: {n}" for i, n in enumerate(names)], col)])
+    groups = list(dict.fromkeys(names))                                        # first-seen order
+    group_of = np.array([groups.index(n) for n in names])
+    col = colours(len(groups))
+    big = upscale(labels[..., None], scale)[..., 0]                           # [B, sH, sW] cluster ids
+    border = np.zeros(big.shape, dtype=bool)
+    border[..., :, 1:] |= big[..., :, 1:] != big[..., :, :-1]
+    border[..., 1:, :] |= big[..., 1:, :] != big[..., :-1, :]
+    maps = col[group_of[big]]
+    maps[border] = (maps[border] * 0.55).astype(np.uint8)
+    pairs = np.concatenate([upscale(images, scale), maps], axis=2)
+    grid = make_grid(pairs, cols=4)
+    counts = np.bincount(group_of, minlength=len(groups))
+    return np.concatenate([grid, legend(grid.shape[1], [f"{g} ({c} clusters)" for g, c in zip(groups, counts)],
+                                        col, cell=190)])
 
 
 # ---------------------------------------------------------------- samples

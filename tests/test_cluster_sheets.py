@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 from editor_core_helpers import small_generator
-from sfeditor.cluster_sheets import (cluster_samples, cluster_shares, cluster_sheets, contact_sheet, label_overview,
-                                     resize_labels, sheet_title)
+from sfeditor.cluster_sheets import (cluster_samples, cluster_shares, cluster_sheets, colours, contact_sheet,
+                                     label_overview, resize_labels, sheet_title)
 from sfeditor.jobs import Cancelled, CancelToken
 from sfeditor.regions import RegionsFile, generator_identity, node
 
@@ -87,5 +87,14 @@ def test_drawing_helpers():
     assert sheet.shape == (18 + 2 + 8 + 2, 2 + 3 * 10, 3)
     over = label_overview(images, labels, ["x", "y", "z"], scale=1)
     assert over.dtype == np.uint8 and over.shape[1] == 2 + 4 * 18
+    # a fine labelled cut: the map is coloured by name (borders darker), not one colour per cluster
+    fine = rng.integers(0, 80, (3, 8, 8))
+    names = ["x" if k % 2 else "y" for k in range(80)]
+    by_name = label_overview(images, fine, names, scale=2, max_legend=16)
+    shown = by_name[2:18, 18:34].astype(int)                                   # first image's map, 16x16
+    x, y = colours(2)[[1, 0]].astype(int)                                      # "y" is seen first: colour 0
+    want = np.where((fine[0] % 2 == 1)[..., None], x, y).repeat(2, 0).repeat(2, 1)
+    plain, dark = (shown == want).all(-1), (shown == (want * 0.55).astype(np.uint8)).all(-1)
+    assert (plain | dark).all() and plain.any() and dark.any()
     with pytest.raises(ValueError):
         cluster_sheets(images.astype(np.float32), labels, None)

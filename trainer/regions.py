@@ -245,7 +245,10 @@ def cmd_regions(args: argparse.Namespace) -> int:
     summary = {"regions_file": str(out / "regions.json"), "clusters": K, "leaves": regions.leaves,
                "seconds": result.seconds, "temperature": regions.temperature}
     if label_report is not None:
-        summary["labels"] = {str(k): v for k, v in regions.clusters.items()}
+        per_region = {leaf: len(regions.clusters_of(leaf)) for leaf in regions.leaves}
+        summary["clusters_per_region"] = per_region
+        if K <= 64:                                    # (the file holds them all)
+            summary["labels"] = {str(k): v for k, v in regions.clusters.items()}
     print(json.dumps(summary, indent=1))
     return 0
 
