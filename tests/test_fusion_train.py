@@ -86,15 +86,18 @@ def test_fast_region_masks_equal_the_region_model(tiny):
     for rf in (regions, replace(regions, channel_scale=scale, normalization="layer"),
                replace(regions, channel_scale=coarse, normalization="layer")):
         model = RegionModel(G, rf)
-        scorer = RegionScorer(model, ["ab", "c"])
-        soft = scorer.soft_masks(feats)
-        torch.testing.assert_close(soft, model.soft_masks(regions=["ab", "c"], size=model.size, features=feats),
-                                   atol=2e-5, rtol=1e-4)
-        hard, ref = scorer.hard_masks(feats, size=32), model.hard_masks(regions=["ab", "c"], size=32, features=feats)
-        assert hard.shape == ref.shape == (3, 2, 32, 32) and (hard == ref).float().mean() > 0.999
-        assert 0.05 < float(ref[:, 0].mean()) < 0.95          # a non-trivial split
-        labels = RegionScorer(model).hard_labels(feats, size=16)
-        assert (labels == model.hard_labels(size=16, features=feats)).float().mean() > 0.999
+        for dense in (False, True):                     # per layer / one product over the resized DeepPixels
+            scorer = RegionScorer(model, ["ab", "c"], dense=dense)
+            soft = scorer.soft_masks(feats)
+            torch.testing.assert_close(soft, model.soft_masks(regions=["ab", "c"], size=model.size, features=feats),
+                                       atol=2e-5, rtol=1e-4)
+            hard = scorer.hard_masks(feats, size=32)
+            ref = model.hard_masks(regions=["ab", "c"], size=32, features=feats)
+            assert hard.shape == ref.shape == (3, 2, 32, 32) and (hard == ref).float().mean() > 0.999
+            assert 0.05 < float(ref[:, 0].mean()) < 0.95          # a non-trivial split
+            labels = RegionScorer(model, dense=dense).hard_labels(feats, size=16)
+            assert (labels == model.hard_labels(size=16, features=feats)).float().mean() > 0.999
+            assert scorer.scores(feats).shape == (3, rf.num_clusters, G.size, G.size)
 
 
 # ------------------------------------------------------------------ stages
