@@ -13,6 +13,9 @@ app's labelling dialog.  Qt-free; pictures are uint8 RGB arrays.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 
 from .imageio import make_grid
@@ -188,25 +191,62 @@ def sheet_title(cluster: int, name: str, share: float) -> str:
     return f"cluster {cluster}:{named} {100 * share:.1f}% of pixels"
 
 
+class ContactSheets(Mapping):
+    """Cluster id -> contact sheet, each rendered when first asked for (a few kept).
+
+    A fine cut has hundreds of clusters and a sheet of 12 images is ~0.9 MB, so
+    the labelling tool renders them on demand instead of holding them all
+    (598 clusters: 520 MB).  ``images`` [N, H, W, 3] uint8 and ``labels``
+    [N, h, w] cluster ids as for :func:`cluster_sheets`.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, regions, scale: int = 2, keep: int = 16):
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+        labels = np.asarray(labels)
+        if labels.ndim != 3 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must be [N, h, w] with N = {images.shape[0]}, got {list(labels.shape)}")
+        self.images, self.regions, self.scale, self.keep = images, regions, int(scale), max(0, int(keep))
+        self.labels = resize_labels(labels, images.shape[1:3])
+        self.shares = cluster_shares(self.labels, regions.num_clusters)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        k = int(k)
+        if not 0 <= k < len(self):
+            raise KeyError(k)
+        if k in self._cache:
+            self._cache.move_to_end(k)
+            return self._cache[k]
+        sheet = contact_sheet(self.images, self.labels, k,
+                              sheet_title(k, self.regions.clusters[k], self.shares[k]), scale=self.scale)
+        if self.keep:
+            self._cache[k] = sheet
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        return sheet
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self)))
+
+    def __len__(self) -> int:
+        return self.regions.num_clusters
+
+
 def cluster_sheets(images: np.ndarray, labels: np.ndarray, regions, scale: int = 2) -> dict[int, np.ndarray]:
     """One uint8 RGB contact sheet per cluster id of ``regions`` (every id, even ones with no pixels here).
 
     ``images`` [N, H, W, 3] uint8 and ``labels`` [N, h, w] cluster ids (e.g.
     from :func:`cluster_samples`; resized to the image size, nearest).  Each
     sheet's banner gives the cluster id, its current region name and its share
-    of the pixels of these images.  At most 8 images per row.
+    of the pixels of these images.  At most 8 images per row.  (All at once:
+    :class:`ContactSheets` renders them on demand.)
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {list(images.shape)}")
-    labels = np.asarray(labels)
-    if labels.ndim != 3 or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"labels must be [N, h, w] with N = {images.shape[0]}, got {list(labels.shape)}")
-    labels = resize_labels(labels, images.shape[1:3])
-    shares = cluster_shares(labels, regions.num_clusters)
-    return {k: contact_sheet(images, labels, k, sheet_title(k, regions.clusters[k], shares[k]), scale=scale)
-            for k in range(regions.num_clusters)}
+    book = ContactSheets(images, labels, regions, scale=scale, keep=0)
+    return {k: book[k] for k in book}
 
 
 __all__ = ["PALETTE", "OUTLINE", "BANNER_HEIGHT", "colours", "outline", "banner", "legend", "upscale", "resize_labels",
-           "contact_sheet", "label_overview", "cluster_samples", "cluster_shares", "sheet_title", "cluster_sheets"]
+           "contact_sheet", "label_overview", "cluster_samples", "cluster_shares", "sheet_title", "cluster_sheets",
+           "ContactSheets"]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 from editor_core_helpers import small_generator
-from sfeditor.cluster_sheets import (cluster_samples, cluster_shares, cluster_sheets, colours, contact_sheet,
-                                     label_overview, resize_labels, sheet_title)
+from sfeditor.cluster_sheets import (ContactSheets, cluster_samples, cluster_shares, cluster_sheets, colours,
+                                     contact_sheet, label_overview, resize_labels, sheet_title)
 from sfeditor.jobs import Cancelled, CancelToken
 from sfeditor.regions import RegionsFile, generator_identity, node
 
@@ -98,3 +98,21 @@ def test_drawing_helpers():
     assert (plain | dark).all() and plain.any() and dark.any()
     with pytest.raises(ValueError):
         cluster_sheets(images.astype(np.float32), labels, None)
+
+
+def test_contact_sheets_on_demand_equal_the_eager_ones():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, (4, 4, 4))                      # coarser than the images, as DeepPixel labels can be
+    rf = RegionsFile(domain="t", generator={"resolution": 8, "style_size": 1, "deep_pixel_channels": 2},
+                     centroids=np.zeros((5, 2)), clusters={k: "ab"[k % 2] for k in range(5)}, tree=node("all", "a", "b"))
+    eager = cluster_sheets(images, labels, rf, scale=1)
+    book = ContactSheets(images, labels, rf, scale=1, keep=2)
+    assert len(book) == 5 and list(book) == [0, 1, 2, 3, 4] and book.get(7) is None
+    for k in (3, 0, 3, 4, 1):
+        np.testing.assert_array_equal(book[k], eager[k])
+    assert len(book._cache) == 2                                 # only the last few are kept
+    with pytest.raises(KeyError):
+        book[5]
+    with pytest.raises(ValueError, match="uint8"):
+        ContactSheets(images.astype(np.float32), labels, rf)

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogBut
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from .pixmaps import rgb_pixmap
-from ..cluster_sheets import BANNER_HEIGHT, PALETTE
+from ..cluster_sheets import BANNER_HEIGHT, PALETTE, ContactSheets
 from ..regions import PAPER_TREES, RegionNode, RegionsFile, paper_tree
 
 __all__ = ["RegionLabellingDialog", "SheetViewer", "sheet_pixmap"]
@@ -128,11 +128,12 @@ class RegionLabellingDialog(QDialog):
 
     saved = Signal(str)   # the path written
 
-    def __init__(self, regions: RegionsFile, sheets: dict[int, np.ndarray] | None = None, parent=None,
-                 save_path: str | None = None, shares: dict[int, float] | None = None):
+    def __init__(self, regions: RegionsFile, sheets: dict[int, np.ndarray] | ContactSheets | None = None,
+                 parent=None, save_path: str | None = None, shares: dict[int, float] | None = None):
         super().__init__(parent)
         self.regions = regions
-        self.sheets = {int(k): v for k, v in (sheets or {}).items()}
+        # rendered on demand (ContactSheets) or given all at once (a dict)
+        self.sheets = sheets if isinstance(sheets, ContactSheets) else {int(k): v for k, v in (sheets or {}).items()}
         self.shares = {int(k): float(v) for k, v in (shares or {}).items()}
         self.save_path = None if save_path is None else str(save_path)
         self.saved_regions: RegionsFile | None = None

@@ -1043,7 +1043,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("dark", self.dark)
 
     def labelling_tool(self) -> None:
-        from ..cluster_sheets import cluster_samples, cluster_sheets
+        from ..cluster_sheets import ContactSheets, cluster_samples
         from .labelling import RegionLabellingDialog
 
         b = self.session.bundle
@@ -1056,7 +1056,7 @@ class MainWindow(QMainWindow):
         def work(report, cancel):
             imgs, labels = cluster_samples(b.G, b.regions, n=12, truncation=b.truncation, progress=report,
                                            cancel=cancel)
-            return cluster_sheets(imgs, labels, b.regions)
+            return ContactSheets(imgs, labels, b.regions)          # each sheet drawn when the dialog needs it
 
         def show(sheets):
             d = RegionLabellingDialog(b.regions, sheets, self)
