@@ -63,6 +63,7 @@ class RegionModel:
         scale = regions.channel_scale
         self.channel_scale = None if scale is None else torch.from_numpy(scale).to(dev)      # [C]
         self._init_active_channels(scale)
+        self._nearest_weights: tuple[torch.Tensor, torch.Tensor] | None = None   # made on first use
         self.cluster_leaf = torch.tensor([self.leaves.index(regions.clusters[k])
                                           for k in range(regions.num_clusters)], device=dev)  # [K]
         self.temperature = float(regions.temperature or DEFAULT_TEMPERATURE)
@@ -138,8 +139,24 @@ class RegionModel:
     # -------------------------------------------------------------- hard
     @torch.no_grad()
     def cluster_labels(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
-        """[B, h, w] nearest-centroid cluster ids at the DeepPixel size."""
-        return self.distances(s, features).argmin(1)
+        """[B, h, w] nearest-centroid cluster ids at the DeepPixel size.
+
+        The nearest centroid minimises ``|c_k|^2 - 2 x.c_k`` (``|x|^2`` is the same for
+        every k): one matrix product with the pixels first, about half the time of
+        ``distances(...).argmin(1)`` for hundreds of centroids.
+        """
+        dp = self._active_deep_pixels(s, features)                                 # [B, C, h, w]
+        b, _, h, w = dp.shape
+        if self._nearest_weights is None:
+            c = self._active_centroids.float()
+            if self._active_scale is not None:
+                c = c / self._active_scale.float()
+            self._nearest_weights = (-2 * c).t().contiguous(), c.pow(2).sum(1)       # [C, K], [K]
+        wt, cc = self._nearest_weights
+        x = dp.float().flatten(2).transpose(1, 2)                                   # [B, h*w, C]
+        if self._active_scale is not None:
+            x = x / self._active_scale.float().to(x.device)
+        return torch.addmm(cc.to(x.device), x.reshape(b * h * w, -1), wt.to(x.device)).argmin(1).reshape(b, h, w)
 
     @torch.no_grad()
     def hard_labels(self, s: StyleCode | None = None, size: int | None = None,

@@ -116,3 +116,10 @@ def test_min_resolution_files_skip_coarse_layers_exactly():
         fast = m.distances(s)
     torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-6)
     assert torch.equal(fast.argmin(1), full.argmin(1))
+    assert torch.equal(m.cluster_labels(s), full.argmin(1))     # the matrix-product path picks the same centroids
+
+
+def test_cluster_labels_are_the_nearest_centroids(model, codes):
+    with torch.no_grad():
+        d = model.distances(codes)
+    assert (model.cluster_labels(codes) == d.argmin(1)).float().mean() > 0.999
