@@ -26,15 +26,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .clustering import Cancelled, soft_min_temperature
+from .clustering import soft_min_temperature
+from .jobs import check_cancel
 
 #: progress(done, total, stage)
 ProgressFn = Callable[[int, int, str], None]
 
 
 def _check_cancel(cancel) -> None:
-    if cancel is not None and getattr(cancel, "requested", False):
-        raise Cancelled("pruning cancelled")
+    check_cancel(cancel, "pruning cancelled")          # sfeditor.jobs.Cancelled
 
 
 @torch.no_grad()
@@ -143,7 +143,8 @@ def prune_regions(model, images: int = 128, seed: int = 2, truncation: float = 1
     if images < 1:
         raise ValueError("the pool needs at least one image")
     t0 = time.perf_counter()
-    codes = model.G.random_styles(images, seed=seed, truncation=truncation)
+    with torch.no_grad():
+        codes = model.G.random_styles(images, seed=seed, truncation=truncation)
     nearest = nearest_centroids(model, codes, top=top, batch=batch, progress=progress, cancel=cancel)
     region = model.cluster_leaf.cpu().numpy()
     keep = np.flatnonzero(prune_centroids(nearest, region, progress=progress, cancel=cancel))

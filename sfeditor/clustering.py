@@ -39,19 +39,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .jobs import Cancelled, check_cancel
 from .regions import NORMALIZATIONS, RegionNode, RegionsFile, generator_identity
 
 #: progress(done, total, stage)
 ProgressFn = Callable[[int, int, str], None]
 
 
-class Cancelled(Exception):
-    """Raised when the caller's cancel token was set (``token.requested`` true)."""
-
-
 def _check_cancel(cancel) -> None:
-    if cancel is not None and getattr(cancel, "requested", False):
-        raise Cancelled("clustering cancelled")
+    check_cancel(cancel, "clustering cancelled")     # raises sfeditor.jobs.Cancelled (also exported here)
 
 
 @dataclass
