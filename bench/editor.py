@@ -96,8 +96,13 @@ def main(argv=None) -> int:
             _, f = G.synthesis(s1, "const", return_features=True)
             squared_distances(deep_pixels_from_features(f, model.size), model.centroids, model.channel_scale).argmin(1)
 
+        @torch.no_grad()
+        def masks_by_distances():       # nearest centroid from the full distance tensor, as before
+            model.distances(s1).argmin(1)
+
         rows += [(f"region masks of the frame ({model.regions.num_clusters} clusters)",
                   timed(lambda: model.hard_labels(s1), args.repeats, dev)),
+                 ("  same, argmin of the [K, h, w] distances", timed(masks_by_distances, args.repeats, dev)),
                  (f"  same, all {sum(G.layout.conv_dims)} DeepPixel channels in the distances", timed(masks_all_channels, args.repeats, dev))]
     print(f"# {args.domain} {G.size}px on {dev} ({torch.get_num_threads()} threads), {note}")
     print(f"{'what':52s} {'ms':>9s} {'x bare':>8s}")
