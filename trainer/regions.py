@@ -152,6 +152,9 @@ def cmd_regions(args: argparse.Namespace) -> int:
 
     from .common import CancelToken
 
+    if args.prune and not args.auto_label:           # said before the clustering, not after
+        raise ValueError("--prune needs labelled clusters: pass --auto-label, or label the file and run "
+                         "`sfeditor-train regions-prune`")
     device = _setup(args)
     G = load_generator(args.generator or args.domain, device=device)
     out = Path(args.out or f"runs/regions-{args.domain}")
@@ -197,9 +200,6 @@ def cmd_regions(args: argparse.Namespace) -> int:
         print("--tree is used with --auto-label; an unlabelled file keeps the Ward hierarchy", file=sys.stderr)
     kept = list(range(K))
     if args.prune:
-        if label_report is None:
-            raise ValueError("--prune needs labelled clusters: pass --auto-label, or label the file and run "
-                             "`sfeditor-train regions-prune`")
         from sfeditor.centroid_pruning import prune_regions
 
         cancel = CancelToken()
