@@ -56,9 +56,9 @@ def nearest_centroids(model, codes, top: int = 64, batch: int = 16, progress: Pr
     for i in range(0, n, batch):
         _check_cancel(cancel)
         _, feats = model.G.synthesis(codes[i:i + batch], model.noise_mode, return_features=True)
-        d = model.distances(features=feats)                                       # [b, K, h, w]
-        idx = d.topk(m, dim=1, largest=False, sorted=True).indices                # [b, m, h, w]
-        out.append(idx.permute(0, 2, 3, 1).reshape(-1, m).to(torch.int32).cpu())
+        scores = model.centroid_scores(features=feats)                            # [b, h*w, K]
+        idx = scores.topk(m, dim=2, largest=False, sorted=True).indices           # [b, h*w, m]
+        out.append(idx.reshape(-1, m).to(torch.int32).cpu())
         if progress is not None:
             progress(min(i + batch, n), n, "nearest centroids")
     return torch.cat(out).numpy()

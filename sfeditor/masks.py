@@ -137,13 +137,11 @@ class RegionModel:
                              antialias=size < x.shape[-1])
 
     # -------------------------------------------------------------- hard
-    @torch.no_grad()
-    def cluster_labels(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
-        """[B, h, w] nearest-centroid cluster ids at the DeepPixel size.
+    def centroid_scores(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
+        """``[B, h*w, K]``, pixels first: ``|c_k|^2 - 2 x.c_k`` (scaled channels), which orders the
+        centroids of each DeepPixel x as the distances do (``|x|^2`` is the same for every k).
 
-        The nearest centroid minimises ``|c_k|^2 - 2 x.c_k`` (``|x|^2`` is the same for
-        every k): one matrix product with the pixels first, about half the time of
-        ``distances(...).argmin(1)`` for hundreds of centroids.
+        One matrix product: about half the time of :meth:`distances` for hundreds of centroids.
         """
         dp = self._active_deep_pixels(s, features)                                 # [B, C, h, w]
         b, _, h, w = dp.shape
@@ -156,7 +154,13 @@ class RegionModel:
         x = dp.float().flatten(2).transpose(1, 2)                                   # [B, h*w, C]
         if self._active_scale is not None:
             x = x / self._active_scale.float().to(x.device)
-        return torch.addmm(cc.to(x.device), x.reshape(b * h * w, -1), wt.to(x.device)).argmin(1).reshape(b, h, w)
+        return torch.addmm(cc.to(x.device), x.reshape(b * h * w, -1), wt.to(x.device)).reshape(b, h * w, -1)
+
+    @torch.no_grad()
+    def cluster_labels(self, s: StyleCode | None = None, features: Features | None = None) -> torch.Tensor:
+        """[B, h, w] nearest-centroid cluster ids at the DeepPixel size."""
+        scores = self.centroid_scores(s, features)
+        return scores.argmin(2).reshape(scores.shape[0], self.size, self.size)
 
     @torch.no_grad()
     def hard_labels(self, s: StyleCode | None = None, size: int | None = None,
