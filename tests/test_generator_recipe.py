@@ -284,3 +284,23 @@ def test_prefetcher_returns_each_step_in_order_and_skips_ahead():
     finally:
         p.close()
     assert calls[:5] == [0, 1, 2, 3, 4]
+
+
+def test_prefetcher_worker_processes_give_the_thread_path_data():
+    import functools
+
+    from trainer.generator import Prefetcher, ae_step_data
+
+    make = functools.partial(ae_step_data, "toy-cars", 3, 32, True, 0)
+    threads, procs = Prefetcher(make), Prefetcher(make, workers=2)
+    try:
+        for step in (0, 1, 5):
+            a, b = threads.get(step), procs.get(step)
+            for x, y in zip(a[:3], b[:3]):
+                np.testing.assert_array_equal(x, y)
+            assert a[3].keys() == b[3].keys()
+            for k in a[3]:
+                np.testing.assert_array_equal(a[3][k], b[3][k])
+    finally:
+        threads.close()
+        procs.close()

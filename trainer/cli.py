@@ -16,7 +16,9 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              init_from=args.init_from or "", seg_weight=args.seg_weight,
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
                              swap_weight=args.swap_weight, swap_focus=args.swap_focus,
-                             swap_anchor=args.swap_anchor)
+                             swap_anchor=args.swap_anchor, data_workers=args.data_workers)
+    if recipe.data_workers < 1:
+        raise SystemExit(f"--data-workers must be >= 1, not {recipe.data_workers}")
     if recipe.swap_weight < 0 or recipe.swap_focus < 0:
         raise SystemExit(f"--swap-weight and --swap-focus must be >= 0, not {recipe.swap_weight}, "
                          f"{recipe.swap_focus}")
@@ -122,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     g.add_argument("--device", default="auto")
+    g.add_argument("--data-workers", type=int, default=1,
+                   help="processes that render the training batches (1 = one background thread); on a GPU "
+                        "the renderer is the bottleneck: e.g. 4")
     g.add_argument("--no-bf16", action="store_true", help="disable bfloat16 autocast")
     g.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     g.add_argument("--install", action="store_true", help="copy the result (fp16) into resources/ when done")

@@ -26,6 +26,7 @@ a resumed run sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -91,6 +92,7 @@ class GeneratorRecipe:
     sample_every: int = 250
     checkpoint_every: int = 100
     threads: int = 0
+    data_workers: int = 1           # processes rendering the training batches (1 = a background thread)
     device: str = "auto"
     bf16: bool = True               # bfloat16 autocast on CPU: ~4x faster here (BENCHMARKS.md)
 
@@ -392,16 +394,32 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
     return loss, p
 
 
+def ae_step_data(domain: str, batch: int, size: int, swap: bool, seed: int, step: int):
+    """The numpy data of one autoencoder step: its seeds, renders, labels and (``swap``) the region
+    swaps' renders.  Module-level, so a process pool can run it (:class:`Prefetcher`)."""
+    seeds = step_seeds(step, batch)
+    images, labels = render(domain, seeds, size=size)
+    return seeds, images, labels, (swap_batch(domain, step, seeds, size, seed) if swap else None)
+
+
 class Prefetcher:
-    """Prepares the numpy data of the next steps in a background thread while the current step
-    trains (rendering takes ~100 ms of a batch-32 step on one core).  Data depend on the step only,
-    so results and resume are unchanged."""
+    """Prepares the numpy data of the next steps in the background while the current step trains
+    (rendering takes ~70 ms of a batch-32 step on one core; more than a GPU step).  ``workers`` = 1:
+    one thread; > 1: that many worker processes (``make`` must then pickle: a module-level function
+    or a ``functools.partial`` of one), each preparing whole steps.  Data depend on the step only,
+    so results and resume are unchanged by the choice."""
 
-    def __init__(self, make, depth: int = 2):
-        from concurrent.futures import ThreadPoolExecutor
+    def __init__(self, make, depth: int = 2, workers: int = 1):
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-        self.make, self.depth = make, depth
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self.make, self.depth = make, max(depth, 2 * workers)
+        if workers > 1:
+            import multiprocessing
+
+            # spawn, not fork: the parent may hold CUDA state, which a forked child must not inherit
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        else:
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self.pending: dict = {}
 
     def get(self, step: int):
@@ -415,7 +433,7 @@ class Prefetcher:
     def close(self) -> None:
         for f in self.pending.values():
             f.cancel()
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def load_init_weights(source: str | Path) -> tuple[dict, dict]:
@@ -588,14 +606,9 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             from sfeditor.toy import swap_groups
             swap_groups_ids = swap_channel_groups(G.layout, len(swap_groups(recipe.domain))).to(dev)
 
-        def ae_data(st: int):
-            seeds = step_seeds(st, recipe.batch)
-            images, labels = render(recipe.domain, seeds, size=recipe.size)
-            swap = (swap_batch(recipe.domain, st, seeds, recipe.size, recipe.seed)
-                    if recipe.swap_weight > 0 else None)
-            return seeds, images, labels, swap
-
-        prefetch = Prefetcher(ae_data)
+        prefetch = Prefetcher(functools.partial(ae_step_data, recipe.domain, recipe.batch, recipe.size,
+                                                recipe.swap_weight > 0, recipe.seed),
+                              workers=recipe.data_workers)
         try:
             while step < recipe.ae_steps:
                 seeds_a, images, lab, swap = prefetch.get(step)
