@@ -8,7 +8,7 @@ per internal node, leaves = the regions users control).
 
 A regions file is versioned JSON::
 
-    {"format": "sfeditor-regions", "version": 1,
+    {"format": "sfeditor-regions", "version": 1 (or 2, below),
      "domain": "toy-faces",
      "generator": {"resolution": 64, "style_size": 2176, "deep_pixel_channels": 1440,
                    "fingerprint": "sha256:..."},
@@ -21,6 +21,16 @@ A regions file is versioned JSON::
      "tree": {"name": "all", "children": [{"name": "face", "children": [...]}, ..., "hair"]},
      "clustering": {...how it was made...},
      "card": {...metrics...}}
+
+Version 2 stores the centroids over the *active* channels only: a channel whose
+distance weight ``1 / channel_scale_c ** 2`` is below 1e-9 of the largest weighs
+nothing (clustering with ``min_resolution`` gives the coarse layers 1e-12), so
+``"active_channels": [[start, end], ...]`` (half-open ranges) name the stored
+columns of ``"centroids"`` ``[K, C_active]`` and ``"inactive_fill"``
+``[C - C_active]`` gives every centroid the same value on the other channels
+(their mean).  A channel equal for every centroid adds the same term to every
+distance, so nearest centroids and soft masks are unchanged.  Files with no
+inactive channel are written as version 1.
 
 Tree leaves are plain strings (the form :mod:`sfeditor.hierarchy` reads too).
 Arrays are ``{"dtype": "float16"|"float32", "shape": [...], "base64": "..."}``
@@ -45,7 +55,10 @@ import numpy as np
 from .atomic import atomic_write_text
 
 FORMAT = "sfeditor-regions"
-VERSION = 1
+VERSION = 1               # a file whose channels all weigh something
+COMPACT_VERSION = 2       # centroids stored over the active channels (module doc)
+READ_VERSIONS = (VERSION, COMPACT_VERSION)
+INACTIVE_WEIGHT = 1e-9    # a channel weighing less than this x the heaviest counts as inactive
 NORMALIZATIONS = ("none", "channel", "layer")
 
 
@@ -228,6 +241,40 @@ def generator_identity(G, fingerprint: bool = True) -> dict:
 
 
 # ---------------------------------------------------------------- the file
+def _expand_centroids(d: dict, stored: np.ndarray) -> np.ndarray:
+    """``[K, C]`` centroids of a version-2 file from its active columns and fill (module doc)."""
+    for key in ("active_channels", "inactive_fill"):
+        if key not in d:
+            raise ValueError(f"{key}: missing (version {COMPACT_VERSION} stores centroids over the active channels)")
+    c = d["generator"].get("deep_pixel_channels") if isinstance(d["generator"], dict) else None
+    if not isinstance(c, int) or isinstance(c, bool) or c <= 0:
+        raise ValueError("generator.deep_pixel_channels: must be a positive integer")
+    ranges = d["active_channels"]
+    ok = isinstance(ranges, list) and len(ranges) > 0 and all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+        for r in ranges)
+    if not ok:
+        raise ValueError("active_channels: must be a non-empty list of [start, end] integer pairs")
+    active = np.zeros(c, dtype=bool)
+    prev = 0
+    for a, b in ranges:
+        if not (prev <= a < b <= c):
+            raise ValueError(f"active_channels: range [{a}, {b}] is empty, out of order, overlapping or outside "
+                             f"the {c} DeepPixel channels")
+        active[a:b] = True
+        prev = b
+    if stored.ndim != 2 or stored.shape[1] != int(active.sum()):
+        raise ValueError(f"centroids: width {stored.shape[1] if stored.ndim == 2 else '?'} does not match the "
+                         f"{int(active.sum())} active channels")
+    fill = decode_array(d["inactive_fill"], "inactive_fill")
+    if fill.shape != (c - int(active.sum()),):
+        raise ValueError(f"inactive_fill: must have shape [{c - int(active.sum())}], got {list(fill.shape)}")
+    full = np.empty((stored.shape[0], c), dtype=np.float32)
+    full[:, active] = stored
+    full[:, ~active] = fill
+    return full
+
+
 @dataclass
 class RegionsFile:
     """A domain's regions: cluster centroids, their labels and the region hierarchy."""
@@ -259,6 +306,13 @@ class RegionsFile:
     @property
     def channels(self) -> int:
         return int(self.centroids.shape[1])
+
+    def active_channels(self) -> np.ndarray:
+        """Bool ``[C]``: the channels whose distance weight ``1 / channel_scale ** 2`` counts (module doc)."""
+        if self.channel_scale is None:
+            return np.ones(self.channels, dtype=bool)
+        w = 1.0 / np.square(self.channel_scale.astype(np.float64))
+        return w >= INACTIVE_WEIGHT * w.max()
 
     @property
     def leaves(self) -> list[str]:
@@ -364,7 +418,8 @@ class RegionsFile:
 
     # --------------------------------------------------------------- I/O
     def to_dict(self, array_dtype: str = "float16") -> dict:
-        return {
+        active = self.active_channels()
+        d = {
             "format": FORMAT, "version": VERSION, "domain": self.domain,
             "generator": dict(self.generator), "deep_pixel_size": self.deep_pixel_size,
             "normalization": self.normalization,
@@ -375,6 +430,13 @@ class RegionsFile:
             "tree": self.tree.to_dict(),
             "clustering": copy.deepcopy(self.clustering), "card": copy.deepcopy(self.card),
         }
+        if not active.all():
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(np.int8), [0]])))
+            d.update(version=COMPACT_VERSION,
+                     active_channels=[[int(a), int(b)] for a, b in zip(edges[0::2], edges[1::2])],
+                     centroids=encode_array(self.centroids[:, active], array_dtype),
+                     inactive_fill=encode_array(self.centroids[:, ~active].mean(0, dtype=np.float64), array_dtype))
+        return d
 
     @classmethod
     def from_dict(cls, d) -> "RegionsFile":
@@ -384,10 +446,13 @@ class RegionsFile:
             raise ValueError(f"format: not an sfeditor regions file (format={d.get('format')!r}, "
                              f"expected {FORMAT!r})")
         version = d.get("version")
-        if version != VERSION:
-            raise ValueError(f"version: unsupported regions file version {version!r} (this sfeditor reads {VERSION})")
+        if version not in READ_VERSIONS or isinstance(version, bool):
+            raise ValueError(f"version: unsupported regions file version {version!r} (this sfeditor reads "
+                             f"{', '.join(map(str, READ_VERSIONS))})")
         known = {"format", "version", "domain", "generator", "deep_pixel_size", "normalization", "channel_scale",
                  "centroids", "temperature", "clusters", "tree", "clustering", "card"}
+        if version == COMPACT_VERSION:
+            known |= {"active_channels", "inactive_fill"}
         extra = set(d) - known
         if extra:
             raise ValueError(f"unknown top-level keys {sorted(extra)}")
@@ -404,9 +469,12 @@ class RegionsFile:
         if len(clusters) != len(d["clusters"]):
             raise ValueError("clusters: duplicate cluster ids")
         scale = d.get("channel_scale")
+        centroids = decode_array(d["centroids"], "centroids")
+        if version == COMPACT_VERSION:
+            centroids = _expand_centroids(d, centroids)
         return cls(
             domain=d["domain"], generator=d["generator"],
-            centroids=decode_array(d["centroids"], "centroids"),
+            centroids=centroids,
             clusters=clusters, tree=RegionNode.from_dict(d["tree"]),
             deep_pixel_size=d.get("deep_pixel_size", 64), normalization=d.get("normalization", "none"),
             channel_scale=None if scale is None else decode_array(scale, "channel_scale"),
@@ -459,6 +527,6 @@ def load_regions(source: str | os.PathLike) -> RegionsFile:
     return RegionsFile.load(source)
 
 
-__all__ = ["FORMAT", "VERSION", "RegionNode", "RegionsFile", "PAPER_TREES", "node", "paper_tree", "leaves",
+__all__ = ["FORMAT", "VERSION", "COMPACT_VERSION", "RegionNode", "RegionsFile", "PAPER_TREES", "node", "paper_tree", "leaves",
            "region_of", "find_node", "internal_nodes", "validate_tree", "generator_fingerprint", "generator_identity",
            "load_regions", "encode_array", "decode_array"]

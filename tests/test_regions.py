@@ -12,8 +12,8 @@ from editor_core_helpers import SMALL as TINY, small_generator
 from sfeditor import Generator
 from sfeditor.clustering import (ClusteringOptions, ClusteringResult, MergeTree, assign, channel_scale,
                                  cluster_generator, sample_deep_pixels, squared_distances, ward_tree)
-from sfeditor.regions import (PAPER_TREES, RegionNode, RegionsFile, generator_fingerprint, internal_nodes, leaves,
-                              load_regions, node, paper_tree, region_of)
+from sfeditor.regions import (PAPER_TREES, RegionNode, RegionsFile, encode_array, generator_fingerprint,
+                              internal_nodes, leaves, load_regions, node, paper_tree, region_of)
 from sfeditor.toy import region_names
 
 OPTS = dict(samples=12, pixels=600, pca=12, batch=6)
@@ -87,7 +87,8 @@ def _broken(d: dict, edit) -> dict:
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda d: d.update(version=2), "version"),
+    (lambda d: d.update(version=3), "version"),
+    (lambda d: d.update(version=True), "version"),
     (lambda d: d.update(format="something-else"), "format"),
     (lambda d: d.pop("centroids"), "centroids: missing"),
     (lambda d: d["clusters"].update({"0": "z"}), "leaf names must equal the cluster labels"),
@@ -112,6 +113,66 @@ def _broken(d: dict, edit) -> dict:
 ])
 def test_regions_file_validation_errors(result, G, edit, message):
     good = three_leaf_file(result, G).to_dict()
+    RegionsFile.from_dict(good)
+    with pytest.raises(ValueError, match=message):
+        RegionsFile.from_dict(_broken(good, edit))
+
+
+@pytest.fixture(scope="module")
+def compact_file(G):
+    """A labelled file clustered on the finest layer only: the other channels weigh nothing."""
+    res = cluster_generator(G, ClusteringOptions(**OPTS, min_resolution=32))
+    rf = res.to_regions("tiny", 6)
+    return rf.relabelled({0: "a", 1: "b", 2: "c", 3: "a", 4: "b", 5: "c"}, node("all", node("ab", "a", "b"), "c"))
+
+
+def test_compact_regions_file_keeps_every_decision(tmp_path, G, compact_file):
+    rf = compact_file
+    active = rf.active_channels()
+    assert 0 < active.sum() < rf.channels
+    d = rf.to_dict("float32")
+    assert d["version"] == 2 and d["centroids"]["shape"] == [6, int(active.sum())]
+    assert sum(b - a for a, b in d["active_channels"]) == active.sum()
+    full = copy.deepcopy(d)
+    full.update(version=1, centroids=encode_array(rf.centroids, "float32"))
+    del full["active_channels"], full["inactive_fill"]
+    assert len(json.dumps(d)) < 0.5 * len(json.dumps(full))
+    p = tmp_path / "compact.json"
+    rf.save(p, array_dtype="float32")
+    back = RegionsFile.load(p)
+    np.testing.assert_array_equal(back.centroids[:, active], rf.centroids[:, active])
+    assert np.ptp(back.centroids[:, ~active], axis=0).max() == 0      # one shared value per inactive channel
+    torch.manual_seed(3)
+    with torch.no_grad():
+        dp = sample_deep_pixels(G, ClusteringOptions(**{**OPTS, "samples": 4, "seed": 9}))[0]
+    x = torch.as_tensor(dp[:400]).T.reshape(1, -1, 20, 20)
+    a = assign(x, rf.centroids, rf.channel_scale)
+    b = assign(x, back.centroids, back.channel_scale)
+    assert torch.equal(a, b)
+    d0 = squared_distances(x, torch.as_tensor(rf.centroids), torch.as_tensor(rf.channel_scale))
+    d1 = squared_distances(x, torch.as_tensor(back.centroids), torch.as_tensor(back.channel_scale))
+    diff = d1 - d0                          # at most a constant per pixel: soft masks are unchanged
+    assert float((diff - diff.mean(1, keepdim=True)).abs().max()) < 1e-5 * float(d0.abs().max())
+    rf2 = RegionsFile.load(p)
+    rf2.save(tmp_path / "again.json", array_dtype="float32")          # a re-save is the same file
+    assert (tmp_path / "again.json").read_text() == p.read_text()
+    # a file whose channels all count stays version 1, readable by older versions
+    assert three_leaf_file(cluster_generator(G, ClusteringOptions(**OPTS)), G).to_dict()["version"] == 1
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.pop("active_channels"), "active_channels: missing"),
+    (lambda d: d.pop("inactive_fill"), "inactive_fill: missing"),
+    (lambda d: d.update(active_channels=[]), "non-empty list"),
+    (lambda d: d.update(active_channels=[[0, "5"]]), "integer pairs"),
+    (lambda d: d.update(active_channels=[[5, 2]]), "out of order"),
+    (lambda d: d.update(active_channels=[[0, 10**6]]), "outside"),
+    (lambda d: d["active_channels"].append(list(d["active_channels"][-1])), "overlapping"),
+    (lambda d: d["active_channels"][-1].__setitem__(1, d["active_channels"][-1][1] - 1), "active channels"),
+    (lambda d: d["inactive_fill"].update(shape=[1], base64="AAA8"), "inactive_fill"),
+])
+def test_compact_regions_file_validation(compact_file, edit, message):
+    good = compact_file.to_dict()
     RegionsFile.from_dict(good)
     with pytest.raises(ValueError, match=message):
         RegionsFile.from_dict(_broken(good, edit))
