@@ -262,9 +262,18 @@ def test_api_at_every_resolution(size):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(G):
+    """cuDNN convolutions run in TF32 by default (an H100 gave a max difference of 0.002 in [-1, 1]);
+    in strict fp32 the GPU must match the CPU closely."""
     s = G.random_styles(2, seed=0)
-    with torch.no_grad():
-        cpu = G.synthesis(s)
-        gpu = G.to("cuda").synthesis(s.to("cuda")).cpu()
-    G.to("cpu")
-    assert (cpu - gpu).abs().max().item() < 1e-3
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        with torch.no_grad():
+            cpu = G.synthesis(s)
+            gpu_default = G.to("cuda").synthesis(s.to("cuda")).cpu()
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            gpu_fp32 = G.synthesis(s.to("cuda")).cpu()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+        G.to("cpu")
+    assert (cpu - gpu_default).abs().max().item() < 5e-3
+    assert (cpu - gpu_fp32).abs().max().item() < 5e-4
