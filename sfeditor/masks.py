@@ -84,11 +84,11 @@ class RegionModel:
         return deep_pixels_from_features(self._features(s, features), self.size)
 
     def _init_active_channels(self, scale) -> None:
-        """Which DeepPixel channels count in the distances.
+        """Which DeepPixel channels count in the distances (``RegionsFile.active_channels``).
 
         A regions file made with ``min_resolution`` gives the coarse layers'
         channels a scale ~1e6 times the others (:func:`~sfeditor.clustering.channel_scale`):
-        their weight 1/scale^2 is below 1e-10 of the largest, so leaving them
+        their weight 1/scale^2 is ~1e-12 of the largest, so leaving them
         out changes no distance by more than float rounding, and skips their
         resize and their share of the distance einsum (9x less work for the
         shipped toy files, which use 160 of 1,440 channels).
@@ -99,8 +99,7 @@ class RegionModel:
             self._layer_channels = None
             self._active_centroids, self._active_scale = self.centroids, self.channel_scale
             return
-        weight = torch.from_numpy(scale).double().pow(-2)
-        active = weight >= weight.max() * 1e-10
+        active = torch.from_numpy(self.regions.active_channels())
         self._layer_channels = [None if not a.any() else (slice(None) if a.all() else a.nonzero()[:, 0])
                                 for a in torch.split(active, dims)]
         dev = self.centroids.device
@@ -145,15 +144,12 @@ class RegionModel:
         """
         dp = self._active_deep_pixels(s, features)                                 # [B, C, h, w]
         b, _, h, w = dp.shape
-        if self._nearest_weights is None:
+        if self._nearest_weights is None:        # the scale folded into the weights: x . c / scale^2
             c = self._active_centroids.float()
-            if self._active_scale is not None:
-                c = c / self._active_scale.float()
-            self._nearest_weights = (-2 * c).t().contiguous(), c.pow(2).sum(1)       # [C, K], [K]
+            s = 1.0 if self._active_scale is None else self._active_scale.float()
+            self._nearest_weights = (-2 * c / s ** 2).t().contiguous(), (c / s).pow(2).sum(1)   # [C, K], [K]
         wt, cc = self._nearest_weights
         x = dp.float().flatten(2).transpose(1, 2)                                   # [B, h*w, C]
-        if self._active_scale is not None:
-            x = x / self._active_scale.float().to(x.device)
         return torch.addmm(cc.to(x.device), x.reshape(b * h * w, -1), wt.to(x.device)).reshape(b, h * w, -1)
 
     @torch.no_grad()

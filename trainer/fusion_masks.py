@@ -57,11 +57,9 @@ class RegionScorer:
         n_active = sum(w.shape[1] for _, _, w in self.layers)
         # Per layer, the work on K score maps (einsum, resize, sum) grows with the number of layers;
         # resizing the active channels once and one matrix product cost less when K is large
-        # (a fine cut: K ~ 600 on 160 channels) - the "dense" path; both give the same scores.
+        # (a fine cut: K ~ 600 on 160 channels) - the "dense" path, RegionModel.centroid_scores; both give
+        # the same scores.
         self.dense = len(self.layers) * k > n_active if dense is None else bool(dense)
-        if self.dense:
-            w_all = torch.cat([w for _, _, w in self.layers], dim=1)                 # [K, C_active]
-            self.w_aug = torch.cat([-2 * w_all, self.cc[:, None]], dim=1).t().contiguous() / self.channels
         self.member = model.membership(regions).float()                     # [K, R]
         self.cluster_leaf = model.cluster_leaf
         self.regions = None if regions is None else list(regions)
@@ -72,30 +70,31 @@ class RegionScorer:
             raise ValueError("features do not come from this generator")
         return conv
 
-    def _scores_flat(self, features: dict) -> torch.Tensor:
-        """``[B, s*s, K]``: as :meth:`scores`, pixels first (the layout softmax and argmin over K like)."""
-        conv = self._check(features)
-        if not self.dense:
-            sc = self.scores(features)
-            return sc.flatten(2).transpose(1, 2)
-        x = torch.cat([resize_features(conv[i] if isinstance(idx, slice) else conv[i][:, idx.to(conv[i].device)],
-                                       self.size).float() for i, idx, _ in self.layers], dim=1)
-        x = x.flatten(2).transpose(1, 2)                                              # [B, s*s, C_active]
-        x = torch.cat([x, x.new_ones(x.shape[:2] + (1,))], dim=2)
-        return x @ self.w_aug.to(x.device)
-
-    def scores(self, features: dict) -> torch.Tensor:
-        """``[B, K, s, s]``: squared distance to each centroid minus its k-independent part."""
-        conv = self._check(features)
-        if self.dense:
-            b = conv[0].shape[0]
-            return self._scores_flat(features).transpose(1, 2).reshape(b, -1, self.size, self.size)
+    def _raw_maps(self, conv: list) -> torch.Tensor:
+        """``[B, K, s, s]``: C x :meth:`scores`, per layer at each layer's resolution."""
         acc = None
         for i, idx, w in self.layers:
             f = conv[i] if isinstance(idx, slice) else conv[i][:, idx.to(conv[i].device)]
             d = resize_features(torch.einsum("bchw,kc->bkhw", f.float(), w.to(f.device)), self.size)
             acc = d if acc is None else acc + d
-        return (self.cc.to(acc.device)[None, :, None, None] - 2 * acc) / self.channels
+        return self.cc.to(acc.device)[None, :, None, None] - 2 * acc
+
+    def _raw_flat(self, features: dict) -> torch.Tensor:
+        """``[B, s*s, K]``: C x :meth:`scores`, pixels first (the layout softmax and argmin over K like).
+        The dense path is ``RegionModel.centroid_scores``; the 1/C is left to the callers, which fold
+        it into one smaller operation (the temperature) or need none (argmin)."""
+        conv = self._check(features)
+        if self.dense:
+            return self.model.centroid_scores(features=features)
+        return self._raw_maps(conv).flatten(2).transpose(1, 2)
+
+    def scores(self, features: dict) -> torch.Tensor:
+        """``[B, K, s, s]``: squared distance to each centroid minus its k-independent part."""
+        conv = self._check(features)
+        if self.dense:
+            raw = self._raw_flat(features)
+            return raw.transpose(1, 2).reshape(raw.shape[0], -1, self.size, self.size) / self.channels
+        return self._raw_maps(conv) / self.channels
 
     def _resize(self, x: torch.Tensor, size: int | None, mode: str) -> torch.Tensor:
         size = self.size if size is None else int(size)
@@ -114,20 +113,20 @@ class RegionScorer:
         tau = self.temperature if temperature is None else float(temperature)
         if tau <= 0:
             raise ValueError("temperature must be positive")
-        p = torch.softmax(self._scores_flat(features) / -tau, dim=2)                 # [B, s*s, K]
+        p = torch.softmax(self._raw_flat(features) / (-tau * self.channels), dim=2)  # [B, s*s, K]
         return self._resize(self._maps(p @ self.member.to(p.device)), size, "bilinear")
 
     @torch.no_grad()
     def hard_labels(self, features: dict, size: int | None = None) -> torch.Tensor:
         """``[B, H, W]`` leaf index (into ``model.leaves``) of the nearest centroid, as ``RegionModel.hard_labels``."""
-        nearest = self._scores_flat(features).argmin(2)                              # [B, s*s]
+        nearest = self._raw_flat(features).argmin(2)                              # [B, s*s]
         leaf = self.cluster_leaf.to(nearest.device)[nearest].reshape(-1, self.size, self.size)
         return self._resize(leaf[:, None].float(), size, "nearest")[:, 0].long()
 
     @torch.no_grad()
     def hard_masks(self, features: dict, size: int | None = None) -> torch.Tensor:
         """``[B, R, H, W]`` 0/1 masks of the nearest centroid (Sec. 4.2), as ``RegionModel.hard_masks``."""
-        nearest = self._scores_flat(features).argmin(2)                              # [B, s*s]
+        nearest = self._raw_flat(features).argmin(2)                              # [B, s*s]
         masks = self.member.to(nearest.device)[nearest]                             # [B, s*s, R]
         return self._resize(self._maps(masks), size, "nearest")
 
