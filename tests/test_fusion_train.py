@@ -28,7 +28,7 @@ from trainer.fusion import (FusionRecipe, plan_stages, sync_step, train_hierarch
                             DistInfo)
 from trainer.fusion_eval import (ClusterJudge, ablation_markdown, ablation_rows, change_map,
                                  evaluate_locality, hierarchy_composer, hierarchy_targets, load_node_net,
-                                 locality_share, psnr_outside)
+                                 locality_share, psnr_outside, renderer_ceiling, ceiling_markdown, Judge)
 from trainer.fusion_masks import RegionScorer
 from trainer.fusion_stages import (NodeContext, node_regions, prepare_targets, sample_codes, set_trainable,
                                    stage_loss, trained_blenders)
@@ -360,6 +360,68 @@ def test_locality_metrics_perfect_and_global():
     assert math.isnan(locality_share(change_map(base, base), inside))
     everywhere = torch.ones_like(inside)
     assert torch.isnan(psnr_outside(base, glob, everywhere)).all()
+
+
+class _TruthJudge(Judge):
+    """Labels a toy render by the renderer's own label map (found by re-rendering the same image)."""
+
+    kind = "truth"
+
+    def __init__(self, domain, lookup):
+        from sfeditor.toy import region_names
+        self.names, self.lookup = list(region_names(domain)), lookup
+
+    def labels(self, images, codes):
+        return self.lookup(images)
+
+
+def test_renderer_ceiling_scores_the_ideal_edit_with_the_same_formula():
+    import numpy as np
+    from sfeditor.imageio import from_uint8
+    from sfeditor.toy import render, render_swap
+
+    n, seed = 24, 3
+    rng = np.random.default_rng([seed, 5151])
+    a = rng.integers(20_000_000, 30_000_000, n)
+    b = rng.integers(30_000_000, 40_000_000, n)
+    xa, la = render("toy-cars", a)
+    truth = _TruthJudge("toy-cars", lambda images: torch.from_numpy(la).long())
+    ceil = renderer_ceiling("toy-cars", ["wheels", "car_body", "not_a_region"], truth, samples=n, seed=seed)
+    assert set(ceil) == {"wheels", "car_body"}            # a leaf the renderer cannot swap is left out
+    # by hand: the renderer's wheel swap, scored as edit_experiment scores a hierarchy's edit
+    y = from_uint8(render_swap("toy-cars", a, b, ["wheels"] * n)[0])
+    ch = change_map(from_uint8(xa), y).double()
+    inside = torch.from_numpy(la == truth.names.index("wheels"))
+    assert ceil["wheels"] == pytest.approx(float((ch * inside).sum() / ch.sum()), rel=1e-9)
+    # a swap of the wheels alone stays inside them; the body's colour reaches the anti-aliased rim
+    # pixels and its shape moves pixels outside A's mask, so the ideal body edit stays lower
+    assert ceil["wheels"] > 0.95 and 0.3 < ceil["car_body"] < ceil["wheels"]
+    # a judge that calls every pixel "wheels" puts every change inside
+    everything = _TruthJudge("toy-cars", lambda images: torch.full(images.shape[:1] + images.shape[2:],
+                                                                   truth.names.index("wheels")))
+    assert renderer_ceiling("toy-cars", ["wheels"], everything, samples=8)["wheels"] == pytest.approx(1.0)
+    table = ceiling_markdown(ceil, {"wheels": {"locality": ceil["wheels"] / 2}})
+    assert "| wheels | " in table and "| 0.50 |" in table and "| car_body |" in table
+
+
+def test_swap_leak_ratio_is_the_share_of_change_outside_the_swapped_pixels():
+    from trainer.generator import swap_leak_ratio
+
+    g = torch.Generator().manual_seed(0)
+    rec = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    changed = torch.zeros(2, 1, 16, 16)
+    changed[:, :, 4:8, 4:8] = 1
+    inside_only = rec + 0.5 * changed
+    assert torch.allclose(swap_leak_ratio(inside_only, rec, changed), torch.zeros(2), atol=1e-6)
+    outside_only = rec + 0.5 * (1 - changed)
+    assert torch.all(swap_leak_ratio(outside_only, rec, changed) > 0.99)
+    half = rec + 0.5 * changed + (0.5 * 16 / 240) * (1 - changed)   # equal total change in and out
+    assert torch.allclose(swap_leak_ratio(half, rec, changed, floor=0.0), torch.full((2,), 0.5), atol=1e-5)
+    assert torch.allclose(swap_leak_ratio(rec, rec, changed), torch.zeros(2))   # no change: 0, not NaN
+    out = outside_only.clone().requires_grad_(True)
+    reca = rec.clone().requires_grad_(True)
+    swap_leak_ratio(out, reca, changed).sum().backward()
+    assert out.grad is not None and reca.grad is None                 # A's reconstruction is a fixed anchor
 
 
 def test_cli_registers_fusion_commands_and_keeps_the_others():

@@ -265,6 +265,23 @@ def test_swap_focus_and_anchor_change_the_loss_and_need_the_a_renders():
     assert not torch.isclose(anchored_x, plain)
     with pytest.raises(ValueError, match="x_a"):
         region_swap_loss(*args, rec_a=y)
+    # anchor=False: rec_a only feeds the leak ratio; the target stays the render
+    stats = {}
+    unanchored, _ = region_swap_loss(*args, rendered=rendered, x_a=x_a, rec_a=x_a + 0.5, anchor=False, stats=stats)
+    assert torch.isclose(unanchored, plain) and 0.0 <= stats["leak"] <= 1.0
+    leaky, _ = region_swap_loss(*args, rendered=rendered, x_a=x_a, rec_a=x_a + 0.5, anchor=False, leak=2.0)
+    assert torch.isclose(leaky, plain + 2.0 * stats["leak"], atol=1e-5)
+    with pytest.raises(ValueError, match="rec_a"):
+        region_swap_loss(*args, rendered=rendered, x_a=x_a, leak=1.0)
+
+
+def test_generator_cli_checks_the_swap_flags():
+    from trainer.cli import main
+
+    with pytest.raises(SystemExit, match="--swap-leak"):
+        main(["generator", "--domain", "toy-cars", "--swap-leak", "0.2"])
+    with pytest.raises(SystemExit, match="must be >= 0"):
+        main(["generator", "--domain", "toy-cars", "--swap-weight", "1", "--swap-leak", "-1"])
 
 
 def test_prefetcher_returns_each_step_in_order_and_skips_ahead():

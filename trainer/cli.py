@@ -16,12 +16,15 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              init_from=args.init_from or "", seg_weight=args.seg_weight,
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
                              swap_weight=args.swap_weight, swap_focus=args.swap_focus,
-                             swap_anchor=args.swap_anchor, data_workers=args.data_workers)
+                             swap_anchor=args.swap_anchor, swap_leak=args.swap_leak,
+                             data_workers=args.data_workers)
     if recipe.data_workers < 1:
         raise SystemExit(f"--data-workers must be >= 1, not {recipe.data_workers}")
-    if recipe.swap_weight < 0 or recipe.swap_focus < 0:
-        raise SystemExit(f"--swap-weight and --swap-focus must be >= 0, not {recipe.swap_weight}, "
-                         f"{recipe.swap_focus}")
+    if recipe.swap_weight < 0 or recipe.swap_focus < 0 or recipe.swap_leak < 0:
+        raise SystemExit(f"--swap-weight, --swap-focus and --swap-leak must be >= 0, not {recipe.swap_weight}, "
+                         f"{recipe.swap_focus}, {recipe.swap_leak}")
+    if recipe.swap_leak > 0 and recipe.swap_weight <= 0:
+        raise SystemExit("--swap-leak is a term of the region-swap loss: it needs --swap-weight > 0")
     if recipe.seg_weight > 0 and not recipe.seg_critic:
         raise SystemExit("--seg-weight needs --seg-critic (sfeditor-train oracle --domain D --seed 1 --out FILE)")
     if args.ae_lr is not None:
@@ -116,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--swap-anchor", action="store_true",
                    help="the pixels a region swap leaves alone must match A's own reconstruction (not the "
                         "render), so the swap loss measures only what a group leaks outside its region")
+    g.add_argument("--swap-leak", type=float, default=0.0,
+                   help="add this weight x the swaps' leak ratio (share of a swap's change, against A's own "
+                        "reconstruction, outside the pixels it should change: the locality the evaluation "
+                        "measures) to the region-swap loss, e.g. 0.2")
     g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
                    help="z -> w: regress onto a Gaussian fit of the encoder codes (default) or a latent GAN")
     g.add_argument("--from-phase", choices=["mapping", "mix"],

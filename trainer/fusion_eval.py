@@ -340,6 +340,53 @@ def evaluate_locality(G, compose: Composer, names: Sequence[str], targets: Seque
     return result
 
 
+# -------------------------------------------------------- renderer ceiling
+@torch.no_grad()
+def renderer_ceiling(domain: str, leaves: Sequence[str], judge: Judge, samples: int = 200, seed: int = 0,
+                     size: int = 64) -> dict[str, float]:
+    """The locality a perfectly region-local edit scores under the same judge and formula.
+
+    For a toy domain the renderer knows what changing one region alone looks like
+    (``sfeditor.toy.render_swap``: image A with region k's parameters taken from image B).  This
+    scores those ground-truth edits exactly as :func:`edit_experiment` scores a hierarchy's
+    (random base; change inside the judge's region of A / total change), so a leaf whose region
+    changes shape (hair, a mouth opening) is seen to move pixels outside A's mask even when the
+    edit is ideal.  Returns ``{leaf: locality}``; regions the renderer cannot swap are left out.
+    """
+    from sfeditor.toy import render, render_swap, swap_groups
+    from sfeditor.imageio import from_uint8
+
+    known = set(swap_groups(domain))
+    rng = np.random.default_rng([seed, 5151])
+    a = rng.integers(20_000_000, 30_000_000, samples)
+    b = rng.integers(30_000_000, 40_000_000, samples)
+    xa = from_uint8(render(domain, a, size=size)[0])
+    labels = judge.labels(xa.to(_judge_device(judge)), None).cpu()
+    out = {}
+    for leaf in leaves:
+        if leaf not in known:
+            continue
+        y = from_uint8(render_swap(domain, a, b, [leaf] * samples, size=size)[0])
+        ch = change_map(xa, y).double()
+        inside = judge.region_mask(labels, (leaf,)).double()
+        out[leaf] = float((ch * inside).sum() / ch.sum()) if float(ch.sum()) > 0 else float("nan")
+    return out
+
+
+def _judge_device(judge: Judge) -> torch.device:
+    net = getattr(judge, "oracle", None)
+    return next(net.parameters()).device if net is not None else torch.device("cpu")
+
+
+def ceiling_markdown(ceiling: Mapping[str, float], measured: Mapping[str, Mapping[str, float]]) -> str:
+    """Leaf | renderer's ideal edit | the hierarchy's (random base) | share of the ideal reached."""
+    lines = ["| leaf | ideal edit (renderer) | hierarchy, random base | hierarchy / ideal |", "|---|---|---|---|"]
+    for leaf, c in ceiling.items():
+        m = measured.get(leaf, {}).get("locality", float("nan"))
+        lines.append(f"| {leaf} | {_fmt(c)} | {_fmt(m)} | {_fmt(m / c if c else float('nan'), 2)} |")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------- ablation
 def load_node_net(path: str | os.PathLike) -> FusionNet:
     """A ``net.pt`` written by :func:`trainer.fusion.train_node`."""
@@ -464,6 +511,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    "global code in the coarse layers; saturated = q within 0.01 of 0 or 1; input dependence = "
                    "mean per-channel std of q over sampled inputs (0: one fixed channel mask).\n\n",
                    blend_table(bstats, {n: h.children_of(n) for n in bstats})]
+        if args.domain.startswith("toy-") and judge.kind == "oracle":
+            leaves = [t.code for t in targets if t.leaves == (t.code,)]
+            ceiling = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed)
+            metrics["renderer_ceiling"] = ceiling
+            measured = {r["label"]: r for r in res["random"]}
+            report += ["\n### The ideal edit's locality (renderer ceiling)\n\n",
+                       "The renderer's own region swap (A with one region's parameters from B: the edit a "
+                       "perfectly region-local code would make), scored by the same judge and formula. A "
+                       "region that changes shape moves pixels outside A's mask, so even the ideal edit "
+                       "stays below 1.\n\n", ceiling_markdown(ceiling, measured)]
     elif not args.ablation:
         raise FileNotFoundError(f"no hierarchy file at {hpath} (train one with `sfeditor-train hierarchy "
                                 f"--domain {args.domain}`, or pass --hierarchy)")
@@ -543,5 +600,6 @@ def add_parsers(sub) -> None:
 
 __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer", "node_composer", "EditTarget",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
+           "renderer_ceiling", "ceiling_markdown",
            "heatmap_figure", "colormap", "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers",
            "blend_table"]

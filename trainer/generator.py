@@ -88,6 +88,7 @@ class GeneratorRecipe:
     swap_weight: float = 0.0        # region-swap loss (0 = off): see swap_channel_groups
     swap_focus: float = 0.0         # extra loss weight of the pixels a swap changes (see region_swap_loss)
     swap_anchor: bool = False       # pixels a swap leaves alone must match A's reconstruction (region_swap_loss)
+    swap_leak: float = 0.0          # weight of the swaps' leak ratio (swap_leak_ratio; needs no anchor)
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 100
@@ -351,11 +352,29 @@ def changed_pixels(y: torch.Tensor, x: torch.Tensor, tol: float = 0.02) -> torch
     return F.max_pool2d(diff.float(), 3, stride=1, padding=1)
 
 
+def swap_leak_ratio(out: torch.Tensor, rec_a: torch.Tensor, changed: torch.Tensor,
+                    floor: float = 1e-3) -> torch.Tensor:
+    """Share of a swap's image change that falls outside the pixels it should change, per image:
+    ``sum((1 - changed) * d) / (sum(d) + floor * H * W)`` with ``d = |out - rec_a|`` (mean over RGB).
+
+    The locality the evaluation measures (``trainer.fusion_eval``: change inside / total change), as a
+    loss on the generator: the counterpart of the localization loss (Eq. 4-5), which asks the same of
+    a FusionNet.  A ratio, not an L1 of the leak, because a small region's swap (eyes: ~1 % of the
+    pixels) changes little in absolute terms, so an absolute leak penalty that ignores it would also
+    be too weak to matter for it.  ``floor`` keeps a swap that changes almost nothing (B's region
+    drawn like A's) from dividing by ~0.  ``rec_a`` is detached: only the swapped output moves.
+    Returns ``[B]``."""
+    d = (out - rec_a.detach()).abs().mean(1, keepdim=True)
+    hw = d.shape[-1] * d.shape[-2]
+    return ((1 - changed) * d).sum((1, 2, 3)) / (d.sum((1, 2, 3)) + floor * hw)
+
+
 def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a: np.ndarray,
                      w_a: torch.Tensor, groups: torch.Tensor, amp, grad_weight: float, small: tuple,
                      region_weight: float, critic=None, seg_weight: float = 0.0,
                      seed: int = 0, rendered: dict | None = None, x_a: torch.Tensor | None = None,
-                     focus: float = 0.0, rec_a: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+                     focus: float = 0.0, rec_a: torch.Tensor | None = None, anchor: bool = True,
+                     leak: float = 0.0, stats: dict | None = None) -> tuple[torch.Tensor, float]:
     """Region-swap reconstruction: A's style code with one group's channels taken from B's must
     synthesise the renderer's A-with-B's-region image (or B's pose: group 0;
     ``sfeditor.toy.render_swap``).  ``w_a`` are the encoder codes of the renders of ``seeds_a`` (the
@@ -365,7 +384,10 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
     is not drowned by the pixels that stay.  ``rec_a`` (A's reconstruction, detached; needs ``x_a``)
     anchors the pixels the swap leaves alone to what the model draws for A rather than to the
     render: their loss then measures only what the swapped group leaks outside its region (the
-    generator-side counterpart of the localization loss, Eq. 5), not A's reconstruction error.
+    generator-side counterpart of the localization loss, Eq. 5), not A's reconstruction error;
+    ``anchor=False`` keeps the render as the target there (``rec_a`` then only feeds ``leak``).
+    ``leak`` > 0 adds ``leak`` x the mean :func:`swap_leak_ratio` (needs ``rec_a``); ``stats``, if
+    given, receives the batch's mean leak ratio under "leak" whenever ``rec_a`` is given.
     Returns (loss, PSNR of the swaps against the renderer's truth)."""
     dev = groups.device
     n = len(seeds_a)
@@ -381,12 +403,21 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
     wmap = None if wmap is None else wmap.to(dev)
     if (focus > 0 or rec_a is not None) and x_a is None:
         raise ValueError("region_swap_loss: focus and rec_a need x_a (A's renders)")
+    if leak > 0 and rec_a is None:
+        raise ValueError("region_swap_loss: leak needs rec_a (A's reconstruction)")
     changed = changed_pixels(y, x_a.to(dev)) if x_a is not None else None
     if focus > 0:
         f = 1 + focus * changed
         wmap = f if wmap is None else wmap * f
-    target = y if rec_a is None else changed * y + (1 - changed) * rec_a.detach().to(dev)
+    anchored = rec_a is not None and anchor
+    target = changed * y + (1 - changed) * rec_a.detach().to(dev) if anchored else y
     loss = recon_loss(out, target, grad_weight, wmap)
+    if rec_a is not None:
+        ratio = swap_leak_ratio(out, rec_a.to(dev), changed)
+        if leak > 0:
+            loss = loss + leak * ratio.mean()
+        if stats is not None:
+            stats["leak"] = float(ratio.detach().mean())
     if critic is not None and seg_weight > 0:
         loss = loss + seg_weight * seg_loss(critic, out, torch.from_numpy(lab).long().to(dev), wmap)
     with torch.no_grad():
@@ -621,12 +652,14 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
                 adv = recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start
                 extra = {}
                 if recipe.swap_weight > 0:
+                    swap_stats = {}
                     sw, sw_psnr = region_swap_loss(G, E, recipe.domain, step, seeds_a, w_a, swap_groups_ids, amp,
                                                    recipe.grad_weight, small, recipe.region_weight, critic,
                                                    recipe.seg_weight, recipe.seed, rendered=swap, x_a=x,
                                                    focus=recipe.swap_focus,
-                                                   rec_a=rec if recipe.swap_anchor else None)
-                    extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr)
+                                                   rec_a=rec, anchor=recipe.swap_anchor,
+                                                   leak=recipe.swap_leak, stats=swap_stats)
+                    extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr, **swap_stats)
                 if critic is not None:
                     sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev),
                                    None if wmap is None else wmap.to(dev))
