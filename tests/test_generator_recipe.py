@@ -321,3 +321,25 @@ def test_prefetcher_worker_processes_give_the_thread_path_data():
     finally:
         threads.close()
         procs.close()
+
+
+def test_coverage_projects_with_the_editors_projector_and_preset():
+    """evaluate-generator's coverage is the editor's inversion (domain preset), image by image."""
+    from sfeditor.generator import Generator
+    from sfeditor.inversion import InversionSettings, Projector
+    from trainer.evaluate_generator import project_heldout
+
+    torch.manual_seed(0)
+    G = Generator(tiny_recipe().generator_config()).eval()
+    with torch.no_grad():
+        targets = G.synthesis(G.styles(G.sample_w(3, seed=5)), noise_mode="const")
+    seen = []
+    recon, settings = project_heldout(G, "toy-cars", targets, steps=12, progress=lambda i, **kw: seen.append(i))
+    preset = InversionSettings.for_generator(G, "toy-cars")
+    assert settings["steps"] == 12 and settings["lr"] == preset.lr and settings["space"] == "w+"
+    assert recon.shape == targets.shape and seen == [1, 2, 3]
+    # the same numbers the editor's projector gives for one of the images
+    one = Projector(G, InversionSettings.for_generator(G, "toy-cars", steps=12), cache=False).invert(targets[1:2])
+    assert torch.allclose(recon[1:2], one.render(G), atol=1e-5)
+    _, default = project_heldout(G, "toy-cars", targets[:1], steps=None)
+    assert default["steps"] == preset.steps               # no override: the domain's preset step count

@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--encoder", help="toy encoder weights to start projections from")
     e.add_argument("--out")
     e.add_argument("--project", type=int, default=50, help="held-out images to project")
-    e.add_argument("--project-steps", type=int, default=300)
+    e.add_argument("--project-steps", type=int, default=None,
+                   help="projector steps per image (default: the domain's inversion preset, as in the editor)")
     e.add_argument("--samples", type=int, default=500)
     e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=cmd_evaluate_generator)

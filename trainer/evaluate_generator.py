@@ -1,7 +1,9 @@
 """Measure a toy generator (``sfeditor-train evaluate-generator``).
 
-* Coverage: held-out rendered images projected into W+ (encoder start, then
-  Adam on w+), mean PSNR.
+* Coverage: held-out rendered images projected into W+ by the editor's own
+  projector (:class:`sfeditor.inversion.Projector`, the domain's preset:
+  encoder start, Adam on w+), mean PSNR - how much of the domain the
+  generator can draw, measured with the inversion a user gets.
 * Realism: the region oracle's mean per-pixel confidence on generated samples
   vs. on rendered images, and the share of samples whose oracle segmentation
   holds every region of the domain.
@@ -22,32 +24,11 @@ from sfeditor.generator import Generator
 from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
 from sfeditor.toy import region_names, render
 
+from .common import Progress
+
 from .generator import HELDOUT_SEED_OFFSET, psnr
 
 MIN_REGION_PIXELS = 3   # a region "is present" when the oracle gives it at least this many pixels (64x64)
-
-
-def project_w_plus(G: Generator, targets: torch.Tensor, w_init: torch.Tensor, steps: int = 300, lr: float = 0.02,
-                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Optimise w+ [B, n_latent, w_dim] to reproduce ``targets`` (MSE + L1); returns (w+, images)."""
-    w = w_init.detach().clone()
-    if w.ndim == 2:
-        w = w[:, None].repeat(1, G.n_latent, 1)
-    w.requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=lr)
-    for i in range(steps):
-        t = i / max(steps - 1, 1)
-        for g in opt.param_groups:  # cosine ramp-down
-            g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * t))
-        img = G.synthesis(G.styles(w))
-        loss = (img - targets).pow(2).mean() + 0.1 * (img - targets).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress:
-            progress(i + 1, steps)
-    with torch.no_grad():
-        return w.detach(), G.synthesis(G.styles(w))
 
 
 def style_mixing_grid(G: Generator, seeds_rows, seeds_cols, truncation: float, crossover: int) -> np.ndarray:
@@ -67,8 +48,27 @@ def style_mixing_grid(G: Generator, seeds_rows, seeds_cols, truncation: float, c
     return make_grid(np.concatenate(tiles), cols=len(seeds_cols) + 1, scale=2)
 
 
+def project_heldout(G: Generator, domain: str, targets: torch.Tensor, encoder=None, steps: int | None = None,
+                    progress=None) -> tuple[torch.Tensor, dict]:
+    """Project each image of ``targets`` ``[B, 3, S, S]`` into W+ with the editor's projector and the
+    domain's preset (``InversionSettings.for_generator``; ``steps`` overrides its step count), no
+    cache.  Returns (reconstructions, the settings used)."""
+    from sfeditor.inversion import InversionSettings, Projector
+
+    settings = InversionSettings.for_generator(G, domain, **({"steps": steps} if steps else {}))
+    proj = Projector(G, settings, encoder=encoder, cache=False)
+    recon = []
+    for i in range(len(targets)):
+        res = proj.invert(targets[i:i + 1], use_cache=False)
+        with torch.no_grad():
+            recon.append(res.render(G).float().to(targets.device))
+        if progress is not None:
+            progress(i + 1, psnr=res.psnr)
+    return torch.cat(recon), settings.to_dict()
+
+
 def evaluate_generator(G: Generator, domain: str, out_dir: str | Path, encoder=None, n_project: int = 50,
-                       project_steps: int = 300, n_samples: int = 500, log=print) -> dict:
+                       project_steps: int | None = None, n_samples: int = 500, log=print) -> dict:
     from sfeditor.toy.oracle import load_oracle
 
     out = Path(out_dir)
@@ -84,9 +84,12 @@ def evaluate_generator(G: Generator, domain: str, out_dir: str | Path, encoder=N
     with torch.no_grad():
         w0 = encoder(targets) if encoder is not None else G.w_avg.expand(len(targets), -1)
         enc_psnr = psnr(G.synthesis(G.styles(w0)), targets)
-    w_plus, recon = project_w_plus(G, targets, w0, steps=project_steps)
+    bar = Progress(n_project, f"{domain} coverage: W+ projection")
+    recon, settings = project_heldout(G, domain, targets, encoder, project_steps,
+                                      progress=lambda i, **kw: bar.update(i, **kw))
     p = psnr(recon, targets)
-    metrics["coverage"] = {"images": n_project, "steps": project_steps, "encoder_psnr_db": float(enc_psnr.mean()),
+    metrics["coverage"] = {"images": n_project, "steps": settings["steps"], "projector": settings,
+                           "encoder_psnr_db": float(enc_psnr.mean()),
                            "w_plus_psnr_db": float(p.mean()), "w_plus_psnr_db_min": float(p.min()),
                            "seconds": round(time.time() - t0, 1)}
     save_png(out / "projection.png", make_grid(np.concatenate([images[:16], to_uint8(recon[:16])]), cols=16, scale=2))
