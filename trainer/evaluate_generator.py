@@ -25,7 +25,6 @@ from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
 from sfeditor.toy import region_names, render
 
 from .common import Progress
-
 from .generator import HELDOUT_SEED_OFFSET, psnr
 
 MIN_REGION_PIXELS = 3   # a region "is present" when the oracle gives it at least this many pixels (64x64)
