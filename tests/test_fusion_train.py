@@ -335,6 +335,9 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         assert (tmp_path / "eval" / f"heatmaps-{mode}.png").exists()
         rows = {r["label"]: r for r in res[mode]}
         assert all(0.0 <= r["locality"] <= 1.0 for r in rows.values())
+        # either image's region holds the base's, so it holds at least as much of the change
+        assert all(r["locality"] - 1e-9 <= r["locality_either"] <= 1.0 for r in rows.values())
+        assert any(r["locality_either"] > r["locality"] + 1e-6 for r in rows.values())   # edits move regions
         assert rows["global:all"]["locality"] == pytest.approx(1.0)          # its region is the whole image
     assert "| a | a |" in res["table"]
 
@@ -385,7 +388,9 @@ def test_renderer_ceiling_scores_the_ideal_edit_with_the_same_formula():
     a = rng.integers(20_000_000, 30_000_000, n)
     b = rng.integers(30_000_000, 40_000_000, n)
     xa, la = render("toy-cars", a)
-    truth = _TruthJudge("toy-cars", lambda images: torch.from_numpy(la).long())
+    y_body, l_body = render_swap("toy-cars", a, b, ["car_body"] * n)
+    truth_of = {from_uint8(xa).numpy().tobytes(): la, from_uint8(y_body).numpy().tobytes(): l_body}
+    truth = _TruthJudge("toy-cars", lambda images: torch.from_numpy(truth_of.get(images.numpy().tobytes(), la)).long())
     ceil = renderer_ceiling("toy-cars", ["wheels", "car_body", "not_a_region"], truth, samples=n, seed=seed)
     assert set(ceil) == {"wheels", "car_body"}            # a leaf the renderer cannot swap is left out
     # by hand: the renderer's wheel swap, scored as edit_experiment scores a hierarchy's edit
@@ -402,6 +407,15 @@ def test_renderer_ceiling_scores_the_ideal_edit_with_the_same_formula():
     assert renderer_ceiling("toy-cars", ["wheels"], everything, samples=8)["wheels"] == pytest.approx(1.0)
     table = ceiling_markdown(ceil, {"wheels": {"locality": ceil["wheels"] / 2}})
     assert "| wheels | " in table and "| 0.50 |" in table and "| car_body |" in table
+    # either=True counts the region of A or of the edit: for the body, the pixels its new outline covers
+    either = renderer_ceiling("toy-cars", ["car_body"], truth, samples=n, seed=seed, either=True)["car_body"]
+    body = truth.names.index("car_body")
+    ch = change_map(from_uint8(xa), from_uint8(y_body)).double()
+    union = torch.from_numpy((la == body) | (l_body == body))
+    assert either == pytest.approx(float((ch * union).sum() / ch.sum()), rel=1e-9)
+    assert either > ceil["car_body"] + 0.05
+    both = ceiling_markdown(ceil, {"car_body": {"locality": 0.3, "locality_either": 0.4}}, {"car_body": either})
+    assert "either image's region" in both and both.splitlines()[2].count("|") == 8
 
 
 def test_swap_leak_ratio_is_the_share_of_change_outside_the_swapped_pixels():
