@@ -329,6 +329,10 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
     assert [t.label for t in targets] == ["a", "b", "c", "d", "global:all", "global:ab", "global:cd"]
     assert targets[5].leaves == ("a", "b")
     judge = ClusterJudge(RegionModel(G, regions))
+    from contextlib import nullcontext
+    codes = G.random_styles(2, seed=3)
+    img, lab = judge.render(G, codes, nullcontext)      # one synthesis for the image and its labels
+    assert torch.equal(img, G.synthesis(codes).float()) and torch.equal(lab, judge.labels(img, codes))
     res = evaluate_locality(G, hierarchy_composer(h), h.required_codes(), targets, judge, tmp_path / "eval",
                             samples=4, batch=4, truncation=TRUNC)
     for mode in ("random", "fixed"):

@@ -140,6 +140,12 @@ class Judge:
     def labels(self, images: torch.Tensor, codes: StyleCode) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def render(self, G, codes: StyleCode, amp) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [B, 3, H, W] float, labels [B, H, W])`` of ``codes``, the synthesis under ``amp``."""
+        with amp():
+            images = G.synthesis(codes).float()
+        return images, self.labels(images, codes.to(torch.float32))
+
     def region_mask(self, labels: torch.Tensor, leaves: Sequence[str]) -> torch.Tensor:
         """``[B, H, W]`` bool: the pixels whose label is one of ``leaves``."""
         missing = [x for x in leaves if x not in self.names]
@@ -172,6 +178,14 @@ class ClusterJudge(Judge):
     def labels(self, images, codes):
         _, feats = self.model.G.synthesis(codes, self.model.noise_mode, return_features=True)
         return self.scorer.hard_labels(feats, size=images.shape[-1]).to(images.device)
+
+    def render(self, G, codes, amp):
+        """One synthesis gives the image and the DeepPixels its labels come from (``labels`` would
+        synthesise ``codes`` again)."""
+        with amp():
+            images, feats = G.synthesis(codes, self.model.noise_mode, return_features=True)
+        images = images.float()
+        return images, self.scorer.hard_labels(feats, size=images.shape[-1]).to(images.device)
 
 
 # -------------------------------------------------------------- experiment
@@ -243,17 +257,15 @@ def edit_experiment(G, compose: Composer, names: Sequence[str], targets: Sequenc
         fresh = sample_code_set(G, [t.code for t in targets], b, truncation, gen)
         with amp():
             s_base = compose(base)
-            img_base = G.synthesis(s_base).float()
-        labels = judge.labels(img_base, s_base.to(torch.float32))
+        img_base, labels = judge.render(G, s_base, amp)
         for st in stats:
             codes = dict(base)
             codes[st.target.code] = fresh[st.target.code]
             with amp():
                 s_edit = compose(codes)
-                img = G.synthesis(s_edit).float()
+            img, labels_edit = judge.render(G, s_edit, amp)
             inside = judge.region_mask(labels, st.target.leaves).to(img.device)
-            either = inside | judge.region_mask(judge.labels(img, s_edit.to(torch.float32)),
-                                                st.target.leaves).to(img.device)
+            either = inside | judge.region_mask(labels_edit, st.target.leaves).to(img.device)
             ch = change_map(img_base, img)
             st.heat = ch.sum(0) if st.heat is None else st.heat + ch.sum(0)
             st.inside_change += float((ch.double() * inside.double()).sum())
