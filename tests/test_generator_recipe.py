@@ -167,6 +167,32 @@ def test_seg_critic_refuses_the_judge_and_its_loss_prefers_sharp_images(tmp_path
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_critic_feature_loss_is_zero_on_the_target_and_grows_with_blur():
+    from sfeditor.toy.oracle import load_oracle
+    from trainer.generator import critic_feature_loss
+
+    net = load_oracle("toy-faces").eval()   # any segmenter exercises the loss itself
+    feats = net.features(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[-1] for f in feats] == [64, 32, 16, 8]
+    images, _ = render("toy-faces", np.arange(8), 64)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    blur = [torch.nn.functional.avg_pool2d(x, k, 1, k // 2, count_include_pad=False) for k in (3, 7)]
+    losses = [float(critic_feature_loss(net, b, x)) for b in [x] + blur]
+    assert losses[0] == 0.0 and 0 < losses[1] < losses[2]
+    y = blur[0].clone().requires_grad_(True)
+    critic_feature_loss(net, y, x).backward()
+    assert y.grad.abs().sum() > 0
+
+
+def test_generator_cli_checks_the_feature_loss_flags():
+    from trainer.cli import main
+
+    with pytest.raises(SystemExit, match="--seg-critic"):
+        main(["generator", "--domain", "toy-cars", "--feat-weight", "0.02"])
+    with pytest.raises(SystemExit, match="must be >= 0"):
+        main(["generator", "--domain", "toy-cars", "--feat-weight", "-1"])
+
+
 def test_swap_channel_groups_split_every_layer_evenly():
     from sfeditor.generator import Generator
     from trainer.generator import swap_channel_groups

@@ -17,7 +17,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
                              swap_weight=args.swap_weight, swap_focus=args.swap_focus,
                              swap_anchor=args.swap_anchor, swap_leak=args.swap_leak,
-                             data_workers=args.data_workers)
+                             feat_weight=args.feat_weight, data_workers=args.data_workers)
     if recipe.data_workers < 1:
         raise SystemExit(f"--data-workers must be >= 1, not {recipe.data_workers}")
     if recipe.swap_weight < 0 or recipe.swap_focus < 0 or recipe.swap_leak < 0:
@@ -25,6 +25,10 @@ def cmd_generator(args: argparse.Namespace) -> int:
                          f"{recipe.swap_focus}, {recipe.swap_leak}")
     if recipe.swap_leak > 0 and recipe.swap_weight <= 0:
         raise SystemExit("--swap-leak is a term of the region-swap loss: it needs --swap-weight > 0")
+    if recipe.feat_weight < 0:
+        raise SystemExit(f"--feat-weight must be >= 0, not {recipe.feat_weight}")
+    if recipe.feat_weight > 0 and not recipe.seg_critic:
+        raise SystemExit("--feat-weight needs --seg-critic (its features are the perceptual loss's)")
     if recipe.seg_weight > 0 and not recipe.seg_critic:
         raise SystemExit("--seg-weight needs --seg-critic (sfeditor-train oracle --domain D --seed 1 --out FILE)")
     if args.ae_lr is not None:
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seg-weight", type=float, default=0.0,
                    help="weight of a semantic loss: a frozen segmentation critic's cross-entropy on the "
                         "reconstructions against the renderer's labels, e.g. 0.2")
+    g.add_argument("--feat-weight", type=float, default=0.0,
+                   help="weight of a perceptual loss on the reconstructions with the segmentation critic's "
+                        "encoder features (needs --seg-critic), e.g. 0.1")
     g.add_argument("--seg-critic", help="the critic's weights: an oracle-architecture net trained with another "
                    "seed (sfeditor-train oracle --seed 1 --out FILE); the shipped oracle is refused")
     g.add_argument("--swap-weight", type=float, default=0.0,

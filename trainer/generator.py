@@ -85,6 +85,7 @@ class GeneratorRecipe:
     init_from: str = ""             # start G and E from another run's weights (fine-tuning); "" = random
     seg_weight: float = 0.0         # semantic loss: a frozen segmentation critic on the reconstructions
     seg_critic: str = ""            # its weights (trained on renders with another seed; never the judge)
+    feat_weight: float = 0.0        # perceptual loss on the critic's features (critic_feature_loss)
     swap_weight: float = 0.0        # region-swap loss (0 = off): see swap_channel_groups
     swap_focus: float = 0.0         # extra loss weight of the pixels a swap changes (see region_swap_loss)
     swap_anchor: bool = False       # pixels a swap leaves alone must match A's reconstruction (region_swap_loss)
@@ -312,6 +313,21 @@ def seg_loss(critic: nn.Module, image: torch.Tensor, labels: torch.Tensor,
     ([B, H, W] int64), optionally re-weighted per pixel like the reconstruction loss."""
     ce = F.cross_entropy(critic(image), labels, reduction="none")
     return _wmean(ce[:, None], weight)
+
+
+def critic_feature_loss(critic: nn.Module, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Perceptual loss with the segmentation critic as the feature network (LPIPS's recipe without
+    its learnt weights): per level, each pixel's feature vector unit-normalised over channels, the
+    mean absolute difference between ``image``'s and ``target``'s; summed over the critic's four
+    encoder levels.  It asks for the edges and shapes the critic sees, not the mean colour."""
+    with torch.no_grad():
+        ref = critic.features(target)
+    loss = image.new_zeros(())
+    for a, b in zip(critic.features(image), ref):
+        a = a / (a.norm(dim=1, keepdim=True) + 1e-6)
+        b = b / (b.norm(dim=1, keepdim=True) + 1e-6)
+        loss = loss + (a - b).abs().sum(1).mean()
+    return loss
 
 
 def swap_channel_groups(layout, n_groups: int) -> torch.Tensor:
@@ -632,7 +648,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         guard = SpikeGuard()
         ae_params = list(G.parameters()) + list(E.parameters())
         small = tuple(recipe.weighted_regions) or SMALL_REGIONS.get(recipe.domain, ())
-        critic = load_seg_critic(recipe.domain, recipe.seg_critic, dev) if recipe.seg_weight > 0 else None
+        critic = load_seg_critic(recipe.domain, recipe.seg_critic, dev) \
+            if recipe.seg_weight > 0 or recipe.feat_weight > 0 else None
         if recipe.swap_weight > 0:
             from sfeditor.toy import swap_groups
             swap_groups_ids = swap_channel_groups(G.layout, len(swap_groups(recipe.domain))).to(dev)
@@ -665,6 +682,10 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
                                    None if wmap is None else wmap.to(dev))
                     extra["seg"] = float(sem.detach())
                     loss = loss + recipe.seg_weight * sem
+                if critic is not None and recipe.feat_weight > 0:
+                    feat = critic_feature_loss(critic, rec, x)
+                    extra["feat"] = float(feat.detach())
+                    loss = loss + recipe.feat_weight * feat
                 if adv:
                     with_r1 = step % recipe.r1_every == 0
                     extra.update(discriminator_step(D_patch, opt_dpatch, x, rec, recipe.r1_gamma, with_r1,

@@ -69,6 +69,13 @@ class RegionOracle(nn.Module):
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return torch.cat([x, skip], dim=1)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's four feature maps (64, 32, 16, 8 px at 64 px input), for a perceptual loss."""
+        e0 = self.enc0(x)
+        e1 = self.enc1(F.max_pool2d(e0, 2))
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        return [e0, e1, e2, self.enc3(F.max_pool2d(e2, 2))]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e0 = self.enc0(x)
         e1 = self.enc1(F.max_pool2d(e0, 2))
