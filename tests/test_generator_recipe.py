@@ -184,6 +184,21 @@ def test_critic_feature_loss_is_zero_on_the_target_and_grows_with_blur():
     assert y.grad.abs().sum() > 0
 
 
+def test_feature_loss_alone_runs_without_the_semantic_loss(tmp_path):
+    import json
+
+    from sfeditor.toy.oracle import build_oracle, save_oracle
+
+    torch.manual_seed(0)
+    critic = tmp_path / "critic.pt"
+    save_oracle(build_oracle("toy-cars"), critic)
+    train_generator(tiny_recipe(feat_weight=0.1, seg_critic=str(critic), mix_steps=0), tmp_path / "run",
+                    log=lambda *a: None)
+    ae = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    ae = [r for r in ae if r.get("phase") == "ae" and "loss" in r]
+    assert len(ae) == 4 and all(r["feat"] > 0 and "seg" not in r for r in ae)
+
+
 def test_generator_cli_checks_the_feature_loss_flags():
     from trainer.cli import main
 

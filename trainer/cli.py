@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reconstructions against the renderer's labels, e.g. 0.2")
     g.add_argument("--feat-weight", type=float, default=0.0,
                    help="weight of a perceptual loss on the reconstructions with the segmentation critic's "
-                        "encoder features (needs --seg-critic), e.g. 0.1")
+                        "encoder features (needs --seg-critic), e.g. 0.2")
     g.add_argument("--seg-critic", help="the critic's weights: an oracle-architecture net trained with another "
                    "seed (sfeditor-train oracle --seed 1 --out FILE); the shipped oracle is refused")
     g.add_argument("--swap-weight", type=float, default=0.0,

@@ -677,7 +677,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
                                                    rec_a=rec, anchor=recipe.swap_anchor,
                                                    leak=recipe.swap_leak, stats=swap_stats)
                     extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr, **swap_stats)
-                if critic is not None:
+                if critic is not None and recipe.seg_weight > 0:
                     sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev),
                                    None if wmap is None else wmap.to(dev))
                     extra["seg"] = float(sem.detach())

@@ -77,10 +77,7 @@ class RegionOracle(nn.Module):
         return [e0, e1, e2, self.enc3(F.max_pool2d(e2, 2))]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e0 = self.enc0(x)
-        e1 = self.enc1(F.max_pool2d(e0, 2))
-        e2 = self.enc2(F.max_pool2d(e1, 2))
-        e3 = self.enc3(F.max_pool2d(e2, 2))
+        e0, e1, e2, e3 = self.features(x)
         y = self.dec2(self._up_cat(e3, e2))
         y = self.dec1(self._up_cat(y, e1))
         y = self.dec0(self._up_cat(y, e0))
