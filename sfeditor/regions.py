@@ -11,7 +11,8 @@ A regions file is versioned JSON::
     {"format": "sfeditor-regions", "version": 1 (or 2, below),
      "domain": "toy-faces",
      "generator": {"resolution": 64, "style_size": 2176, "deep_pixel_channels": 1440,
-                   "fingerprint": "sha256:..."},
+                   "fingerprint": "sha256:...",              # the whole generator (provenance)
+                   "synthesis_fingerprint": "sha256:..."},   # all but the mapping: what the check uses
      "deep_pixel_size": 64,
      "normalization": "layer",                      # how distances are measured (below)
      "channel_scale": <array [C]> or null,
@@ -213,16 +214,13 @@ def decode_array(obj, what: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------- generator id
-def generator_fingerprint(G) -> str:
-    """sha256 of the generator's weights and buffers, rounded to float16.
-
-    Rounding makes an fp32 training checkpoint and its installed fp16 copy
-    share one fingerprint.  ~0.1 s for a 64x64 toy, under a second at 1024.
-    """
+def _weights_hash(G, skip=lambda name: False) -> str:
     import torch
 
     h = hashlib.sha256()
     for name, t in sorted(G.state_dict().items()):
+        if skip(name):
+            continue
         t = t.detach().cpu()
         t = t.to(torch.float16) if t.is_floating_point() else t
         h.update(name.encode())
@@ -231,12 +229,47 @@ def generator_fingerprint(G) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def generator_fingerprint(G) -> str:
+    """sha256 of the generator's weights and buffers, rounded to float16.
+
+    Rounding makes an fp32 training checkpoint and its installed fp16 copy
+    share one fingerprint.  ~0.1 s for a 64x64 toy, under a second at 1024.
+    """
+    return _weights_hash(G)
+
+
+def _mapping_entry(name: str) -> bool:
+    return name == "w_avg" or name.startswith("style.")
+
+
+def synthesis_fingerprint(G) -> str:
+    """sha256 of everything but the mapping network z -> w and ``w_avg`` (fp16-rounded, as above).
+
+    Regions files and FusionNet hierarchies live in S space, so they fit every generator with the same
+    synthesis (affine layers, convolutions, toRGB, constant input, noise): refitting the mapping (which
+    codes are *sampled*) leaves them valid, and they check this fingerprint when they record it.
+    """
+    return _weights_hash(G, skip=_mapping_entry)
+
+
+def fits_fingerprints(full: str | None, synthesis: str | None, G) -> bool:
+    """Whether an S-space file (regions, hierarchy) that recorded these fingerprints fits ``G``: the
+    synthesis fingerprint decides when recorded (a refitted mapping changes nothing in S space), else
+    the full one; a file that recorded neither fits."""
+    if synthesis:
+        return synthesis == synthesis_fingerprint(G)
+    if full:
+        return full == generator_fingerprint(G)
+    return True
+
+
 def generator_identity(G, fingerprint: bool = True) -> dict:
     """What a regions file records about the generator it was made from."""
     ident = {"resolution": int(G.size), "style_size": int(G.layout.size),
              "deep_pixel_channels": int(G.layout.conv_size)}
     if fingerprint:
         ident["fingerprint"] = generator_fingerprint(G)
+        ident["synthesis_fingerprint"] = synthesis_fingerprint(G)
     return ident
 
 
@@ -353,8 +386,9 @@ class RegionsFile:
         for key in ("resolution", "style_size", "deep_pixel_channels"):
             if not isinstance(g.get(key), int) or isinstance(g.get(key), bool) or g[key] <= 0:
                 raise ValueError(f"generator.{key}: must be a positive integer, got {g.get(key)!r}")
-        if "fingerprint" in g and not isinstance(g["fingerprint"], str):
-            raise ValueError("generator.fingerprint: must be a string")
+        for key in ("fingerprint", "synthesis_fingerprint"):
+            if key in g and not isinstance(g[key], str):
+                raise ValueError(f"generator.{key}: must be a string")
         if not isinstance(self.deep_pixel_size, int) or self.deep_pixel_size < 1:
             raise ValueError(f"deep_pixel_size: must be a positive integer, got {self.deep_pixel_size!r}")
         if self.normalization not in NORMALIZATIONS:
@@ -408,8 +442,7 @@ class RegionsFile:
             if self.generator[key] != ident[key]:
                 raise ValueError(f"generator.{key} is {self.generator[key]} in the regions file but "
                                  f"{ident[key]} for this generator")
-        fp = self.generator.get("fingerprint")
-        if fp is not None and fp != generator_fingerprint(G):
+        if not fits_fingerprints(self.generator.get("fingerprint"), self.generator.get("synthesis_fingerprint"), G):
             msg = ("the generator's weights differ from those the regions were clustered on "
                    "(fingerprint mismatch); the regions may not fit")
             if strict_fingerprint:
@@ -528,5 +561,6 @@ def load_regions(source: str | os.PathLike) -> RegionsFile:
 
 
 __all__ = ["FORMAT", "VERSION", "COMPACT_VERSION", "RegionNode", "RegionsFile", "PAPER_TREES", "node", "paper_tree", "leaves",
-           "region_of", "find_node", "internal_nodes", "validate_tree", "generator_fingerprint", "generator_identity",
+           "region_of", "find_node", "internal_nodes", "validate_tree", "generator_fingerprint", "synthesis_fingerprint",
+           "fits_fingerprints", "generator_identity",
            "load_regions", "encode_array", "decode_array"]

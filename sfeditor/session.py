@@ -161,8 +161,9 @@ def _check_fit(bundle: ModelBundle) -> None:
             h.check_generator(G, str(bundle.hierarchy_path))
         except ValueError as e:
             raise SessionError(str(e)) from None
-        made_for = h.meta.get("generator_fingerprint")
-        if made_for and made_for != bundle.fingerprint:
+        from .regions import fits_fingerprints
+
+        if not fits_fingerprints(h.meta.get("generator_fingerprint"), h.meta.get("synthesis_fingerprint"), G):
             bundle.notes.append(f"{Path(str(bundle.hierarchy_path)).name} was trained for another generator "
                                 "(fingerprint differs): fusion may be poor")
     r = bundle.regions

@@ -12,7 +12,7 @@ from editor_core_helpers import SMALL as TINY, small_generator
 from sfeditor import Generator
 from sfeditor.clustering import (ClusteringOptions, ClusteringResult, MergeTree, assign, channel_scale,
                                  cluster_generator, sample_deep_pixels, squared_distances, ward_tree)
-from sfeditor.regions import (PAPER_TREES, RegionNode, RegionsFile, encode_array, generator_fingerprint,
+from sfeditor.regions import (PAPER_TREES, RegionNode, RegionsFile, encode_array, generator_fingerprint, synthesis_fingerprint,
                               internal_nodes, leaves, load_regions, node, paper_tree, region_of)
 from sfeditor.toy import region_names
 
@@ -195,6 +195,43 @@ def test_regions_file_against_the_generator(tmp_path, result, G):
         RegionsFile.load(bad)
     with pytest.raises(FileNotFoundError):
         load_regions(tmp_path / "missing.json")
+
+
+def _refit_mapping(G, seed=5):
+    g2 = Generator(**TINY)
+    g2.load_state_dict(G.state_dict())
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in g2.style.parameters():
+            p.add_(torch.randn_like(p))
+        g2.w_avg.add_(1.0)
+    return g2
+
+
+def test_synthesis_fingerprint_ignores_the_mapping_only(G):
+    g2 = _refit_mapping(G)
+    assert generator_fingerprint(g2) != generator_fingerprint(G)
+    assert synthesis_fingerprint(g2) == synthesis_fingerprint(G)
+    with torch.no_grad():
+        g2.conv1.conv.modulation.bias.add_(0.5)          # an affine layer: S space itself changes
+    assert synthesis_fingerprint(g2) != synthesis_fingerprint(G)
+
+
+def test_regions_file_survives_a_refitted_mapping(result, G, recwarn):
+    rf = three_leaf_file(result, G)
+    assert rf.generator["synthesis_fingerprint"] == synthesis_fingerprint(G)
+    back = RegionsFile.from_dict(rf.to_dict())
+    back.check_generator(_refit_mapping(G), strict_fingerprint=True)        # same S space: fits
+    # a file from before the synthesis fingerprint (the full one only) still checks the full one
+    d = rf.to_dict()
+    del d["generator"]["synthesis_fingerprint"]
+    old = RegionsFile.from_dict(d)
+    old.check_generator(G, strict_fingerprint=True)
+    with pytest.raises(ValueError, match="fingerprint"):
+        old.check_generator(_refit_mapping(G), strict_fingerprint=True)
+    d["generator"]["synthesis_fingerprint"] = 3
+    with pytest.raises(ValueError, match="synthesis_fingerprint"):
+        RegionsFile.from_dict(d)
 
 
 def test_fingerprint_ignores_fp16_rounding(G):

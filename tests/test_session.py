@@ -237,4 +237,19 @@ def test_hierarchy_for_another_generator_is_noted(bundle, tmp_path):
     bundle.hierarchy.save(tmp_path / "h2.pt")
     b2 = load_bundle("mine", generator=tmp_path / "g.pt", hierarchy=tmp_path / "h2.pt", device="cpu")
     assert not any("another generator" in n for n in b2.notes)
+    # a refitted mapping (same synthesis) keeps a hierarchy that recorded the synthesis fingerprint
+    from sfeditor.regions import synthesis_fingerprint
+
+    G2 = type(bundle.G)(bundle.G.config)
+    G2.load_state_dict(bundle.G.state_dict())
+    with torch.no_grad():
+        for p in G2.style.parameters():
+            p.mul_(1.5)
+    save_generator(G2, tmp_path / "g2.pt")
+    b3 = load_bundle("mine", generator=tmp_path / "g2.pt", hierarchy=tmp_path / "h2.pt", device="cpu")
+    assert any("another generator" in n for n in b3.notes)      # full fingerprint only: it differs
+    bundle.hierarchy.meta["synthesis_fingerprint"] = synthesis_fingerprint(bundle.G)
+    bundle.hierarchy.save(tmp_path / "h3.pt")
+    b4 = load_bundle("mine", generator=tmp_path / "g2.pt", hierarchy=tmp_path / "h3.pt", device="cpu")
+    assert not any("another generator" in n for n in b4.notes)
     bundle.hierarchy.meta.clear()
