@@ -17,7 +17,17 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
                              swap_weight=args.swap_weight, swap_focus=args.swap_focus,
                              swap_anchor=args.swap_anchor, swap_leak=args.swap_leak,
-                             feat_weight=args.feat_weight, data_workers=args.data_workers)
+                             feat_weight=args.feat_weight, data_workers=args.data_workers,
+                             mapping_fit=args.mapping_fit, mapping_project_steps=args.mapping_project_steps,
+                             mapping_project_lr=args.mapping_project_lr)
+    if args.mapping_fit_images is not None:
+        recipe.mapping_fit_images = args.mapping_fit_images
+    if recipe.mapping_fit_images < 64:
+        raise SystemExit(f"--mapping-fit-images must be >= 64 (whole batches of 64), not {recipe.mapping_fit_images}")
+    if recipe.mapping_project_steps < 1 or recipe.mapping_project_lr < 0:
+        raise SystemExit("--mapping-project-steps must be >= 1 and --mapping-project-lr >= 0")
+    if recipe.mapping_fit == "projected" and recipe.mapping_mode != "gaussian":
+        raise SystemExit("--mapping-fit projected fits the Gaussian mapping: it needs --mapping-mode gaussian")
     if recipe.data_workers < 1:
         raise SystemExit(f"--data-workers must be >= 1, not {recipe.data_workers}")
     if recipe.swap_weight < 0 or recipe.swap_focus < 0 or recipe.swap_leak < 0:
@@ -132,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "measures) to the region-swap loss, e.g. 0.2")
     g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
                    help="z -> w: regress onto a Gaussian fit of the encoder codes (default) or a latent GAN")
+    g.add_argument("--mapping-fit", choices=["encoder", "projected"], default="encoder",
+                   help="codes the Gaussian mapping is fitted to: the encoder's (default) or the same renders "
+                        "projected into W (sharper samples; ~1.1 s per projection step per 64 images on 2 cores)")
+    g.add_argument("--mapping-fit-images", type=int, default=None,
+                   help="renders the mapping's Gaussian is fitted to, in batches of 64 (default 4096; "
+                        "with --mapping-fit projected e.g. 512)")
+    g.add_argument("--mapping-project-steps", type=int, default=100,
+                   help="--mapping-fit projected: Adam steps per batch of renders")
+    g.add_argument("--mapping-project-lr", type=float, default=0.0,
+                   help="--mapping-fit projected: its learning rate (default: the domain's inversion preset)")
     g.add_argument("--from-phase", choices=["mapping", "mix"],
                    help="rerun an existing run from this phase on (e.g. after changing the mapping recipe)")
     g.add_argument("--init-from", help="start from another generator run's weights (a run folder or checkpoint)")

@@ -9,9 +9,11 @@ recipe here has three phases, each resumable from ``checkpoint.pt``:
    the affine layers into S) reconstructs it.  Loss: L1 + L1 of image
    gradients.  The encoder picks codes the synthesis can use, which trains
    the synthesis several times faster than regression.
-2. ``mapping`` - the mapping network z -> w is trained adversarially (a small
-   MLP discriminator, R1 penalty) to match the distribution of encoder codes
-   of fresh rendered images, so Gaussian z give valid w.
+2. ``mapping`` - the mapping network z -> w learns to sample valid w: by
+   default it regresses z onto a Gaussian fitted to codes of fresh rendered
+   images (the encoder's codes, or those codes projected into W:
+   :mod:`trainer.mapping_fit`); ``mapping_mode="gan"`` trains it adversarially
+   instead (a small MLP discriminator, R1 penalty).
 3. ``mix`` - style-mixing fine-tune: synthesis and a small image
    discriminator, codes mixed across layers (crossover point) and blended
    channel by channel (as StyleFusion does), anchored by the autoencoder
@@ -70,7 +72,10 @@ class GeneratorRecipe:
     mapping_batch: int = 256
     mapping_lr: float = 0.02
     mapping_mode: str = "gaussian"  # "gaussian": regress onto a Gaussian fit of the codes; "gan": latent GAN
-    mapping_fit_images: int = 4096  # encoder codes the Gaussian is fitted to
+    mapping_fit_images: int = 4096  # codes the Gaussian is fitted to (whole batches of 64 renders)
+    mapping_fit: str = "encoder"    # their source: "encoder" codes or "projected" into W (trainer.mapping_fit)
+    mapping_project_steps: int = 100  # "projected": Adam steps per batch of 64 (~1.1 s each on 2 cores)
+    mapping_project_lr: float = 0.0   # "projected": its learning rate (0 = the domain's inversion preset)
     mapping_fit_lr: float = 5.0     # Adam lr of that regression (EqualLinear lr_mul 0.01 and 1/sqrt(fan-in)
                                     # scale it down ~1600x; at 0.01 only the mean was learnt)
     mix_steps: int = 0
@@ -527,6 +532,31 @@ def code_gaussian(E: nn.Module, domain: str, size: int, n: int, dev, amp) -> tup
     return w.mean(0), torch.linalg.cholesky(cov + 1e-4 * cov.diagonal().mean() * eye)
 
 
+def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, cancel,
+                       progress_callback, log) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Cholesky factor (Ledoit-Wolf) of the fit renders' codes projected into W
+    (:mod:`trainer.mapping_fit`); the codes are cached in the run folder, so a stopped run resumes."""
+    from sfeditor.inversion import InversionSettings
+
+    from .mapping_fit import FIT_BATCH, projected_codes, shrunk_gaussian
+
+    lr = recipe.mapping_project_lr or InversionSettings.for_generator(G, recipe.domain).lr
+    n_batches = max(1, recipe.mapping_fit_images // FIT_BATCH)
+    bar = Progress(n_batches, f"{recipe.domain} projecting the mapping's fit codes (x{FIT_BATCH})",
+                   callback=progress_callback)
+
+    def progress(done, total, info):
+        run.log({"phase": "mapping-fit", "batch": done, **info})
+        bar.update(done, **info)
+
+    codes = projected_codes(G, E, recipe.domain, recipe.size, recipe.mapping_fit_images,
+                            recipe.mapping_project_steps, lr, dev, amp, cache=run.path / "projected_codes.pt",
+                            cancel=cancel, progress=progress, log=log)
+    mu, L, shrinkage = shrunk_gaussian(codes)
+    log(f"mapping fit: {codes.shape[0]} projected codes, Ledoit-Wolf shrinkage {shrinkage:.3f}")
+    return mu, L
+
+
 def gaussian_mapping_target(z: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     """w = mu + L z' with z' the PixelNorm-ed z the mapping network sees: a Gaussian with the codes'
     mean and covariance."""
@@ -736,7 +766,10 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         # mapping network (relative error ~0.06), keeps the codes' mean and covariance and is a plain,
         # stable regression.
         E.eval()
-        mu, L = code_gaussian(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp)
+        if recipe.mapping_fit == "projected":
+            mu, L = projected_gaussian(recipe, G, E, run, dev, amp, cancel, progress_callback, log)
+        else:
+            mu, L = code_gaussian(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp)
         scale = float(L.pow(2).sum() / L.shape[0])          # mean variance per w dimension
         bar = Progress(recipe.mapping_steps, f"{recipe.domain} mapping (gaussian)", start=step,
                        callback=progress_callback)

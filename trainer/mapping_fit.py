@@ -1,0 +1,159 @@
+"""The codes a toy mapping network learns to sample (``--mapping-fit``; phase 2 of ``trainer.generator``).
+
+The toy recipe's mapping network regresses z onto a Gaussian fitted to latent codes of rendered
+images.  Fitted to the *encoder's* codes (``"encoder"``, the original recipe), the samples inherit
+the encoder's softness: the synthesis draws the same images far crisper from codes found by
+optimisation (BENCHMARKS.md, "`--feat-weight`": encoder 25.3 dB / sharpness 0.71, a projected w
+28.1 dB / 0.80).  ``"projected"`` starts from the encoder's code of each image and projects it into
+W (one w for every layer, Adam on the pixel MSE, the toy inversion preset's learning rate), then
+fits the Gaussian to those codes.
+
+A few hundred projected codes are few for a 256-dimensional covariance, so the covariance is the
+Ledoit-Wolf shrinkage estimate (scikit-learn).  Only the mapping changes: the synthesis, hence the
+S space, the regions files and the hierarchies, stay as they are
+(:func:`sfeditor.regions.synthesis_fingerprint`).
+
+Projection is the expensive part (≈ 3 s per batch-64 step pair of forward and backward on two
+cores): the codes are saved after every batch (``projected_codes.pt`` in the run folder,
+atomically), so a killed run resumes with the batches it has.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sfeditor.atomic import atomic_torch_save
+from sfeditor.jobs import Cancelled
+
+FIT_SOURCES = ("encoder", "projected")
+FIT_SEED_OFFSET = 100_000      # the renders the mapping is fitted to: rendered_batch(domain, 100_000 + i, 64)
+FIT_BATCH = 64
+
+
+def fit_batch(domain: str, i: int, size: int, dev) -> torch.Tensor:
+    """The ``i``-th batch of 64 renders the mapping's Gaussian is fitted to (fixed training seeds)."""
+    from .generator import rendered_batch
+
+    return rendered_batch(domain, FIT_SEED_OFFSET + i, FIT_BATCH, size).to(dev)
+
+
+@torch.no_grad()
+def encoder_codes(E, domain: str, size: int, n: int, dev, amp) -> torch.Tensor:
+    """The encoder's w of ``n`` fit renders (rounded down to whole batches of 64, at least one)."""
+    out = []
+    for i in range(max(1, n // FIT_BATCH)):
+        with amp():
+            out.append(E(fit_batch(domain, i, size, dev)).float())
+    return torch.cat(out)
+
+
+def project_batch(G, x: torch.Tensor, w0: torch.Tensor, steps: int, lr: float, amp) -> torch.Tensor:
+    """Project the images ``x`` into W from the codes ``w0``: Adam on the pixel MSE, one w per image for
+    every layer, the learning rate warmed up over the first 5 % and cosine-ramped down over the last 25 %
+    (:func:`sfeditor.inversion.lr_schedule`, as the editor's projector).  Each image's code only gets its
+    own image's gradient, so a batch is the same as projecting the images one by one."""
+    from sfeditor.inversion import lr_schedule
+
+    w = w0.detach().clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr, betas=(0.9, 0.999))
+    best_loss = torch.full((x.shape[0],), float("inf"), device=x.device)
+    best_w = w.detach().clone()
+    for i in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_schedule(i / max(steps, 1), lr, 0.05, 0.25)
+        with amp():
+            pred = G.synthesis(G.styles(w), noise_mode="const")
+        per_image = (pred.float() - x).pow(2).flatten(1).mean(1)
+        with torch.no_grad():       # keep each image's best code (the loss is that of w before this step)
+            better = per_image < best_loss
+            best_loss = torch.where(better, per_image, best_loss)
+            best_w[better] = w.detach()[better]
+        opt.zero_grad(set_to_none=True)
+        per_image.sum().backward()
+        opt.step()
+    with torch.no_grad(), amp():
+        final = (G.synthesis(G.styles(w), noise_mode="const").float() - x).pow(2).flatten(1).mean(1)
+        better = final < best_loss
+        best_w[better] = w.detach()[better]
+    return best_w
+
+
+def projected_codes(G, E, domain: str, size: int, n: int, steps: int, lr: float, dev, amp,
+                    cache: str | Path | None = None, cancel=None, progress=None, log=print) -> torch.Tensor:
+    """The projected w of ``n`` fit renders (whole batches of 64), resumable through ``cache``.
+
+    ``progress(done_batches, total_batches, info)`` after each batch; ``cancel.requested`` stops after
+    the batch in hand is saved (:class:`sfeditor.jobs.Cancelled`)."""
+    total = max(1, n // FIT_BATCH)
+    spec = {"domain": domain, "size": size, "steps": steps, "lr": lr}
+    done: list[torch.Tensor] = []
+    if cache is not None and Path(cache).is_file():
+        state = torch.load(cache, map_location="cpu", weights_only=True)
+        if state.get("spec") == spec:
+            done = list(state["codes"])[:total]
+            log(f"projected codes: {len(done)} of {total} batches from {cache}")
+        else:
+            log(f"projected codes: {cache} was made with other settings; projecting again")
+    was_training = G.training
+    G.eval()
+    E.eval()
+    try:
+        for i in range(len(done), total):
+            if cancel is not None and getattr(cancel, "requested", False):
+                raise Cancelled(f"stopped projecting the mapping's fit codes at batch {i}/{total}; "
+                                "rerun the same command to resume")
+            x = fit_batch(domain, i, size, dev)
+            with torch.no_grad(), amp():
+                w0 = E(x).float()
+            w = project_batch(G, x, w0, steps, lr, amp)
+            done.append(w.cpu())
+            if cache is not None:
+                atomic_torch_save({"spec": spec, "codes": done}, cache)
+            if progress is not None:
+                with torch.no_grad(), amp():
+                    p0 = _psnr(G.synthesis(G.styles(w0), noise_mode="const").float(), x)
+                    p1 = _psnr(G.synthesis(G.styles(w.to(dev)), noise_mode="const").float(), x)
+                progress(i + 1, total, {"psnr_encoder": p0, "psnr_projected": p1})
+    finally:
+        G.train(was_training)
+        E.train()
+    return torch.cat(done).to(dev)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.clamp(-1, 1) - b).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
+
+
+def shrunk_gaussian(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mean, Cholesky factor of the Ledoit-Wolf covariance, and its shrinkage, of codes ``w`` [N, D]."""
+    from sklearn.covariance import LedoitWolf
+
+    if w.ndim != 2 or w.shape[0] < 2:
+        raise ValueError(f"need at least two codes [N, D] to fit a Gaussian, got {tuple(w.shape)}")
+    x = w.detach().double().cpu().numpy()
+    if not np.isfinite(x).all():
+        raise ValueError("the codes hold non-finite values")
+    lw = LedoitWolf().fit(x)
+    cov = torch.from_numpy(lw.covariance_)
+    L = torch.linalg.cholesky(cov + 1e-6 * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype))
+    return (torch.from_numpy(lw.location_).float().to(w.device), L.float().to(w.device), float(lw.shrinkage_))
+
+
+def fit_codes(source: str, G, E, domain: str, size: int, n: int, dev, amp, *, project_steps: int = 200,
+              project_lr: float = 0.1, cache: str | Path | None = None, cancel=None, progress=None,
+              log=print) -> torch.Tensor:
+    """The codes the mapping's Gaussian is fitted to: ``"encoder"`` or ``"projected"`` (module doc)."""
+    if source == "encoder":
+        return encoder_codes(E, domain, size, n, dev, amp)
+    if source == "projected":
+        return projected_codes(G, E, domain, size, n, project_steps, project_lr, dev, amp, cache=cache,
+                               cancel=cancel, progress=progress, log=log)
+    raise ValueError(f"mapping fit source must be one of {FIT_SOURCES}, not {source!r}")
+
+
+__all__ = ["FIT_SOURCES", "fit_batch", "encoder_codes", "project_batch", "projected_codes",
+           "shrunk_gaussian", "fit_codes"]
