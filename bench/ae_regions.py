@@ -29,6 +29,7 @@ from sfeditor.imageio import from_uint8, to_uint8  # noqa: E402
 from sfeditor.toy import region_names, render  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from sfeditor.toy_encoder import ToyEncoder  # noqa: E402
+from trainer.generator import gradient_magnitude  # noqa: E402
 
 HELDOUT = 10_000_000 + 900_000
 
@@ -46,11 +47,6 @@ def load_run(path: str):
     E = ToyEncoder(G.size, G.style_dim)
     E.load_state_dict(st["E"])
     return G.eval(), E.eval(), st.get("phase"), st.get("step")
-
-
-def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute finite-difference gradient of ``[B, 3, H, W]`` images (both directions)."""
-    return ((x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()) / 2
 
 
 def main(argv=None) -> int:

@@ -384,3 +384,14 @@ def test_coverage_projects_with_the_editors_projector_and_preset():
     assert torch.allclose(recon[1:2], one.render(G), atol=1e-5)
     _, default = project_heldout(G, "toy-cars", targets[:1], steps=None)
     assert default["steps"] == preset.steps               # no override: the domain's preset step count
+
+
+def test_sharpness_measure_falls_with_blur():
+    from trainer.generator import gradient_magnitude
+
+    images, _ = render("toy-faces", np.arange(8), 64)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    assert float(gradient_magnitude(torch.zeros(2, 3, 8, 8) + 0.3)) == 0.0
+    assert 0.3 < float(gradient_magnitude(blurred) / gradient_magnitude(x)) < 0.9
+    assert float(gradient_magnitude(x.flip(-1))) == pytest.approx(float(gradient_magnitude(x)))

@@ -7,6 +7,8 @@
 * Realism: the region oracle's mean per-pixel confidence on generated samples
   vs. on rendered images, and the share of samples whose oracle segmentation
   holds every region of the domain.
+* Sharpness: the samples' mean absolute image gradient against the renders'
+  (1.0 = as crisp; at the domain's truncation and at psi = 1).
 * Pictures: a sample grid and a style-mixing grid (rows: coarse layers from
   the row's code, columns: fine layers from the column's code).
 """
@@ -25,7 +27,7 @@ from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
 from sfeditor.toy import region_names, render
 
 from .common import Progress
-from .generator import HELDOUT_SEED_OFFSET, psnr
+from .generator import HELDOUT_SEED_OFFSET, gradient_magnitude, psnr
 
 MIN_REGION_PIXELS = 3   # a region "is present" when the oracle gives it at least this many pixels (64x64)
 
@@ -104,6 +106,15 @@ def evaluate_generator(G: Generator, domain: str, out_dir: str | Path, encoder=N
             gen.append(to_uint8(G.synthesis(G.styles(w))))
         gen = np.concatenate(gen)
     real, _ = render(domain, HELDOUT_SEED_OFFSET + 600_000 + np.arange(n_samples), size=G.size)
+    with torch.no_grad():
+        plain = []                                   # psi = 1: the mapping's own spread, untruncated
+        for i in range(0, n_samples, 50):
+            w = torch.cat([G.sample_w(1, seed=s) for s in range(i, min(i + 50, n_samples))])
+            plain.append(to_uint8(G.synthesis(G.styles(w))))
+        plain = np.concatenate(plain)
+    crisp_r = float(gradient_magnitude(from_uint8(real)))
+    sharpness = {"truncation": float(gradient_magnitude(from_uint8(gen))) / crisp_r,
+                 "untruncated": float(gradient_magnitude(from_uint8(plain))) / crisp_r}
     lab_g, conf_g = oracle.predict(gen)
     lab_r, conf_r = oracle.predict(real)
     lab_g, lab_r = np.asarray(lab_g), np.asarray(lab_r)
@@ -115,11 +126,15 @@ def evaluate_generator(G: Generator, domain: str, out_dir: str | Path, encoder=N
         "all_regions_present_generated": float((counts_g >= MIN_REGION_PIXELS).all(1).mean()),
         "all_regions_present_rendered": float((counts_r >= MIN_REGION_PIXELS).all(1).mean()),
         "region_present_generated": {n: float((counts_g[:, k] >= MIN_REGION_PIXELS).mean()) for k, n in enumerate(names)},
+        "sharpness_generated": sharpness["truncation"],
+        "sharpness_generated_untruncated": sharpness["untruncated"],
     }
     r = metrics["realism"]
     log(f"realism: oracle confidence {r['oracle_confidence_generated']:.3f} generated vs "
         f"{r['oracle_confidence_rendered']:.3f} rendered; all regions present in "
-        f"{r['all_regions_present_generated']:.1%} of samples ({r['all_regions_present_rendered']:.1%} rendered)")
+        f"{r['all_regions_present_generated']:.1%} of samples ({r['all_regions_present_rendered']:.1%} rendered); "
+        f"sharpness (image gradients against the renders') {sharpness['truncation']:.3f} at psi "
+        f"{dom.truncation}, {sharpness['untruncated']:.3f} at psi 1")
 
     # --- pictures
     save_png(out / "samples.png", make_grid(gen[:64], cols=8, scale=2))

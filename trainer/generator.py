@@ -229,6 +229,13 @@ def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
 
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute finite-difference gradient of ``[B, 3, H, W]`` images (both directions): the
+    *sharpness* measure of the model card, read as a ratio against renders (1.0 = as crisp as them)."""
+    dy, dx = image_gradients(x)
+    return (dy.abs().mean() + dx.abs().mean()) / 2
+
+
 SMALL_REGIONS = {"toy-faces": ("eyes", "mouth"), "toy-cars": ("wheels",)}
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.jobs import Cancelled
