@@ -46,6 +46,12 @@ def test_projection_lowers_every_images_error_and_batches_like_one_by_one(tiny):
     assert (err(w) < 0.8 * err(w0)).all()
     one_by_one = torch.cat([project_batch(G, x[i:i + 1], w0[i:i + 1], 40, 0.05, no_amp) for i in range(3)])
     torch.testing.assert_close(w, one_by_one, atol=1e-5, rtol=1e-4)
+    # restricted to a subspace: the move stays in it, and helps less than a free one
+    B = torch.linalg.qr(torch.randn(G.style_dim, 3)).Q
+    w_sub = project_batch(G, x, w0, 40, 0.05, no_amp, basis=B)
+    moved = w_sub - w0
+    torch.testing.assert_close(moved @ B @ B.T, moved, atol=1e-5, rtol=1e-4)
+    assert moved.abs().sum() > 0 and err(w_sub).sum() >= err(w).sum()
     # never worse than where it started, even with a learning rate that overshoots
     assert (err(project_batch(G, x, w0, 5, 50.0, no_amp)) <= err(w0) + 1e-7).all()
 

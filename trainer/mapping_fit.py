@@ -49,20 +49,30 @@ def encoder_codes(E, domain: str, size: int, n: int, dev, amp) -> torch.Tensor:
     return torch.cat(out)
 
 
-def project_batch(G, x: torch.Tensor, w0: torch.Tensor, steps: int, lr: float, amp) -> torch.Tensor:
+def project_batch(G, x: torch.Tensor, w0: torch.Tensor, steps: int, lr: float, amp,
+                  basis: torch.Tensor | None = None) -> torch.Tensor:
     """Project the images ``x`` into W from the codes ``w0``: Adam on the pixel MSE, one w per image for
     every layer, the learning rate warmed up over the first 5 % and cosine-ramped down over the last 25 %
     (:func:`sfeditor.inversion.lr_schedule`, as the editor's projector).  Each image's code only gets its
-    own image's gradient, so a batch is the same as projecting the images one by one."""
+    own image's gradient, so a batch is the same as projecting the images one by one.
+
+    ``basis`` ``[D, k]`` (orthonormal columns) restricts the move to its span: w = w0 + c basis^T."""
     from sfeditor.inversion import lr_schedule
 
-    w = w0.detach().clone().float().requires_grad_(True)
-    opt = torch.optim.Adam([w], lr=lr, betas=(0.9, 0.999))
+    w0 = w0.detach().float()
+    c = torch.zeros(w0.shape[0], basis.shape[1] if basis is not None else w0.shape[1], device=w0.device,
+                    requires_grad=True)
+
+    def code():
+        return w0 + (c @ basis.T if basis is not None else c)
+
+    opt = torch.optim.Adam([c], lr=lr, betas=(0.9, 0.999))
     best_loss = torch.full((x.shape[0],), float("inf"), device=x.device)
-    best_w = w.detach().clone()
+    best_w = w0.clone()
     for i in range(steps):
         for g in opt.param_groups:
             g["lr"] = lr_schedule(i / max(steps, 1), lr, 0.05, 0.25)
+        w = code()
         with amp():
             pred = G.synthesis(G.styles(w), noise_mode="const")
         per_image = (pred.float() - x).pow(2).flatten(1).mean(1)
@@ -74,9 +84,10 @@ def project_batch(G, x: torch.Tensor, w0: torch.Tensor, steps: int, lr: float, a
         per_image.sum().backward()
         opt.step()
     with torch.no_grad(), amp():
+        w = code()
         final = (G.synthesis(G.styles(w), noise_mode="const").float() - x).pow(2).flatten(1).mean(1)
         better = final < best_loss
-        best_w[better] = w.detach()[better]
+        best_w[better] = w[better]
     return best_w
 
 
