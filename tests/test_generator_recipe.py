@@ -177,7 +177,7 @@ def test_critic_feature_loss_is_zero_on_the_target_and_grows_with_blur():
     images, _ = render("toy-faces", np.arange(8), 64)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     blur = [torch.nn.functional.avg_pool2d(x, k, 1, k // 2, count_include_pad=False) for k in (3, 7)]
-    losses = [float(critic_feature_loss(net, b, x)) for b in [x] + blur]
+    losses = [float(critic_feature_loss(net, b, x).detach()) for b in [x] + blur]
     assert losses[0] == 0.0 and 0 < losses[1] < losses[2]
     y = blur[0].clone().requires_grad_(True)
     critic_feature_loss(net, y, x).backward()
