@@ -32,12 +32,8 @@ from sfeditor.toy import render  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from sfeditor.toy_encoder import load_toy_encoder  # noqa: E402
 from trainer.generator import HELDOUT_SEED_OFFSET, gradient_magnitude  # noqa: E402
-from trainer.mapping_fit import encoder_codes, fit_batch, project_batch, shrunk_gaussian  # noqa: E402
-
-
-def empirical(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    c = torch.cov(w.T)
-    return w.mean(0), torch.linalg.cholesky(c + 1e-4 * c.diagonal().mean() * torch.eye(c.shape[0]))
+from trainer.mapping_fit import (empirical_gaussian, encoder_codes, fit_batch, project_batch,  # noqa: E402
+                                 projected_mean_gaussian, shrunk_gaussian)
 
 
 def top_k(w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,9 +77,10 @@ def main(argv=None) -> int:
     oracle = load_oracle(a.domain)
     _, conf_r = oracle.predict(real)
 
-    variants = {"encoder codes": empirical(enc), "projected codes": empirical(proj),
-                "projected, Ledoit-Wolf": shrunk_gaussian(proj)[:2],
-                "projected mean + encoder covariance": (proj.mean(0), empirical(enc)[1])}
+    variants = {"encoder codes (`--mapping-fit encoder`)": empirical_gaussian(enc),
+                "projected codes": empirical_gaussian(proj),
+                "projected, Ledoit-Wolf (`projected`)": shrunk_gaussian(proj)[:2],
+                "projected mean + encoder covariance (`projected-mean`)": projected_mean_gaussian(proj, enc)}
     for k in (16, 32, 64):
         variants[f"projected, top {k} directions"] = top_k(proj, k)
     z = torch.randn(a.samples, G.style_dim, generator=torch.Generator().manual_seed(3))

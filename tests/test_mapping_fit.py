@@ -12,7 +12,8 @@ from sfeditor.regions import generator_fingerprint, synthesis_fingerprint
 from sfeditor.toy_encoder import ToyEncoder
 from trainer.common import Cancelled, CancelToken
 from trainer.generator import train_generator
-from trainer.mapping_fit import project_batch, projected_codes, shrunk_gaussian
+from trainer.mapping_fit import (empirical_gaussian, project_batch, projected_codes, projected_mean_gaussian,
+                                 shrunk_gaussian)
 
 from test_generator_recipe import tiny_recipe
 
@@ -104,12 +105,25 @@ def test_shrunk_gaussian_is_usable_with_fewer_codes_than_dimensions():
         shrunk_gaussian(torch.tensor([[0.0, float("nan")], [1.0, 2.0]]))
 
 
-def test_a_projected_refit_changes_the_mapping_only(tmp_path):
+def test_projected_mean_keeps_the_encoder_codes_spread():
+    torch.manual_seed(0)
+    enc = torch.randn(500, 3) @ torch.tensor([[1.0, 0, 0], [0, 0.5, 0], [0, 0, 0.01]])
+    proj = enc + torch.tensor([2.0, 0.0, 1.0]) + 0.3 * torch.randn(500, 3)
+    mu, L = projected_mean_gaussian(proj, enc)
+    torch.testing.assert_close(mu, proj.mean(0))
+    torch.testing.assert_close(L @ L.T, empirical_gaussian(enc)[1] @ empirical_gaussian(enc)[1].T)
+    assert float((L @ L.T)[2, 2]) < 0.01                       # the direction the encoder never uses stays shut
+    with pytest.raises(ValueError, match="dimensions"):
+        projected_mean_gaussian(proj, enc[:, :2])
+
+
+@pytest.mark.parametrize("fit", ["projected", "projected-mean"])
+def test_a_projected_refit_changes_the_mapping_only(tmp_path, fit):
     quiet = dict(log=lambda *a: None)
     first = load_generator(train_generator(tiny_recipe(mapping_steps=0, mix_steps=0), tmp_path / "a", **quiet),
                            device="cpu")
     r = tiny_recipe(ae_steps=0, mapping_steps=5, mix_steps=0, init_from=str(tmp_path / "a"),
-                    mapping_fit="projected", mapping_fit_images=64, mapping_project_steps=2)
+                    mapping_fit=fit, mapping_fit_images=64, mapping_project_steps=2)
     refit = load_generator(train_generator(r, tmp_path / "b", **quiet), device="cpu")
     assert synthesis_fingerprint(refit) == synthesis_fingerprint(first)
     assert generator_fingerprint(refit) != generator_fingerprint(first)
@@ -122,8 +136,9 @@ def test_a_projected_refit_changes_the_mapping_only(tmp_path):
 def test_generator_cli_checks_the_mapping_fit_flags():
     from trainer.cli import main
 
-    with pytest.raises(SystemExit, match="mapping-mode gaussian"):
-        main(["generator", "--domain", "toy-cars", "--mapping-fit", "projected", "--mapping-mode", "gan"])
+    for fit in ("projected", "projected-mean"):
+        with pytest.raises(SystemExit, match="mapping-mode gaussian"):
+            main(["generator", "--domain", "toy-cars", "--mapping-fit", fit, "--mapping-mode", "gan"])
     with pytest.raises(SystemExit, match="whole batches of 64"):
         main(["generator", "--domain", "toy-cars", "--mapping-fit-images", "10"])
     with pytest.raises(SystemExit, match="project-steps"):

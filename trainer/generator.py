@@ -73,7 +73,8 @@ class GeneratorRecipe:
     mapping_lr: float = 0.02
     mapping_mode: str = "gaussian"  # "gaussian": regress onto a Gaussian fit of the codes; "gan": latent GAN
     mapping_fit_images: int = 4096  # codes the Gaussian is fitted to (whole batches of 64 renders)
-    mapping_fit: str = "encoder"    # their source: "encoder" codes or "projected" into W (trainer.mapping_fit)
+    mapping_fit: str = "encoder"    # their source: "encoder" codes, "projected" into W, or "projected-mean"
+                                    # (projected codes' mean, encoder codes' covariance): trainer.mapping_fit
     mapping_project_steps: int = 100  # "projected": Adam steps per batch of 64 (~1.1 s each on 2 cores)
     mapping_project_lr: float = 0.0   # "projected": its learning rate (0 = the domain's inversion preset)
     mapping_fit_lr: float = 5.0     # Adam lr of that regression (EqualLinear lr_mul 0.01 and 1/sqrt(fan-in)
@@ -525,27 +526,22 @@ def _save_state(run: RunDir, phase: str, step: int, G, E, opts: dict, extra: dic
 PHASES = ("ae", "mapping", "mix", "done")
 
 
-@torch.no_grad()
 def code_gaussian(E: nn.Module, domain: str, size: int, n: int, dev, amp) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and Cholesky factor of the encoder codes of ``n`` fresh renders (fixed seeds)."""
-    codes = []
-    for i in range(max(1, n // 64)):
-        x = rendered_batch(domain, 100_000 + i, 64, size).to(dev)
-        with amp():
-            codes.append(E(x).float())
-    w = torch.cat(codes)
-    cov = torch.cov(w.T)
-    eye = torch.eye(cov.shape[0], device=cov.device)
-    return w.mean(0), torch.linalg.cholesky(cov + 1e-4 * cov.diagonal().mean() * eye)
+    from .mapping_fit import empirical_gaussian, encoder_codes
+
+    return empirical_gaussian(encoder_codes(E, domain, size, n, dev, amp))
 
 
 def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, cancel,
                        progress_callback, log) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and Cholesky factor (Ledoit-Wolf) of the fit renders' codes projected into W
-    (:mod:`trainer.mapping_fit`); the codes are cached in the run folder, so a stopped run resumes."""
+    """Mean and Cholesky factor of the Gaussian the mapping regresses onto, from the fit renders' codes
+    projected into W (:mod:`trainer.mapping_fit`; cached in the run folder, so a stopped run resumes):
+    ``"projected"``: their mean and Ledoit-Wolf covariance; ``"projected-mean"``: their mean with the
+    covariance of the same renders' encoder codes."""
     from sfeditor.inversion import InversionSettings
 
-    from .mapping_fit import FIT_BATCH, projected_codes, shrunk_gaussian
+    from .mapping_fit import FIT_BATCH, encoder_codes, projected_codes, projected_mean_gaussian, shrunk_gaussian
 
     lr = recipe.mapping_project_lr or InversionSettings.for_generator(G, recipe.domain).lr
     n_batches = max(1, recipe.mapping_fit_images // FIT_BATCH)
@@ -559,6 +555,10 @@ def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run:
     codes = projected_codes(G, E, recipe.domain, recipe.size, recipe.mapping_fit_images,
                             recipe.mapping_project_steps, lr, dev, amp, cache=run.path / "projected_codes.pt",
                             cancel=cancel, progress=progress, log=log)
+    if recipe.mapping_fit == "projected-mean":
+        mu, L = projected_mean_gaussian(codes, encoder_codes(E, recipe.domain, recipe.size, len(codes), dev, amp))
+        log(f"mapping fit: mean of {codes.shape[0]} projected codes, covariance of their encoder codes")
+        return mu, L
     mu, L, shrinkage = shrunk_gaussian(codes)
     log(f"mapping fit: {codes.shape[0]} projected codes, Ledoit-Wolf shrinkage {shrinkage:.3f}")
     return mu, L
@@ -773,7 +773,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         # mapping network (relative error ~0.06), keeps the codes' mean and covariance and is a plain,
         # stable regression.
         E.eval()
-        if recipe.mapping_fit == "projected":
+        if recipe.mapping_fit in ("projected", "projected-mean"):
             mu, L = projected_gaussian(recipe, G, E, run, dev, amp, cancel, progress_callback, log)
         else:
             mu, L = code_gaussian(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp)

@@ -4,18 +4,21 @@ The toy recipe's mapping network regresses z onto a Gaussian fitted to latent co
 images.  Fitted to the *encoder's* codes (``"encoder"``, the original recipe), the samples inherit
 the encoder's softness: the synthesis draws the same images far crisper from codes found by
 optimisation (BENCHMARKS.md, "`--feat-weight`": encoder 25.3 dB / sharpness 0.71, a projected w
-28.1 dB / 0.80).  ``"projected"`` starts from the encoder's code of each image and projects it into
-W (one w for every layer, Adam on the pixel MSE, the toy inversion preset's learning rate), then
-fits the Gaussian to those codes.
+28.1 dB / 0.80).  The projected codes start from the encoder's code of each image and move it in W
+(one w for every layer, Adam on the pixel MSE, the toy inversion preset's learning rate).
 
-A few hundred projected codes are few for a 256-dimensional covariance, so the covariance is the
-Ledoit-Wolf shrinkage estimate (scikit-learn).  Only the mapping changes: the synthesis, hence the
-S space, the regions files and the hierarchies, stay as they are
-(:func:`sfeditor.regions.synthesis_fingerprint`).
+* ``"projected"``: a Gaussian fitted to the projected codes (Ledoit-Wolf covariance: a few hundred
+  codes are few for 256 dimensions).  Sharper by the gradient measure, but by eye the samples are
+  less coherent (ghosted outlines, blotchy colour): each image's move goes into its own directions
+  outside the encoder codes' span, and a Gaussian combines them at random.
+* ``"projected-mean"``: the projected codes' mean with the encoder codes' covariance
+  (:func:`projected_mean_gaussian`) keeps only the move all images share.
 
-Projection is the expensive part (≈ 3 s per batch-64 step pair of forward and backward on two
-cores): the codes are saved after every batch (``projected_codes.pt`` in the run folder,
-atomically), so a killed run resumes with the batches it has.
+Only the mapping changes: the synthesis, hence the S space, the regions files and the hierarchies,
+stay as they are (:func:`sfeditor.regions.synthesis_fingerprint`).  Projection is the expensive part
+(≈ 1.1 s per step for a batch of 64 on two cores): the codes are saved after every batch
+(``projected_codes.pt`` in the run folder, atomically), so a killed run resumes with the batches it
+has, and a rerun with another fit (``--from-phase mapping``) reuses them.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.jobs import Cancelled
 
-FIT_SOURCES = ("encoder", "projected")
+FIT_SOURCES = ("encoder", "projected", "projected-mean")
 FIT_SEED_OFFSET = 100_000      # the renders the mapping is fitted to: rendered_batch(domain, 100_000 + i, 64)
 FIT_BATCH = 64
 
@@ -153,17 +156,26 @@ def shrunk_gaussian(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]
     return (torch.from_numpy(lw.location_).float().to(w.device), L.float().to(w.device), float(lw.shrinkage_))
 
 
-def fit_codes(source: str, G, E, domain: str, size: int, n: int, dev, amp, *, project_steps: int = 200,
-              project_lr: float = 0.1, cache: str | Path | None = None, cancel=None, progress=None,
-              log=print) -> torch.Tensor:
-    """The codes the mapping's Gaussian is fitted to: ``"encoder"`` or ``"projected"`` (module doc)."""
-    if source == "encoder":
-        return encoder_codes(E, domain, size, n, dev, amp)
-    if source == "projected":
-        return projected_codes(G, E, domain, size, n, project_steps, project_lr, dev, amp, cache=cache,
-                               cancel=cancel, progress=progress, log=log)
-    raise ValueError(f"mapping fit source must be one of {FIT_SOURCES}, not {source!r}")
+def empirical_gaussian(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Cholesky factor of the sample covariance of ``w`` [N, D], with a 1e-4 relative jitter
+    (the estimate ``trainer.generator.code_gaussian`` uses for the encoder's codes)."""
+    cov = torch.cov(w.T)
+    eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+    return w.mean(0), torch.linalg.cholesky(cov + 1e-4 * cov.diagonal().mean() * eye)
+
+
+def projected_mean_gaussian(projected: torch.Tensor, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``"projected-mean"``: the projected codes' mean with the encoder codes' covariance.
+
+    The projection moves codes mostly out of the few directions the encoder's codes span (toy-faces:
+    89 % of the move lies outside their top 32 principal directions), differently for every image; a
+    Gaussian over the projected codes samples those directions at random and draws incoherent detail.
+    Its *mean* move is shared by all images, though (the encoder's codes are biased toward blur), so
+    it alone is kept (BENCHMARKS.md, "Which codes the mapping samples")."""
+    if projected.shape[1] != encoded.shape[1]:
+        raise ValueError(f"projected codes have {projected.shape[1]} dimensions, encoder codes {encoded.shape[1]}")
+    return projected.float().mean(0), empirical_gaussian(encoded.float())[1]
 
 
 __all__ = ["FIT_SOURCES", "fit_batch", "encoder_codes", "project_batch", "projected_codes",
-           "shrunk_gaussian", "fit_codes"]
+           "shrunk_gaussian", "empirical_gaussian", "projected_mean_gaussian"]
