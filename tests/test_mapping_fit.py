@@ -81,6 +81,16 @@ def test_projected_codes_resume_after_a_cancel(tiny, tmp_path):
     msgs = []
     projected_codes(G, E, cache=tmp_path / "part.pt", **{**kw, "steps": 4, "log": msgs.append})
     assert any("other settings" in m for m in msgs)            # another step count is not reused
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    msgs.clear()
+    again = projected_codes(G, E, cache=tmp_path / "bad.pt", **{**kw, "log": msgs.append})
+    assert any("unreadable" in m for m in msgs)                # a broken cache is replaced, not fatal
+    torch.testing.assert_close(again, whole)
+    with torch.no_grad():
+        E2 = ToyEncoder(G.size, G.style_dim).eval()             # other weights: the cache is not reused
+    msgs.clear()
+    projected_codes(G, E2, cache=tmp_path / "whole.pt", **{**kw, "log": msgs.append})
+    assert any("other settings or weights" in m for m in msgs)
 
 
 def test_shrunk_gaussian_is_usable_with_fewer_codes_than_dimensions():

@@ -145,15 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mapping-fit", choices=["encoder", "projected", "projected-mean"], default="encoder",
                    help="codes the Gaussian mapping is fitted to: the encoder's (default); the same renders "
                         "projected into W (sharper but less coherent samples); or projected-mean: their mean "
-                        "with the encoder codes' covariance (sharper, coherent; the shipped mappings). "
+                        "with the encoder codes' covariance (sharper, coherent; the shipped toy-faces mapping). "
                         "Projection costs ~1.1 s per step per 64 images on 2 cores")
     g.add_argument("--mapping-fit-images", type=int, default=None,
                    help="renders the mapping's Gaussian is fitted to, in batches of 64 (default 4096; "
                         "with --mapping-fit projected e.g. 512)")
     g.add_argument("--mapping-project-steps", type=int, default=100,
-                   help="--mapping-fit projected: Adam steps per batch of renders")
+                   help="--mapping-fit projected / projected-mean: Adam steps per batch of renders")
     g.add_argument("--mapping-project-lr", type=float, default=0.0,
-                   help="--mapping-fit projected: its learning rate (default: the domain's inversion preset)")
+                   help="--mapping-fit projected / projected-mean: its learning rate (default: the domain's inversion preset)")
     g.add_argument("--from-phase", choices=["mapping", "mix"],
                    help="rerun an existing run from this phase on (e.g. after changing the mapping recipe)")
     g.add_argument("--init-from", help="start from another generator run's weights (a run folder or checkpoint)")

@@ -75,8 +75,8 @@ class GeneratorRecipe:
     mapping_fit_images: int = 4096  # codes the Gaussian is fitted to (whole batches of 64 renders)
     mapping_fit: str = "encoder"    # their source: "encoder" codes, "projected" into W, or "projected-mean"
                                     # (projected codes' mean, encoder codes' covariance): trainer.mapping_fit
-    mapping_project_steps: int = 100  # "projected": Adam steps per batch of 64 (~1.1 s each on 2 cores)
-    mapping_project_lr: float = 0.0   # "projected": its learning rate (0 = the domain's inversion preset)
+    mapping_project_steps: int = 100  # projected fits: Adam steps per batch of 64 (~1.1 s each on 2 cores)
+    mapping_project_lr: float = 0.0   # projected fits: their learning rate (0 = the domain's inversion preset)
     mapping_fit_lr: float = 5.0     # Adam lr of that regression (EqualLinear lr_mul 0.01 and 1/sqrt(fan-in)
                                     # scale it down ~1600x; at 0.01 only the mean was learnt)
     mix_steps: int = 0

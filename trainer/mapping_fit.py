@@ -30,7 +30,6 @@ import torch
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.jobs import Cancelled
 
-FIT_SOURCES = ("encoder", "projected", "projected-mean")
 FIT_SEED_OFFSET = 100_000      # the renders the mapping is fitted to: rendered_batch(domain, 100_000 + i, 64)
 FIT_BATCH = 64
 
@@ -100,17 +99,29 @@ def projected_codes(G, E, domain: str, size: int, n: int, steps: int, lr: float,
 
     ``progress(done_batches, total_batches, info)`` after each batch; ``cancel.requested`` stops after
     the batch in hand is saved (:class:`sfeditor.jobs.Cancelled`)."""
+    from sfeditor.inversion import module_fingerprint
+    from sfeditor.regions import synthesis_fingerprint
+
     total = max(1, n // FIT_BATCH)
-    spec = {"domain": domain, "size": size, "steps": steps, "lr": lr}
+    spec = {"domain": domain, "size": size, "steps": steps, "lr": lr,
+            "synthesis": synthesis_fingerprint(G), "encoder": module_fingerprint(E)}
     done: list[torch.Tensor] = []
     if cache is not None and Path(cache).is_file():
-        state = torch.load(cache, map_location="cpu", weights_only=True)
-        if state.get("spec") == spec:
-            done = list(state["codes"])[:total]
-            log(f"projected codes: {len(done)} of {total} batches from {cache}")
+        try:
+            state = torch.load(cache, map_location="cpu", weights_only=True)
+            codes = list(state["codes"]) if isinstance(state, dict) else None
+            ok = isinstance(state, dict) and state.get("spec") == spec and all(
+                isinstance(c, torch.Tensor) and c.shape == (FIT_BATCH, G.style_dim) and torch.isfinite(c).all()
+                for c in codes)
+        except Exception as e:          # truncated or foreign file: project again
+            log(f"projected codes: {cache} is unreadable ({type(e).__name__}); projecting again")
         else:
-            log(f"projected codes: {cache} was made with other settings; projecting again")
-    was_training = G.training
+            if ok:
+                done = codes[:total]
+                log(f"projected codes: {len(done)} of {total} batches from {cache}")
+            else:
+                log(f"projected codes: {cache} was made with other settings or weights; projecting again")
+    was_training = G.training, E.training
     G.eval()
     E.eval()
     try:
@@ -131,8 +142,8 @@ def projected_codes(G, E, domain: str, size: int, n: int, steps: int, lr: float,
                     p1 = _psnr(G.synthesis(G.styles(w.to(dev)), noise_mode="const").float(), x)
                 progress(i + 1, total, {"psnr_encoder": p0, "psnr_projected": p1})
     finally:
-        G.train(was_training)
-        E.train()
+        G.train(was_training[0])
+        E.train(was_training[1])
     return torch.cat(done).to(dev)
 
 
@@ -177,5 +188,5 @@ def projected_mean_gaussian(projected: torch.Tensor, encoded: torch.Tensor) -> t
     return projected.float().mean(0), empirical_gaussian(encoded.float())[1]
 
 
-__all__ = ["FIT_SOURCES", "fit_batch", "encoder_codes", "project_batch", "projected_codes",
+__all__ = ["fit_batch", "encoder_codes", "project_batch", "projected_codes",
            "shrunk_gaussian", "empirical_gaussian", "projected_mean_gaussian"]
