@@ -31,7 +31,7 @@ from sfeditor.inversion import InversionSettings  # noqa: E402
 from sfeditor.toy import render  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from sfeditor.toy_encoder import load_toy_encoder  # noqa: E402
-from trainer.generator import HELDOUT_SEED_OFFSET, gradient_magnitude  # noqa: E402
+from trainer.generator import HELDOUT_SEED_OFFSET, gradient_magnitude, psnr  # noqa: E402
 from trainer.mapping_fit import (empirical_gaussian, encoder_codes, fit_batch, project_batch,  # noqa: E402
                                  projected_mean_gaussian, shrunk_gaussian)
 
@@ -42,11 +42,6 @@ def top_k(w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     L = torch.zeros(w.shape[1], w.shape[1])
     L[:, :k] = vecs[:, :k] * vals[:k].sqrt()
     return w.mean(0), L
-
-
-def psnr(a, b) -> float:
-    mse = (a.clamp(-1, 1) - b).pow(2).flatten(1).mean(1)
-    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
 
 
 def main(argv=None) -> int:
@@ -119,12 +114,12 @@ def main(argv=None) -> int:
         crisp_x = float(gradient_magnitude(x))
         print(f"\n# projecting {len(x)} renders again (100 steps, lr {lr}), the move restricted to the encoder "
               "codes' top k directions\n| move | PSNR | sharpness |\n|---|---|---|")
-        print(f"| none (encoder) | {psnr(y0, x):.2f} | {float(gradient_magnitude(y0.clamp(-1, 1))) / crisp_x:.3f} |")
+        print(f"| none (encoder) | {float(psnr(y0, x).mean()):.2f} | {float(gradient_magnitude(y0.clamp(-1, 1))) / crisp_x:.3f} |")
         for k in (32, 64, None):
             w = project_batch(G, x, w0, 100, lr, amp, basis=None if k is None else U[:, :k])
             with torch.no_grad():
                 y = G.synthesis(G.styles(w))
-            print(f"| {'free' if k is None else f'top {k}'} | {psnr(y, x):.2f} | "
+            print(f"| {'free' if k is None else f'top {k}'} | {float(psnr(y, x).mean()):.2f} | "
                   f"{float(gradient_magnitude(y.clamp(-1, 1))) / crisp_x:.3f} |")
     return 0
 

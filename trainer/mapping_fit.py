@@ -30,14 +30,14 @@ import torch
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.jobs import Cancelled
 
+from .generator import psnr, rendered_batch
+
 FIT_SEED_OFFSET = 100_000      # the renders the mapping is fitted to: rendered_batch(domain, 100_000 + i, 64)
 FIT_BATCH = 64
 
 
 def fit_batch(domain: str, i: int, size: int, dev) -> torch.Tensor:
     """The ``i``-th batch of 64 renders the mapping's Gaussian is fitted to (fixed training seeds)."""
-    from .generator import rendered_batch
-
     return rendered_batch(domain, FIT_SEED_OFFSET + i, FIT_BATCH, size).to(dev)
 
 
@@ -138,18 +138,13 @@ def projected_codes(G, E, domain: str, size: int, n: int, steps: int, lr: float,
                 atomic_torch_save({"spec": spec, "codes": done}, cache)
             if progress is not None:
                 with torch.no_grad(), amp():
-                    p0 = _psnr(G.synthesis(G.styles(w0), noise_mode="const").float(), x)
-                    p1 = _psnr(G.synthesis(G.styles(w.to(dev)), noise_mode="const").float(), x)
+                    p0 = float(psnr(G.synthesis(G.styles(w0), noise_mode="const").float(), x).mean())
+                    p1 = float(psnr(G.synthesis(G.styles(w.to(dev)), noise_mode="const").float(), x).mean())
                 progress(i + 1, total, {"psnr_encoder": p0, "psnr_projected": p1})
     finally:
         G.train(was_training[0])
         E.train(was_training[1])
     return torch.cat(done).to(dev)
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.clamp(-1, 1) - b).pow(2).flatten(1).mean(1)
-    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
 
 
 def shrunk_gaussian(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
