@@ -17,6 +17,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
                              swap_weight=args.swap_weight, swap_focus=args.swap_focus,
                              swap_anchor=args.swap_anchor, swap_leak=args.swap_leak,
+                             channel_local=args.channel_local, channel_local_res=args.channel_local_res,
                              feat_weight=args.feat_weight, data_workers=args.data_workers,
                              mapping_fit=args.mapping_fit, mapping_project_steps=args.mapping_project_steps,
                              mapping_project_lr=args.mapping_project_lr)
@@ -35,6 +36,9 @@ def cmd_generator(args: argparse.Namespace) -> int:
                          f"{recipe.swap_focus}, {recipe.swap_leak}")
     if recipe.swap_leak > 0 and recipe.swap_weight <= 0:
         raise SystemExit("--swap-leak is a term of the region-swap loss: it needs --swap-weight > 0")
+    if recipe.channel_local < 0 or recipe.channel_local_res < 4:
+        raise SystemExit(f"--channel-local must be >= 0 and --channel-local-res >= 4, not {recipe.channel_local}, "
+                         f"{recipe.channel_local_res}")
     if recipe.feat_weight < 0:
         raise SystemExit(f"--feat-weight must be >= 0, not {recipe.feat_weight}")
     if recipe.feat_weight > 0 and not recipe.seg_critic:
@@ -140,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add this weight x the swaps' leak ratio (share of a swap's change, against A's own "
                         "reconstruction, outside the pixels it should change: the locality the evaluation "
                         "measures) to the region-swap loss, e.g. 0.2")
+    g.add_argument("--channel-local", type=float, default=0.0,
+                   help="weight of the channel-locality loss: each region group's style channels (as in "
+                        "--swap-weight) keep their activations inside that region, so Eq. 8's fusion weights "
+                        "see channels for small regions (eyes, mouth), e.g. 1")
+    g.add_argument("--channel-local-res", type=int, default=16,
+                   help="the channel-locality loss counts layers whose feature maps are at least this wide")
     g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
                    help="z -> w: regress onto a Gaussian fit of the encoder codes (default) or a latent GAN")
     g.add_argument("--mapping-fit", choices=["encoder", "projected", "projected-mean"], default="encoder",

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from sfeditor.generator import Generator, GeneratorConfig
 from sfeditor.style_code import StyleCode
 from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
-from sfeditor.toy import render
+from sfeditor.toy import region_names, render
 from sfeditor.toy_encoder import ToyEncoder as Encoder
 
 
@@ -96,6 +96,8 @@ class GeneratorRecipe:
     swap_focus: float = 0.0         # extra loss weight of the pixels a swap changes (see region_swap_loss)
     swap_anchor: bool = False       # pixels a swap leaves alone must match A's reconstruction (region_swap_loss)
     swap_leak: float = 0.0          # weight of the swaps' leak ratio (swap_leak_ratio; needs no anchor)
+    channel_local: float = 0.0      # weight of channel_locality_loss (region groups' activations inside their region)
+    channel_local_res: int = 16     # ... counted on feature maps at least this wide
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 100
@@ -351,6 +353,56 @@ def swap_channel_groups(layout, n_groups: int) -> torch.Tensor:
     Sec. 4.2 relies on them); an autoencoder-trained toy generator does not grow them by itself
     (``bench/locality_bound.py``: 0 channels owned by eyes or mouth), so the loss asks for them."""
     return torch.cat([torch.arange(d) % n_groups for d in layout.dims])
+
+
+def channel_locality_loss(features: dict, labels: torch.Tensor, groups: torch.Tensor, layout,
+                          n_regions: int, min_res: int = 16, eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ask each region group's style channels to be *spatially* local to that region: the mean over
+    images and channels of ``-log(M[k, c] + eps)``, M the share of channel c's activation energy
+    inside the renderer's region k (paper Eq. 1, per image: :func:`sfeditor.correlation.layer_correlation`).
+    The log gives a small region's channels (eyes: M ~ 0.03 of a ~1 % region) a push ~1/M times a
+    large one's: with ``1 - M`` instead, 400 steps at weight 2 moved clothes' and skin's channels
+    0.17 -> 0.42 / 0.22 -> 0.43 and the eyes' 0.029 -> 0.044; with the log, 400 steps at weight 0.2
+    moved the eyes' 0.02 -> 0.09 and the mouth's 0.007 -> 0.05 (toy-faces v4, CPU trials,
+    ``bench/channel_locality.py``; BENCHMARKS.md).
+
+    Why: the fusion loss (Eq. 7) weighs channel c for region R by ``w_R(c) = 2 max(M[R, c], 0.5) - 1``
+    (Eq. 8), so a region none of whose channels holds more than half its energy inside it gets no
+    fusion signal at all.  The region-swap loss teaches group k's *styles* to carry region k; on
+    toy-faces v4 no channel held more than 15 % (eyes) / 10 % (mouth) of its energy in those regions,
+    and both leaves' codes are ignored by the trained hierarchy.  Group g >= 1 of
+    :func:`swap_channel_groups` is region g - 1 (group 0, the pose, is left alone); only layers whose
+    feature maps are at least ``min_res`` pixels wide count (a 4x4 or 8x8 cell is larger than an eye).
+
+    ``features``: ``G.synthesis(..., return_features=True)``'s; ``labels``: ``[B, H, W]`` renderer
+    region indices; ``groups``: ``[|S|]`` group ids.  Returns (loss, ``[n_regions]`` mean M of each
+    region's counted channels, for the log)."""
+    from sfeditor.correlation import layer_correlation, resize_regions
+
+    U = F.one_hot(labels.long(), n_regions).permute(0, 3, 1, 2).float()           # [B, R, H, W]
+    maps = list(features["conv"]) + list(features["rgb"])
+    res = list(layout.conv_res) + list(layout.rgb_res)
+    parts = torch.split(groups, list(layout.dims))
+    total, count = 0.0, 0
+    per_region = torch.zeros(n_regions, device=labels.device)
+    per_count = torch.zeros(n_regions, device=labels.device)
+    for A, r, g in zip(maps, res, parts):
+        if r < min_res:
+            continue
+        keep = g >= 1
+        if not bool(keep.any()):
+            continue
+        M = layer_correlation(A.float(), resize_regions(U, A.shape[-1]))              # [B, R, C]
+        k = (g[keep] - 1).long()
+        own = M[:, :, keep].gather(1, k[None, None, :].expand(M.shape[0], 1, -1))[:, 0]   # [B, C_kept]
+        total = total - torch.log(own + eps).sum()
+        count += own.numel()
+        with torch.no_grad():
+            per_region.index_add_(0, k, own.mean(0).detach())
+            per_count.index_add_(0, k, torch.ones_like(k, dtype=per_count.dtype))
+    if count == 0:
+        raise ValueError(f"no style layer of at least {min_res} px holds a region group's channel")
+    return total / count, per_region / per_count.clamp_min(1)
 
 
 def swap_donor_seeds(step: int, batch: int, n_groups: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -687,7 +739,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         small = tuple(recipe.weighted_regions) or SMALL_REGIONS.get(recipe.domain, ())
         critic = load_seg_critic(recipe.domain, recipe.seg_critic, dev) \
             if recipe.seg_weight > 0 or recipe.feat_weight > 0 else None
-        if recipe.swap_weight > 0:
+        if recipe.swap_weight > 0 or recipe.channel_local > 0:
             from sfeditor.toy import swap_groups
             swap_groups_ids = swap_channel_groups(G.layout, len(swap_groups(recipe.domain))).to(dev)
 
@@ -701,10 +753,20 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
                 wmap = region_weight_map(recipe.domain, lab, small, recipe.region_weight)
                 with amp():
                     w_a = E(x)
-                    rec = synth_w(G, w_a).float()
+                    if recipe.channel_local > 0:
+                        rec, feats = G.synthesis(G.styles(w_a), noise_mode="const", return_features=True)
+                    else:
+                        rec = synth_w(G, w_a)
+                    rec = rec.float()
                 loss = recon_loss(rec, x, recipe.grad_weight, None if wmap is None else wmap.to(dev))
-                adv = recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start
                 extra = {}
+                if recipe.channel_local > 0:
+                    cl, cl_regions = channel_locality_loss(feats, torch.from_numpy(lab).to(dev), swap_groups_ids,
+                                                           G.layout, len(region_names(recipe.domain)),
+                                                           recipe.channel_local_res)
+                    extra["chan_local"] = float(cl.detach())
+                    extra.update({f"M_{n}": float(v) for n, v in zip(region_names(recipe.domain), cl_regions)})
+                adv = recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start
                 if recipe.swap_weight > 0:
                     swap_stats = {}
                     sw, sw_psnr = region_swap_loss(G, E, recipe.domain, step, seeds_a, w_a, swap_groups_ids, amp,
@@ -744,6 +806,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
                     total = loss
                 if recipe.swap_weight > 0:
                     total = total + recipe.swap_weight * sw
+                if recipe.channel_local > 0:
+                    total = total + recipe.channel_local * cl
                 opt_ae.zero_grad(set_to_none=True)
                 total.backward()
                 for g in opt_ae.param_groups:   # warm-up, constant, then linear decay to 10 %
