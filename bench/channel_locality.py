@@ -7,7 +7,7 @@ to take anything from its code.  For each RUN (a folder with generator.pt and en
 checkpoint.pt) and held-out renders encoded by the run's encoder, judged by the region oracle on the
 reconstructions, this prints per region:
 
-- ``w>0``: channels per image with ``M[R, c] > 0.5`` (a nonzero fusion weight), and ``sum w``;
+- ``w>0``: channels per image with ``M[R, c] > 0.5`` (a nonzero fusion weight);
 - ``group M``: mean M of the region's swap group (``trainer.generator.swap_channel_groups``) on
   layers at least ``--min-res`` wide (what ``--channel-local`` trains);
 - ``swap loc``: locality of swapping that group from image B into A (share of the mean absolute
@@ -40,7 +40,7 @@ from trainer.generator import HELDOUT_SEED_OFFSET, channel_locality_loss, psnr, 
 def run_stats(G, E, domain: str, images: int, min_res: int, oracle) -> dict:
     names = region_names(domain)
     groups = swap_channel_groups(G.layout, len(swap_groups(domain)))
-    a, lab_a = render(domain, HELDOUT_SEED_OFFSET + 700_000 + np.arange(images))
+    a, _ = render(domain, HELDOUT_SEED_OFFSET + 700_000 + np.arange(images))
     b, _ = render(domain, HELDOUT_SEED_OFFSET + 800_000 + np.arange(images))
     xa, xb = from_uint8(a), from_uint8(b)
     sa, sb = G.styles(E(xa)).flat(), G.styles(E(xb)).flat()

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channel-local", type=float, default=0.0,
                    help="weight of the channel-locality loss: each region group's style channels (as in "
                         "--swap-weight) keep their activations inside that region, so Eq. 8's fusion weights "
-                        "see channels for small regions (eyes, mouth), e.g. 1")
+                        "see channels for small regions (eyes, mouth), e.g. 0.2")
     g.add_argument("--channel-local-res", type=int, default=16,
                    help="the channel-locality loss counts layers whose feature maps are at least this wide")
     g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
