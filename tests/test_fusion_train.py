@@ -27,7 +27,7 @@ from trainer.common import CancelToken, Cancelled
 from trainer.fusion import (FusionRecipe, plan_stages, sync_step, train_hierarchy, train_node, training_config,
                             DistInfo)
 from trainer.fusion_eval import (ClusterJudge, ablation_markdown, ablation_rows, change_map,
-                                 evaluate_locality, hierarchy_composer, hierarchy_targets, load_node_net,
+                                 evaluate_locality, heatmap_caption, hierarchy_composer, hierarchy_targets, load_node_net,
                                  locality_share, psnr_outside, renderer_ceiling, ceiling_markdown, Judge)
 from trainer.fusion_masks import RegionScorer
 from trainer.fusion_stages import (NodeContext, node_regions, prepare_targets, sample_codes, set_trainable,
@@ -370,6 +370,15 @@ def test_locality_metrics_perfect_and_global():
     assert math.isnan(locality_share(change_map(base, base), inside))
     everywhere = torch.ones_like(inside)
     assert torch.isnan(psnr_outside(base, glob, everywhere)).all()
+
+
+def test_heatmap_captions_say_na_for_undefined_numbers():
+    from trainer.fusion_eval import EditStats, EditTarget
+    whole = EditStats(EditTarget("global:all", "all", ("a", "b")), "fixed", samples=2,
+                      inside_change=3.0, total_change=3.0, psnr=[float("nan"), float("nan")])
+    assert heatmap_caption(whole) == ["global:all", "loc 1.00 psnr n/a"]
+    still = EditStats(EditTarget("eyes", "eyes", ("eyes",)), "fixed", samples=2, psnr=[100.0, 100.0])
+    assert heatmap_caption(still) == ["eyes", "loc n/a psnr 100.0"]
 
 
 class _TruthJudge(Judge):

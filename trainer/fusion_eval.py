@@ -300,6 +300,12 @@ def _caption(width: int, lines: Sequence[str], height: int = 13) -> np.ndarray:
     return bar
 
 
+def heatmap_caption(s: EditStats) -> list[str]:
+    """A heatmap tile's two caption lines; "n/a" where a number is undefined (an edit that moved
+    nothing has no locality; a code whose region is the whole image has no pixels outside it)."""
+    return [s.target.label[:22], f"loc {_fmt(s.locality, 2)} psnr {_fmt(s.preservation_psnr, 1)}"]
+
+
 def heatmap_figure(stats: Sequence[EditStats], base_image: np.ndarray | None = None, scale: int = 3,
                    title: str = "", shared: bool = True) -> np.ndarray:
     """One tile per code, captioned with locality and PSNR; ``base_image`` first.
@@ -314,8 +320,7 @@ def heatmap_figure(stats: Sequence[EditStats], base_image: np.ndarray | None = N
         tiles.append(np.concatenate([img, _caption(img.shape[1], ["base image", ""])]))
     for s in stats:
         img = colormap(s.heat.numpy(), vmax if shared else float(s.heat.max())).repeat(scale, 0).repeat(scale, 1)
-        cap = [s.target.label[:22], f"loc {s.locality:.2f} psnr {s.preservation_psnr:.1f}"]
-        tiles.append(np.concatenate([img, _caption(img.shape[1], cap)]))
+        tiles.append(np.concatenate([img, _caption(img.shape[1], heatmap_caption(s))]))
     grid = make_grid(np.stack(tiles), cols=min(len(tiles), 6), pad=4)
     head = _caption(grid.shape[1], [title or "mean |change|", f"shared scale 0..{vmax:.3f} (inferno)" if shared
                                     else "each tile scaled to its own maximum (inferno)"])
