@@ -26,8 +26,9 @@ from sfeditor.regions import RegionsFile, generator_identity, node
 from trainer.common import CancelToken, Cancelled
 from trainer.fusion import (FusionRecipe, plan_stages, sync_step, train_hierarchy, train_node, training_config,
                             DistInfo)
-from trainer.fusion_eval import (ClusterJudge, ablation_markdown, ablation_rows, change_map,
-                                 evaluate_locality, heatmap_caption, hierarchy_composer, hierarchy_targets, load_node_net,
+from trainer.fusion_eval import (ClusterJudge, EditStats, EditTarget, ablation_markdown, ablation_rows,
+                                 change_map, evaluate_locality, heatmap_caption, hierarchy_composer,
+                                 hierarchy_targets, load_node_net,
                                  locality_share, psnr_outside, renderer_ceiling, ceiling_markdown, Judge)
 from trainer.fusion_masks import RegionScorer
 from trainer.fusion_stages import (NodeContext, node_regions, prepare_targets, sample_codes, set_trainable,
@@ -373,7 +374,6 @@ def test_locality_metrics_perfect_and_global():
 
 
 def test_heatmap_captions_say_na_for_undefined_numbers():
-    from trainer.fusion_eval import EditStats, EditTarget
     whole = EditStats(EditTarget("global:all", "all", ("a", "b")), "fixed", samples=2,
                       inside_change=3.0, total_change=3.0, psnr=[float("nan"), float("nan")])
     assert heatmap_caption(whole) == ["global:all", "loc 1.00 psnr n/a"]
