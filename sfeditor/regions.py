@@ -252,10 +252,41 @@ def synthesis_fingerprint(G) -> str:
     return _weights_hash(G, skip=_mapping_entry)
 
 
-def fits_fingerprints(full: str | None, synthesis: str | None, G) -> bool:
+def _image_head_entry(G):
+    """Entries that turn the DeepPixels into pixels and feed no DeepPixel: the last conv (its output
+    goes only to the last toRGB) and every toRGB's kernel and bias (not their affines, which are S)."""
+    last = len(G.convs) - 1
+    head = {f"convs.{last}.conv.weight", f"convs.{last}.activate.bias", f"convs.{last}.noise.weight",
+            f"noises.noise_{last + 1}"}
+
+    def skip(name: str) -> bool:
+        if _mapping_entry(name) or name in head:
+            return True
+        return name.startswith(("to_rgb1.", "to_rgbs.")) and ".modulation." not in name
+    return skip
+
+
+def deep_pixel_fingerprint(G) -> str:
+    """sha256 of what an S-space file reads from a generator (fp16-rounded, as above): the affine
+    layers (w -> S) and every weight that shapes a DeepPixel (paper Sec. 4.2: the feature maps the
+    conv styles modulate); not the mapping, nor the image head (the last conv, the toRGB kernels).
+
+    A regions file is clustered on DeepPixels and a hierarchy blends S codes with masks read from
+    DeepPixels, so both still fit a generator whose image head was fine-tuned (``sfeditor-train
+    generator --ae-trainable``); they check this fingerprint when they record it.  (Stage 3's L_local,
+    Eq. 4-5, reads pixels: retraining on the new head may give other nets, as training on a
+    refitted mapping's codes may; the files stay correct to use, as they do then.)
+    """
+    return _weights_hash(G, skip=_image_head_entry(G))
+
+
+def fits_fingerprints(full: str | None, synthesis: str | None, G, deep_pixel: str | None = None) -> bool:
     """Whether an S-space file (regions, hierarchy) that recorded these fingerprints fits ``G``: the
-    synthesis fingerprint decides when recorded (a refitted mapping changes nothing in S space), else
-    the full one; a file that recorded neither fits."""
+    DeepPixel fingerprint decides when recorded (a new image head changes no DeepPixel), else the
+    synthesis one (a refitted mapping changes nothing in S space), else the full one; a file that
+    recorded none fits."""
+    if deep_pixel:
+        return deep_pixel == deep_pixel_fingerprint(G)
     if synthesis:
         return synthesis == synthesis_fingerprint(G)
     if full:
@@ -270,6 +301,7 @@ def generator_identity(G, fingerprint: bool = True) -> dict:
     if fingerprint:
         ident["fingerprint"] = generator_fingerprint(G)
         ident["synthesis_fingerprint"] = synthesis_fingerprint(G)
+        ident["deep_pixel_fingerprint"] = deep_pixel_fingerprint(G)
     return ident
 
 
@@ -386,7 +418,7 @@ class RegionsFile:
         for key in ("resolution", "style_size", "deep_pixel_channels"):
             if not isinstance(g.get(key), int) or isinstance(g.get(key), bool) or g[key] <= 0:
                 raise ValueError(f"generator.{key}: must be a positive integer, got {g.get(key)!r}")
-        for key in ("fingerprint", "synthesis_fingerprint"):
+        for key in ("fingerprint", "synthesis_fingerprint", "deep_pixel_fingerprint"):
             if key in g and not isinstance(g[key], str):
                 raise ValueError(f"generator.{key}: must be a string")
         if not isinstance(self.deep_pixel_size, int) or self.deep_pixel_size < 1:
@@ -442,7 +474,8 @@ class RegionsFile:
             if self.generator[key] != ident[key]:
                 raise ValueError(f"generator.{key} is {self.generator[key]} in the regions file but "
                                  f"{ident[key]} for this generator")
-        if not fits_fingerprints(self.generator.get("fingerprint"), self.generator.get("synthesis_fingerprint"), G):
+        if not fits_fingerprints(self.generator.get("fingerprint"), self.generator.get("synthesis_fingerprint"), G,
+                                 self.generator.get("deep_pixel_fingerprint")):
             msg = ("the generator's weights differ from those the regions were clustered on "
                    "(fingerprint mismatch); the regions may not fit")
             if strict_fingerprint:
@@ -562,5 +595,6 @@ def load_regions(source: str | os.PathLike) -> RegionsFile:
 
 __all__ = ["FORMAT", "VERSION", "COMPACT_VERSION", "RegionNode", "RegionsFile", "PAPER_TREES", "node", "paper_tree", "leaves",
            "region_of", "find_node", "internal_nodes", "validate_tree", "generator_fingerprint", "synthesis_fingerprint",
+           "deep_pixel_fingerprint",
            "fits_fingerprints", "generator_identity",
            "load_regions", "encode_array", "decode_array"]

@@ -163,7 +163,8 @@ def _check_fit(bundle: ModelBundle) -> None:
             raise SessionError(str(e)) from None
         from .regions import fits_fingerprints
 
-        if not fits_fingerprints(h.meta.get("generator_fingerprint"), h.meta.get("synthesis_fingerprint"), G):
+        if not fits_fingerprints(h.meta.get("generator_fingerprint"), h.meta.get("synthesis_fingerprint"), G,
+                                 h.meta.get("deep_pixel_fingerprint")):
             bundle.notes.append(f"{Path(str(bundle.hierarchy_path)).name} was trained for another generator "
                                 "(fingerprint differs): fusion may be poor")
     r = bundle.regions

@@ -322,9 +322,10 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
     saved = load_hierarchy(tmp_path / "fus" / "hierarchy.pt")
     assert sorted(saved.nets) == ["ab", "all", "cd"]
     assert torch.load(tmp_path / "fus" / "hierarchy.pt", weights_only=True)["dtype"] == "float16"
-    from sfeditor.regions import generator_fingerprint, synthesis_fingerprint
+    from sfeditor.regions import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
     assert saved.meta == {"generator_fingerprint": generator_fingerprint(G),
-                          "synthesis_fingerprint": synthesis_fingerprint(G)}
+                          "synthesis_fingerprint": synthesis_fingerprint(G),
+                          "deep_pixel_fingerprint": deep_pixel_fingerprint(G)}
     for name in saved.nets:      # fp16 file: the weights round to the trained ones
         for a, b in zip(saved.nets[name].state_dict().values(), h.nets[name].state_dict().values()):
             torch.testing.assert_close(a, b.half().float())

@@ -100,6 +100,32 @@ def test_init_from_another_run(tmp_path):
         train_generator(tiny_recipe(init_from=str(tmp_path / "nothing")), tmp_path / "c", log=lambda *a: None)
 
 
+def test_ae_trainable_fine_tunes_only_the_named_head_and_keeps_the_deep_pixels(tmp_path):
+    """--ae-trainable: only the named synthesis parameters move; the encoder, the affines (so the S
+    space) and every DeepPixel (the feature maps the conv styles modulate) stay bit-identical."""
+    train_generator(tiny_recipe(mapping_steps=0, mix_steps=0), tmp_path / "a", log=lambda *a: None)
+    head = ("convs.3.conv.weight", "to_rgbs.1.conv.weight", "to_rgbs.1.bias")
+    train_generator(tiny_recipe(ae_steps=6, mapping_steps=0, mix_steps=0, init_from=str(tmp_path / "a"),
+                                ae_trainable=head, ae_lr=0.01), tmp_path / "b", log=lambda *a: None)
+    G_a = load_generator(tmp_path / "a" / "generator.pt", device="cpu")
+    G_b = load_generator(tmp_path / "b" / "generator.pt", device="cpu")
+    moved = {n for (n, a), (_, b) in zip(G_a.state_dict().items(), G_b.state_dict().items())
+             if n != "w_avg" and not torch.equal(a, b)}
+    assert moved == set(head)
+    enc_a = torch.load(tmp_path / "a" / "encoder.pt", weights_only=True)
+    enc_b = torch.load(tmp_path / "b" / "encoder.pt", weights_only=True)
+    flat = lambda d: {k: v for k, v in (d.get("state_dict", d)).items() if torch.is_tensor(v)}
+    assert len(flat(enc_b)) > 4 and all(torch.equal(flat(enc_a)[k], v) for k, v in flat(enc_b).items())
+    with torch.no_grad():
+        s = G_a.random_styles(3, seed=0)
+        img_a, dp_a = G_a.synthesis(s, return_features=True)
+        img_b, dp_b = G_b.synthesis(s, return_features=True)
+    assert all(torch.equal(x, y) for x, y in zip(dp_a["conv"], dp_b["conv"]))
+    assert not torch.equal(img_a, img_b)
+    with pytest.raises(ValueError, match="no generator parameter"):
+        train_generator(tiny_recipe(ae_trainable=("nothing.",)), tmp_path / "c", log=lambda *a: None)
+
+
 def test_gaussian_mapping_matches_the_codes_and_reruns_from_a_phase(tmp_path):
     from trainer.generator import gaussian_mapping_target
 

@@ -12,8 +12,8 @@ from editor_core_helpers import SMALL as TINY, small_generator
 from sfeditor import Generator
 from sfeditor.clustering import (ClusteringOptions, ClusteringResult, MergeTree, assign, channel_scale,
                                  cluster_generator, sample_deep_pixels, squared_distances, ward_tree)
-from sfeditor.regions import (PAPER_TREES, RegionNode, RegionsFile, encode_array, generator_fingerprint, synthesis_fingerprint,
-                              internal_nodes, leaves, load_regions, node, paper_tree, region_of)
+from sfeditor.regions import (PAPER_TREES, RegionNode, RegionsFile, deep_pixel_fingerprint, encode_array,
+                              generator_fingerprint, synthesis_fingerprint, internal_nodes, leaves, load_regions, node, paper_tree, region_of)
 from sfeditor.toy import region_names
 
 OPTS = dict(samples=12, pixels=600, pca=12, batch=6)
@@ -224,13 +224,56 @@ def test_regions_file_survives_a_refitted_mapping(result, G, recwarn):
     back.check_generator(_refit_mapping(G), strict_fingerprint=True)        # same S space: fits
     # a file from before the synthesis fingerprint (the full one only) still checks the full one
     d = rf.to_dict()
-    del d["generator"]["synthesis_fingerprint"]
+    del d["generator"]["synthesis_fingerprint"], d["generator"]["deep_pixel_fingerprint"]
     old = RegionsFile.from_dict(d)
     old.check_generator(G, strict_fingerprint=True)
     with pytest.raises(ValueError, match="fingerprint"):
         old.check_generator(_refit_mapping(G), strict_fingerprint=True)
     d["generator"]["synthesis_fingerprint"] = 3
     with pytest.raises(ValueError, match="synthesis_fingerprint"):
+        RegionsFile.from_dict(d)
+
+
+def _new_image_head(G):
+    g2 = _refit_mapping(G)
+    last = len(g2.convs) - 1
+    with torch.no_grad():
+        g2.convs[last].conv.weight.mul_(1.3)
+        g2.convs[last].activate.bias.add_(0.1)
+        for rgb in [g2.to_rgb1, *g2.to_rgbs]:
+            rgb.conv.weight.mul_(0.7)
+            rgb.bias.add_(0.2)
+    return g2
+
+
+def test_deep_pixel_fingerprint_ignores_the_mapping_and_the_image_head_only(G):
+    g2 = _new_image_head(G)
+    s = G.random_styles(2, seed=0)
+    with torch.no_grad():
+        img_a, f_a = G.synthesis(s, return_features=True)
+        img_b, f_b = g2.synthesis(s, return_features=True)
+    assert all(torch.equal(a, b) for a, b in zip(f_a["conv"], f_b["conv"]))   # same DeepPixels...
+    assert not torch.allclose(img_a, img_b)                                   # ... other pixels
+    assert synthesis_fingerprint(g2) != synthesis_fingerprint(G)
+    assert deep_pixel_fingerprint(g2) == deep_pixel_fingerprint(G)
+    for change in (lambda g: g.convs[-2].conv.weight.mul_(1.1),          # feeds the last DeepPixel
+                   lambda g: g.to_rgbs[-1].conv.modulation.bias.add_(0.5)):  # an affine: S space
+        g3 = _new_image_head(G)
+        with torch.no_grad():
+            change(g3)
+        assert deep_pixel_fingerprint(g3) != deep_pixel_fingerprint(G)
+
+
+def test_regions_file_survives_a_new_image_head(result, G):
+    rf = three_leaf_file(result, G)
+    assert rf.generator["deep_pixel_fingerprint"] == deep_pixel_fingerprint(G)
+    RegionsFile.from_dict(rf.to_dict()).check_generator(_new_image_head(G), strict_fingerprint=True)
+    d = rf.to_dict()
+    del d["generator"]["deep_pixel_fingerprint"]          # an older file: the synthesis one decides
+    with pytest.raises(ValueError, match="fingerprint"):
+        RegionsFile.from_dict(d).check_generator(_new_image_head(G), strict_fingerprint=True)
+    d["generator"]["deep_pixel_fingerprint"] = ["x"]
+    with pytest.raises(ValueError, match="deep_pixel_fingerprint"):
         RegionsFile.from_dict(d)
 
 

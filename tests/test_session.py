@@ -252,4 +252,17 @@ def test_hierarchy_for_another_generator_is_noted(bundle, tmp_path):
     bundle.hierarchy.save(tmp_path / "h3.pt")
     b4 = load_bundle("mine", generator=tmp_path / "g2.pt", hierarchy=tmp_path / "h3.pt", device="cpu")
     assert not any("another generator" in n for n in b4.notes)
+    # a fine-tuned image head (last conv, toRGB kernels): only the DeepPixel fingerprint still fits
+    from sfeditor.regions import deep_pixel_fingerprint
+
+    with torch.no_grad():
+        G2.convs[-1].conv.weight.mul_(1.2)
+        G2.to_rgbs[-1].bias.add_(0.1)
+    save_generator(G2, tmp_path / "g3.pt")
+    b5 = load_bundle("mine", generator=tmp_path / "g3.pt", hierarchy=tmp_path / "h3.pt", device="cpu")
+    assert any("another generator" in n for n in b5.notes)
+    bundle.hierarchy.meta["deep_pixel_fingerprint"] = deep_pixel_fingerprint(bundle.G)
+    bundle.hierarchy.save(tmp_path / "h4.pt")
+    b6 = load_bundle("mine", generator=tmp_path / "g3.pt", hierarchy=tmp_path / "h4.pt", device="cpu")
+    assert not any("another generator" in n for n in b6.notes)
     bundle.hierarchy.meta.clear()

@@ -20,7 +20,8 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              channel_local=args.channel_local, channel_local_res=args.channel_local_res,
                              feat_weight=args.feat_weight, data_workers=args.data_workers,
                              mapping_fit=args.mapping_fit, mapping_project_steps=args.mapping_project_steps,
-                             mapping_project_lr=args.mapping_project_lr)
+                             mapping_project_lr=args.mapping_project_lr,
+                             ae_trainable=tuple(x.strip() for x in (args.ae_trainable or "").split(",") if x.strip()))
     if args.mapping_fit_images is not None:
         recipe.mapping_fit_images = args.mapping_fit_images
     if recipe.mapping_fit_images < 64:
@@ -125,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seg-weight", type=float, default=0.0,
                    help="weight of a semantic loss: a frozen segmentation critic's cross-entropy on the "
                         "reconstructions against the renderer's labels, e.g. 0.2")
+    g.add_argument("--ae-trainable", metavar="PREFIXES",
+                   help="fine-tune only the generator parameters whose names start with one of these "
+                        "comma-separated prefixes (the encoder frozen), e.g. convs.7.conv.weight,to_rgbs.3: "
+                        "the last layers only, so the DeepPixels, the S space and the files built on them stay valid")
     g.add_argument("--feat-weight", type=float, default=0.0,
                    help="weight of a perceptual loss on the reconstructions with the segmentation critic's "
                         "encoder features (needs --seg-critic), e.g. 0.2")

@@ -292,7 +292,8 @@ def hierarchy_tree(regions):
 
 def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionNet, layout=None,
                           half: bool = False, generator_fingerprint: str | None = None,
-                          synthesis_fingerprint: str | None = None) -> FusionHierarchy:
+                          synthesis_fingerprint: str | None = None,
+                          deep_pixel_fingerprint: str | None = None) -> FusionHierarchy:
     """Put ``net`` at ``node`` of the hierarchy file at ``path`` (created when missing); atomic."""
     path = Path(path)
     root = parse_tree(tree)
@@ -310,6 +311,8 @@ def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionN
         h.meta["generator_fingerprint"] = generator_fingerprint
     if synthesis_fingerprint:
         h.meta["synthesis_fingerprint"] = synthesis_fingerprint
+    if deep_pixel_fingerprint:
+        h.meta["deep_pixel_fingerprint"] = deep_pixel_fingerprint
     h.save(path, half=half)
     return h
 
@@ -482,11 +485,12 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
                            "children": [nr.child1, nr.child2], "ablation": recipe.ablation,
                            "training": tc.to_dict()}, run.path / "net.pt")
         if hierarchy is not None:
-            from sfeditor.regions import generator_fingerprint, synthesis_fingerprint
+            from sfeditor.regions import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
 
             update_hierarchy_file(hierarchy, regions.tree, recipe.node, net, G.layout, half=half,
                                   generator_fingerprint=generator_fingerprint(G),
-                                  synthesis_fingerprint=synthesis_fingerprint(G))
+                                  synthesis_fingerprint=synthesis_fingerprint(G),
+                                  deep_pixel_fingerprint=deep_pixel_fingerprint(G))
             log(f"{recipe.node}: net written to {run.path / 'net.pt'} and {hierarchy}")
     barrier(info)
     return net

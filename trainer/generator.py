@@ -98,6 +98,8 @@ class GeneratorRecipe:
     swap_leak: float = 0.0          # weight of the swaps' leak ratio (swap_leak_ratio; needs no anchor)
     channel_local: float = 0.0      # weight of channel_locality_loss (region groups' activations inside their region)
     channel_local_res: int = 16     # ... counted on feature maps at least this wide
+    ae_trainable: tuple = ()        # () = train G and E; else only G's parameters whose names start with
+                                    # one of these prefixes (E frozen): see trainable_parameters
     seed: int = 0
     sample_every: int = 250
     checkpoint_every: int = 100
@@ -567,6 +569,26 @@ def load_init_weights(source: str | Path) -> tuple[dict, dict]:
                      "or generator.pt and encoder.pt)")
 
 
+def trainable_parameters(G: nn.Module, E: nn.Module, prefixes: tuple) -> list:
+    """The autoencoder phase's parameters: all of G and E, or (``prefixes`` given) only G's
+    parameters whose names start with one of them; the rest (E included) get ``requires_grad``
+    off.  ``("convs.7.conv.weight", "to_rgbs.3")`` fine-tunes the last conv's kernel and the last
+    toRGB: every DeepPixel (paper Sec. 4.2: the feature maps the conv styles modulate) and every
+    affine A stay bit-identical, so the S space, the regions file and the hierarchy stay valid."""
+    if not prefixes:
+        return list(G.parameters()) + list(E.parameters())
+    keep = []
+    for name, p in G.named_parameters():
+        p.requires_grad_(any(name.startswith(pre) for pre in prefixes))
+        if p.requires_grad:
+            keep.append(p)
+    for p in E.parameters():
+        p.requires_grad_(False)
+    if not keep:
+        raise ValueError(f"no generator parameter starts with any of {list(prefixes)}")
+    return keep
+
+
 def _save_state(run: RunDir, phase: str, step: int, G, E, opts: dict, extra: dict | None = None) -> None:
     state = {"phase": phase, "step": step, "G": G.state_dict(), "E": E.state_dict(),
              "config": G.config.to_dict(), "rng": rng_state(),
@@ -640,7 +662,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
     D_img = ImageDiscriminator(recipe.size)
     D_lat = LatentDiscriminator(recipe.style_dim)
     D_patch = PatchDiscriminator()
-    opt_ae = torch.optim.Adam(list(G.parameters()) + list(E.parameters()), lr=recipe.ae_lr, betas=(0.9, 0.99))
+    opt_ae = torch.optim.Adam(trainable_parameters(G, E, tuple(recipe.ae_trainable)), lr=recipe.ae_lr,
+                              betas=(0.9, 0.99))
     opt_map = torch.optim.Adam(G.style.parameters(), lr=recipe.mapping_lr, betas=(0.5, 0.99))
     opt_dlat = torch.optim.Adam(D_lat.parameters(), lr=0.0005, betas=(0.5, 0.99))
     opt_mapreg = torch.optim.Adam(G.style.parameters(), lr=recipe.mapping_fit_lr, betas=(0.9, 0.99))
@@ -735,7 +758,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
     if phase == "ae":
         bar = Progress(recipe.ae_steps, f"{recipe.domain} ae", start=step, callback=progress_callback)
         guard = SpikeGuard()
-        ae_params = list(G.parameters()) + list(E.parameters())
+        ae_params = [p for group in opt_ae.param_groups for p in group["params"]]
         small = tuple(recipe.weighted_regions) or SMALL_REGIONS.get(recipe.domain, ())
         critic = load_seg_critic(recipe.domain, recipe.seg_critic, dev) \
             if recipe.seg_weight > 0 or recipe.feat_weight > 0 else None
