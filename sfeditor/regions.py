@@ -252,9 +252,10 @@ def synthesis_fingerprint(G) -> str:
     return _weights_hash(G, skip=_mapping_entry)
 
 
-def _image_head_entry(G):
-    """Entries that turn the DeepPixels into pixels and feed no DeepPixel: the last conv (its output
-    goes only to the last toRGB) and every toRGB's kernel and bias (not their affines, which are S)."""
+def outside_deep_pixels(G):
+    """A predicate on state-dict names: true for the entries no DeepPixel and no S code depends on —
+    the mapping network and the image head, which turns DeepPixels into pixels: the last conv (its
+    output goes only to the last toRGB) and every toRGB's kernel and bias (not their affines: S)."""
     last = len(G.convs) - 1
     head = {f"convs.{last}.conv.weight", f"convs.{last}.activate.bias", f"convs.{last}.noise.weight",
             f"noises.noise_{last + 1}"}
@@ -277,7 +278,7 @@ def deep_pixel_fingerprint(G) -> str:
     Eq. 4-5, reads pixels: retraining on the new head may give other nets, as training on a
     refitted mapping's codes may; the files stay correct to use, as they do then.)
     """
-    return _weights_hash(G, skip=_image_head_entry(G))
+    return _weights_hash(G, skip=outside_deep_pixels(G))
 
 
 def fits_fingerprints(full: str | None, synthesis: str | None, G, deep_pixel: str | None = None) -> bool:
@@ -595,6 +596,6 @@ def load_regions(source: str | os.PathLike) -> RegionsFile:
 
 __all__ = ["FORMAT", "VERSION", "COMPACT_VERSION", "RegionNode", "RegionsFile", "PAPER_TREES", "node", "paper_tree", "leaves",
            "region_of", "find_node", "internal_nodes", "validate_tree", "generator_fingerprint", "synthesis_fingerprint",
-           "deep_pixel_fingerprint",
+           "deep_pixel_fingerprint", "outside_deep_pixels",
            "fits_fingerprints", "generator_identity",
            "load_regions", "encode_array", "decode_array"]

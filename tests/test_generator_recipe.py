@@ -124,6 +124,17 @@ def test_ae_trainable_fine_tunes_only_the_named_head_and_keeps_the_deep_pixels(t
     assert not torch.equal(img_a, img_b)
     with pytest.raises(ValueError, match="no generator parameter"):
         train_generator(tiny_recipe(ae_trainable=("nothing.",)), tmp_path / "c", log=lambda *a: None)
+    # the log says whether S-space files survive; the later phases train again (here the mapping)
+    lines = []
+    train_generator(tiny_recipe(ae_steps=2, mapping_steps=3, mix_steps=0, init_from=str(tmp_path / "a"),
+                                ae_trainable=head), tmp_path / "d", log=lines.append)
+    assert any("image head only" in str(x) and "still fit" in str(x) for x in lines)
+    G_d = load_generator(tmp_path / "d" / "generator.pt", device="cpu")
+    assert not torch.equal(G_d.state_dict()["style.1.weight"], G_a.state_dict()["style.1.weight"])
+    lines.clear()
+    train_generator(tiny_recipe(ae_steps=1, mapping_steps=0, mix_steps=0, init_from=str(tmp_path / "a"),
+                                ae_trainable=("to_rgbs.1",)), tmp_path / "e", log=lines.append)
+    assert any("to_rgbs.1.conv.modulation.weight" in str(x) and "rebuilt" in str(x) for x in lines)
 
 
 def test_gaussian_mapping_matches_the_codes_and_reruns_from_a_phase(tmp_path):

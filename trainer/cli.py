@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "reconstructions against the renderer's labels, e.g. 0.2")
     g.add_argument("--ae-trainable", metavar="PREFIXES",
                    help="fine-tune only the generator parameters whose names start with one of these "
-                        "comma-separated prefixes (the encoder frozen), e.g. convs.7.conv.weight,to_rgbs.3: "
-                        "the last layers only, so the DeepPixels, the S space and the files built on them stay valid")
+                        "comma-separated prefixes (the encoder frozen) in the autoencoder phase, e.g. "
+                        "convs.7.conv.weight,convs.7.activate,to_rgbs.3.conv.weight,to_rgbs.3.bias: the image head "
+                        "only, so the DeepPixels, the S space and the files built on them stay valid (the log says)")
     g.add_argument("--feat-weight", type=float, default=0.0,
                    help="weight of a perceptual loss on the reconstructions with the segmentation critic's "
                         "encoder features (needs --seg-critic), e.g. 0.2")

@@ -572,9 +572,11 @@ def load_init_weights(source: str | Path) -> tuple[dict, dict]:
 def trainable_parameters(G: nn.Module, E: nn.Module, prefixes: tuple) -> list:
     """The autoencoder phase's parameters: all of G and E, or (``prefixes`` given) only G's
     parameters whose names start with one of them; the rest (E included) get ``requires_grad``
-    off.  ``("convs.7.conv.weight", "to_rgbs.3")`` fine-tunes the last conv's kernel and the last
-    toRGB: every DeepPixel (paper Sec. 4.2: the feature maps the conv styles modulate) and every
-    affine A stay bit-identical, so the S space, the regions file and the hierarchy stay valid."""
+    off until the autoencoder phase ends.  ``("convs.7.conv.weight", "to_rgbs.3.conv.weight",
+    "to_rgbs.3.bias")`` fine-tunes the last conv's kernel and the last toRGB's (not its affine): every
+    DeepPixel (paper Sec. 4.2: the feature maps the conv styles modulate) and every affine A stay
+    bit-identical, so the S space, the regions file and the hierarchy stay valid
+    (``sfeditor.regions.deep_pixel_fingerprint``; the run's log says whether they do)."""
     if not prefixes:
         return list(G.parameters()) + list(E.parameters())
     keep = []
@@ -587,6 +589,21 @@ def trainable_parameters(G: nn.Module, E: nn.Module, prefixes: tuple) -> list:
     if not keep:
         raise ValueError(f"no generator parameter starts with any of {list(prefixes)}")
     return keep
+
+
+def describe_trainable(G: nn.Module, prefixes: tuple) -> str:
+    """One log line: how many weights ``prefixes`` trains and whether S-space files survive it."""
+    from sfeditor.regions import outside_deep_pixels
+
+    names = [n for n, _ in G.named_parameters() if any(n.startswith(pre) for pre in prefixes)]
+    count = sum(p.numel() for n, p in G.named_parameters() if n in names)
+    outside = outside_deep_pixels(G)
+    inside = [n for n in names if not outside(n)]
+    if not inside:
+        return (f"training {count:,} weights of the image head only ({', '.join(names)}): the DeepPixels and "
+                "the S space stay as they are, so regions files and hierarchies made for this generator still fit")
+    return (f"training {count:,} weights; {', '.join(inside)} shape DeepPixels or S codes: regions files and "
+            "hierarchies made for this generator will have to be rebuilt")
 
 
 def _save_state(run: RunDir, phase: str, step: int, G, E, opts: dict, extra: dict | None = None) -> None:
@@ -716,6 +733,8 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         E.load_state_dict(init_e)
         log(f"starting from the weights of {recipe.init_from}")
     run.write_options({"recipe": asdict(recipe), "generator": G.config.to_dict()})
+    if recipe.ae_trainable and phase == "ae":
+        log(describe_trainable(G, tuple(recipe.ae_trainable)))
 
     def checkpoint(ph, st):
         _save_state(run, ph, st, G, E, opts, {"D_img": D_img.state_dict(), "D_lat": D_lat.state_dict(),
@@ -852,6 +871,10 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             prefetch.close()
         phase, step = "mapping", 0
         checkpoint(phase, step)
+
+    if recipe.ae_trainable:              # the later phases train what they train (the mapping, ...)
+        for p in list(G.parameters()) + list(E.parameters()):
+            p.requires_grad_(True)
 
     # ------------------------------------------------------- phase 2: mapping
     if phase == "mapping" and recipe.mapping_mode == "gaussian":
