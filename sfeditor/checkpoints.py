@@ -47,6 +47,7 @@ import torch
 
 from .atomic import atomic_torch_save
 from .generator import Generator, GeneratorConfig
+from .latent_prior import MixturePrior, PriorError, split_prior_state
 from .safe_pickle import PickledModule, SafeUnpickler, TFNetworkRecord, UnsafePickleError
 from .upfirdn import make_kernel
 
@@ -79,6 +80,7 @@ class CheckpointData:
     config: GeneratorConfig
     format: str
     info: dict = field(default_factory=dict)
+    prior: "MixturePrior | None" = None   # sfeditor files only: a mixture z -> w (sfeditor.latent_prior)
 
 
 # =================================================================== public API
@@ -104,6 +106,11 @@ def load_generator(source: str | os.PathLike, device: str | torch.device | None 
     leftover = [k for k in result.missing_keys if k not in optional] + list(result.unexpected_keys)
     if leftover:  # read_checkpoint validated the names: this means generator.py changed underneath
         raise CheckpointError(f"{path}: weights do not match sfeditor's Generator: {_few(leftover)}")
+    if data.prior is not None:
+        if data.prior.dim != data.config.style_dim:
+            raise CheckpointError(f"{path}: the mixture prior samples {data.prior.dim}-dim codes, "
+                                  f"the generator's w has {data.config.style_dim}")
+        G.set_prior(data.prior)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     G = G.to(torch.device(device)).eval()
@@ -389,6 +396,10 @@ def _from_sfeditor(obj: dict) -> CheckpointData:
     half = any(isinstance(t, torch.Tensor) and t.dtype == torch.float16 for t in sd.values())
     sd = {str(k): _as_float(str(k), v) for k, v in sd.items()}
     w_avg = sd.pop("w_avg", None)
+    try:
+        sd, prior = split_prior_state(sd)
+    except PriorError as e:
+        raise CheckpointError(str(e)) from None
     info: dict = {"version": version, "meta": obj.get("meta") or {}, "stored_dtype": "float16" if half else "float32"}
     if w_avg is not None and not bool(w_avg.any()):
         w_avg = None   # never computed (a fresh generator): recompute on load
@@ -398,7 +409,14 @@ def _from_sfeditor(obj: dict) -> CheckpointData:
     theirs = (inferred.size, inferred.style_dim, inferred.n_mlp, inferred.channels)
     if mine != theirs:
         raise CheckpointError(f"config (size, w_dim, n_mlp, channels) = {mine} does not match the tensors {theirs}")
-    return _finish(sd, w_avg, "sfeditor", info, config)
+    data = _finish(sd, w_avg, "sfeditor", info, config)
+    if prior is not None:
+        if prior.dim != config.style_dim:
+            raise CheckpointError(f"the mixture prior samples {prior.dim}-dim codes; the generator's w has "
+                                  f"{config.style_dim}")
+        data.prior = prior
+        info["prior"] = {"components": prior.n_components, "rank": prior.rank}
+    return data
 
 
 def _from_rosinality(g_ema: Any, whole: dict | None) -> CheckpointData:

@@ -98,6 +98,9 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"|S| = {layout.conv_size} + {layout.size - layout.conv_size} = {layout.size}")
     print(f"w+ entries:  {layout.n_latent}")
     print(f"mean w:      {'stored' if data.w_avg is not None else 'not stored (computed from 4096 z on load)'}")
+    if data.prior is not None:
+        print(f"z -> w:      mixture prior, {data.prior.n_components} Gaussians of rank {data.prior.rank} "
+              f"(the mapping MLP is not used; truncation pulls toward each sample's own component)")
     return 0
 
 

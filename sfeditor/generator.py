@@ -290,6 +290,8 @@ class Generator(nn.Module):
             self.noises.register_buffer(f"noise_{k + 1}", torch.randn(1, 1, r, r))
             in_ch = out_ch
         self.register_buffer("w_avg", torch.zeros(config.style_dim))
+        # optional z -> w prior replacing the mapping MLP (the toy generators': sfeditor.latent_prior)
+        self.add_module("prior", None)
         assert self.layout.n_latent == self.n_latent
 
     # ----------------------------------------------------------------- helpers
@@ -322,13 +324,24 @@ class Generator(nn.Module):
 
     # ----------------------------------------------------------------- mapping
     def mapping(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-        """z [B, style_dim] -> w [B, style_dim]; ``truncation`` psi pulls w toward ``w_avg``."""
+        """z [B, style_dim] -> w [B, style_dim]; ``truncation`` psi pulls w toward ``w_avg``.
+
+        With a mixture prior attached (:meth:`set_prior`) z goes through it instead of the mapping MLP,
+        and psi pulls w toward its own component's mean (:mod:`sfeditor.latent_prior`)."""
         if z.ndim != 2 or z.shape[1] != self.style_dim:
             raise ValueError(f"z must be [B, {self.style_dim}], got {tuple(z.shape)}")
+        if self.prior is not None:
+            return self.prior(z, truncation)
         w = self.style(z)
         if truncation != 1.0:
             w = self.w_avg + truncation * (w - self.w_avg)
         return w
+
+    def set_prior(self, prior) -> None:
+        """Attach a :class:`sfeditor.latent_prior.MixturePrior` as z -> w (None: the mapping MLP again)."""
+        if prior is not None and prior.dim != self.style_dim:
+            raise ValueError(f"the prior samples {prior.dim}-dim codes; this generator's w has {self.style_dim}")
+        self.prior = None if prior is None else prior.to(self.w_avg.device)
 
     def sample_w(self, n: int, seed: int | None = None, truncation: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:

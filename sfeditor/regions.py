@@ -239,11 +239,11 @@ def generator_fingerprint(G) -> str:
 
 
 def _mapping_entry(name: str) -> bool:
-    return name == "w_avg" or name.startswith("style.")
+    return name == "w_avg" or name.startswith(("style.", "prior."))
 
 
 def synthesis_fingerprint(G) -> str:
-    """sha256 of everything but the mapping network z -> w and ``w_avg`` (fp16-rounded, as above).
+    """sha256 of everything but the mapping z -> w (the MLP, a mixture prior) and ``w_avg`` (fp16-rounded).
 
     Regions files and FusionNet hierarchies live in S space, so they fit every generator with the same
     synthesis (affine layers, convolutions, toRGB, constant input, noise): refitting the mapping (which

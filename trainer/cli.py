@@ -21,11 +21,20 @@ def cmd_generator(args: argparse.Namespace) -> int:
                              feat_weight=args.feat_weight, data_workers=args.data_workers,
                              mapping_fit=args.mapping_fit, mapping_project_steps=args.mapping_project_steps,
                              mapping_project_lr=args.mapping_project_lr,
+                             mapping_components=args.mapping_components, mapping_rank=args.mapping_rank,
+                             mapping_project_images=args.mapping_project_images,
                              ae_trainable=tuple(x.strip() for x in (args.ae_trainable or "").split(",") if x.strip()))
     if args.mapping_fit_images is not None:
         recipe.mapping_fit_images = args.mapping_fit_images
     if recipe.mapping_fit_images < 64:
         raise SystemExit(f"--mapping-fit-images must be >= 64 (whole batches of 64), not {recipe.mapping_fit_images}")
+    if recipe.mapping_components < 1 or recipe.mapping_rank < 1:
+        raise SystemExit("--mapping-components and --mapping-rank must be >= 1")
+    if recipe.mapping_project_images < 64:
+        raise SystemExit(f"--mapping-project-images must be >= 64, not {recipe.mapping_project_images}")
+    if recipe.mapping_fit.startswith("mixture") and recipe.mapping_fit_images < 16 * recipe.mapping_components:
+        raise SystemExit(f"--mapping-fit mixture with {recipe.mapping_components} components needs at least "
+                         f"{16 * recipe.mapping_components} --mapping-fit-images")
     if recipe.mapping_project_steps < 1 or recipe.mapping_project_lr < 0:
         raise SystemExit("--mapping-project-steps must be >= 1 and --mapping-project-lr >= 0")
     if recipe.mapping_fit != "encoder" and recipe.mapping_mode != "gaussian":
@@ -158,11 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the channel-locality loss counts layers whose feature maps are at least this wide")
     g.add_argument("--mapping-mode", choices=["gaussian", "gan"], default="gaussian",
                    help="z -> w: regress onto a Gaussian fit of the encoder codes (default) or a latent GAN")
-    g.add_argument("--mapping-fit", choices=["encoder", "projected", "projected-mean"], default="encoder",
+    g.add_argument("--mapping-fit", choices=["encoder", "projected", "projected-mean", "mixture",
+                                                     "mixture-projected-mean"], default="encoder",
                    help="codes the Gaussian mapping is fitted to: the encoder's (default); the same renders "
                         "projected into W (sharper but less coherent samples); or projected-mean: their mean "
-                        "with the encoder codes' covariance (sharper, coherent; the shipped toy-faces mapping). "
-                        "Projection costs ~1.1 s per step per 64 images on 2 cores")
+                        "with the encoder codes' covariance (sharper, coherent). Projection costs ~1.1 s per "
+                        "step per 64 images on 2 cores. mixture: no regression; a Gaussian mixture over the "
+                        "encoder codes replaces the mapping MLP (e.g. --mapping-fit-images 32768); "
+                        "mixture-projected-mean: that mixture moved by the mean move projection makes from the "
+                        "encoder's codes (--mapping-project-images renders; the shipped toy mappings)")
+    g.add_argument("--mapping-project-images", type=int, default=512,
+                   help="--mapping-fit mixture-projected-mean: renders projected for the mean move (default 512)")
+    g.add_argument("--mapping-components", type=int, default=64,
+                   help="--mapping-fit mixture: number of Gaussians (default 64)")
+    g.add_argument("--mapping-rank", type=int, default=64,
+                   help="--mapping-fit mixture: principal directions kept per Gaussian (default 64)")
     g.add_argument("--mapping-fit-images", type=int, default=None,
                    help="renders the mapping's Gaussian is fitted to, in batches of 64 (default 4096; "
                         "with --mapping-fit projected e.g. 512)")

@@ -74,7 +74,13 @@ class GeneratorRecipe:
     mapping_mode: str = "gaussian"  # "gaussian": regress onto a Gaussian fit of the codes; "gan": latent GAN
     mapping_fit_images: int = 4096  # codes the Gaussian is fitted to (whole batches of 64 renders)
     mapping_fit: str = "encoder"    # their source: "encoder" codes, "projected" into W, or "projected-mean"
-                                    # (projected codes' mean, encoder codes' covariance): trainer.mapping_fit
+                                    # (projected codes' mean, encoder codes' covariance): trainer.mapping_fit;
+                                    # "mixture": no regression, a Gaussian-mixture prior over the encoder codes
+                                    # replaces the mapping MLP (trainer.mapping_fit.fit_mixture);
+                                    # "mixture-projected-mean": that mixture moved by the projected mean move
+    mapping_components: int = 64    # "mixture": Gaussians in the prior (sfeditor.latent_prior)
+    mapping_rank: int = 64          # "mixture": principal directions kept per component
+    mapping_project_images: int = 512  # "mixture-projected-mean": renders projected for the mean move
     mapping_project_steps: int = 100  # projected fits: Adam steps per batch of 64 (~1.1 s each on 2 cores)
     mapping_project_lr: float = 0.0   # projected fits: their learning rate (0 = the domain's inversion preset)
     mapping_fit_lr: float = 5.0     # Adam lr of that regression (EqualLinear lr_mul 0.01 and 1/sqrt(fan-in)
@@ -550,6 +556,15 @@ class Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def load_generator_state(G: Generator, sd: dict) -> None:
+    """``G.load_state_dict(sd)`` (strict) for a state that may carry a mixture prior (``prior.*``)."""
+    from sfeditor.latent_prior import split_prior_state
+
+    rest, prior = split_prior_state(sd)
+    G.set_prior(prior)
+    G.load_state_dict(rest if prior is None else {**rest, **prior.tensors()})
+
+
 def load_init_weights(source: str | Path) -> tuple[dict, dict]:
     """G and E state dicts of another generator run (its ``checkpoint.pt``, or ``generator.pt`` +
     ``encoder.pt``), for ``init_from`` fine-tuning."""
@@ -624,15 +639,13 @@ def code_gaussian(E: nn.Module, domain: str, size: int, n: int, dev, amp) -> tup
     return empirical_gaussian(encoder_codes(E, domain, size, n, dev, amp))
 
 
-def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, cancel,
-                       progress_callback, log) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and Cholesky factor of the Gaussian the mapping regresses onto, from the fit renders' codes
-    projected into W (:mod:`trainer.mapping_fit`; cached in the run folder, so a stopped run resumes):
-    ``"projected"``: their mean and Ledoit-Wolf covariance; ``"projected-mean"``: their mean with the
-    covariance of the same renders' encoder codes."""
+def projected_codes_of(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, cancel,
+                       progress_callback, log) -> torch.Tensor:
+    """The codes of ``recipe.mapping_fit_images`` fit renders projected into W (:mod:`trainer.mapping_fit`;
+    cached in the run folder as ``projected_codes.pt``, so a stopped run resumes)."""
     from sfeditor.inversion import InversionSettings
 
-    from .mapping_fit import FIT_BATCH, encoder_codes, projected_codes, projected_mean_gaussian, shrunk_gaussian
+    from .mapping_fit import FIT_BATCH, projected_codes
 
     lr = recipe.mapping_project_lr or InversionSettings.for_generator(G, recipe.domain).lr
     n_batches = max(1, recipe.mapping_fit_images // FIT_BATCH)
@@ -643,9 +656,19 @@ def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run:
         run.log({"phase": "mapping-fit", "batch": done, **info})
         bar.update(done, **info)
 
-    codes = projected_codes(G, E, recipe.domain, recipe.size, recipe.mapping_fit_images,
-                            recipe.mapping_project_steps, lr, dev, amp, cache=run.path / "projected_codes.pt",
-                            cancel=cancel, progress=progress, log=log)
+    return projected_codes(G, E, recipe.domain, recipe.size, recipe.mapping_fit_images,
+                           recipe.mapping_project_steps, lr, dev, amp, cache=run.path / "projected_codes.pt",
+                           cancel=cancel, progress=progress, log=log)
+
+
+def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, cancel,
+                       progress_callback, log) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Cholesky factor of the Gaussian the mapping regresses onto, from the fit renders' codes
+    projected into W (:func:`projected_codes_of`): ``"projected"``: their mean and Ledoit-Wolf covariance;
+    ``"projected-mean"``: their mean with the covariance of the same renders' encoder codes."""
+    from .mapping_fit import encoder_codes, projected_mean_gaussian, shrunk_gaussian
+
+    codes = projected_codes_of(recipe, G, E, run, dev, amp, cancel, progress_callback, log)
     if recipe.mapping_fit == "projected-mean":
         mu, L = projected_mean_gaussian(codes, encoder_codes(E, recipe.domain, recipe.size, len(codes), dev, amp))
         log(f"mapping fit: mean of {codes.shape[0]} projected codes, covariance of their encoder codes")
@@ -653,6 +676,59 @@ def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run:
     mu, L, shrinkage = shrunk_gaussian(codes)
     log(f"mapping fit: {codes.shape[0]} projected codes, Ledoit-Wolf shrinkage {shrinkage:.3f}")
     return mu, L
+
+
+def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, log):
+    """The mixture prior over ``recipe.mapping_fit_images`` encoder codes (:func:`trainer.mapping_fit.fit_mixture`;
+    the last 1,024 (at most 1/8) held out and scored), cached in the run folder as ``mixture.pt`` with what it
+    was fitted from, so a rerun or a resumed run does not fit it again (the EM fit takes ~6 min here)."""
+    from sfeditor.atomic import atomic_torch_save
+    from sfeditor.inversion import module_fingerprint
+    from sfeditor.latent_prior import MixturePrior
+
+    from .mapping_fit import encoder_codes, fit_mixture
+
+    spec = {"domain": recipe.domain, "size": recipe.size, "images": recipe.mapping_fit_images,
+            "components": recipe.mapping_components, "rank": recipe.mapping_rank, "seed": recipe.seed,
+            "encoder": module_fingerprint(E)}
+    cache = run.path / "mixture.pt"
+    if cache.is_file():
+        try:
+            state = torch.load(cache, map_location="cpu", weights_only=True)
+            if state.get("spec") == spec:
+                prior = MixturePrior(state["weights"], state["means"], state["factors"])
+                log(f"mixture prior: {prior.n_components} components from {cache}")
+                return prior, dict(state["report"])
+            log(f"mixture prior: {cache} was fitted with other settings or another encoder; fitting again")
+        except Exception as e:          # truncated or foreign file (PriorError: tampered tensors): fit again
+            log(f"mixture prior: {cache} is unreadable ({type(e).__name__}); fitting again")
+    log(f"mapping: encoding {recipe.mapping_fit_images} renders for the mixture prior")
+    codes = encoder_codes(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp)
+    prior, report = fit_mixture(codes, recipe.mapping_components, recipe.mapping_rank, seed=recipe.seed,
+                                held_out=min(1024, len(codes) // 8), log=log)
+    atomic_torch_save({"spec": spec, "report": report, "weights": prior.weights, "means": prior.means,
+                       "factors": prior.factors}, cache)
+    return prior, report
+
+
+def shift_to_projected_mean(recipe: GeneratorRecipe, prior, G: Generator, E: nn.Module, run: RunDir, dev, amp,
+                            cancel, progress_callback, log):
+    """``"mixture-projected-mean"``: every component moved by the mean move that projection into W makes
+    from the encoder's codes (``recipe.mapping_project_images`` renders, cached like the projected fits):
+    the encoder's codes are biased toward blur, and that bias is shared by all images
+    (:func:`trainer.mapping_fit.projected_mean_gaussian`)."""
+    from sfeditor.latent_prior import MixturePrior
+
+    from .mapping_fit import encoder_codes
+
+    sub = GeneratorRecipe(**{**asdict(recipe), "mapping_fit_images": recipe.mapping_project_images,
+                             "mapping_fit": "projected-mean"})
+    projected = projected_codes_of(sub, G, E, run, dev, amp, cancel, progress_callback, log)
+    shift = projected.mean(0) - encoder_codes(E, recipe.domain, recipe.size, len(projected), dev, amp).mean(0)
+    log(f"mixture prior: moved by the projected codes' mean move (norm {float(shift.norm()):.3f}; "
+        f"{len(projected)} renders)")
+    moved = MixturePrior(prior.weights, prior.means + shift.cpu().to(prior.means.dtype), prior.factors)
+    return moved, float(shift.norm())
 
 
 def gaussian_mapping_target(z: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
@@ -703,7 +779,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         old = run.read_options()
         if old and old.get("recipe", {}).get("domain") != recipe.domain:
             raise ValueError(f"{run.path} holds a run for {old['recipe']['domain']}, not {recipe.domain}")
-        G.load_state_dict(state["G"])
+        load_generator_state(G, state["G"])
         E.load_state_dict(state["E"])
         if "D_img" in state:
             D_img.load_state_dict(state["D_img"])
@@ -729,7 +805,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         raise ValueError(f"{run.path}: no run to rerun from phase {from_phase}")
     elif recipe.init_from:
         init_g, init_e = load_init_weights(recipe.init_from)
-        G.load_state_dict(init_g)
+        load_generator_state(G, init_g)
         E.load_state_dict(init_e)
         log(f"starting from the weights of {recipe.init_from}")
     run.write_options({"recipe": asdict(recipe), "generator": G.config.to_dict()})
@@ -877,6 +953,23 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             p.requires_grad_(True)
 
     # ------------------------------------------------------- phase 2: mapping
+    if phase == "mapping" and recipe.mapping_fit in ("mixture", "mixture-projected-mean"):
+        # A Gaussian mixture over the encoder's codes replaces the mapping MLP (sfeditor.latent_prior):
+        # one Gaussian samples between the code cloud's modes, where the synthesis draws averaged images.
+        E.eval()
+        prior, report = mixture_prior(recipe, G, E, run, dev, amp, log)
+        if recipe.mapping_fit == "mixture-projected-mean":
+            prior, shift = shift_to_projected_mean(recipe, prior, G, E, run, dev, amp, cancel, progress_callback, log)
+            report["projected_mean_shift"] = shift
+        G.set_prior(prior)
+        run.log({"phase": "mapping", "step": 0, "mixture": report, "time": time.time() - t_start})
+        E.train()
+        phase, step = "mix", 0
+        checkpoint(phase, step)
+
+    if phase == "mapping":
+        G.set_prior(None)                  # the phases below train the mapping MLP itself
+
     if phase == "mapping" and recipe.mapping_mode == "gaussian":
         # The latent GAN below collapsed toward a few faces on the semantic-loss run (top eigenvalues of
         # the sampled w covariance half the codes'); a Gaussian fit of the codes, regressed into the
@@ -959,7 +1052,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
             b = recipe.batch
             with torch.no_grad():
                 z = torch.randn(2 * b, recipe.style_dim, generator=gen).to(dev)
-                w = G.style(z)
+                w = G.mapping(z)
                 wa, wb = w[:b], w[b:]
                 cut = torch.randint(1, n_lat, (b,), generator=gen).to(dev)
                 layer = torch.arange(n_lat, device=dev)[None, :, None]

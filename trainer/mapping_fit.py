@@ -183,5 +183,53 @@ def projected_mean_gaussian(projected: torch.Tensor, encoded: torch.Tensor) -> t
     return projected.float().mean(0), empirical_gaussian(encoded.float())[1]
 
 
-__all__ = ["fit_batch", "encoder_codes", "project_batch", "projected_codes",
+def fit_mixture(w: torch.Tensor, n_components: int, rank: int = 64, seed: int = 0, held_out: int = 0,
+                max_iter: int = 200, log=print):
+    """``"mixture"``: a K-component Gaussian mixture over codes ``w`` [N, D] (scikit-learn EM, full
+    covariances, 1e-4 added to their diagonals), each covariance cut to its top ``rank`` principal
+    directions: a :class:`sfeditor.latent_prior.MixturePrior` and a report.
+
+    One Gaussian over a multi-modal cloud of codes samples mostly between the modes, where the synthesis
+    draws averaged images (BENCHMARKS.md, "A mixture prior over W").  ``held_out`` codes (the last ones)
+    are left out of the fit and scored: the mean log-likelihood per code under the mixture and under
+    one Gaussian fitted the same way, so an overfitted K shows."""
+    import time
+
+    from sklearn.mixture import GaussianMixture
+
+    from sfeditor.latent_prior import MixturePrior
+
+    x = w.detach().double().cpu().numpy()
+    if x.ndim != 2 or not np.isfinite(x).all():
+        raise ValueError(f"need finite codes [N, D], got shape {tuple(x.shape)}")
+    n, d = x.shape
+    fit, test = (x[:-held_out], x[-held_out:]) if held_out else (x, None)
+    if len(fit) < 2 * n_components:
+        raise ValueError(f"{len(fit)} codes are too few for {n_components} components")
+    rank = max(1, min(int(rank), d))
+    t0 = time.time()
+    gm = GaussianMixture(n_components, covariance_type="full", reg_covar=1e-4, max_iter=max_iter,
+                         random_state=seed, init_params="k-means++").fit(fit)
+    report = {"components": int(n_components), "rank": rank, "codes": int(len(fit)), "converged": bool(gm.converged_),
+              "iterations": int(gm.n_iter_), "seconds": round(time.time() - t0, 1)}
+    if test is not None:
+        one = GaussianMixture(1, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(fit)
+        report["held_out"] = int(len(test))
+        report["held_out_loglik"] = float(gm.score(test))
+        report["held_out_loglik_one_gaussian"] = float(one.score(test))
+    cov = torch.from_numpy(gm.covariances_)                           # [K, D, D]
+    evals, evecs = torch.linalg.eigh(cov)                              # ascending
+    evals, evecs = evals.flip(-1)[:, :rank].clamp(min=0), evecs.flip(-1)[:, :, :rank]
+    factors = evecs * evals.sqrt()[:, None, :]
+    total = cov.diagonal(dim1=1, dim2=2).sum(1)
+    report["variance_kept"] = float((evals.sum(1) / total).min())      # worst component
+    log(f"mixture prior: {n_components} components of rank {rank} fitted to {len(fit)} codes in "
+        f"{report['seconds']} s ({report['iterations']} EM iterations"
+        + (f"; held-out log-likelihood {report['held_out_loglik']:.1f} per code, one Gaussian "
+           f"{report['held_out_loglik_one_gaussian']:.1f}" if test is not None else "") + ")")
+    prior = MixturePrior(torch.from_numpy(gm.weights_).float(), torch.from_numpy(gm.means_).float(), factors.float())
+    return prior, report
+
+
+__all__ = ["fit_batch", "fit_mixture", "encoder_codes", "project_batch", "projected_codes",
            "shrunk_gaussian", "empirical_gaussian", "projected_mean_gaussian"]
