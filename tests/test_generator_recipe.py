@@ -525,3 +525,25 @@ def test_channel_locality_loss_in_a_tiny_run_is_logged_per_region(tmp_path):
     for r in ae:
         assert 0 < r["chan_local"] <= -math.log(0.01)
         assert all(0 <= r[f"M_{n}"] <= 1 for n in region_names("toy-cars"))
+
+
+def test_diversity_measures_see_a_collapsed_sampler():
+    """evaluate-generator's diversity numbers: a sampler that draws one face over and over is far from
+    the renders; another set of renders is close."""
+    from sfeditor.toy import region_names
+    from sfeditor.toy.oracle import load_oracle
+    from trainer.evaluate_generator import area_distance, frechet_distance, oracle_feature_stats
+
+    oracle = load_oracle("toy-faces", device="cpu")
+    a, lab_a = render("toy-faces", np.arange(200), 64)
+    b, lab_b = render("toy-faces", 1000 + np.arange(200), 64)
+    collapsed, lab_c = a[:1].repeat(200, 0), lab_a[:1].repeat(200, 0)
+    st_a = oracle_feature_stats(oracle, a)
+    assert abs(frechet_distance(st_a, st_a)) < 1e-6
+    fd_b = frechet_distance(st_a, oracle_feature_stats(oracle, b))
+    fd_c = frechet_distance(st_a, oracle_feature_stats(oracle, collapsed))
+    assert fd_c > 5 * fd_b
+    names = region_names("toy-faces")
+    assert area_distance(lab_a, lab_a, names) == {n: 0.0 for n in names}
+    far, near = area_distance(lab_c, lab_a, names), area_distance(lab_b, lab_a, names)
+    assert far["hair"] > 2 * near["hair"] and far["bg"] > 2 * near["bg"]

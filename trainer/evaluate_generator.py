@@ -68,6 +68,42 @@ def project_heldout(G: Generator, domain: str, targets: torch.Tensor, encoder=No
     return torch.cat(recon), settings.to_dict()
 
 
+def oracle_feature_stats(oracle, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the oracle encoder's deepest features, average-pooled, of uint8 images."""
+    from sfeditor.toy.oracle import to_model_input
+
+    dev = next(oracle.parameters()).device
+    feats = []
+    with torch.no_grad():
+        x = to_model_input(images_u8)
+        for i in range(0, len(x), 256):
+            feats.append(oracle.features(x[i:i + 256].to(dev))[-1].mean((2, 3)).double().cpu())
+    f = torch.cat(feats).numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    """Frechet distance between Gaussians (mean, covariance): FID's formula, here on oracle features."""
+    from scipy import linalg
+
+    (m1, c1), (m2, c2) = a, b
+    covmean, _ = linalg.sqrtm(c1 @ c2, disp=False)
+    covmean = np.real(covmean)
+    return float(np.sum((m1 - m2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean))
+
+
+def area_distance(lab_a: np.ndarray, lab_b: np.ndarray, names) -> dict:
+    """Per region: the 1-D Wasserstein distance between two sets' distributions of the region's area, in
+    percent of the image (equal-size sets; long hair, big cars and small cars all have to be there)."""
+    n = min(len(lab_a), len(lab_b))
+    out = {}
+    for k, name in enumerate(names):
+        a = np.sort((lab_a[:n] == k).reshape(n, -1).mean(1))
+        b = np.sort((lab_b[:n] == k).reshape(n, -1).mean(1))
+        out[name] = float(np.abs(a - b).mean() * 100)
+    return out
+
+
 def evaluate_generator(G: Generator, domain: str, out_dir: str | Path, encoder=None, n_project: int = 50,
                        project_steps: int | None = None, n_samples: int = 500, log=print) -> dict:
     from sfeditor.toy.oracle import load_oracle
@@ -129,6 +165,23 @@ def evaluate_generator(G: Generator, domain: str, out_dir: str | Path, encoder=N
         "sharpness_generated": sharpness["truncation"],
         "sharpness_generated_untruncated": sharpness["untruncated"],
     }
+    # --- diversity: does the sampler cover the renderer's variety (hair styles, car sizes, skies)?
+    real2, _ = render(domain, HELDOUT_SEED_OFFSET + 700_000 + np.arange(n_samples), size=G.size)
+    st_r = oracle_feature_stats(oracle, real)
+    lab_p = np.asarray(oracle.predict(plain)[0])
+    area_g, area_p = area_distance(lab_g, lab_r, names), area_distance(lab_p, lab_r, names)
+    metrics["diversity"] = {
+        "frechet_oracle": frechet_distance(oracle_feature_stats(oracle, gen), st_r),
+        "frechet_oracle_untruncated": frechet_distance(oracle_feature_stats(oracle, plain), st_r),
+        "frechet_oracle_renders_floor": frechet_distance(oracle_feature_stats(oracle, real2), st_r),
+        "region_area_w1_pct": area_g, "region_area_w1_pct_mean": float(np.mean(list(area_g.values()))),
+        "region_area_w1_pct_untruncated_mean": float(np.mean(list(area_p.values()))),
+    }
+    dv = metrics["diversity"]
+    log(f"diversity: Frechet distance on oracle features {dv['frechet_oracle']:.2f} at psi {dom.truncation}, "
+        f"{dv['frechet_oracle_untruncated']:.2f} at psi 1 (two sets of renders: {dv['frechet_oracle_renders_floor']:.2f}); "
+        f"region-area distance {dv['region_area_w1_pct_mean']:.2f} % ("
+        + ", ".join(f"{k} {v:.2f}" for k, v in area_g.items()) + ")")
     r = metrics["realism"]
     log(f"realism: oracle confidence {r['oracle_confidence_generated']:.3f} generated vs "
         f"{r['oracle_confidence_rendered']:.3f} rendered; all regions present in "
