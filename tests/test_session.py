@@ -166,6 +166,18 @@ def test_load_shipped_domain():
     assert set(comp.leaves) == {"car_body", "wheels", "background_top", "background_bottom"}
 
 
+@pytest.mark.parametrize("domain", ["toy-faces", "toy-cars"])
+def test_shipped_domains_sample_through_their_mixture_prior_and_their_files_fit(domain):
+    b = load_bundle(domain, device="cpu")
+    assert b.G.prior is not None and b.G.prior.n_components > 1
+    assert not b.notes, b.notes                     # the regions file and hierarchy fit the generator
+    z = torch.randn(64, b.G.style_dim, generator=torch.Generator().manual_seed(0))
+    k, _ = b.G.prior.components(z)
+    w = b.G.mapping(z, b.truncation)
+    assert torch.allclose(w, b.G.prior.means[k] + b.truncation * (b.G.prior(z) - b.G.prior.means[k]), atol=1e-5)
+    assert len(set(k.tolist())) > 8                 # the samples spread over many modes
+
+
 # ---------------------------------------------------------------- locality
 def test_locality_heatmap_fixed_is_progressive_and_local_to_changes(bundle):
     comp = bundle.new_composition(0)
