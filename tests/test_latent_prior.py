@@ -237,3 +237,42 @@ def test_info_command_reports_the_prior(tmp_path, capsys):
     save_generator(G, tmp_path / "g.pt")
     assert main(["info", str(tmp_path / "g.pt")]) == 0
     assert "mixture prior, 3 Gaussians of rank 4" in capsys.readouterr().out
+
+
+def test_fit_mixture_reports_progress_stops_and_resumes_to_the_same_fit(tmp_path):
+    from sfeditor.jobs import CancelToken, Cancelled
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 6, (4, 6))
+    x = torch.from_numpy(np.concatenate([c + rng.normal(0, 1, (150, 6)) for c in centres])[rng.permutation(600)])
+    quiet = lambda *a: None                                               # noqa: E731
+    whole, rep = fit_mixture(x, 4, rank=6, seed=3, log=quiet, chunk=1000)
+    assert rep["iterations"] >= 3                                         # enough EM iterations to interrupt
+
+    token, seen = CancelToken(), []
+
+    def progress(done, total, info):
+        seen.append((done, total, info["lower_bound"]))
+        if done >= 2:
+            token.cancel()
+    state = tmp_path / "em.pt"
+    with pytest.raises(Cancelled, match="EM iteration 2/200"):
+        fit_mixture(x, 4, rank=6, seed=3, log=quiet, chunk=1, progress=progress, cancel=token, state=state)
+    assert [s[0] for s in seen] == [1, 2] and seen[1][2] >= seen[0][2] and state.is_file()
+    logs = []
+    resumed, rep2 = fit_mixture(x, 4, rank=6, seed=3, log=logs.append, chunk=1, state=state)
+    assert "resuming the EM fit at iteration 2" in logs[0] and not state.exists()
+    assert rep2["iterations"] == rep["iterations"]
+    for a, b in zip(resumed.tensors().values(), whole.tensors().values()):
+        torch.testing.assert_close(a, b)
+    # a state file of another fit (seed) is not resumed from; a broken one neither
+    token = CancelToken()
+    with pytest.raises(Cancelled):
+        fit_mixture(x, 4, rank=6, seed=4, log=quiet, chunk=1, progress=progress, cancel=token, state=state)
+    logs.clear()
+    fit_mixture(x, 4, rank=6, seed=3, log=logs.append, chunk=1, state=state)
+    assert not any("resuming" in m for m in logs) and not state.exists()
+    state.write_bytes(b"junk")
+    logs.clear()
+    fit_mixture(x, 4, rank=6, seed=3, log=logs.append, state=state)
+    assert "unreadable" in logs[0]

@@ -173,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "projected into W (sharper but less coherent samples); or projected-mean: their mean "
                         "with the encoder codes' covariance (sharper, coherent). Projection costs ~1.1 s per "
                         "step per 64 images on 2 cores. mixture: no regression; a Gaussian mixture over the "
-                        "encoder codes replaces the mapping MLP (e.g. --mapping-fit-images 32768); "
-                        "mixture-projected-mean: that mixture moved by the mean move projection makes from the "
-                        "encoder's codes (--mapping-project-images renders; the shipped toy mappings)")
+                        "encoder codes replaces the mapping MLP (the shipped toy mappings, v4.2: --mapping-fit-images 32768; "
+                        "the EM fit shows progress, stops on Ctrl-C and resumes); mixture-projected-mean: that "
+                        "mixture moved by the mean move projection makes from the encoder's codes "
+                        "(--mapping-project-images renders)")
     g.add_argument("--mapping-project-images", type=int, default=512,
                    help="--mapping-fit mixture-projected-mean: renders projected for the mean move (default 512)")
     g.add_argument("--mapping-components", type=int, default=64,

@@ -678,10 +678,12 @@ def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run:
     return mu, L
 
 
-def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, log):
+def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, cancel,
+                  progress_callback, log):
     """The mixture prior over ``recipe.mapping_fit_images`` encoder codes (:func:`trainer.mapping_fit.fit_mixture`;
     the last 1,024 (at most 1/8) held out and scored), cached in the run folder as ``mixture.pt`` with what it
-    was fitted from, so a rerun or a resumed run does not fit it again (the EM fit takes ~6 min here)."""
+    was fitted from, so a rerun or a resumed run does not fit it again (the EM fit takes 6-22 min here; a
+    stopped fit resumes from ``mixture-em.pt``, saved every 5 EM iterations)."""
     from sfeditor.atomic import atomic_torch_save
     from sfeditor.inversion import module_fingerprint
     from sfeditor.latent_prior import MixturePrior
@@ -704,8 +706,15 @@ def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunD
             log(f"mixture prior: {cache} is unreadable ({type(e).__name__}); fitting again")
     log(f"mapping: encoding {recipe.mapping_fit_images} renders for the mixture prior")
     codes = encoder_codes(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp)
+    bar = Progress(200, f"{recipe.domain} mixture prior: EM iterations (until converged)", callback=progress_callback)
+
+    def progress(done, total, info):
+        run.log({"phase": "mapping-fit", "em_iteration": done, **info})
+        bar.update(done, **info)
+
     prior, report = fit_mixture(codes, recipe.mapping_components, recipe.mapping_rank, seed=recipe.seed,
-                                held_out=min(1024, len(codes) // 8), log=log)
+                                held_out=min(1024, len(codes) // 8), max_iter=200, log=log, progress=progress,
+                                cancel=cancel, state=run.path / "mixture-em.pt")
     atomic_torch_save({"spec": spec, "report": report, "weights": prior.weights, "means": prior.means,
                        "factors": prior.factors}, cache)
     return prior, report
@@ -957,7 +966,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         # A Gaussian mixture over the encoder's codes replaces the mapping MLP (sfeditor.latent_prior):
         # one Gaussian samples between the code cloud's modes, where the synthesis draws averaged images.
         E.eval()
-        prior, report = mixture_prior(recipe, G, E, run, dev, amp, log)
+        prior, report = mixture_prior(recipe, G, E, run, dev, amp, cancel, progress_callback, log)
         if recipe.mapping_fit == "mixture-projected-mean":
             prior, shift = shift_to_projected_mean(recipe, prior, G, E, run, dev, amp, cancel, progress_callback, log)
             report["projected_mean_shift"] = shift

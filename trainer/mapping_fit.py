@@ -184,7 +184,8 @@ def projected_mean_gaussian(projected: torch.Tensor, encoded: torch.Tensor) -> t
 
 
 def fit_mixture(w: torch.Tensor, n_components: int, rank: int = 64, seed: int = 0, held_out: int = 0,
-                max_iter: int = 200, log=print):
+                max_iter: int = 200, log=print, progress=None, cancel=None, state: str | Path | None = None,
+                chunk: int = 5):
     """``"mixture"``: a K-component Gaussian mixture over codes ``w`` [N, D] (scikit-learn EM, full
     covariances, 1e-4 added to their diagonals), each covariance cut to its top ``rank`` principal
     directions: a :class:`sfeditor.latent_prior.MixturePrior` and a report.
@@ -192,9 +193,16 @@ def fit_mixture(w: torch.Tensor, n_components: int, rank: int = 64, seed: int = 
     One Gaussian over a multi-modal cloud of codes samples mostly between the modes, where the synthesis
     draws averaged images (BENCHMARKS.md, "A mixture prior over W").  ``held_out`` codes (the last ones)
     are left out of the fit and scored: the mean log-likelihood per code under the mixture and under
-    one Gaussian fitted the same way, so an overfitted K shows."""
-    import time
+    one Gaussian fitted the same way, so an overfitted K shows.
 
+    EM runs ``chunk`` iterations at a time (scikit-learn's warm start: the same iterations as one
+    call): between chunks ``progress(iterations, max_iter, {"lower_bound": ...})`` is called,
+    ``cancel.requested`` stops with :class:`Cancelled`, and with ``state`` the EM parameters are saved
+    there (atomically) so that a stopped fit resumes where it was; the file is removed when done."""
+    import time
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     from sfeditor.latent_prior import MixturePrior
@@ -208,10 +216,46 @@ def fit_mixture(w: torch.Tensor, n_components: int, rank: int = 64, seed: int = 
         raise ValueError(f"{len(fit)} codes are too few for {n_components} components")
     rank = max(1, min(int(rank), d))
     t0 = time.time()
-    gm = GaussianMixture(n_components, covariance_type="full", reg_covar=1e-4, max_iter=max_iter,
-                         random_state=seed, init_params="k-means++").fit(fit)
-    report = {"components": int(n_components), "rank": rank, "codes": int(len(fit)), "converged": bool(gm.converged_),
-              "iterations": int(gm.n_iter_), "seconds": round(time.time() - t0, 1)}
+    gm = GaussianMixture(n_components, covariance_type="full", reg_covar=1e-4, max_iter=max(1, int(chunk)),
+                         random_state=seed, init_params="k-means++", warm_start=True)
+    spec = {"codes": int(len(fit)), "dim": int(d), "components": int(n_components), "seed": int(seed),
+            "sum": float(fit.sum()), "max_iter": int(max_iter)}
+    keys = ("weights_", "means_", "covariances_", "precisions_cholesky_", "lower_bound_")
+    done, seconds_before = 0, 0.0
+    if state is not None and Path(state).is_file():
+        try:
+            saved = torch.load(state, map_location="cpu", weights_only=True)
+            if saved.get("spec") == spec:
+                for k in keys:
+                    v = saved[k]
+                    setattr(gm, k, v.numpy() if isinstance(v, torch.Tensor) else float(v))
+                gm.converged_ = False              # scikit-learn's mark of a fitted model: warm start from it
+                done, seconds_before = int(saved["iterations"]), float(saved["seconds"])
+                log(f"mixture prior: resuming the EM fit at iteration {done} from {state}")
+        except Exception as e:                     # truncated or foreign file: start over
+            log(f"mixture prior: {state} is unreadable ({type(e).__name__}); fitting from the start")
+            done = 0
+    converged = False
+    while done < max_iter and not converged:
+        if cancel is not None and getattr(cancel, "requested", False):
+            raise Cancelled(f"stopped the mixture fit at EM iteration {done}/{max_iter}; "
+                            "rerun the same command to resume")
+        gm.max_iter = min(int(chunk), max_iter - done)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gm.fit(fit)
+        done += int(gm.n_iter_)
+        converged = bool(gm.converged_)
+        if state is not None:
+            atomic_torch_save({"spec": spec, "iterations": done, "seconds": seconds_before + time.time() - t0,
+                               **{k: torch.from_numpy(np.asarray(getattr(gm, k))) if k != "lower_bound_"
+                                  else float(gm.lower_bound_) for k in keys}}, state)
+        if progress is not None:
+            progress(done, max_iter, {"lower_bound": round(float(gm.lower_bound_), 3)})
+    if state is not None:
+        Path(state).unlink(missing_ok=True)
+    report = {"components": int(n_components), "rank": rank, "codes": int(len(fit)), "converged": converged,
+              "iterations": done, "seconds": round(seconds_before + time.time() - t0, 1)}
     if test is not None:
         one = GaussianMixture(1, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(fit)
         report["held_out"] = int(len(test))
