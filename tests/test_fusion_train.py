@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -348,7 +349,8 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         assert all(r["locality"] - 1e-9 <= r["locality_either"] <= 1.0 for r in rows.values())
         assert any(r["locality_either"] > r["locality"] + 1e-6 for r in rows.values())   # edits move regions
         assert rows["global:all"]["locality"] == pytest.approx(1.0)          # its region is the whole image
-    assert "| a | a |" in res["table"]
+        assert all(r["locality_se"] >= 0 or math.isnan(r["locality_se"]) for r in rows.values())
+    assert "| a | a |" in res["table"] and " ± " in res["table"]
 
     nets = {"full": h.nets["all"], "no_global": h.nets["all"]}
     rows = ablation_rows(G, nets, TREE, "all", judge, samples=4, batch=4, truncation=TRUNC)
@@ -372,6 +374,19 @@ def test_locality_metrics_perfect_and_global():
     assert math.isnan(locality_share(change_map(base, base), inside))
     everywhere = torch.ones_like(inside)
     assert torch.isnan(psnr_outside(base, glob, everywhere)).all()
+
+
+def test_locality_standard_error_matches_a_bootstrap():
+    rng = np.random.default_rng(0)
+    total = rng.uniform(1, 3, 400)
+    inside = total * np.clip(rng.normal(0.6, 0.15, 400), 0, 1)
+    st = EditStats(EditTarget("a", "a", ("a",)), "random", samples=400, inside_change=float(inside.sum()),
+                   total_change=float(total.sum()), inside_per=list(inside), total_per=list(total))
+    idx = rng.integers(0, 400, (2000, 400))
+    boot = inside[idx].sum(1) / total[idx].sum(1)
+    assert st.locality_se == pytest.approx(boot.std(), rel=0.1)
+    assert 0.003 < st.locality_se < 0.02
+    assert math.isnan(EditStats(EditTarget("a", "a", ("a",)), "random").locality_se)
 
 
 def test_heatmap_captions_say_na_for_undefined_numbers():

@@ -199,6 +199,8 @@ class EditStats:
     total_change: float = 0.0
     inside_either: float = 0.0                     # change inside the region of the base or the edit
     psnr: list = field(default_factory=list)
+    inside_per: list = field(default_factory=list)  # per edit: change inside the base's region ...
+    total_per: list = field(default_factory=list)   # ... and in all (for the standard error)
 
     @property
     def locality(self) -> float:
@@ -212,12 +214,25 @@ class EditStats:
         return self.inside_either / self.total_change if self.total_change > 0 else float("nan")
 
     @property
+    def locality_se(self) -> float:
+        """Standard error of :attr:`locality` over the edits (a ratio of sums: the delta method,
+        sqrt(sum (y_i - L x_i)^2 / (n (n - 1))) / mean(x) with y_i, x_i one edit's inside and total change).
+        With a fixed base it is the error over the resampled codes for that one base image only."""
+        n = len(self.total_per)
+        if n < 2 or self.total_change <= 0:
+            return float("nan")
+        y, x = np.asarray(self.inside_per), np.asarray(self.total_per)
+        r = y.sum() / x.sum()
+        return float(np.sqrt(((y - r * x) ** 2).sum() / (n * (n - 1))) / x.mean())
+
+    @property
     def preservation_psnr(self) -> float:
         return mean_finite(self.psnr)
 
     def summary(self) -> dict:
         return {"label": self.target.label, "code": self.target.code, "leaves": list(self.target.leaves),
                 "mode": self.mode, "samples": self.samples, "locality": round(self.locality, 4),
+                "locality_se": round(self.locality_se, 4),
                 "locality_either": round(self.locality_either, 4),
                 "psnr_outside": round(self.preservation_psnr, 2),
                 "mean_abs_change": round(self.total_change / max(self.samples * self.heat.numel(), 1), 5)
@@ -268,9 +283,13 @@ def edit_experiment(G, compose: Composer, names: Sequence[str], targets: Sequenc
             either = inside | judge.region_mask(labels_edit, st.target.leaves).to(img.device)
             ch = change_map(img_base, img)
             st.heat = ch.sum(0) if st.heat is None else st.heat + ch.sum(0)
-            st.inside_change += float((ch.double() * inside.double()).sum())
+            per_in = (ch.double() * inside.double()).flatten(1).sum(1)
+            per_all = ch.double().flatten(1).sum(1)
+            st.inside_per.extend(per_in.tolist())
+            st.total_per.extend(per_all.tolist())
+            st.inside_change += float(per_in.sum())
             st.inside_either += float((ch.double() * either.double()).sum())
-            st.total_change += float(ch.double().sum())
+            st.total_change += float(per_all.sum())
             st.psnr.extend(psnr_outside(img_base, img, inside).tolist())
             st.samples += b
         done += b
@@ -332,16 +351,25 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _fmt_se(s: EditStats | None) -> str:
+    """``locality ± standard error`` of one row, or n/a."""
+    if s is None or not math.isfinite(s.locality):
+        return "n/a"
+    se = s.locality_se
+    return f"{s.locality:.3f}" + (f" ± {se:.3f}" if math.isfinite(se) else "")
+
+
 def markdown_table(rows: dict[str, dict[str, EditStats]]) -> str:
-    lines = ["| code | region (leaves) | locality, random base | PSNR outside (dB), random | "
-             "locality, fixed base | PSNR outside (dB), fixed | locality, either image's region: random / fixed |",
+    lines = ["| code | region (leaves) | locality ± s.e., random base | PSNR outside (dB), random | "
+             "locality ± s.e., fixed base | PSNR outside (dB), fixed | "
+             "locality, either image's region: random / fixed |",
              "|---|---|---|---|---|---|---|"]
     for label, by_mode in rows.items():
         r, f = by_mode.get("random"), by_mode.get("fixed")
         any_ = r or f
         lines.append(f"| {label} | {', '.join(any_.target.leaves)} | "
-                     f"{_fmt(r.locality) if r else 'n/a'} | {_fmt(r.preservation_psnr, 1) if r else 'n/a'} | "
-                     f"{_fmt(f.locality) if f else 'n/a'} | {_fmt(f.preservation_psnr, 1) if f else 'n/a'} | "
+                     f"{_fmt_se(r)} | {_fmt(r.preservation_psnr, 1) if r else 'n/a'} | "
+                     f"{_fmt_se(f)} | {_fmt(f.preservation_psnr, 1) if f else 'n/a'} | "
                      f"{_fmt(r.locality_either) if r else 'n/a'} / {_fmt(f.locality_either) if f else 'n/a'} |")
     return "\n".join(lines) + "\n"
 
@@ -551,7 +579,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report += [f"\n## Hierarchy `{hpath}` (nets: {', '.join(sorted(h.nets))})\n\n",
                    "Locality = share of the mean absolute pixel change inside the edited code's region "
                    "(judge labels of the base image; the last column counts the region of the base or the "
-                   "edited image); PSNR over the pixels outside it. "
+                   "edited image); ± one standard error over the edits (fixed base: over the codes resampled "
+                   "for that one base image, not over base images); PSNR over the pixels outside it. "
                    "Heatmaps: `heatmaps-random.png` (Fig. 10), `heatmaps-fixed.png` (Fig. 11).\n\n", res["table"]]
         bstats = hierarchy_blend_stats(h, G, samples=min(args.samples, 64), truncation=truncation, seed=args.seed)
         metrics["blend"] = {k: v.to_dict() for k, v in bstats.items()}
