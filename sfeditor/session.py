@@ -125,6 +125,14 @@ class ModelBundle:
                 self._blend_notes[name] = "\n".join(lines)
         return self._blend_notes[name]
 
+    def sampler_text(self) -> str:
+        """How seeds become w: the mapping network or a mixture prior (``sfeditor.latent_prior``)."""
+        p = self.G.prior
+        if p is not None:
+            return (f"mixture of {p.n_components} Gaussians over W (rank {p.rank}); "
+                    "truncation ψ pulls each sample toward its own component's mean")
+        return f"mapping network ({self.G.config.n_mlp} layers); truncation ψ pulls toward the mean w"
+
     def describe(self) -> str:
         h = "no hierarchy" if self.hierarchy is None else f"{len(self.hierarchy.nets)} FusionNets"
         return f"{self.domain} · {self.G.size}px · {h} · {self.device.type.upper()}"

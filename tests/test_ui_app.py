@@ -227,6 +227,7 @@ def test_shipped_domains_masks_and_switch(qtbot, tmp_path):
     win = make_window(qtbot, tmp_path, None, domain="toy-faces")
     assert win.session.bundle.domain == "toy-faces"
     assert "hair" in win.graph.node_names()
+    assert "mixture of 64 Gaussians" in win.model_info.text()
     win.preview.set_overlay_mode("masks")
     qtbot.waitUntil(lambda: "overlay" not in win.jobs and win.preview.overlay_mode() == "masks", timeout=WAIT)
     assert win.export_png(tmp_path / "faces.png")

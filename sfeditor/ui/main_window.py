@@ -331,6 +331,7 @@ class MainWindow(QMainWindow):
         b = self.session.bundle
         rows = [f"<b>{b.domain}</b>", f"generator: {b.generator_source} ({b.G.size}×{b.G.size}, "
                 f"w {b.G.style_dim}, S {b.G.layout.size} channels)",
+                f"z → w: {b.sampler_text()}",
                 f"fingerprint: {b.fingerprint[:19]}…",
                 f"hierarchy: {b.hierarchy_path or 'none'}"
                 + (f" ({len(b.hierarchy.nets)} nets)" if b.hierarchy is not None else ""),
