@@ -106,10 +106,7 @@ def load_generator(source: str | os.PathLike, device: str | torch.device | None 
     leftover = [k for k in result.missing_keys if k not in optional] + list(result.unexpected_keys)
     if leftover:  # read_checkpoint validated the names: this means generator.py changed underneath
         raise CheckpointError(f"{path}: weights do not match sfeditor's Generator: {_few(leftover)}")
-    if data.prior is not None:
-        if data.prior.dim != data.config.style_dim:
-            raise CheckpointError(f"{path}: the mixture prior samples {data.prior.dim}-dim codes, "
-                                  f"the generator's w has {data.config.style_dim}")
+    if data.prior is not None:          # its size was checked against the config by read_checkpoint
         G.set_prior(data.prior)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
