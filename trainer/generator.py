@@ -688,7 +688,7 @@ def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunD
     from sfeditor.inversion import module_fingerprint
     from sfeditor.latent_prior import MixturePrior
 
-    from .mapping_fit import encoder_codes, fit_mixture
+    from .mapping_fit import EM_CHUNK, encoder_codes, fit_mixture
 
     spec = {"domain": recipe.domain, "size": recipe.size, "images": recipe.mapping_fit_images,
             "components": recipe.mapping_components, "rank": recipe.mapping_rank, "seed": recipe.seed,
@@ -706,11 +706,14 @@ def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunD
             log(f"mixture prior: {cache} is unreadable ({type(e).__name__}); fitting again")
     log(f"mapping: encoding {recipe.mapping_fit_images} renders for the mixture prior")
     codes = encoder_codes(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp)
-    bar = Progress(200, f"{recipe.domain} mixture prior: EM iterations (until converged)", callback=progress_callback)
+    bars = []
 
     def progress(done, total, info):
+        if not bars:                       # made at the first report: a resumed fit's rate counts from there
+            bars.append(Progress(total, f"{recipe.domain} mixture prior: EM iterations (until converged)",
+                                 start=max(0, done - EM_CHUNK), callback=progress_callback))
         run.log({"phase": "mapping-fit", "em_iteration": done, **info})
-        bar.update(done, **info)
+        bars[0].update(done, **info)
 
     prior, report = fit_mixture(codes, recipe.mapping_components, recipe.mapping_rank, seed=recipe.seed,
                                 held_out=min(1024, len(codes) // 8), max_iter=200, log=log, progress=progress,

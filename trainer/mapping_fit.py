@@ -183,9 +183,12 @@ def projected_mean_gaussian(projected: torch.Tensor, encoded: torch.Tensor) -> t
     return projected.float().mean(0), empirical_gaussian(encoded.float())[1]
 
 
+EM_CHUNK = 5   # EM iterations between progress reports, cancel checks and saved states
+
+
 def fit_mixture(w: torch.Tensor, n_components: int, rank: int = 64, seed: int = 0, held_out: int = 0,
                 max_iter: int = 200, log=print, progress=None, cancel=None, state: str | Path | None = None,
-                chunk: int = 5):
+                chunk: int = EM_CHUNK):
     """``"mixture"``: a K-component Gaussian mixture over codes ``w`` [N, D] (scikit-learn EM, full
     covariances, 1e-4 added to their diagonals), each covariance cut to its top ``rank`` principal
     directions: a :class:`sfeditor.latent_prior.MixturePrior` and a report.
