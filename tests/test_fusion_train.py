@@ -352,10 +352,18 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         assert all(r["locality_se"] >= 0 or math.isnan(r["locality_se"]) for r in rows.values())
     assert "| a | a |" in res["table"] and " ± " in res["table"]
 
-    nets = {"full": h.nets["all"], "no_global": h.nets["all"]}
+    nets = {"full": h.nets["all"], "no_global": h.nets["all"], "no_stage1": h.nets["all"]}
     rows = ablation_rows(G, nets, TREE, "all", judge, samples=4, batch=4, truncation=TRUNC)
     table = ablation_markdown(rows, ["ab", "cd"])
     assert "No Global" in table and set(rows["full"]) == {"ab", "cd"}
+    for k in ("ab", "cd"):
+        # the same net on the same seeded edits: the paired difference and its error are exactly 0
+        assert rows["no_stage1"][k]["delta_vs_full"] == 0.0 and rows["no_stage1"][k]["delta_se"] == 0.0
+        # without the global code the net blends other codes: a nonzero difference with a finite error
+        d = rows["no_global"][k]
+        assert d["delta_vs_full"] == pytest.approx(d["locality"] - rows["full"][k]["locality"])
+        assert math.isfinite(d["delta_se"]) and d["delta_se"] >= 0
+    assert "vs full ± paired s.e." in table and "+0.000 ± 0.000" in table
 
 
 def test_locality_metrics_perfect_and_global():

@@ -213,17 +213,22 @@ class EditStats:
         (a new hairstyle) is not charged for the pixels the region moves into."""
         return self.inside_either / self.total_change if self.total_change > 0 else float("nan")
 
+    def locality_influence(self) -> np.ndarray:
+        """Each edit's linearised share of :attr:`locality` (the delta method for a ratio of sums):
+        (y_i - L x_i) / mean(x), y_i, x_i one edit's inside and total change; its mean is 0."""
+        y, x = np.asarray(self.inside_per, dtype=np.float64), np.asarray(self.total_per, dtype=np.float64)
+        return (y - self.locality * x) / x.mean()
+
     @property
     def locality_se(self) -> float:
-        """Standard error of :attr:`locality` over the edits (a ratio of sums: the delta method,
-        sqrt(sum (y_i - L x_i)^2 / (n (n - 1))) / mean(x) with y_i, x_i one edit's inside and total change).
-        With a fixed base it is the error over the resampled codes for that one base image only."""
+        """Standard error of :attr:`locality` over the edits: sqrt(sum d_i^2 / (n (n - 1))) with d_i
+        from :meth:`locality_influence`. With a fixed base it is the error over the resampled codes for
+        that one base image only."""
         n = len(self.total_per)
         if n < 2 or self.total_change <= 0:
             return float("nan")
-        y, x = np.asarray(self.inside_per), np.asarray(self.total_per)
-        r = y.sum() / x.sum()
-        return float(np.sqrt(((y - r * x) ** 2).sum() / (n * (n - 1))) / x.mean())
+        d = self.locality_influence()
+        return float(np.sqrt((d ** 2).sum() / (n * (n - 1))))
 
     @property
     def preservation_psnr(self) -> float:
@@ -351,12 +356,16 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _fmt_pm(x: float, se: float | None, digits: int = 3, sign: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    v = f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    return v + (f" ± {se:.{digits}f}" if se is not None and math.isfinite(se) else "")
+
+
 def _fmt_se(s: EditStats | None) -> str:
     """``locality ± standard error`` of one row, or n/a."""
-    if s is None or not math.isfinite(s.locality):
-        return "n/a"
-    se = s.locality_se
-    return f"{s.locality:.3f}" + (f" ± {se:.3f}" if math.isfinite(se) else "")
+    return "n/a" if s is None else _fmt_pm(s.locality, s.locality_se)
 
 
 def markdown_table(rows: dict[str, dict[str, EditStats]]) -> str:
@@ -481,12 +490,20 @@ def ablation_rows(G, nets: Mapping[str, FusionNet], tree, node: str, judge: Judg
         raise ValueError(f"{node!r} is not an internal node")
     targets = [EditTarget(k, k, tuple(leaves_under(root, k))) for k in kids]
     names = [kids[0], kids[1], node]
-    rows = {}
+    rows, influence = {}, {}
     for variant, net in nets.items():
         compose = node_composer(net, kids[0], kids[1], node, align=variant != "no_global")
         stats = edit_experiment(G, compose, names, targets, judge, "random", samples, batch, truncation, seed, amp)
-        rows[variant] = {s.target.label: {"locality": s.locality, "psnr_outside": s.preservation_psnr}
-                         for s in stats}
+        rows[variant] = {s.target.label: {"locality": s.locality, "locality_se": s.locality_se,
+                                          "psnr_outside": s.preservation_psnr} for s in stats}
+        influence[variant] = {s.target.label: s.locality_influence() for s in stats if s.total_change > 0}
+    if "full" in rows:   # every variant edits the same seeded codes and bases: paired differences
+        for variant in rows:
+            for k, r in rows[variant].items():
+                a, b = influence["full"].get(k), influence[variant].get(k)
+                r["delta_vs_full"] = r["locality"] - rows["full"][k]["locality"]
+                r["delta_se"] = (float(np.sqrt(((b - a) ** 2).sum() / (len(a) * (len(a) - 1))))
+                                 if a is not None and b is not None and len(a) == len(b) > 1 else float("nan"))
     return rows
 
 
@@ -495,11 +512,25 @@ ABLATION_TITLES = {"full": "StyleFusion (full)", "no_global": "No Global", "no_s
 
 
 def ablation_markdown(rows: Mapping[str, Mapping[str, Mapping[str, float]]], kids: Sequence[str]) -> str:
-    head = "| variant | " + " | ".join(f"{k}: locality | {k}: PSNR outside (dB)" for k in kids) + " |"
-    lines = [head, "|---|" + "---|---|" * len(kids)]
+    """The Sec. 7 table: per child, locality ± s.e., the paired difference to the full model (the same
+    edits for every variant, so its error is far smaller than either locality's) and PSNR outside."""
+    paired = any("delta_vs_full" in r[k] for r in rows.values() for k in kids)
+    per_kid = ["locality ± s.e."] + (["vs full ± paired s.e."] if paired else []) + ["PSNR outside (dB)"]
+    head = "| variant | " + " | ".join(f"{k}: {c}" for k in kids for c in per_kid) + " |"
+    lines = [head, "|---|" + "---|" * (len(per_kid) * len(kids))]
     for variant, r in rows.items():
-        cells = " | ".join(f"{_fmt(r[k]['locality'])} | {_fmt(r[k]['psnr_outside'], 1)}" for k in kids)
-        lines.append(f"| {ABLATION_TITLES.get(variant, variant)} | {cells} |")
+        cells = []
+        for k in kids:
+            c = r[k]
+            cells.append(_fmt_pm(c["locality"], c.get("locality_se")))
+            if paired:
+                cells.append("—" if variant == "full" else _fmt_pm(c.get("delta_vs_full", float("nan")),
+                                                                    c.get("delta_se"), sign=True))
+            cells.append(_fmt(c["psnr_outside"], 1))
+        lines.append(f"| {ABLATION_TITLES.get(variant, variant)} | {' | '.join(cells)} |")
+    if paired:
+        lines.append("\n'vs full': this variant's locality minus the full model's over the same edits; a "
+                     "variant the full model beats has a negative difference well beyond its paired s.e.")
     return "\n".join(lines) + "\n"
 
 
