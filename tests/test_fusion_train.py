@@ -29,7 +29,7 @@ from trainer.fusion import (FusionRecipe, plan_stages, sync_step, train_hierarch
                             DistInfo)
 from trainer.fusion_eval import (ClusterJudge, EditStats, EditTarget, ablation_markdown, ablation_rows,
                                  change_map, evaluate_locality, heatmap_caption, hierarchy_composer,
-                                 hierarchy_targets, load_node_net,
+                                 hierarchy_targets, load_node_net, paired_difference,
                                  locality_share, psnr_outside, renderer_ceiling, ceiling_markdown, Judge)
 from trainer.fusion_masks import RegionScorer
 from trainer.fusion_stages import (NodeContext, node_regions, prepare_targets, sample_codes, set_trainable,
@@ -397,6 +397,26 @@ def test_locality_standard_error_matches_a_bootstrap():
     assert math.isnan(EditStats(EditTarget("a", "a", ("a",)), "random").locality_se)
 
 
+def test_paired_difference_matches_a_paired_bootstrap():
+    rng = np.random.default_rng(1)
+    total = rng.uniform(1, 3, 400)
+    share = np.clip(rng.normal(0.6, 0.15, 400), 0, 1)          # what the two edits of one draw share
+
+    def stats(s):
+        return EditStats(EditTarget("a", "a", ("a",)), "random", samples=400, inside_change=float((total * s).sum()),
+                         total_change=float(total.sum()), inside_per=list(total * s), total_per=list(total))
+    other = np.clip(share + rng.normal(0.02, 0.02, 400), 0, 1)  # a slightly more local net on the same edits
+    a, b = stats(share), stats(other)
+    delta, se = paired_difference(a, b)
+    assert delta == pytest.approx(b.locality - a.locality)
+    idx = rng.integers(0, 400, (2000, 400))                     # resample edits, both nets together
+    boot = (total * other)[idx].sum(1) / total[idx].sum(1) - (total * share)[idx].sum(1) / total[idx].sum(1)
+    assert se == pytest.approx(boot.std(), rel=0.1)
+    assert se < 0.3 * math.hypot(a.locality_se, b.locality_se)  # pairing cancels what the edits share
+    assert paired_difference(a, a) == (0.0, 0.0)
+    assert math.isnan(paired_difference(a, EditStats(a.target, "random"))[1])   # nothing to pair with
+
+
 def test_heatmap_captions_say_na_for_undefined_numbers():
     whole = EditStats(EditTarget("global:all", "all", ("a", "b")), "fixed", samples=2,
                       inside_change=3.0, total_change=3.0, psnr=[float("nan"), float("nan")])
@@ -527,3 +547,15 @@ def test_cli_end_to_end_on_files(tiny, tmp_path):
     assert "FusionNet blend coefficients" in report and "| all | " in report
     blend = metrics["blend"]["all"]
     assert blend["channels"] == G.layout.size and 0.0 <= blend["fuse_share"] <= 1.0
+    # --against: another hierarchy on the same edits; against itself every difference is exactly 0
+    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "h.pt"),
+               "--judge", "clusters", "--samples", "3", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "cmp")])
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert rc == 0 and "## Against" in report
+    rows = json.loads((tmp_path / "cmp" / "metrics.json").read_text())["against"]["rows"]
+    assert {r["mode"] for r in rows} == {"random", "fixed"} and len(rows) == 2 * 3   # ab, cd, global:all
+    assert all(r["delta"] == 0.0 and r["delta_se"] == 0.0 for r in rows if r["label"] != "global:all")
+    (tmp_path / "bad.pt").write_text("not a hierarchy")
+    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "bad.pt"),
+               "--judge", "clusters", "--samples", "2", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "c2")])
+    assert rc == 2

@@ -25,6 +25,13 @@ variant for toy-cars' ``all`` node (car vs background): full, No Global
 (LB_align disabled), No Stage 1, No Stage 2, No Stage 3, and tabulates the
 locality and preservation of a car change and of a background change.
 
+Every locality comes with its standard error over the edits.  Two nets or hierarchies
+scored with the same seed edit the same sampled codes, so their difference has a *paired*
+standard error (:func:`paired_difference`), far smaller than either's own: the ablation
+table gives each variant's difference to the full model, and ``--against OTHER`` scores a
+second hierarchy of the same tree on the same edits (is a retrained hierarchy better?).
+Neither error covers another training draw.
+
 Output folder: ``heatmaps-random.png``, ``heatmaps-fixed.png`` (colormap via
 ``cv2.applyColorMap``, one shared scale per figure; ``*-each.png``: every tile
 scaled to its own maximum), ``metrics.json``,
@@ -244,6 +251,18 @@ class EditStats:
                 if self.heat is not None else None}
 
 
+def paired_difference(a: EditStats, b: EditStats) -> tuple[float, float]:
+    """(b's locality - a's, its standard error) when both scored the same seeded edits (two nets or
+    hierarchies, one ``edit_experiment`` seed): the delta method on the per-edit differences, which
+    cancels the variation the edits share, so it is far smaller than either locality's own error."""
+    delta = b.locality - a.locality
+    n = len(a.total_per)
+    if n < 2 or len(b.total_per) != n or a.total_change <= 0 or b.total_change <= 0:
+        return delta, float("nan")
+    d = b.locality_influence() - a.locality_influence()
+    return delta, float(np.sqrt((d ** 2).sum() / (n * (n - 1))))
+
+
 def sample_code_set(G, names: Sequence[str], n: int, truncation: float, gen: torch.Generator) -> dict[str, StyleCode]:
     """One code per name for ``n`` compositions (z on the CPU from ``gen``, mapped with truncation)."""
     z = torch.randn(len(names) * n, G.style_dim, generator=gen).to(G.device)
@@ -406,7 +425,44 @@ def evaluate_locality(G, compose: Composer, names: Sequence[str], targets: Seque
         for s in stats:
             table.setdefault(s.target.label, {})[mode] = s
     result["table"] = markdown_table(table)
+    result["stats"] = table          # label -> mode -> EditStats (for comparison_rows)
     return result
+
+
+def comparison_rows(G, compose: Composer, names: Sequence[str], targets: Sequence[EditTarget], judge: Judge,
+                    reference: Mapping[str, Mapping[str, EditStats]], samples: int = 200, batch: int = 16,
+                    truncation: float = 1.0, seed: int = 0, amp=None, progress=None) -> list[dict]:
+    """Another hierarchy scored on the *same* seeded edits as ``reference`` (``evaluate_locality``'s
+    ``stats`` with the same names, targets, samples and seed): per target and mode its locality, the
+    reference's, and the paired difference with its standard error (:func:`paired_difference`)."""
+    out = []
+    for mode in ("random", "fixed"):
+        stats = edit_experiment(G, compose, names, targets, judge, mode, samples, batch, truncation, seed, amp,
+                                progress)
+        for st in stats:
+            ref = reference[st.target.label][mode]
+            delta, se = paired_difference(ref, st)
+            out.append({"label": st.target.label, "mode": mode, "reference": ref.locality,
+                        "locality": st.locality, "delta": delta, "delta_se": se,
+                        "psnr_outside": st.preservation_psnr, "reference_psnr_outside": ref.preservation_psnr})
+    return out
+
+
+def comparison_markdown(rows: Sequence[Mapping], reference: str, other: str) -> str:
+    """Table of :func:`comparison_rows`: one line per code, random and fixed base side by side."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["label"], {})[r["mode"]] = r
+    lines = [f"| code | `{reference}` random | `{other}` random | difference ± paired s.e. | "
+             f"`{reference}` fixed | `{other}` fixed | difference ± paired s.e. |", "|---|---|---|---|---|---|---|"]
+    for label, m in by.items():
+        cells = []
+        for mode in ("random", "fixed"):
+            r = m.get(mode)
+            cells += (["n/a"] * 3 if r is None else
+                      [_fmt(r["reference"]), _fmt(r["locality"]), _fmt_pm(r["delta"], r["delta_se"], sign=True)])
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # -------------------------------------------------------- renderer ceiling
@@ -490,20 +546,17 @@ def ablation_rows(G, nets: Mapping[str, FusionNet], tree, node: str, judge: Judg
         raise ValueError(f"{node!r} is not an internal node")
     targets = [EditTarget(k, k, tuple(leaves_under(root, k))) for k in kids]
     names = [kids[0], kids[1], node]
-    rows, influence = {}, {}
+    rows, stats = {}, {}
     for variant, net in nets.items():
         compose = node_composer(net, kids[0], kids[1], node, align=variant != "no_global")
-        stats = edit_experiment(G, compose, names, targets, judge, "random", samples, batch, truncation, seed, amp)
-        rows[variant] = {s.target.label: {"locality": s.locality, "locality_se": s.locality_se,
-                                          "psnr_outside": s.preservation_psnr} for s in stats}
-        influence[variant] = {s.target.label: s.locality_influence() for s in stats if s.total_change > 0}
+        stats[variant] = {st.target.label: st for st in edit_experiment(
+            G, compose, names, targets, judge, "random", samples, batch, truncation, seed, amp)}
+        rows[variant] = {k: {"locality": st.locality, "locality_se": st.locality_se,
+                             "psnr_outside": st.preservation_psnr} for k, st in stats[variant].items()}
     if "full" in rows:   # every variant edits the same seeded codes and bases: paired differences
         for variant in rows:
             for k, r in rows[variant].items():
-                a, b = influence["full"].get(k), influence[variant].get(k)
-                r["delta_vs_full"] = r["locality"] - rows["full"][k]["locality"]
-                r["delta_se"] = (float(np.sqrt(((b - a) ** 2).sum() / (len(a) * (len(a) - 1))))
-                                 if a is not None and b is not None and len(a) == len(b) > 1 else float("nan"))
+                r["delta_vs_full"], r["delta_se"] = paired_difference(stats["full"][k], stats[variant][k])
     return rows
 
 
@@ -613,6 +666,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    "edited image); ± one standard error over the edits (fixed base: over the codes resampled "
                    "for that one base image, not over base images); PSNR over the pixels outside it. "
                    "Heatmaps: `heatmaps-random.png` (Fig. 10), `heatmaps-fixed.png` (Fig. 11).\n\n", res["table"]]
+        if args.against:
+            other = load_hierarchy(args.against, map_location=dev).eval().requires_grad_(False)
+            if other.required_codes() != h.required_codes() or \
+                    [t.label for t in hierarchy_targets(other)] != [t.label for t in targets]:
+                raise ValueError(f"{args.against} has another tree than {hpath}; only hierarchies of the "
+                                 "same regions tree can be compared edit by edit")
+            crows = comparison_rows(G, hierarchy_composer(other), h.required_codes(), targets, judge,
+                                    res["stats"], args.samples, args.batch, truncation, args.seed, amp,
+                                    progress=lambda d, t, m: progress(d, t, f"{m} (against)"))
+            metrics["against"] = {"file": str(args.against), "rows": crows}
+            report += [f"\n## Against `{args.against}`\n\n",
+                       "The same seeded edits scored with the other hierarchy; difference = its locality minus "
+                       "this one's, ± the paired standard error over the edits (it does not cover another "
+                       "training draw).\n\n", comparison_markdown(crows, hpath.name, Path(args.against).name)]
         bstats = hierarchy_blend_stats(h, G, samples=min(args.samples, 64), truncation=truncation, seed=args.seed)
         metrics["blend"] = {k: v.to_dict() for k, v in bstats.items()}
         report += ["\n### FusionNet blend coefficients (`sfeditor.blend_stats`)\n\n",
@@ -696,6 +763,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--truncation", type=float, default=None)
     e.add_argument("--judge", default="auto", choices=["auto", "oracle", "clusters"],
                    help="who labels regions: the toy oracle (auto when available) or the regions file")
+    e.add_argument("--against", metavar="HIERARCHY",
+                   help="also score this hierarchy (same tree) on the same edits: per code the difference "
+                        "with a paired standard error, to tell whether a retrained hierarchy is better")
     e.add_argument("--ablation", action="store_true", help="add the Sec. 7 ablation table")
     e.add_argument("--ablation-node", default="all")
     e.add_argument("--ablation-dir", help="variant runs (default runs/fusion-<domain>-ablation/<variant>)")
@@ -713,5 +783,5 @@ def add_parsers(sub) -> None:
 __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer", "node_composer", "EditTarget",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
            "renderer_ceiling", "ceiling_markdown",
-           "heatmap_figure", "colormap", "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers",
+           "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown", "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers",
            "blend_table"]
