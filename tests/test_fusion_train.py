@@ -517,7 +517,7 @@ def test_cli_registers_fusion_commands_and_keeps_the_others():
     assert p.parse_args(["oracle", "--domain", "toy-cars"]).func.__name__ == "cmd_oracle"
 
 
-def test_cli_end_to_end_on_files(tiny, tmp_path):
+def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     import signal
 
     from sfeditor.checkpoints import save_generator
@@ -555,6 +555,13 @@ def test_cli_end_to_end_on_files(tiny, tmp_path):
     rows = json.loads((tmp_path / "cmp" / "metrics.json").read_text())["against"]["rows"]
     assert {r["mode"] for r in rows} == {"random", "fixed"} and len(rows) == 2 * 3   # ab, cd, global:all
     assert all(r["delta"] == 0.0 and r["delta_se"] == 0.0 for r in rows if r["label"] != "global:all")
+    obj = torch.load(tmp_path / "h.pt", weights_only=True)      # the same nets under another tree
+    obj["tree"] = {"name": "all", "children": [{"name": "ab", "children": ["a", "c"]},
+                                               {"name": "cd", "children": ["b", "d"]}]}
+    torch.save(obj, tmp_path / "other-tree.pt")
+    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "other-tree.pt"),
+               "--judge", "clusters", "--samples", "2", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "c3")])
+    assert rc == 2 and "another tree or another set of nets" in capsys.readouterr().err
     (tmp_path / "bad.pt").write_text("not a hierarchy")
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "bad.pt"),
                "--judge", "clusters", "--samples", "2", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "c2")])

@@ -668,10 +668,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    "Heatmaps: `heatmaps-random.png` (Fig. 10), `heatmaps-fixed.png` (Fig. 11).\n\n", res["table"]]
         if args.against:
             other = load_hierarchy(args.against, map_location=dev).eval().requires_grad_(False)
-            if other.required_codes() != h.required_codes() or \
-                    [t.label for t in hierarchy_targets(other)] != [t.label for t in targets]:
-                raise ValueError(f"{args.against} has another tree than {hpath}; only hierarchies of the "
-                                 "same regions tree can be compared edit by edit")
+            if other.required_codes() != h.required_codes() or hierarchy_targets(other) != targets:
+                raise ValueError(f"{args.against} has another tree or another set of nets than {hpath}; only "
+                                 "hierarchies with the same codes and regions can be compared edit by edit")
             crows = comparison_rows(G, hierarchy_composer(other), h.required_codes(), targets, judge,
                                     res["stats"], args.samples, args.batch, truncation, args.seed, amp,
                                     progress=lambda d, t, m: progress(d, t, f"{m} (against)"))
