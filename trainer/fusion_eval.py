@@ -657,6 +657,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if hpath.exists():
         h = load_hierarchy(hpath, map_location=dev).eval().requires_grad_(False)
         targets = hierarchy_targets(h)
+        other = None
+        if args.against:         # checked before the (minutes-long) evaluation of the first one
+            other = load_hierarchy(args.against, map_location=dev).eval().requires_grad_(False)
+            if other.required_codes() != h.required_codes() or hierarchy_targets(other) != targets:
+                raise ValueError(f"{args.against} has another tree or another set of nets than {hpath}; only "
+                                 "hierarchies with the same codes and regions can be compared edit by edit")
         res = evaluate_locality(G, hierarchy_composer(h), h.required_codes(), targets, judge, out, args.samples,
                                 args.batch, truncation, args.seed, amp, title=args.domain, progress=progress)
         metrics["hierarchy"] = {"file": str(hpath), "nets": sorted(h.nets), **{k: res[k] for k in ("random", "fixed")}}
@@ -666,11 +672,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    "edited image); ± one standard error over the edits (fixed base: over the codes resampled "
                    "for that one base image, not over base images); PSNR over the pixels outside it. "
                    "Heatmaps: `heatmaps-random.png` (Fig. 10), `heatmaps-fixed.png` (Fig. 11).\n\n", res["table"]]
-        if args.against:
-            other = load_hierarchy(args.against, map_location=dev).eval().requires_grad_(False)
-            if other.required_codes() != h.required_codes() or hierarchy_targets(other) != targets:
-                raise ValueError(f"{args.against} has another tree or another set of nets than {hpath}; only "
-                                 "hierarchies with the same codes and regions can be compared edit by edit")
+        if other is not None:
             crows = comparison_rows(G, hierarchy_composer(other), h.required_codes(), targets, judge,
                                     res["stats"], args.samples, args.batch, truncation, args.seed, amp,
                                     progress=lambda d, t, m: progress(d, t, f"{m} (against)"))
@@ -782,5 +784,5 @@ def add_parsers(sub) -> None:
 __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer", "node_composer", "EditTarget",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
            "renderer_ceiling", "ceiling_markdown",
-           "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown", "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers",
-           "blend_table"]
+           "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown",
+           "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers", "blend_table"]
