@@ -566,3 +566,14 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "bad.pt"),
                "--judge", "clusters", "--samples", "2", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "c2")])
     assert rc == 2
+
+
+def test_evaluate_falls_back_to_the_shipped_hierarchy(tmp_path, monkeypatch, capsys):
+    from trainer.cli import main
+
+    monkeypatch.chdir(tmp_path)          # no runs/fusion-toy-cars here
+    rc = main(["evaluate", "--domain", "toy-cars", "--samples", "2", "--batch", "2", "--device", "cpu",
+               "--out", "out"])
+    assert rc == 0 and "evaluating the shipped" in capsys.readouterr().out
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "hierarchies/toy-cars.pt` (nets: all, background, car)" in report

@@ -625,6 +625,7 @@ def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sfeditor.checkpoints import load_generator
     from sfeditor.regions import load_regions
+    from sfeditor.session import default_hierarchy_path
 
     from .common import Progress
     from .fusion import ABLATIONS, FusionRecipe, domain_truncation, pick_device, stage3_recipe_args, train_node
@@ -654,6 +655,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"seed {args.seed}\n"]
     metrics: dict = {"domain": args.domain, "judge": judge.kind, "samples": args.samples, "seed": args.seed}
     hpath = Path(args.hierarchy or f"runs/fusion-{args.domain}/hierarchy.pt")
+    if not args.hierarchy and not hpath.exists() and default_hierarchy_path(args.domain) is not None:
+        hpath = default_hierarchy_path(args.domain)       # nothing trained here yet: the shipped one
+        print(f"no {args.domain} hierarchy trained in runs/: evaluating the shipped {hpath}")
     if hpath.exists():
         h = load_hierarchy(hpath, map_location=dev).eval().requires_grad_(False)
         targets = hierarchy_targets(h)
@@ -754,7 +758,8 @@ def add_parsers(sub) -> None:
     e = sub.add_parser("evaluate", help="locality heatmaps (Fig. 10/11) and numbers of a trained hierarchy; "
                                         "Sec. 7 ablation")
     e.add_argument("--domain", required=True)
-    e.add_argument("--hierarchy", help="hierarchy file (default runs/fusion-<domain>/hierarchy.pt)")
+    e.add_argument("--hierarchy", help="hierarchy file (default runs/fusion-<domain>/hierarchy.pt, "
+                                              "else the domain's shipped one)")
     e.add_argument("--generator", help="generator checkpoint (default: the domain's)")
     e.add_argument("--regions", help="regions file (default: the domain's)")
     e.add_argument("--out", help="output folder (default runs/fusion-eval-<domain>)")
