@@ -27,7 +27,8 @@ from sfeditor.regions import RegionsFile, generator_identity, node
 from trainer.common import CancelToken, Cancelled
 from trainer.fusion import (FusionRecipe, plan_stages, sync_step, train_hierarchy, train_node, training_config,
                             DistInfo)
-from trainer.fusion_eval import (ClusterJudge, EditStats, EditTarget, ablation_markdown, ablation_rows,
+from trainer.fusion_eval import (ClusterJudge, EditStats, EditTarget, ablation_figure, ablation_markdown,
+                                 ablation_rows,
                                  change_map, evaluate_locality, heatmap_caption, hierarchy_composer,
                                  hierarchy_targets, load_node_net, paired_difference,
                                  locality_share, psnr_outside, renderer_ceiling, ceiling_markdown, Judge)
@@ -350,7 +351,9 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         assert any(r["locality_either"] > r["locality"] + 1e-6 for r in rows.values())   # edits move regions
         assert rows["global:all"]["locality"] == pytest.approx(1.0)          # its region is the whole image
         assert all(r["locality_se"] >= 0 or math.isnan(r["locality_se"]) for r in rows.values())
-    assert "| a | a |" in res["table"] and " ± " in res["table"]
+        assert rows["global:all"]["region_change"] > 0       # the whole image's mean change
+        assert all(r["region_change"] >= 0 or math.isnan(r["region_change"]) for r in rows.values())
+    assert "| a | a |" in res["table"] and " ± " in res["table"] and "per region pixel" in res["table"]
 
     nets = {"full": h.nets["all"], "no_global": h.nets["all"], "no_stage1": h.nets["all"]}
     rows = ablation_rows(G, nets, TREE, "all", judge, samples=4, batch=4, truncation=TRUNC)
@@ -364,6 +367,22 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         assert d["delta_vs_full"] == pytest.approx(d["locality"] - rows["full"][k]["locality"])
         assert math.isfinite(d["delta_se"]) and d["delta_se"] >= 0
     assert "vs full ± paired s.e." in table and "+0.000 ± 0.000" in table
+    for k in ("ab", "cd"):       # the change inside, paired the same way
+        assert rows["full"][k]["region_change"] > 0 and rows["full"][k]["region_change_se"] >= 0
+        assert rows["no_stage1"][k]["change_vs_full"] == 0.0 and rows["no_stage1"][k]["change_vs_full_se"] == 0.0
+    assert "change inside ± s.e." in table and "+0.0000 ± 0.0000" in table
+    fig = ablation_figure(G, nets, TREE, "all", "cd", columns=3, truncation=TRUNC, scale=1)
+    img, h = G.size, G.size + 2                    # tiles and their 2 px gaps
+    assert fig.dtype == np.uint8 and fig.shape[1] == 120 + 3 * h + 2
+    strips = fig[-3 * (h + 2):, 120:]               # three rows (full, no_global, no_stage1), each h + 2 high
+    row = [strips[i * (h + 2):(i + 1) * (h + 2)] for i in range(3)]
+    # every row draws the same codes: the same net gives the same row ...
+    assert np.array_equal(row[0], row[2])
+    # ... and along a row only the "cd" code changes, which the net takes channels from
+    tiles = [row[0][2:2 + img, 2 + j * h:2 + j * h + img] for j in range(3)]
+    assert not np.array_equal(tiles[0], tiles[1]) and not np.array_equal(tiles[1], tiles[2])
+    with pytest.raises(ValueError, match="not a child"):
+        ablation_figure(G, nets, TREE, "all", "a")
 
 
 def test_locality_metrics_perfect_and_global():
@@ -395,6 +414,33 @@ def test_locality_standard_error_matches_a_bootstrap():
     assert st.locality_se == pytest.approx(boot.std(), rel=0.1)
     assert 0.003 < st.locality_se < 0.02
     assert math.isnan(EditStats(EditTarget("a", "a", ("a",)), "random").locality_se)
+
+
+def test_region_change_sees_a_weaker_edit_that_locality_cannot():
+    """Half the change inside and outside: the same locality, half the region change (Fig. 16b)."""
+    rng = np.random.default_rng(2)
+    area = rng.integers(50, 200, 300).astype(float)
+    inside = area * rng.uniform(0.1, 0.3, 300)
+    total = inside / np.clip(rng.normal(0.7, 0.1, 300), 0.2, 1)
+
+    def stats(scale):
+        return EditStats(EditTarget("a", "a", ("a",)), "random", samples=300,
+                         inside_change=float((scale * inside).sum()), total_change=float((scale * total).sum()),
+                         inside_area=float(area.sum()), inside_per=list(scale * inside),
+                         total_per=list(scale * total), area_per=list(area))
+    full, weak = stats(1.0), stats(0.5)
+    assert weak.locality == pytest.approx(full.locality)
+    assert paired_difference(full, weak)[0] == pytest.approx(0.0, abs=1e-12)
+    assert weak.region_change == pytest.approx(0.5 * full.region_change)
+    delta, se = paired_difference(full, weak, "region_change")
+    assert delta == pytest.approx(-0.5 * full.region_change) and abs(delta) > 10 * se
+    idx = rng.integers(0, 300, (2000, 300))
+    boot = inside[idx].sum(1) / area[idx].sum(1)
+    assert full.region_change_se == pytest.approx(boot.std(), rel=0.1)
+    with pytest.raises(ValueError, match="unknown measure"):
+        full.standard_error("psnr")
+    empty = EditStats(EditTarget("a", "a", ("a",)), "random")
+    assert math.isnan(empty.region_change) and math.isnan(empty.region_change_se)
 
 
 def test_paired_difference_matches_a_paired_bootstrap():
@@ -547,6 +593,22 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     assert "FusionNet blend coefficients" in report and "| all | " in report
     blend = metrics["blend"]["all"]
     assert blend["channels"] == G.layout.size and 0.0 <= blend["fuse_share"] <= 1.0
+    # the Sec. 7 ablation from finished variant runs (here two copies of one net; the rest missing)
+    import shutil
+
+    from sfeditor.image_intake import read_image
+    for variant in ("full", "no_stage3"):
+        (tmp_path / "abl" / variant).mkdir(parents=True)
+        shutil.copy(tmp_path / "all" / "net.pt", tmp_path / "abl" / variant / "net.pt")
+    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--judge", "clusters", "--samples", "2",
+               "--batch", "2", "--device", "cpu", "--ablation", "--ablation-dir", str(tmp_path / "abl"),
+               "--out", str(tmp_path / "abl-eval")])
+    ablation = (tmp_path / "abl-eval" / "ablation.md").read_text()
+    assert rc == 0 and "| No Stage 3 | " in ablation and "change inside ± s.e." in ablation
+    assert "not trained yet: no_global, no_stage1, no_stage2" in (tmp_path / "abl-eval" / "report.md").read_text()
+    for letter in "ab":
+        fig = read_image(tmp_path / "abl-eval" / f"ablation-fig16{letter}.png")
+        assert fig.shape[0] > 2 * G.size        # a header and two variant rows
     # --against: another hierarchy on the same edits; against itself every difference is exactly 0
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "h.pt"),
                "--judge", "clusters", "--samples", "3", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "cmp")])
@@ -555,6 +617,8 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     rows = json.loads((tmp_path / "cmp" / "metrics.json").read_text())["against"]["rows"]
     assert {r["mode"] for r in rows} == {"random", "fixed"} and len(rows) == 2 * 3   # ab, cd, global:all
     assert all(r["delta"] == 0.0 and r["delta_se"] == 0.0 for r in rows if r["label"] != "global:all")
+    assert all(r["delta_region_change"] == 0.0 and r["delta_region_change_se"] == 0.0 for r in rows)
+    assert "Change inside the edited region" in report and "+0.0000 ± 0.0000" in report
     obj = torch.load(tmp_path / "h.pt", weights_only=True)      # the same nets under another tree
     obj["tree"] = {"name": "all", "children": [{"name": "ab", "children": ["a", "c"]},
                                                {"name": "cd", "children": ["b", "d"]}]}

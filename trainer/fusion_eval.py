@@ -14,7 +14,10 @@ masks when there is no oracle):
 * locality = the share of the total absolute pixel change that falls inside
   the edited region (oracle labels of the base image); 1.0 = perfectly local;
 * preservation PSNR (dB) of the pixels outside the region, base vs edited
-  (images in [-1, 1]; identical pixels are capped at 100 dB).
+  (images in [-1, 1]; identical pixels are capped at 100 dB);
+* region change = the mean absolute change per pixel of the region: how much the
+  edit changes what it should.  Locality is a share, so an edit that barely changes
+  its region can still be local; Sec. 7's "mode collapse" (Fig. 16b) shows here.
 
 The region of a leaf's code is the leaf; of an internal node's global code,
 the union of the node's leaves (the root's global code is reported too, its
@@ -23,7 +26,8 @@ region is the whole image, so only its heatmap says something).
 The ablation of Sec. 7 (``--ablation``) trains or reloads one FusionNet per
 variant for toy-cars' ``all`` node (car vs background): full, No Global
 (LB_align disabled), No Stage 1, No Stage 2, No Stage 3, and tabulates the
-locality and preservation of a car change and of a background change.
+locality, preservation and region change of a car change and of a background change,
+and draws Fig. 16's grids (one row per variant; one child's code changes along a row).
 
 Every locality comes with its standard error over the edits.  Two nets or hierarchies
 scored with the same seed edit the same sampled codes, so their difference has a *paired*
@@ -35,7 +39,8 @@ Neither error covers another training draw.
 Output folder: ``heatmaps-random.png``, ``heatmaps-fixed.png`` (colormap via
 ``cv2.applyColorMap``, one shared scale per figure; ``*-each.png``: every tile
 scaled to its own maximum), ``metrics.json``,
-``report.md`` (and ``ablation.md`` with ``--ablation``).
+``report.md`` (and ``ablation.md``, ``ablation-fig16a.png``, ``ablation-fig16b.png`` with
+``--ablation``).
 """
 from __future__ import annotations
 
@@ -205,9 +210,11 @@ class EditStats:
     inside_change: float = 0.0
     total_change: float = 0.0
     inside_either: float = 0.0                     # change inside the region of the base or the edit
+    inside_area: float = 0.0                       # pixels of the base's region, summed over the edits
     psnr: list = field(default_factory=list)
     inside_per: list = field(default_factory=list)  # per edit: change inside the base's region ...
     total_per: list = field(default_factory=list)   # ... and in all (for the standard error)
+    area_per: list = field(default_factory=list)    # ... and the region's pixel count
 
     @property
     def locality(self) -> float:
@@ -215,27 +222,58 @@ class EditStats:
         return self.inside_change / self.total_change if self.total_change > 0 else float("nan")
 
     @property
+    def region_change(self) -> float:
+        """How much the edit changes its own region: the mean absolute change per pixel of the base's
+        region (``change_map`` units: images in [-1, 1]). Locality is a share and cannot see an edit that
+        barely changes anything; this can: the "mode collapse" of Sec. 7 / Fig. 16b (car colours that
+        vary less than they should) is a lower region change on the same edits."""
+        return self.inside_change / self.inside_area if self.inside_area > 0 else float("nan")
+
+    @property
     def locality_either(self) -> float:
         """The same with the region of either image (base or edit): an edit that reshapes its region
         (a new hairstyle) is not charged for the pixels the region moves into."""
         return self.inside_either / self.total_change if self.total_change > 0 else float("nan")
 
+    def _ratio_parts(self, measure: str) -> tuple[float, list, list]:
+        if measure == "locality":
+            return self.locality, self.inside_per, self.total_per
+        if measure == "region_change":
+            return self.region_change, self.inside_per, self.area_per
+        raise ValueError(f"unknown measure {measure!r} (locality, region_change)")
+
+    def influence(self, measure: str = "locality") -> np.ndarray:
+        """Each edit's linearised share of a ratio of sums R = sum y / sum x (the delta method):
+        (y_i - R x_i) / mean(x); its mean is 0. ``locality``: y, x = one edit's inside and total change;
+        ``region_change``: y, x = its inside change and its region's pixel count."""
+        r, y, x = self._ratio_parts(measure)
+        y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
+        return (y - r * x) / x.mean()
+
     def locality_influence(self) -> np.ndarray:
-        """Each edit's linearised share of :attr:`locality` (the delta method for a ratio of sums):
-        (y_i - L x_i) / mean(x), y_i, x_i one edit's inside and total change; its mean is 0."""
-        y, x = np.asarray(self.inside_per, dtype=np.float64), np.asarray(self.total_per, dtype=np.float64)
-        return (y - self.locality * x) / x.mean()
+        """:meth:`influence` of :attr:`locality`."""
+        return self.influence("locality")
+
+    def standard_error(self, measure: str = "locality") -> float:
+        """Standard error of a ratio measure over the edits: sqrt(sum d_i^2 / (n (n - 1))) with d_i from
+        :meth:`influence`. With a fixed base it is the error over the resampled codes for that one base
+        image only."""
+        r, y, x = self._ratio_parts(measure)
+        n = len(x)
+        if n < 2 or len(y) != n or not math.isfinite(r):
+            return float("nan")
+        d = self.influence(measure)
+        return float(np.sqrt((d ** 2).sum() / (n * (n - 1))))
 
     @property
     def locality_se(self) -> float:
-        """Standard error of :attr:`locality` over the edits: sqrt(sum d_i^2 / (n (n - 1))) with d_i
-        from :meth:`locality_influence`. With a fixed base it is the error over the resampled codes for
-        that one base image only."""
-        n = len(self.total_per)
-        if n < 2 or self.total_change <= 0:
-            return float("nan")
-        d = self.locality_influence()
-        return float(np.sqrt((d ** 2).sum() / (n * (n - 1))))
+        """Standard error of :attr:`locality` over the edits (:meth:`standard_error`)."""
+        return self.standard_error("locality")
+
+    @property
+    def region_change_se(self) -> float:
+        """Standard error of :attr:`region_change` over the edits (:meth:`standard_error`)."""
+        return self.standard_error("region_change")
 
     @property
     def preservation_psnr(self) -> float:
@@ -246,20 +284,24 @@ class EditStats:
                 "mode": self.mode, "samples": self.samples, "locality": round(self.locality, 4),
                 "locality_se": round(self.locality_se, 4),
                 "locality_either": round(self.locality_either, 4),
+                "region_change": round(self.region_change, 5), "region_change_se": round(self.region_change_se, 5),
                 "psnr_outside": round(self.preservation_psnr, 2),
                 "mean_abs_change": round(self.total_change / max(self.samples * self.heat.numel(), 1), 5)
                 if self.heat is not None else None}
 
 
-def paired_difference(a: EditStats, b: EditStats) -> tuple[float, float]:
-    """(b's locality - a's, its standard error) when both scored the same seeded edits (two nets or
+def paired_difference(a: EditStats, b: EditStats, measure: str = "locality") -> tuple[float, float]:
+    """(b's measure - a's, its standard error) when both scored the same seeded edits (two nets or
     hierarchies, one ``edit_experiment`` seed): the delta method on the per-edit differences, which
-    cancels the variation the edits share, so it is far smaller than either locality's own error."""
-    delta = b.locality - a.locality
-    n = len(a.total_per)
-    if n < 2 or len(b.total_per) != n or a.total_change <= 0 or b.total_change <= 0:
+    cancels the variation the edits share, so it is far smaller than either one's own error.
+    ``measure``: ``locality`` or ``region_change`` (:class:`EditStats`)."""
+    ra, _, xa = a._ratio_parts(measure)
+    rb, _, xb = b._ratio_parts(measure)
+    delta = rb - ra
+    n = len(xa)
+    if n < 2 or len(xb) != n or not (math.isfinite(ra) and math.isfinite(rb)):
         return delta, float("nan")
-    d = b.locality_influence() - a.locality_influence()
+    d = b.influence(measure) - a.influence(measure)
     return delta, float(np.sqrt((d ** 2).sum() / (n * (n - 1))))
 
 
@@ -309,8 +351,11 @@ def edit_experiment(G, compose: Composer, names: Sequence[str], targets: Sequenc
             st.heat = ch.sum(0) if st.heat is None else st.heat + ch.sum(0)
             per_in = (ch.double() * inside.double()).flatten(1).sum(1)
             per_all = ch.double().flatten(1).sum(1)
+            area = inside.double().flatten(1).sum(1)
             st.inside_per.extend(per_in.tolist())
             st.total_per.extend(per_all.tolist())
+            st.area_per.extend(area.tolist())
+            st.inside_area += float(area.sum())
             st.inside_change += float(per_in.sum())
             st.inside_either += float((ch.double() * either.double()).sum())
             st.total_change += float(per_all.sum())
@@ -390,15 +435,17 @@ def _fmt_se(s: EditStats | None) -> str:
 def markdown_table(rows: dict[str, dict[str, EditStats]]) -> str:
     lines = ["| code | region (leaves) | locality ± s.e., random base | PSNR outside (dB), random | "
              "locality ± s.e., fixed base | PSNR outside (dB), fixed | "
-             "locality, either image's region: random / fixed |",
-             "|---|---|---|---|---|---|---|"]
+             "locality, either image's region: random / fixed | "
+             "change inside (mean \\|Δ\\| per region pixel): random / fixed |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, by_mode in rows.items():
         r, f = by_mode.get("random"), by_mode.get("fixed")
         any_ = r or f
         lines.append(f"| {label} | {', '.join(any_.target.leaves)} | "
                      f"{_fmt_se(r)} | {_fmt(r.preservation_psnr, 1) if r else 'n/a'} | "
                      f"{_fmt_se(f)} | {_fmt(f.preservation_psnr, 1) if f else 'n/a'} | "
-                     f"{_fmt(r.locality_either) if r else 'n/a'} / {_fmt(f.locality_either) if f else 'n/a'} |")
+                     f"{_fmt(r.locality_either) if r else 'n/a'} / {_fmt(f.locality_either) if f else 'n/a'} | "
+                     f"{_fmt(r.region_change) if r else 'n/a'} / {_fmt(f.region_change) if f else 'n/a'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -442,9 +489,12 @@ def comparison_rows(G, compose: Composer, names: Sequence[str], targets: Sequenc
         for st in stats:
             ref = reference[st.target.label][mode]
             delta, se = paired_difference(ref, st)
+            dchange, dchange_se = paired_difference(ref, st, "region_change")
             out.append({"label": st.target.label, "mode": mode, "reference": ref.locality,
                         "locality": st.locality, "delta": delta, "delta_se": se,
-                        "psnr_outside": st.preservation_psnr, "reference_psnr_outside": ref.preservation_psnr})
+                        "psnr_outside": st.preservation_psnr, "reference_psnr_outside": ref.preservation_psnr,
+                        "reference_region_change": ref.region_change, "region_change": st.region_change,
+                        "delta_region_change": dchange, "delta_region_change_se": dchange_se})
     return out
 
 
@@ -453,16 +503,27 @@ def comparison_markdown(rows: Sequence[Mapping], reference: str, other: str) -> 
     by = {}
     for r in rows:
         by.setdefault(r["label"], {})[r["mode"]] = r
-    lines = [f"| code | `{reference}` random | `{other}` random | difference ± paired s.e. | "
-             f"`{reference}` fixed | `{other}` fixed | difference ± paired s.e. |", "|---|---|---|---|---|---|---|"]
-    for label, m in by.items():
-        cells = []
-        for mode in ("random", "fixed"):
-            r = m.get(mode)
-            cells += (["n/a"] * 3 if r is None else
-                      [_fmt(r["reference"]), _fmt(r["locality"]), _fmt_pm(r["delta"], r["delta_se"], sign=True)])
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    head = (f"| code | `{reference}` random | `{other}` random | difference ± paired s.e. | "
+            f"`{reference}` fixed | `{other}` fixed | difference ± paired s.e. |")
+    parts = []
+    for title, keys, digits in (("Locality", ("reference", "locality", "delta", "delta_se"), 3),
+                                ("Change inside the edited region (mean |Δ| per region pixel; lower with the "
+                                 "same locality = a weaker edit, Fig. 16b's mode collapse)",
+                                 ("reference_region_change", "region_change", "delta_region_change",
+                                  "delta_region_change_se"), 4)):
+        lines = [title + ":", "", head, "|---|---|---|---|---|---|---|"]
+        for label, m in by.items():
+            cells = []
+            for mode in ("random", "fixed"):
+                r = m.get(mode)
+                if r is None or keys[0] not in r:
+                    cells += ["n/a"] * 3
+                    continue
+                ref, val, d, se = (r[k] for k in keys)
+                cells += [_fmt(ref, digits), _fmt(val, digits), _fmt_pm(d, se, digits, sign=True)]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 # -------------------------------------------------------- renderer ceiling
@@ -552,12 +613,49 @@ def ablation_rows(G, nets: Mapping[str, FusionNet], tree, node: str, judge: Judg
         stats[variant] = {st.target.label: st for st in edit_experiment(
             G, compose, names, targets, judge, "random", samples, batch, truncation, seed, amp)}
         rows[variant] = {k: {"locality": st.locality, "locality_se": st.locality_se,
+                             "region_change": st.region_change, "region_change_se": st.region_change_se,
                              "psnr_outside": st.preservation_psnr} for k, st in stats[variant].items()}
     if "full" in rows:   # every variant edits the same seeded codes and bases: paired differences
         for variant in rows:
             for k, r in rows[variant].items():
                 r["delta_vs_full"], r["delta_se"] = paired_difference(stats["full"][k], stats[variant][k])
+                r["change_vs_full"], r["change_vs_full_se"] = paired_difference(
+                    stats["full"][k], stats[variant][k], "region_change")
     return rows
+
+
+@torch.no_grad()
+def ablation_figure(G, nets: Mapping[str, FusionNet], tree, node: str, changed: str, columns: int = 6,
+                    truncation: float = 1.0, seed: int = 0, scale: int = 2, amp=None) -> np.ndarray:
+    """Fig. 16: one row per variant, one column per new code of the child ``changed``; the other
+    child's code and the node's global code stay fixed (the same codes in every row), so each row
+    should show one car (16a: the background changes) or one background (16b: the car changes)."""
+    root = parse_tree(tree)
+    kids = [c.name for n in root.walk() if n.name == node for c in n.children]
+    if len(kids) != 2 or changed not in kids:
+        raise ValueError(f"{changed!r} is not a child of the internal node {node!r}")
+    gen = torch.Generator().manual_seed(seed)
+    fixed = sample_code_set(G, [*kids, node], 1, truncation, gen)
+    fresh = sample_code_set(G, [changed], columns, truncation, gen)[changed]
+    codes = {k: v.repeat(columns) for k, v in fixed.items()}
+    codes[changed] = fresh
+    amp = amp or (lambda: torch.autocast("cpu", enabled=False))
+    label_w = 120
+    rows = []
+    for variant, net in nets.items():
+        compose = node_composer(net, kids[0], kids[1], node, align=variant != "no_global")
+        with amp():
+            images = to_uint8(G.synthesis(compose(codes)).float())
+        strip = make_grid(images, cols=columns, pad=2, scale=scale)
+        label = _caption(label_w, [ABLATION_TITLES.get(variant, variant)[:20]], height=14)[:strip.shape[0]]
+        pad = np.full((strip.shape[0], label_w, 3), 24, dtype=np.uint8)
+        pad[:label.shape[0]] = label
+        rows.append(np.concatenate([pad, strip], axis=1))
+    grid = np.concatenate(rows)
+    other = kids[1 - kids.index(changed)]
+    head = _caption(grid.shape[1], [f"Fig. 16 ({'a' if changed == kids[1] else 'b'}): {changed} code changes "
+                                    f"along each row; {other} and the global code fixed"])
+    return np.concatenate([head, grid])
 
 
 ABLATION_TITLES = {"full": "StyleFusion (full)", "no_global": "No Global", "no_stage1": "No Stage 1",
@@ -584,6 +682,21 @@ def ablation_markdown(rows: Mapping[str, Mapping[str, Mapping[str, float]]], kid
     if paired:
         lines.append("\n'vs full': this variant's locality minus the full model's over the same edits; a "
                      "variant the full model beats has a negative difference well beyond its paired s.e.")
+    if any("region_change" in r[k] for r in rows.values() for k in kids):
+        per_kid = ["change inside ± s.e."] + (["vs full ± paired s.e."] if paired else [])
+        lines += ["", "How much each edit changes its own region (mean |Δ| per pixel of the base's region; "
+                  "Fig. 16b's \"mode collapse\", which locality cannot see, is a smaller change here):", "",
+                  "| variant | " + " | ".join(f"{k}: {c}" for k in kids for c in per_kid) + " |",
+                  "|---|" + "---|" * (len(per_kid) * len(kids))]
+        for variant, r in rows.items():
+            cells = []
+            for k in kids:
+                c = r[k]
+                cells.append(_fmt_pm(c.get("region_change", float("nan")), c.get("region_change_se"), 4))
+                if paired:
+                    cells.append("—" if variant == "full" else _fmt_pm(c.get("change_vs_full", float("nan")),
+                                                                        c.get("change_vs_full_se"), 4, sign=True))
+            lines.append(f"| {ABLATION_TITLES.get(variant, variant)} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -737,6 +850,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             table += ("\nBlend coefficients of each variant:\n\n"
                       + blend_table({ABLATION_TITLES.get(v, v): st for v, st in vstats.items()},
                                     {ABLATION_TITLES.get(v, v): kids for v in vstats}, label="variant"))
+            figures = []
+            for changed, letter in ((kids[1], "a"), (kids[0], "b")):
+                save_png(out / f"ablation-fig16{letter}.png",
+                         ablation_figure(G, nets, regions.tree, node, changed, truncation=truncation,
+                                         seed=args.seed, amp=amp))
+                figures.append(f"`ablation-fig16{letter}.png` ({changed} changes)")
+            table += f"\nImages as in Fig. 16: {', '.join(figures)}.\n"
             atomic_write_text(out / "ablation.md", f"# Sec. 7 ablation: {args.domain}, node {node}\n\n{table}")
             metrics["ablation"] = {"node": node, "runs": str(root), "rows": rows}
             missing = [v for v in ABLATIONS if v not in nets]
@@ -790,4 +910,4 @@ __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
            "renderer_ceiling", "ceiling_markdown",
            "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown",
-           "ablation_rows", "ablation_markdown", "load_node_net", "add_parsers", "blend_table"]
+           "ablation_rows", "ablation_markdown", "ablation_figure", "load_node_net", "add_parsers", "blend_table"]
