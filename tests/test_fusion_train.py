@@ -522,6 +522,17 @@ def test_renderer_ceiling_scores_the_ideal_edit_with_the_same_formula():
     assert either > ceil["car_body"] + 0.05
     both = ceiling_markdown(ceil, {"car_body": {"locality": 0.3, "locality_either": 0.4}}, {"car_body": either})
     assert "either image's region" in both and both.splitlines()[2].count("|") == 8
+    # the ideal edit's region change: mean |change| per pixel of A's region, by hand
+    change = renderer_ceiling("toy-cars", ["wheels"], truth, samples=n, seed=seed, measure="region_change")
+    ch = change_map(from_uint8(xa), y).double()
+    assert change["wheels"] == pytest.approx(float((ch * inside).sum() / inside.sum()), rel=1e-9)
+    assert change["wheels"] > 0.05
+    with pytest.raises(ValueError, match="unknown measure"):
+        renderer_ceiling("toy-cars", ["wheels"], truth, samples=2, measure="psnr")
+    three = ceiling_markdown(ceil, {"wheels": {"locality": 0.3, "region_change": change["wheels"] / 4}},
+                             {"wheels": 0.9}, change)
+    assert "region change: ideal" in three and "| 0.25 |" in three.splitlines()[2]
+    assert three.splitlines()[2].count("|") == 11
 
 
 def test_swap_leak_ratio_is_the_share_of_change_outside_the_swapped_pixels():
