@@ -31,7 +31,8 @@ from trainer.fusion_eval import (ClusterJudge, EditStats, EditTarget, ablation_f
                                  ablation_rows,
                                  change_map, evaluate_locality, heatmap_caption, hierarchy_composer,
                                  hierarchy_targets, load_node_net, paired_difference,
-                                 locality_share, psnr_outside, renderer_ceiling, ceiling_markdown, Judge)
+                                 locality_share, natural_region_change, psnr_outside, renderer_ceiling,
+                                 ceiling_markdown, strength_markdown, Judge)
 from trainer.fusion_masks import RegionScorer
 from trainer.fusion_stages import (NodeContext, node_regions, prepare_targets, sample_codes, set_trainable,
                                    stage_loss, trained_blenders)
@@ -354,6 +355,14 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         assert rows["global:all"]["region_change"] > 0       # the whole image's mean change
         assert all(r["region_change"] >= 0 or math.isnan(r["region_change"]) for r in rows.values())
     assert "| a | a |" in res["table"] and " ± " in res["table"] and "per region pixel" in res["table"]
+    natural = natural_region_change(G, hierarchy_composer(h), h.required_codes(), ["a", "b", "c", "d"], judge,
+                                    samples=4, batch=4, truncation=TRUNC)
+    assert set(natural) == {"a", "b", "c", "d"}
+    assert all(v > 0 for v in natural.values() if math.isfinite(v)) and any(math.isfinite(v) for v in natural.values())
+    one = G.random_styles(1, seed=5)                  # a composition that ignores its codes never varies
+    still = natural_region_change(G, lambda codes: one.repeat(len(codes["a"])), h.required_codes(), ["a", "b"],
+                                  judge, samples=4, batch=4, truncation=TRUNC)
+    assert all(v == 0.0 or math.isnan(v) for v in still.values()) and 0.0 in still.values()
 
     nets = {"full": h.nets["all"], "no_global": h.nets["all"], "no_stage1": h.nets["all"]}
     rows = ablation_rows(G, nets, TREE, "all", judge, samples=4, batch=4, truncation=TRUNC)
@@ -529,10 +538,15 @@ def test_renderer_ceiling_scores_the_ideal_edit_with_the_same_formula():
     assert change["wheels"] > 0.05
     with pytest.raises(ValueError, match="unknown measure"):
         renderer_ceiling("toy-cars", ["wheels"], truth, samples=2, measure="psnr")
-    three = ceiling_markdown(ceil, {"wheels": {"locality": 0.3, "region_change": change["wheels"] / 4}},
-                             {"wheels": 0.9}, change)
-    assert "region change: ideal" in three and "| 0.25 |" in three.splitlines()[2]
-    assert three.splitlines()[2].count("|") == 11
+    # the region's natural variation between two independent renders, by hand; an ideal wheel swap
+    # keeps A's pose and reaches part of it
+    natural = renderer_ceiling("toy-cars", ["wheels"], truth, samples=n, seed=seed, measure="region_variation")
+    ch_b = change_map(from_uint8(xa), from_uint8(render("toy-cars", b)[0])).double()
+    assert natural["wheels"] == pytest.approx(float((ch_b * inside).sum() / inside.sum()), rel=1e-9)
+    assert 0.2 < change["wheels"] / natural["wheels"] < 1.0
+    table = strength_markdown({"wheels": {"region_change": natural["wheels"] / 4}}, natural, change, natural)
+    ratio = change["wheels"] / natural["wheels"]
+    assert "| 0.25 | " in table and table.splitlines()[2].endswith(f"| {ratio:.2f} |")
 
 
 def test_swap_leak_ratio_is_the_share_of_change_outside_the_swapped_pixels():
@@ -598,6 +612,7 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
                "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "eval")])
     report = (tmp_path / "eval" / "report.md").read_text()
     assert rc == 0 and "| ab | a, b |" in report and "| global:all | a, b, c, d |" in report
+    assert "### How strong the edits are" in report
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["judge"] == "clusters"
     # blend coefficients of the trained net: where its channels come from

@@ -540,11 +540,12 @@ def renderer_ceiling(domain: str, leaves: Sequence[str], judge: Judge, samples: 
     edit is ideal.  Returns ``{leaf: locality}``; regions the renderer cannot swap are left out.
     ``either``: count the region of either image, A or the edit (:attr:`EditStats.locality_either`).
     ``measure="region_change"``: instead, how much the ideal edit changes A's region
-    (:attr:`EditStats.region_change`; the renders are sharper than a toy generator's images, so
-    their edges add a little to it).
+    (:attr:`EditStats.region_change`); ``"region_variation"``: how much A's region differs from the
+    same pixels of the independent render B (the region's natural variation, the scale that
+    region change is read against: :func:`natural_region_change` is the generator's).
     """
-    if measure not in ("locality", "region_change"):
-        raise ValueError(f"unknown measure {measure!r} (locality, region_change)")
+    if measure not in ("locality", "region_change", "region_variation"):
+        raise ValueError(f"unknown measure {measure!r} (locality, region_change, region_variation)")
     from sfeditor.toy import render, render_swap, swap_groups
     from sfeditor.imageio import from_uint8
 
@@ -558,15 +559,70 @@ def renderer_ceiling(domain: str, leaves: Sequence[str], judge: Judge, samples: 
     for leaf in leaves:
         if leaf not in known:
             continue
-        y = from_uint8(render_swap(domain, a, b, [leaf] * samples, size=size)[0])
+        if measure == "region_variation":
+            y = from_uint8(render(domain, b, size=size)[0])
+        else:
+            y = from_uint8(render_swap(domain, a, b, [leaf] * samples, size=size)[0])
         ch = change_map(xa, y).double()
         inside = judge.region_mask(labels, (leaf,))
         if either:
             inside = inside | judge.region_mask(judge.labels(y.to(_judge_device(judge)), None).cpu(), (leaf,))
         inside = inside.double()
-        den = inside.sum() if measure == "region_change" else ch.sum()
+        den = ch.sum() if measure == "locality" else inside.sum()
         out[leaf] = float((ch * inside).sum() / den) if float(den) > 0 else float("nan")
     return out
+
+
+@torch.no_grad()
+def natural_region_change(G, compose: Composer, names: Sequence[str], leaves: Sequence[str], judge: Judge,
+                          samples: int = 200, batch: int = 16, truncation: float = 1.0, seed: int = 0,
+                          amp=None) -> dict[str, float]:
+    """Per leaf, the mean absolute change per pixel of A's region between two independent compositions
+    A and B (every code drawn afresh): how much the region varies across the domain's images, the scale
+    a region edit's :attr:`EditStats.region_change` is read against (an edit that reaches a small share
+    of it is weak, or "mode collapsed" in Fig. 16b's words). Seeded apart from ``edit_experiment``."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    amp = amp or (lambda: torch.autocast("cpu", enabled=False))
+    num = {leaf: 0.0 for leaf in leaves}
+    den = {leaf: 0.0 for leaf in leaves}
+    done = 0
+    while done < samples:
+        b = min(batch, samples - done)
+        a_codes = sample_code_set(G, names, b, truncation, gen)
+        b_codes = sample_code_set(G, names, b, truncation, gen)
+        with amp():
+            sa, sb = compose(a_codes), compose(b_codes)
+        img_a, labels = judge.render(G, sa, amp)
+        img_b, _ = judge.render(G, sb, amp)
+        ch = change_map(img_a, img_b).double()
+        for leaf in leaves:
+            inside = judge.region_mask(labels, (leaf,)).to(ch.device).double()
+            num[leaf] += float((ch * inside).sum())
+            den[leaf] += float(inside.sum())
+        done += b
+    return {leaf: num[leaf] / den[leaf] if den[leaf] > 0 else float("nan") for leaf in leaves}
+
+
+def strength_markdown(measured: Mapping[str, Mapping[str, float]], natural: Mapping[str, float],
+                      ideal: Mapping[str, float] | None = None,
+                      renders: Mapping[str, float] | None = None) -> str:
+    """Leaf | the hierarchy's region change (random base) | the region's natural variation between two
+    generated images | their ratio; with the renderer's numbers, the same for its ideal edit. The ratio
+    is comparable across the two; the raw numbers are not (the renders are sharper and not truncated)."""
+    head = "| leaf | region change, hierarchy edit | two generated images | edit / natural |"
+    rule = "|---|---|---|---|"
+    if ideal is not None and renders is not None:
+        head += " ideal edit (renderer) | two renders | ideal / natural |"
+        rule += "---|---|---|"
+    lines = [head, rule]
+    for leaf, nat in natural.items():
+        got = measured.get(leaf, {}).get("region_change", float("nan"))
+        row = f"| {leaf} | {_fmt(got, 4)} | {_fmt(nat, 4)} | {_fmt(got / nat if nat else float('nan'), 2)} |"
+        if ideal is not None and renders is not None:
+            i, r = ideal.get(leaf, float("nan")), renders.get(leaf, float("nan"))
+            row += f" {_fmt(i, 4)} | {_fmt(r, 4)} | {_fmt(i / r if r else float('nan'), 2)} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
 
 
 def _judge_device(judge: Judge) -> torch.device:
@@ -820,25 +876,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    "global code in the coarse layers; saturated = q within 0.01 of 0 or 1; input dependence = "
                    "mean per-channel std of q over sampled inputs (0: one fixed channel mask).\n\n",
                    blend_table(bstats, {n: h.children_of(n) for n in bstats})]
+        leaves = [t.code for t in targets if t.leaves == (t.code,)]
         if args.domain.startswith("toy-") and judge.kind == "oracle":
-            leaves = [t.code for t in targets if t.leaves == (t.code,)]
             ceiling = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed)
             ceiling_either = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed, either=True)
             ceiling_change = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed,
                                               measure="region_change")
+            renders_change = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed,
+                                              measure="region_variation")
             metrics["renderer_ceiling"] = ceiling
             metrics["renderer_ceiling_either"] = ceiling_either
             metrics["renderer_ceiling_region_change"] = ceiling_change
+            metrics["renderer_region_variation"] = renders_change
             measured = {r["label"]: r for r in res["random"]}
             report += ["\n### The ideal edit's locality (renderer ceiling)\n\n",
                        "The renderer's own region swap (A with one region's parameters from B: the edit a "
                        "perfectly region-local code would make), scored by the same judge and formula. A "
                        "region that changes shape moves pixels outside A's mask, so even the ideal edit "
                        "stays below 1; counting the region of either image (A or the edit) removes most "
-                       "of that. Region change: how much the edit changes A's region (mean |Δ| per pixel); "
-                       "a hierarchy far below the ideal makes weak edits whatever its locality (the renders "
-                       "are sharper than generated images, which adds a little to the ideal's).\n\n",
-                       ceiling_markdown(ceiling, measured, ceiling_either, ceiling_change)]
+                       "of that.\n\n", ceiling_markdown(ceiling, measured, ceiling_either)]
+        else:
+            ceiling_change = renders_change = None
+        natural = natural_region_change(G, hierarchy_composer(h), h.required_codes(), leaves, judge, args.samples,
+                                        args.batch, truncation, args.seed, amp)
+        metrics["natural_region_change"] = natural
+        report += ["\n### How strong the edits are\n\n",
+                   "Region change (mean |Δ| per pixel of the base's region) of each leaf's edit, against how much "
+                   "that region differs between two independent images (every code drawn afresh): a local edit "
+                   "that reaches a small share of it is a weak one (Sec. 7's \"mode collapse\"). The renderer's "
+                   "ideal edit, read against two independent renders, says what share a perfect region edit "
+                   "reaches (it keeps the pose, so below 1).\n\n",
+                   strength_markdown({r["label"]: r for r in res["random"]}, natural, ceiling_change, renders_change)]
     elif not args.ablation:
         raise FileNotFoundError(f"no hierarchy file at {hpath} (train one with `sfeditor-train hierarchy "
                                 f"--domain {args.domain}`, or pass --hierarchy)")
@@ -929,6 +997,6 @@ def add_parsers(sub) -> None:
 
 __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer", "node_composer", "EditTarget",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
-           "renderer_ceiling", "ceiling_markdown",
+           "renderer_ceiling", "ceiling_markdown", "natural_region_change", "strength_markdown",
            "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown",
            "ablation_rows", "ablation_markdown", "ablation_figure", "load_node_net", "add_parsers", "blend_table"]
