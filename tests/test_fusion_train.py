@@ -355,8 +355,10 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         assert rows["global:all"]["region_change"] > 0       # the whole image's mean change
         assert all(r["region_change"] >= 0 or math.isnan(r["region_change"]) for r in rows.values())
     assert "| a | a |" in res["table"] and " ± " in res["table"] and "per region pixel" in res["table"]
+    ticks = []
     natural = natural_region_change(G, hierarchy_composer(h), h.required_codes(), ["a", "b", "c", "d"], judge,
-                                    samples=4, batch=4, truncation=TRUNC)
+                                    samples=4, batch=2, truncation=TRUNC, progress=lambda *a: ticks.append(a))
+    assert ticks == [(0, 4, "natural"), (2, 4, "natural"), (4, 4, "natural")]
     assert set(natural) == {"a", "b", "c", "d"}
     assert all(v > 0 for v in natural.values() if math.isfinite(v)) and any(math.isfinite(v) for v in natural.values())
     one = G.random_styles(1, seed=5)                  # a composition that ignores its codes never varies

@@ -576,7 +576,7 @@ def renderer_ceiling(domain: str, leaves: Sequence[str], judge: Judge, samples: 
 @torch.no_grad()
 def natural_region_change(G, compose: Composer, names: Sequence[str], leaves: Sequence[str], judge: Judge,
                           samples: int = 200, batch: int = 16, truncation: float = 1.0, seed: int = 0,
-                          amp=None) -> dict[str, float]:
+                          amp=None, progress=None) -> dict[str, float]:
     """Per leaf, the mean absolute change per pixel of A's region between two independent compositions
     A and B (every code drawn afresh): how much the region varies across the domain's images, the scale
     a region edit's :attr:`EditStats.region_change` is read against (an edit that reaches a small share
@@ -586,6 +586,8 @@ def natural_region_change(G, compose: Composer, names: Sequence[str], leaves: Se
     num = {leaf: 0.0 for leaf in leaves}
     den = {leaf: 0.0 for leaf in leaves}
     done = 0
+    if progress is not None:
+        progress(0, samples, "natural")
     while done < samples:
         b = min(batch, samples - done)
         a_codes = sample_code_set(G, names, b, truncation, gen)
@@ -600,6 +602,8 @@ def natural_region_change(G, compose: Composer, names: Sequence[str], leaves: Se
             num[leaf] += float((ch * inside).sum())
             den[leaf] += float(inside.sum())
         done += b
+        if progress is not None:
+            progress(done, samples, "natural")
     return {leaf: num[leaf] / den[leaf] if den[leaf] > 0 else float("nan") for leaf in leaves}
 
 
@@ -898,7 +902,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             ceiling_change = renders_change = None
         natural = natural_region_change(G, hierarchy_composer(h), h.required_codes(), leaves, judge, args.samples,
-                                        args.batch, truncation, args.seed, amp)
+                                        args.batch, truncation, args.seed, amp, progress)
         metrics["natural_region_change"] = natural
         report += ["\n### How strong the edits are\n\n",
                    "Region change (mean |Δ| per pixel of the base's region) of each leaf's edit, against how much "
