@@ -635,31 +635,22 @@ def _judge_device(judge: Judge) -> torch.device:
 
 
 def ceiling_markdown(ceiling: Mapping[str, float], measured: Mapping[str, Mapping[str, float]],
-                     ceiling_either: Mapping[str, float] | None = None,
-                     ceiling_change: Mapping[str, float] | None = None) -> str:
+                     ceiling_either: Mapping[str, float] | None = None) -> str:
     """Leaf | renderer's ideal edit | the hierarchy's (random base) | share of the ideal reached; with
-    ``ceiling_either``, the same three for the region of either image; with ``ceiling_change``, the
-    same three for the region change (how much the edit changes its region)."""
+    ``ceiling_either``, the same three for the region of either image."""
     head = "| leaf | ideal edit (renderer) | hierarchy, random base | hierarchy / ideal |"
     rule = "|---|---|---|---|"
-    extra = []
     if ceiling_either is not None:
         head += " either image's region: ideal | hierarchy | hierarchy / ideal |"
         rule += "---|---|---|"
-        extra.append((ceiling_either, "locality_either", 3))
-    if ceiling_change is not None:
-        head += " region change: ideal | hierarchy | hierarchy / ideal |"
-        rule += "---|---|---|"
-        extra.append((ceiling_change, "region_change", 4))
-
-    def cells(ideal: float, got: float, digits: int) -> str:
-        return f" {_fmt(ideal, digits)} | {_fmt(got, digits)} | {_fmt(got / ideal if ideal else float('nan'), 2)} |"
-
     lines = [head, rule]
     for leaf, c in ceiling.items():
-        row = f"| {leaf} |" + cells(c, measured.get(leaf, {}).get("locality", float("nan")), 3)
-        for table, key, digits in extra:
-            row += cells(table.get(leaf, float("nan")), measured.get(leaf, {}).get(key, float("nan")), digits)
+        m = measured.get(leaf, {}).get("locality", float("nan"))
+        row = f"| {leaf} | {_fmt(c)} | {_fmt(m)} | {_fmt(m / c if c else float('nan'), 2)} |"
+        if ceiling_either is not None:
+            ce = ceiling_either.get(leaf, float("nan"))
+            me = measured.get(leaf, {}).get("locality_either", float("nan"))
+            row += f" {_fmt(ce)} | {_fmt(me)} | {_fmt(me / ce if ce else float('nan'), 2)} |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 
