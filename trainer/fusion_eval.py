@@ -607,6 +607,11 @@ def natural_region_change(G, compose: Composer, names: Sequence[str], leaves: Se
     return {leaf: num[leaf] / den[leaf] if den[leaf] > 0 else float("nan") for leaf in leaves}
 
 
+def _ratio_cells(num: float, den: float, digits: int = 3) -> str:
+    """`` num | den | num / den |`` table cells (n/a where undefined)."""
+    return f" {_fmt(num, digits)} | {_fmt(den, digits)} | {_fmt(num / den if den else float('nan'), 2)} |"
+
+
 def strength_markdown(measured: Mapping[str, Mapping[str, float]], natural: Mapping[str, float],
                       ideal: Mapping[str, float] | None = None,
                       renders: Mapping[str, float] | None = None) -> str:
@@ -620,11 +625,9 @@ def strength_markdown(measured: Mapping[str, Mapping[str, float]], natural: Mapp
         rule += "---|---|---|"
     lines = [head, rule]
     for leaf, nat in natural.items():
-        got = measured.get(leaf, {}).get("region_change", float("nan"))
-        row = f"| {leaf} | {_fmt(got, 4)} | {_fmt(nat, 4)} | {_fmt(got / nat if nat else float('nan'), 2)} |"
+        row = f"| {leaf} |" + _ratio_cells(measured.get(leaf, {}).get("region_change", float("nan")), nat, 4)
         if ideal is not None and renders is not None:
-            i, r = ideal.get(leaf, float("nan")), renders.get(leaf, float("nan"))
-            row += f" {_fmt(i, 4)} | {_fmt(r, 4)} | {_fmt(i / r if r else float('nan'), 2)} |"
+            row += _ratio_cells(ideal.get(leaf, float("nan")), renders.get(leaf, float("nan")), 4)
         lines.append(row)
     return "\n".join(lines) + "\n"
 
