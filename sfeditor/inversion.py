@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .atomic import atomic_torch_save
+from .checkpoints import bf16_is_fast
 from .jobs import Cancelled, ProgressCallback
 from .style_code import StyleCode
 
@@ -265,27 +266,6 @@ class InversionSettings:
 
 #: default projector steps for a small generator of no shipped domain
 SMALL_GENERATOR_STEPS = 400
-
-
-def bf16_is_fast(device) -> bool:
-    """Whether bfloat16 autocast speeds the generator up on ``device``.
-
-    CUDA GPUs with bf16 support, and CPUs with AVX512-BF16 or AMX tiles (where
-    it measured ~1.75x on the toy generators); elsewhere bf16 is emulated and slower.
-    """
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if dev.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-            fn = getattr(cpu, probe, None)
-            try:
-                if fn is not None and fn():
-                    return True
-            except Exception:       # pragma: no cover - a private probe changed
-                pass
-    return False
 
 
 @dataclass

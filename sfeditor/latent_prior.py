@@ -80,14 +80,17 @@ class MixturePrior(nn.Module):
     def forward(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.dim:
             raise ValueError(f"z must be [B, {self.dim}], got {tuple(z.shape)}")
-        k, zp = self.components(z)
-        zr = zp[:, : self.rank]
-        dev = torch.empty(len(z), self.dim, dtype=zr.dtype, device=zr.device)
-        # one matmul per component present (gathering a [D, r] factor per sample would copy B*D*r floats)
-        for c in torch.unique(k).tolist():
-            rows = (k == c).nonzero().squeeze(1)
-            dev[rows] = zr[rows] @ self.factors[c].T
-        return (self.means[k] + float(truncation) * dev).to(z.dtype if z.is_floating_point() else torch.float32)
+        # a change of variables, not a network layer: float32 even under bf16 autocast
+        with torch.autocast(z.device.type, enabled=False):
+            k, zp = self.components(z.float())
+            zr = zp[:, : self.rank]
+            dev = torch.empty(len(z), self.dim, dtype=zr.dtype, device=zr.device)
+            # one matmul per component present (gathering a [D, r] factor per sample would copy B*D*r floats)
+            for c in torch.unique(k).tolist():
+                rows = (k == c).nonzero().squeeze(1)
+                dev[rows] = zr[rows] @ self.factors[c].float().T
+            w = self.means[k].float() + float(truncation) * dev
+        return w.to(z.dtype if z.is_floating_point() else torch.float32)
 
     def mean(self) -> torch.Tensor:
         """The mixture's mean (what ``update_w_avg`` estimates by sampling)."""

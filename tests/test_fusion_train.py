@@ -669,3 +669,49 @@ def test_evaluate_falls_back_to_the_shipped_hierarchy(tmp_path, monkeypatch, cap
     assert rc == 0 and "evaluating the shipped" in capsys.readouterr().out
     report = (tmp_path / "out" / "report.md").read_text()
     assert "hierarchies/toy-cars.pt` (nets: all, background, car)" in report
+
+
+# --------------------------------------------------------------- precision
+def test_bf16_choice_follows_the_hardware_and_warns_where_it_is_emulated(monkeypatch):
+    """Automatic = on exactly where bf16 is native; an explicit request is kept, with a warning where emulated."""
+    import sfeditor.checkpoints as ck
+
+    monkeypatch.setattr(ck, "bf16_is_fast", lambda device: False)
+    assert ck.choose_bf16(None, "cpu") == (False, None)
+    assert ck.choose_bf16(False, "cpu") == (False, None)
+    on, warning = ck.choose_bf16(True, "cpu")
+    assert on and "emulated" in warning and "--no-bf16" in warning
+    monkeypatch.setattr(ck, "bf16_is_fast", lambda device: True)
+    assert ck.choose_bf16(None, "cpu") == (True, None)
+    assert ck.choose_bf16(True, "cpu") == (True, None)
+    assert ck.choose_bf16(False, "cpu") == (False, None)
+
+
+def test_bf16_flags_of_every_training_command():
+    """--bf16 / --no-bf16 / neither (automatic) on the generator, fusion, hierarchy and evaluate commands."""
+    from trainer.cli import build_parser
+
+    p = build_parser()
+    base = {"generator": ["--domain", "toy-faces"], "fusion": ["--domain", "toy-faces", "--node", "face"],
+            "hierarchy": ["--domain", "toy-cars"], "evaluate": ["--domain", "toy-cars"]}
+    for cmd, args in base.items():
+        assert p.parse_args([cmd, *args]).bf16 is None, cmd
+        assert p.parse_args([cmd, *args, "--bf16"]).bf16 is True, cmd
+        assert p.parse_args([cmd, *args, "--no-bf16"]).bf16 is False, cmd
+
+
+def test_an_explicit_bf16_run_on_an_emulating_cpu_says_so(tiny, tmp_path, monkeypatch):
+    """A recipe that asks for bf16 still trains with it (reproducibility) but the log warns of the slowdown."""
+    import sfeditor.checkpoints as ck
+
+    G, regions = tiny
+    monkeypatch.setattr(ck, "bf16_is_fast", lambda device: False)
+    lines: list[str] = []
+    quiet = dict(G=G, regions=regions, log=lines.append, progress_stream=None)
+    train_node(recipe(config="short", steps_scale=0.0002, bf16=True), tmp_path / "run", **quiet)
+    assert any(line.startswith("warning: bfloat16 autocast is emulated") for line in lines)
+    options = json.loads((tmp_path / "run" / "options.json").read_text())
+    assert options["recipe"]["bf16"] is True
+    lines.clear()
+    train_node(recipe(config="short", steps_scale=0.0002), tmp_path / "run2", **quiet)
+    assert not any("emulated" in line for line in lines)

@@ -93,6 +93,17 @@ def generator_prior(G: Generator, k: int = 3, rank: int = 4) -> MixturePrior:
                         0.3 * torch.randn(k, G.style_dim, rank, generator=g))
 
 
+def test_the_prior_samples_in_float32_under_bf16_autocast():
+    """A bf16 autocast around the generator (trainers, bench, inversion) must not break or round the prior."""
+    prior = three_modes(d=6, rank=3)
+    z = torch.randn(32, 6, generator=torch.Generator().manual_seed(2))
+    plain = prior(z, truncation=0.8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = prior(z, truncation=0.8)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, plain)
+
+
 def test_a_generator_with_a_prior_samples_from_it():
     G = tiny_generator()
     z = torch.randn(8, G.style_dim, generator=torch.Generator().manual_seed(4))

@@ -11,7 +11,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
 
     recipe = GeneratorRecipe(domain=args.domain, ae_steps=args.ae_steps, mapping_steps=args.mapping_steps,
                              mix_steps=args.mix_steps, batch=args.batch, seed=args.seed, threads=args.threads,
-                             device=args.device, bf16=not args.no_bf16, region_weight=args.region_weight,
+                             device=args.device, bf16=args.bf16, region_weight=args.region_weight,
                              ae_adv_weight=args.ae_adv_weight, ae_adv_start=args.ae_adv_start,
                              init_from=args.init_from or "", seg_weight=args.seg_weight,
                              seg_critic=args.seg_critic or "", mapping_mode=args.mapping_mode,
@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-workers", type=int, default=1,
                    help="processes that render the training batches (1 = one background thread); on a GPU "
                         "the renderer is the bottleneck: e.g. 4")
-    g.add_argument("--no-bf16", action="store_true", help="disable bfloat16 autocast")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast (default: on where the CPU/GPU runs bf16 natively, off where it is "
+                        "emulated and slower)")
     g.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     g.add_argument("--install", action="store_true", help="copy the result (fp16) into resources/ when done")
     g.set_defaults(func=cmd_generator)

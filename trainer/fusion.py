@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfeditor.checkpoints import pick_device as _core_pick_device
+from sfeditor.checkpoints import choose_bf16, pick_device as _core_pick_device
 
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.fusion_config import StageConfig, TrainingConfig, favored, node_config, regular, short
@@ -369,6 +369,9 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     G, regions = load_assets(recipe, info.device, G, regions)
+    bf16_warning = choose_bf16(recipe.bf16, info.device)[1] if recipe.bf16 else None
+    if bf16_warning and info.is_main:
+        log(f"warning: {bf16_warning}")
     from sfeditor.masks import RegionModel
 
     nr = node_regions(regions.tree, recipe.node)
@@ -545,7 +548,7 @@ def _recipe_from_args(args: argparse.Namespace, node: str) -> FusionRecipe:
                         lr=args.lr, seed=args.seed, truncation=args.truncation, temperature=args.temperature,
                         generator=args.generator or "", regions=args.regions or "", sample_every=args.sample_every,
                         checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
-                        bf16=args.bf16)
+                        bf16=choose_bf16(args.bf16, pick_device(args.device))[0])
 
 
 def cmd_fusion(args: argparse.Namespace) -> int:
@@ -619,7 +622,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the generator passes")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast for the generator passes (default: on where the CPU/GPU runs bf16 "
+                        "natively, off where it is emulated and slower)")
     p.add_argument("--half", action="store_true", help="store the hierarchy file in float16")
     p.add_argument("--hierarchy", help="hierarchy file to collect the nets in "
                                        "(default runs/fusion-<domain>/hierarchy.pt)")

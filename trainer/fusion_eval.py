@@ -48,6 +48,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -805,7 +806,7 @@ def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sfeditor.checkpoints import load_generator
+    from sfeditor.checkpoints import choose_bf16, load_generator
     from sfeditor.regions import load_regions
     from sfeditor.session import default_hierarchy_path
 
@@ -822,8 +823,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/fusion-eval-{args.domain}")
     out.mkdir(parents=True, exist_ok=True)
 
+    use_bf16, bf16_warning = choose_bf16(args.bf16, dev)
+    if bf16_warning:
+        print(f"warning: {bf16_warning}", file=sys.stderr)
+
     def amp():
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     bars: dict[str, Progress] = {}
 
@@ -918,7 +923,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant, hidden=args.hidden,
                                       coarse_layers=args.coarse_layers, **stage3_recipe_args(args),
                                       steps_scale=args.ablation_steps_scale, generator=args.generator or "",
-                                      regions=args.regions or "", device=args.device, bf16=args.bf16,
+                                      regions=args.regions or "", device=args.device, bf16=use_bf16,
                                       threads=args.threads)
                 nets[variant] = train_node(recipe, run, G=G, regions=regions)
             elif (run / "net.pt").exists():
@@ -989,7 +994,8 @@ def add_parsers(sub) -> None:
     add_stage3_args(e)
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--device", default="auto")
-    e.add_argument("--bf16", action="store_true")
+    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast (default: on where the CPU/GPU runs bf16 natively)")
     e.set_defaults(func=cmd_evaluate)
 
 
