@@ -577,6 +577,8 @@ def test_cli_registers_fusion_commands_and_keeps_the_others():
     p = build_parser()
     a = p.parse_args(["fusion", "--domain", "toy-faces", "--node", "face", "--config", "short", "--steps-scale", "0.1"])
     assert (a.node, a.config, a.steps_scale, a.func.__name__) == ("face", "short", 0.1, "cmd_fusion")
+    assert a.stage3_from is None
+    assert p.parse_args(["fusion", "--domain", "toy-cars", "--stage3-from", "runs/x"]).stage3_from == "runs/x"
     assert p.parse_args(["hierarchy", "--domain", "toy-cars"]).func.__name__ == "cmd_hierarchy"
     hc = p.parse_args(["hierarchy", "--domain", "toy-faces", "--node-config", "bg_hair_clothes=favored:hair",
                        "--node-config", "face=regular"])
@@ -715,3 +717,60 @@ def test_an_explicit_bf16_run_on_an_emulating_cpu_says_so(tiny, tmp_path, monkey
     lines.clear()
     train_node(recipe(config="short", steps_scale=0.0002), tmp_path / "run2", **quiet)
     assert not any("emulated" in line for line in lines)
+
+
+# ------------------------------------------------------- stage 3 from No Stage 3
+def test_stage3_from_a_no_stage3_run_is_the_full_run(tiny, tmp_path):
+    """No Stage 3 + stage3_from = the full model, bit for bit (Sec. 7: the same stages 1-2); a sweep of
+    stage 3's settings from it differs; a source that is not a finished No Stage 3 run of the same
+    stage-1/2 settings is refused by name."""
+    G, regions = tiny
+    quiet = dict(G=G, regions=regions, log=lambda *a: None, progress_stream=None)
+    full = train_node(recipe(config="regular"), tmp_path / "full", **quiet)
+    train_node(recipe(config="regular", ablation="no_stage3"), tmp_path / "ns3", **quiet)
+    lines: list[str] = []
+    branched = train_node(recipe(config="regular"), tmp_path / "branch", stage3_from=tmp_path / "ns3",
+                          **{**quiet, "log": lines.append})
+    assert any("stages 1-2 taken from" in line for line in lines)
+    for (k, a), b in zip(full.state_dict().items(), branched.state_dict().values()):
+        assert torch.equal(a, b), k
+    stats = [json.loads(x) for x in (tmp_path / "branch" / "stats.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "full" / "stats.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"], r["loss"]) for r in stats] == [(r["stage"], r["step"], r["loss"]) for r in ref]
+    options = json.loads((tmp_path / "branch" / "options.json").read_text())
+    assert options["recipe"]["ablation"] == "full"
+    # a stage-3 sweep: the same stages 1-2, another lambda_local
+    swept = train_node(recipe(config="regular", local_scale=30.0), tmp_path / "sweep", stage3_from=tmp_path / "ns3",
+                       **quiet)
+    assert any(not torch.equal(a, b) for a, b in zip(full.state_dict().values(), swept.state_dict().values()))
+    # refusals
+    with pytest.raises(ValueError, match="not a finished No Stage 3 run"):
+        train_node(recipe(config="regular"), tmp_path / "x1", stage3_from=tmp_path / "full", **quiet)
+    with pytest.raises(ValueError, match="other settings \\(seed\\)"):
+        train_node(recipe(config="regular", seed=5), tmp_path / "x2", stage3_from=tmp_path / "ns3", **quiet)
+    with pytest.raises(ValueError, match="needs a run with a stage 3"):
+        train_node(recipe(config="regular", ablation="no_stage2"), tmp_path / "x3", stage3_from=tmp_path / "ns3",
+                   **quiet)
+    with pytest.raises(ValueError, match="no checkpoint.pt"):
+        train_node(recipe(config="regular"), tmp_path / "x4", stage3_from=tmp_path / "nowhere", **quiet)
+    assert not (tmp_path / "x1" / "checkpoint.pt").exists()
+
+
+def test_train_ablation_trains_no_stage3_first_and_the_full_model_from_it(tiny, tmp_path, capsys):
+    from sfeditor.checkpoints import save_generator
+    from trainer.cli import main
+
+    G, regions = tiny
+    save_generator(G, tmp_path / "g.pt")
+    regions.save(tmp_path / "r.json")
+    rc = main(["evaluate", "--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions",
+               str(tmp_path / "r.json"), "--truncation", "0.7", "--judge", "clusters", "--samples", "2", "--batch", "2",
+               "--device", "cpu", "--ablation", "--train-ablation", "--ablation-steps-scale", "0.0003",
+               "--ablation-dir", str(tmp_path / "abl"), "--out", str(tmp_path / "eval")])
+    assert rc == 0 and f"stages 1-2 taken from {tmp_path / 'abl' / 'no_stage3'}" in capsys.readouterr().out
+    stats = [json.loads(x) for x in (tmp_path / "abl" / "full" / "stats.jsonl").read_text().splitlines()]
+    ns3 = [json.loads(x) for x in (tmp_path / "abl" / "no_stage3" / "stats.jsonl").read_text().splitlines()]
+    assert stats[:len(ns3)] == ns3 and len(stats) > len(ns3)       # stages 1-2 taken over, then stage 3
+    table = (tmp_path / "eval" / "ablation.md").read_text()
+    titles = [t for t in ("StyleFusion (full)", "No Global", "No Stage 1", "No Stage 2", "No Stage 3") if t in table]
+    assert len(titles) == 5 and table.index("StyleFusion (full)") < table.index("No Stage 3")

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -84,6 +85,11 @@ ABLATIONS = ("full", "no_global", "no_stage1", "no_stage2", "no_stage3")
 #: recipe fields a resumed run must share with the checkpoint
 RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "coarse_layers", "batch", "seed",
                "lr", "stage3_target", "align_reg3", "local_scale")
+#: recipe fields that only stage 3 reads: a run may take its stages 1-2 from a run that differs only here
+STAGE3_ONLY_KEYS = ("ablation", "stage3_target", "align_reg3", "local_scale")
+#: recipe fields stages 1-2 depend on (what ``stage3_from`` must share with its source)
+STAGE12_KEYS = tuple(k for k in RESUME_KEYS if k not in STAGE3_ONLY_KEYS) + (
+    "steps_scale", "betas", "truncation", "temperature", "generator", "regions")
 
 
 @dataclass
@@ -162,6 +168,12 @@ def plan_stages(tc: TrainingConfig, ablation: str = "full") -> tuple[list[StageC
     skip = {"no_global": {1}, "no_stage1": {1}, "no_stage2": {2}, "no_stage3": {3}}.get(ablation, set())
     stages = [replace(st, steps=0) if st.stage in skip else st for st in tc.stages()]
     return stages, ablation != "no_global"
+
+
+def has_stage3(recipe: "FusionRecipe", tree) -> bool:
+    """Whether ``recipe`` trains a stage 3 (not Short, not No Stage 3): what ``stage3_from`` needs."""
+    tc = training_config(recipe.domain, tree, recipe.node, recipe.config, recipe.favor, recipe.steps_scale)
+    return any(st.stage == 3 and st.steps > 0 for st in plan_stages(tc, recipe.ablation)[0])
 
 
 def domain_truncation(domain: str) -> float:
@@ -353,7 +365,7 @@ def _recipe_dict(recipe: FusionRecipe) -> dict:
 def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = True,
                cancel: CancelToken | None = None, progress_callback=None, G=None, regions=None,
                hierarchy: str | os.PathLike | None = None, half: bool = False, log=print,
-               progress_stream="stderr") -> FusionNet:
+               progress_stream="stderr", stage3_from: str | os.PathLike | None = None) -> FusionNet:
     """Train (or resume, or just reload when finished) the FusionNet of ``recipe.node``.
 
     ``G`` / ``regions`` override the recipe's generator / regions names (tests, notebooks).
@@ -361,6 +373,8 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     ``progress_callback(step, total, info)`` is called after every step (global step count);
     it may set ``cancel.requested``.  Raises :class:`Cancelled` after checkpointing on cancel.
     ``progress_stream``: where the progress bar goes (``"stderr"``, a file object, or None for none).
+    ``stage3_from``: a finished No Stage 3 run of the same recipe (stage 3's settings may differ);
+    a new run starts its stage 3 from there instead of repeating stages 1-2 (see :func:`stage3_start`).
     """
     cancel = cancel or CancelToken()
     if progress_stream == "stderr":
@@ -392,6 +406,11 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     state = None
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    elif stage3_from is not None:
+        state = stage3_start(stage3_from, recipe, stages)
+        if run is not None and (Path(stage3_from) / "stats.jsonl").exists():
+            shutil.copyfile(Path(stage3_from) / "stats.jsonl", run.path / "stats.jsonl")
+        log(f"{out}: stages 1-2 taken from {stage3_from}")
     if state is not None:
         if state.get("format") != RUN_FORMAT:
             raise ValueError(f"{ckpt_path}: not a FusionNet training checkpoint")
@@ -499,6 +518,39 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     return net
 
 
+def stage3_start(source: str | os.PathLike, recipe: FusionRecipe, stages) -> dict:
+    """The state a run of ``recipe`` has when its stage 3 begins, from a finished No Stage 3 run.
+
+    Sec. 7's No Stage 3 runs stages 1-2 exactly as the full model does (the same seed and sampler,
+    stage 3 given 0 steps), so its final checkpoint is the full model before stage 3: a stage-3
+    sweep (λ_local, λ_alignReg, the L_fusion target) or the ablation's full variant need not
+    repeat stages 1-2. Returns a checkpoint dict for ``recipe`` (stage 3, step 0, fresh Adam).
+    Raises ValueError naming what does not match.
+    """
+    path = Path(source) / "checkpoint.pt"
+    if not path.exists():
+        raise ValueError(f"--stage3-from {source}: no checkpoint.pt there")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path}: not a FusionNet training checkpoint")
+    old = state.get("recipe", {})
+    if old.get("ablation") != "no_stage3" or not state.get("done") or (state.get("stage"), state.get("step")) != (3, 0):
+        raise ValueError(f"--stage3-from {source}: not a finished No Stage 3 run (ablation "
+                         f"{old.get('ablation')!r}, stage {state.get('stage')}, step {state.get('step')}, "
+                         f"done {state.get('done')})")
+    if recipe.ablation != "full" or not any(s.stage == 3 and s.steps > 0 for s in stages):
+        raise ValueError("--stage3-from needs a run with a stage 3 (the full model, not Short or an ablation)")
+    defaults, new = _recipe_dict(FusionRecipe()), _recipe_dict(recipe)
+    diff = [k for k in STAGE12_KEYS if _same_value(old.get(k, defaults.get(k))) != _same_value(new.get(k))]
+    if diff:
+        raise ValueError(f"--stage3-from {source}: its stages 1-2 ran with other settings ({', '.join(diff)})")
+    return {**state, "recipe": new, "done": False, "opt": None}
+
+
+def _same_value(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
 def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes: list[str] | None = None,
                     resume: bool = True, cancel: CancelToken | None = None, progress_callback=None, G=None,
                     regions=None, half: bool = False, hierarchy: str | os.PathLike | None = None,
@@ -562,7 +614,8 @@ def cmd_fusion(args: argparse.Namespace) -> int:
         hierarchy = args.hierarchy or root / "hierarchy.pt"
     try:
         return run_cancellable(lambda cancel: train_node(recipe, out, resume=not args.restart, cancel=cancel,
-                                                         hierarchy=hierarchy, half=args.half))[1]
+                                                         hierarchy=hierarchy, half=args.half,
+                                                         stage3_from=args.stage3_from))[1]
     finally:
         dist_shutdown()
 
@@ -640,6 +693,10 @@ def add_parsers(sub) -> None:
     f.add_argument("--favor", help="favoured child for --config favored (default: the table's, else child 1)")
     f.add_argument("--ablation", default="full", choices=ABLATIONS, help="Sec. 7 variant")
     f.add_argument("--out", help="run folder (default runs/fusion-<domain>/<node>)")
+    f.add_argument("--stage3-from", metavar="RUN",
+                   help="start a new run's stage 3 from a finished --ablation no_stage3 run of the same settings "
+                        "(stage 3's may differ: --local-scale, --align-reg-stage3, --stage3-target), instead of "
+                        "repeating stages 1-2: the same net, at the cost of stage 3 alone")
     f.set_defaults(func=cmd_fusion)
 
     h = sub.add_parser("hierarchy", help="train every FusionNet of the region tree, parents first (Sec. 4.5)")

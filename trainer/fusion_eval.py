@@ -811,7 +811,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sfeditor.session import default_hierarchy_path
 
     from .common import Progress
-    from .fusion import ABLATIONS, FusionRecipe, domain_truncation, pick_device, stage3_recipe_args, train_node
+    from .fusion import (ABLATIONS, FusionRecipe, domain_truncation, has_stage3, pick_device, stage3_recipe_args,
+                         train_node)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -917,7 +918,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         node = args.ablation_node
         root = Path(args.ablation_dir or f"runs/fusion-{args.domain}-ablation")
         nets = {}
-        for variant in ABLATIONS:
+        # No Stage 3 first: the full model then starts its stage 3 from it (its stages 1-2 are the same)
+        order = sorted(ABLATIONS, key=lambda v: v != "no_stage3") if args.train_ablation else ABLATIONS
+        for variant in order:
             run = root / variant
             if args.train_ablation:
                 recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant, hidden=args.hidden,
@@ -925,12 +928,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       steps_scale=args.ablation_steps_scale, generator=args.generator or "",
                                       regions=args.regions or "", device=args.device, bf16=use_bf16,
                                       threads=args.threads)
-                nets[variant] = train_node(recipe, run, G=G, regions=regions)
+                branch = root / "no_stage3" if variant == "full" and has_stage3(recipe, regions.tree) else None
+                nets[variant] = train_node(recipe, run, G=G, regions=regions, stage3_from=branch)
             elif (run / "net.pt").exists():
                 nets[variant] = load_node_net(run / "net.pt").to(dev)
             elif variant == "full" and Path(f"runs/fusion-{args.domain}/{node}/net.pt").exists():
                 # the main run of the node is the full model (`sfeditor-train fusion` without --ablation)
                 nets[variant] = load_node_net(Path(f"runs/fusion-{args.domain}/{node}/net.pt")).to(dev)
+        nets = {v: nets[v] for v in ABLATIONS if v in nets}     # the table's order
         if nets:
             rows = ablation_rows(G, nets, regions.tree, node, judge, args.samples, args.batch, truncation,
                                  args.seed, amp)
