@@ -578,7 +578,7 @@ def test_cli_registers_fusion_commands_and_keeps_the_others():
     a = p.parse_args(["fusion", "--domain", "toy-faces", "--node", "face", "--config", "short", "--steps-scale", "0.1"])
     assert (a.node, a.config, a.steps_scale, a.func.__name__) == ("face", "short", 0.1, "cmd_fusion")
     assert a.stage3_from is None
-    assert p.parse_args(["fusion", "--domain", "toy-cars", "--stage3-from", "runs/x"]).stage3_from == "runs/x"
+    assert p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", "--stage3-from", "runs/x"]).stage3_from == "runs/x"
     assert p.parse_args(["hierarchy", "--domain", "toy-cars"]).func.__name__ == "cmd_hierarchy"
     hc = p.parse_args(["hierarchy", "--domain", "toy-faces", "--node-config", "bg_hair_clothes=favored:hair",
                        "--node-config", "face=regular"])
