@@ -51,7 +51,8 @@ from .latent_prior import MixturePrior, PriorError, split_prior_state
 from .safe_pickle import PickledModule, SafeUnpickler, TFNetworkRecord, UnsafePickleError
 from .upfirdn import make_kernel
 
-__all__ = ["CheckpointError", "CheckpointData", "pick_device", "bf16_is_fast", "choose_bf16", "load_generator", "read_checkpoint", "save_generator",
+__all__ = ["CheckpointError", "CheckpointData", "pick_device", "bf16_is_fast", "choose_bf16", "load_generator",
+           "read_checkpoint", "save_generator",
            "infer_config", "expected_shapes", "resolve_source", "FORMAT_TAG", "FORMAT_VERSION"]
 
 FORMAT_TAG = "sfeditor-generator"
@@ -96,8 +97,8 @@ def bf16_is_fast(device) -> bool:
 
     CUDA GPUs with bf16 support, and CPUs with AVX512-BF16 or AMX tiles (there it
     measured 1.75x (inversion) to 4.4x (generator training) on the toy generators).
-    Elsewhere (e.g. AVX2-only CPUs) bf16 is emulated: 2.6-8.7x *slower* than
-    float32 (``bench/precision.py``, BENCHMARKS.md).
+    Elsewhere (e.g. AVX2-only CPUs) bf16 is emulated: 11-17x *slower* than
+    float32 there (``bench/precision.py``, BENCHMARKS.md "Precision").
     """
     dev = torch.device(device)
     if dev.type == "cuda":
