@@ -6,16 +6,17 @@ import time
 import torch
 
 
-def timed(fn, repeats: int, device) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call (CUDA synchronised)."""
+def timed(fn, repeats: int, device, reduce=min) -> float:
+    """Best (or ``reduce``, e.g. ``statistics.median``) wall time of ``repeats`` calls after one
+    warm-up call (CUDA synchronised)."""
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+        times.append(time.perf_counter() - t)
+    return reduce(times)

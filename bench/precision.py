@@ -20,27 +20,13 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from sfeditor.checkpoints import bf16_is_fast, load_generator, pick_device  # noqa: E402
-
-
-def median_time(fn, repeats: int, device) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from _timing import timed  # noqa: E402
 
 
 def preview(device):
@@ -119,7 +105,7 @@ def main(argv=None) -> int:
         for bf16 in (False, True):
             fn = make(bf16)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                times[bf16] = median_time(fn, args.repeats, dev)
+                times[bf16] = timed(fn, args.repeats, dev, statistics.median)
         print(f"| {name} | {times[False]:.3f} | {times[True]:.3f} | {times[True] / times[False]:.2f} |", flush=True)
     return 0
 

@@ -173,7 +173,11 @@ def plan_stages(tc: TrainingConfig, ablation: str = "full") -> tuple[list[StageC
 def has_stage3(recipe: "FusionRecipe", tree) -> bool:
     """Whether ``recipe`` trains a stage 3 (not Short, not No Stage 3): what ``stage3_from`` needs."""
     tc = training_config(recipe.domain, tree, recipe.node, recipe.config, recipe.favor, recipe.steps_scale)
-    return any(st.stage == 3 and st.steps > 0 for st in plan_stages(tc, recipe.ablation)[0])
+    return _runs_stage3(plan_stages(tc, recipe.ablation)[0])
+
+
+def _runs_stage3(stages) -> bool:
+    return any(st.stage == 3 and st.steps > 0 for st in stages)
 
 
 def domain_truncation(domain: str) -> float:
@@ -538,17 +542,13 @@ def stage3_start(source: str | os.PathLike, recipe: FusionRecipe, stages) -> dic
         raise ValueError(f"--stage3-from {source}: not a finished No Stage 3 run (ablation "
                          f"{old.get('ablation')!r}, stage {state.get('stage')}, step {state.get('step')}, "
                          f"done {state.get('done')})")
-    if recipe.ablation != "full" or not any(s.stage == 3 and s.steps > 0 for s in stages):
+    if recipe.ablation != "full" or not _runs_stage3(stages):
         raise ValueError("--stage3-from needs a run with a stage 3 (the full model, not Short or an ablation)")
     defaults, new = _recipe_dict(FusionRecipe()), _recipe_dict(recipe)
-    diff = [k for k in STAGE12_KEYS if _same_value(old.get(k, defaults.get(k))) != _same_value(new.get(k))]
+    diff = [k for k in STAGE12_KEYS if old.get(k, defaults.get(k)) != new.get(k)]
     if diff:
         raise ValueError(f"--stage3-from {source}: its stages 1-2 ran with other settings ({', '.join(diff)})")
     return {**state, "recipe": new, "done": False, "opt": None}
-
-
-def _same_value(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes: list[str] | None = None,
