@@ -94,19 +94,29 @@ class TrainingConfig:
         return StageConfig(3, self.steps(3), ("align", "fuse"), True, lam, self.epsilon, self.stage3_fusion_target)
 
     def with_stage3(self, fusion_target: str | None = None, align_reg: float | None = None,
-                    local_scale: float = 1.0) -> "TrainingConfig":
-        """Stage-3 settings on top of a preset: L_fusion's target, lambda_alignReg, a factor on lambda_local."""
+                    local_scale: float = 1.0, local: tuple[float | None, float | None] | None = None
+                    ) -> "TrainingConfig":
+        """Stage-3 settings on top of a preset: L_fusion's target, lambda_alignReg, lambda_local.
+
+        ``local`` replaces the preset's (R1, R2) lambda_local pair (None in a slot keeps the
+        preset's value); ``local_scale`` then multiplies both.
+        """
         if local_scale <= 0:
             raise ValueError("local_scale must be positive")
         kw: dict = {}
+        pair = tuple(self.lambda_local)
+        if local is not None:
+            if len(local) != 2 or any(x is not None and x < 0 for x in local):
+                raise ValueError("lambda_local overrides must be an (R1, R2) pair of values >= 0")
+            pair = tuple(float(x) if x is not None else old for x, old in zip(local, pair))
         if fusion_target is not None:
             kw["stage3_fusion_target"] = fusion_target
         if align_reg is not None:
             if align_reg < 0:
                 raise ValueError("the stage-3 alignReg lambda must be >= 0")
             kw["lambda_align_reg_stage3"] = float(align_reg)
-        if local_scale != 1.0:
-            kw["lambda_local"] = tuple(float(x) * local_scale for x in self.lambda_local)
+        if local_scale != 1.0 or pair != tuple(self.lambda_local):
+            kw["lambda_local"] = tuple(float(x) * local_scale for x in pair)
         return replace(self, **kw) if kw else self
 
     def stages(self) -> list[StageConfig]:

@@ -25,8 +25,8 @@ from sfeditor.losses import fusion_loss
 from sfeditor.masks import RegionModel
 from sfeditor.regions import RegionsFile, generator_identity, node
 from trainer.common import CancelToken, Cancelled
-from trainer.fusion import (FusionRecipe, plan_stages, sync_step, train_hierarchy, train_node, training_config,
-                            DistInfo)
+from trainer.fusion import (FusionRecipe, _recipe_from_args, local_pair, plan_stages, sync_step, train_hierarchy,
+                            train_node, training_config, DistInfo)
 from trainer.fusion_eval import (ClusterJudge, EditStats, EditTarget, ablation_figure, ablation_markdown,
                                  ablation_rows,
                                  change_map, evaluate_locality, heatmap_caption, hierarchy_composer,
@@ -176,11 +176,22 @@ def test_configs_and_ablation_plans():
     assert t3.fusion_target == "aligned" and t3.lambdas["align_reg"] == 0.1
     assert t3.lambdas["local"] == (200_000.0, 100_000.0) and t3.lambdas["fusion"] == (500.0, 250.0)
     assert tc.stage(3).fusion_target == "inputs" and tc.with_stage3() == tc
-    for bad in (dict(fusion_target="s0"), dict(local_scale=0.0), dict(align_reg=-1.0)):
+    # a per-child lambda_local replaces A.2's pair slot by slot, then local_scale multiplies it
+    assert tc.with_stage3(local=(None, 40_000.0)).stage(3).lambdas["local"] == (20_000.0, 40_000.0)
+    assert tc.with_stage3(local=(10_000.0, 20_000.0), local_scale=10.0).lambda_local == (100_000.0, 200_000.0)
+    assert tc.with_stage3(local=(None, None)) == tc
+    nr = node_regions(cars, "all")
+    assert local_pair(nr, {}) is None and local_pair(nr, {"background": 5.0}) == (None, 5.0)
+    with pytest.raises(ValueError, match="wheels: not a child of the node \\(children: car, background\\)"):
+        local_pair(nr, {"wheels": 1.0})
+    for bad in (dict(fusion_target="s0"), dict(local_scale=0.0), dict(align_reg=-1.0), dict(local=(1.0, -1.0)),
+                dict(local=(1.0,))):
         with pytest.raises(ValueError):
             tc.with_stage3(**bad)
     with pytest.raises(ValueError):
         FusionRecipe(stage3_target="x")
+    with pytest.raises(ValueError):
+        FusionRecipe(local_lambdas={"car": -1})
 
 
 @pytest.mark.parametrize("target", ["inputs", "aligned"])
@@ -579,6 +590,13 @@ def test_cli_registers_fusion_commands_and_keeps_the_others():
     assert (a.node, a.config, a.steps_scale, a.func.__name__) == ("face", "short", 0.1, "cmd_fusion")
     assert a.stage3_from is None
     assert p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", "--stage3-from", "runs/x"]).stage3_from == "runs/x"
+    ll = p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", "--lambda-local", "background=2e4",
+                       "--lambda-local", "car=0"])
+    assert _recipe_from_args(ll, "all").local_lambdas == {"background": 20_000.0, "car": 0.0}
+    assert _recipe_from_args(a, "face").local_lambdas == {}
+    for bad in ("background", "background=x", "=3", "car=-1"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", "--lambda-local", bad])
     assert p.parse_args(["hierarchy", "--domain", "toy-cars"]).func.__name__ == "cmd_hierarchy"
     hc = p.parse_args(["hierarchy", "--domain", "toy-faces", "--node-config", "bg_hair_clothes=favored:hair",
                        "--node-config", "face=regular"])
@@ -743,6 +761,16 @@ def test_stage3_from_a_no_stage3_run_is_the_full_run(tiny, tmp_path):
     swept = train_node(recipe(config="regular", local_scale=30.0), tmp_path / "sweep", stage3_from=tmp_path / "ns3",
                        **quiet)
     assert any(not torch.equal(a, b) for a, b in zip(full.state_dict().values(), swept.state_dict().values()))
+    # ... or another per-child lambda_local; the run records it and a resume with other lambdas is refused
+    child2 = node_regions(TREE, "all").child2
+    rebalanced = train_node(recipe(config="regular", local_lambdas={child2: 60_000.0}), tmp_path / "bal",
+                            stage3_from=tmp_path / "ns3", **quiet)
+    assert any(not torch.equal(a, b) for a, b in zip(swept.state_dict().values(), rebalanced.state_dict().values()))
+    options = json.loads((tmp_path / "bal" / "options.json").read_text())
+    assert options["recipe"]["local_lambdas"] == {child2: 60_000.0}
+    assert options["training"]["lambda_local"] == [15_000.0, 60_000.0]
+    with pytest.raises(ValueError, match="other settings \\(local_lambdas\\)"):
+        train_node(recipe(config="regular", local_lambdas={child2: 1.0}), tmp_path / "bal", **quiet)
     # refusals
     with pytest.raises(ValueError, match="not a finished No Stage 3 run"):
         train_node(recipe(config="regular"), tmp_path / "x1", stage3_from=tmp_path / "full", **quiet)

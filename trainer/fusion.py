@@ -84,9 +84,9 @@ CONFIGS = ("regular", "short", "favored")
 ABLATIONS = ("full", "no_global", "no_stage1", "no_stage2", "no_stage3")
 #: recipe fields a resumed run must share with the checkpoint
 RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "coarse_layers", "batch", "seed",
-               "lr", "stage3_target", "align_reg3", "local_scale")
+               "lr", "stage3_target", "align_reg3", "local_scale", "local_lambdas")
 #: recipe fields that only stage 3 reads: a run may take its stages 1-2 from a run that differs only here
-STAGE3_ONLY_KEYS = ("ablation", "stage3_target", "align_reg3", "local_scale")
+STAGE3_ONLY_KEYS = ("ablation", "stage3_target", "align_reg3", "local_scale", "local_lambdas")
 #: recipe fields stages 1-2 depend on (what ``stage3_from`` must share with its source)
 STAGE12_KEYS = tuple(k for k in RESUME_KEYS if k not in STAGE3_ONLY_KEYS) + (
     "steps_scale", "betas", "truncation", "temperature", "generator", "regions")
@@ -108,6 +108,7 @@ class FusionRecipe:
     stage3_target: str = "inputs"     # stage 3's L_fusion against s1, s2 ("inputs", Eq. 7) or s'1, s'2 ("aligned")
     align_reg3: float | None = None   # stage 3's lambda_alignReg (None = A.2's 1)
     local_scale: float = 1.0          # factor on A.2's lambda_local
+    local_lambdas: dict = field(default_factory=dict)   # child -> lambda_local replacing A.2's (before local_scale)
     batch: int = 4                # per process
     lr: float = 0.5               # Adam; EqualLinear lr_mul 0.01 scales the effective step by 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -133,6 +134,9 @@ class FusionRecipe:
         if self.coarse_layers < 0:
             raise ValueError("coarse_layers must be >= 0")
         TrainingConfig().with_stage3(self.stage3_target, self.align_reg3, self.local_scale)   # validates them
+        self.local_lambdas = {str(k): float(v) for k, v in dict(self.local_lambdas).items()}
+        if any(v < 0 for v in self.local_lambdas.values()):
+            raise ValueError("local_lambdas must be >= 0")
         self.betas = tuple(float(b) for b in self.betas)
 
 
@@ -161,6 +165,18 @@ def training_config(domain: str, tree, node: str, config: str = "", favor: str =
     if fav not in children:
         raise ValueError(f"--favor must name a child of {node!r} ({', '.join(children)}), got {fav!r}")
     return favored(children.index(fav), fav, steps_scale)
+
+
+def local_pair(nr, local_lambdas: dict) -> tuple[float | None, float | None] | None:
+    """``{child: lambda_local}`` as the (R1, R2) override of :meth:`TrainingConfig.with_stage3`."""
+    if not local_lambdas:
+        return None
+    children = (nr.child1, nr.child2)
+    unknown = sorted(set(local_lambdas) - set(children))
+    if unknown:
+        raise ValueError(f"--lambda-local names {', '.join(unknown)}: not a child of the node "
+                         f"(children: {', '.join(children)})")
+    return tuple(local_lambdas.get(c) for c in children)
 
 
 def plan_stages(tc: TrainingConfig, ablation: str = "full") -> tuple[list[StageConfig], bool]:
@@ -394,7 +410,8 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
 
     nr = node_regions(regions.tree, recipe.node)
     tc = training_config(recipe.domain, regions.tree, recipe.node, recipe.config, recipe.favor, recipe.steps_scale)
-    tc = tc.with_stage3(recipe.stage3_target, recipe.align_reg3, recipe.local_scale)
+    tc = tc.with_stage3(recipe.stage3_target, recipe.align_reg3, recipe.local_scale,
+                        local_pair(nr, recipe.local_lambdas))
     stages, align = plan_stages(tc, recipe.ablation)
     truncation = recipe.truncation if recipe.truncation is not None else domain_truncation(recipe.domain)
     ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature)
@@ -642,7 +659,19 @@ def cmd_hierarchy(args: argparse.Namespace) -> int:
 
 
 def stage3_recipe_args(args: argparse.Namespace) -> dict:
-    return dict(stage3_target=args.stage3_target, align_reg3=args.align_reg_stage3, local_scale=args.local_scale)
+    return dict(stage3_target=args.stage3_target, align_reg3=args.align_reg_stage3, local_scale=args.local_scale,
+                local_lambdas=dict(getattr(args, "lambda_local", None) or []))
+
+
+def _child_value_arg(text: str) -> tuple[str, float]:
+    child, sep, value = text.partition("=")
+    try:
+        v = float(value)
+    except ValueError:
+        v = -1.0
+    if not sep or not child or v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CHILD=VALUE with a value >= 0, e.g. background=20000")
+    return child, v
 
 
 def add_stage3_args(p: argparse.ArgumentParser) -> None:
@@ -652,6 +681,9 @@ def add_stage3_args(p: argparse.ArgumentParser) -> None:
                         "codes s'1, s'2 (as stage 2; keeps LB_align's alignment)")
     p.add_argument("--align-reg-stage3", type=float, default=None, help="stage 3's lambda_alignReg (default A.2's 1)")
     p.add_argument("--local-scale", type=float, default=1.0, help="multiply A.2's lambda_local (default 1)")
+    p.add_argument("--lambda-local", action="append", type=_child_value_arg, metavar="CHILD=VALUE",
+                   help="replace A.2's lambda_local of one child's term (that region must not change when the other "
+                        "child's code is perturbed, Eq. 5), before --local-scale; repeatable")
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -695,7 +727,7 @@ def add_parsers(sub) -> None:
     f.add_argument("--out", help="run folder (default runs/fusion-<domain>/<node>)")
     f.add_argument("--stage3-from", metavar="RUN",
                    help="start a new run's stage 3 from a finished --ablation no_stage3 run of the same settings "
-                        "(stage 3's may differ: --local-scale, --align-reg-stage3, --stage3-target), instead of "
+                        "(stage 3's may differ: --local-scale, --lambda-local, --align-reg-stage3, --stage3-target), instead of "
                         "repeating stages 1-2: the same net, at the cost of stage 3 alone")
     f.set_defaults(func=cmd_fusion)
 
