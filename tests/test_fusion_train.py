@@ -325,11 +325,16 @@ def test_sync_step_single_process_flags_nonfinite():
 def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
     G, regions = tiny
     order = []
-    h = train_hierarchy(recipe(config="short", steps_scale=0.0004), tmp_path / "fus", G=G, regions=regions,
-                        half=True, log=lambda msg: order.append(msg), node_configs={"cd": ("favored", "d")})
+    h = train_hierarchy(recipe(config="short", steps_scale=0.0004, local_lambdas={"d": 7.0}), tmp_path / "fus", G=G,
+                        regions=regions, half=True, log=lambda msg: order.append(msg),
+                        node_configs={"cd": ("favored", "d")})
     assert [m for m in order if m.startswith("==")] == ["== node all ==", "== node ab ==", "== node cd =="]
     opts = {n: json.loads((tmp_path / "fus" / n / "options.json").read_text())["recipe"] for n in ("ab", "cd")}
     assert (opts["ab"]["config"], opts["cd"]["config"], opts["cd"]["favor"]) == ("short", "favored", "d")
+    assert (opts["ab"]["local_lambdas"], opts["cd"]["local_lambdas"]) == ({}, {"d": 7.0})     # a child names its node
+    with pytest.raises(ValueError, match="--lambda-local names all, zz: not a child"):
+        train_hierarchy(recipe(config="short", local_lambdas={"zz": 1.0, "all": 1.0}), tmp_path / "y", G=G,
+                        regions=regions)
     with pytest.raises(ValueError, match="not internal nodes"):
         train_hierarchy(recipe(config="short", steps_scale=0.0004), tmp_path / "x", G=G, regions=regions,
                         node_configs={"a": ("regular", "")})

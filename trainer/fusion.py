@@ -71,7 +71,7 @@ from sfeditor.fusion_config import StageConfig, TrainingConfig, favored, node_co
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy, load_hierarchy, parse_tree
 from sfeditor.imageio import make_grid, save_png, to_uint8
-from sfeditor.regions import internal_nodes
+from sfeditor.regions import find_node, internal_nodes
 from sfeditor.style_code import StyleCode
 
 from .common import CancelToken, Cancelled, Progress, RunDir, run_cancellable
@@ -591,12 +591,19 @@ def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes:
     unknown = sorted(set(node_configs) - {n.name for n in internal_nodes(regions.tree)})
     if unknown:
         raise ValueError(f"--node-config names nodes that are not internal nodes of the tree: {unknown}")
+    # a child names its node (region names are unique in the tree): each node takes its children's lambda_local
+    children = {name: {c.name for c in find_node(regions.tree, name).children} for name in order}
+    unknown = sorted(set(recipe.local_lambdas) - set().union(*children.values()))
+    if unknown:
+        raise ValueError(f"--lambda-local names {', '.join(unknown)}: not a child of a node being trained "
+                         f"({', '.join(order)})")
     out_root = Path(out_root)
     hierarchy = Path(hierarchy) if hierarchy is not None else out_root / "hierarchy.pt"
     nets = {}
     for name in order:
         log(f"== node {name} ==")
-        node_recipe = replace(recipe, node=name)
+        node_recipe = replace(recipe, node=name, local_lambdas={c: v for c, v in recipe.local_lambdas.items()
+                                                                  if c in children[name]})
         if name in node_configs:
             config, favor = node_configs[name]
             node_recipe = replace(node_recipe, config=config, favor=favor)
