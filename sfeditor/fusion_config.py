@@ -23,6 +23,7 @@ alignment within a few hundred steps (measured in ``resources/hierarchies/README
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from .hierarchy import official_tree
@@ -106,8 +107,8 @@ class TrainingConfig:
         kw: dict = {}
         pair = tuple(self.lambda_local)
         if local is not None:
-            if len(local) != 2 or any(x is not None and x < 0 for x in local):
-                raise ValueError("lambda_local overrides must be an (R1, R2) pair of values >= 0")
+            if len(local) != 2 or any(x is not None and not (math.isfinite(x) and x >= 0) for x in local):
+                raise ValueError("lambda_local overrides must be an (R1, R2) pair of finite values >= 0")
             pair = tuple(float(x) if x is not None else old for x, old in zip(local, pair))
         if fusion_target is not None:
             kw["stage3_fusion_target"] = fusion_target

@@ -185,13 +185,13 @@ def test_configs_and_ablation_plans():
     with pytest.raises(ValueError, match="wheels: not a child of the node \\(children: car, background\\)"):
         local_pair(nr, {"wheels": 1.0})
     for bad in (dict(fusion_target="s0"), dict(local_scale=0.0), dict(align_reg=-1.0), dict(local=(1.0, -1.0)),
-                dict(local=(1.0,))):
+                dict(local=(1.0,)), dict(local=(float("inf"), None))):
         with pytest.raises(ValueError):
             tc.with_stage3(**bad)
     with pytest.raises(ValueError):
         FusionRecipe(stage3_target="x")
     with pytest.raises(ValueError):
-        FusionRecipe(local_lambdas={"car": -1})
+        FusionRecipe(local_lambdas={"car": float("nan")})
 
 
 @pytest.mark.parametrize("target", ["inputs", "aligned"])
@@ -599,7 +599,7 @@ def test_cli_registers_fusion_commands_and_keeps_the_others():
                        "--lambda-local", "car=0"])
     assert _recipe_from_args(ll, "all").local_lambdas == {"background": 20_000.0, "car": 0.0}
     assert _recipe_from_args(a, "face").local_lambdas == {}
-    for bad in ("background", "background=x", "=3", "car=-1"):
+    for bad in ("background", "background=x", "=3", "car=-1", "car=nan", "car=inf"):
         with pytest.raises(SystemExit):
             p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", "--lambda-local", bad])
     assert p.parse_args(["hierarchy", "--domain", "toy-cars"]).func.__name__ == "cmd_hierarchy"

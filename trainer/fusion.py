@@ -54,6 +54,7 @@ torchrun takes ``--node`` for its own ``--node-rank``::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -135,8 +136,8 @@ class FusionRecipe:
             raise ValueError("coarse_layers must be >= 0")
         TrainingConfig().with_stage3(self.stage3_target, self.align_reg3, self.local_scale)   # validates them
         self.local_lambdas = {str(k): float(v) for k, v in dict(self.local_lambdas).items()}
-        if any(v < 0 for v in self.local_lambdas.values()):
-            raise ValueError("local_lambdas must be >= 0")
+        if not all(math.isfinite(v) and v >= 0 for v in self.local_lambdas.values()):
+            raise ValueError("local_lambdas must be finite and >= 0")
         self.betas = tuple(float(b) for b in self.betas)
 
 
@@ -676,8 +677,9 @@ def _child_value_arg(text: str) -> tuple[str, float]:
         v = float(value)
     except ValueError:
         v = -1.0
-    if not sep or not child or v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected CHILD=VALUE with a value >= 0, e.g. background=20000")
+    if not sep or not child or not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CHILD=VALUE with a finite value >= 0, "
+                                         "e.g. background=20000")
     return child, v
 
 
@@ -734,8 +736,8 @@ def add_parsers(sub) -> None:
     f.add_argument("--out", help="run folder (default runs/fusion-<domain>/<node>)")
     f.add_argument("--stage3-from", metavar="RUN",
                    help="start a new run's stage 3 from a finished --ablation no_stage3 run of the same settings "
-                        "(stage 3's may differ: --local-scale, --lambda-local, --align-reg-stage3, --stage3-target), instead of "
-                        "repeating stages 1-2: the same net, at the cost of stage 3 alone")
+                        "(stage 3's may differ: --local-scale, --lambda-local, --align-reg-stage3, --stage3-target), "
+                        "instead of repeating stages 1-2: the same net, at the cost of stage 3 alone")
     f.set_defaults(func=cmd_fusion)
 
     h = sub.add_parser("hierarchy", help="train every FusionNet of the region tree, parents first (Sec. 4.5)")
