@@ -770,7 +770,7 @@ def test_stage3_from_a_no_stage3_run_is_the_full_run(tiny, tmp_path):
     child2 = node_regions(TREE, "all").child2
     rebalanced = train_node(recipe(config="regular", local_lambdas={child2: 60_000.0}), tmp_path / "bal",
                             stage3_from=tmp_path / "ns3", **quiet)
-    assert any(not torch.equal(a, b) for a, b in zip(swept.state_dict().values(), rebalanced.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(full.state_dict().values(), rebalanced.state_dict().values()))
     options = json.loads((tmp_path / "bal" / "options.json").read_text())
     assert options["recipe"]["local_lambdas"] == {child2: 60_000.0}
     assert options["training"]["lambda_local"] == [15_000.0, 60_000.0]
