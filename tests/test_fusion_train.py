@@ -11,6 +11,7 @@ import math
 import os
 import socket
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from trainer.common import CancelToken, Cancelled
 from trainer.fusion import (FusionRecipe, _recipe_from_args, local_pair, plan_stages, sync_step, train_hierarchy,
                             train_node, training_config, DistInfo)
 from trainer.fusion_eval import (ClusterJudge, EditStats, EditTarget, ablation_figure, ablation_markdown,
-                                 ablation_rows,
+                                 ablation_draws, ablation_draws_markdown, ablation_rows, ablation_run_dir,
                                  change_map, evaluate_locality, heatmap_caption, hierarchy_composer,
                                  hierarchy_targets, load_node_net, paired_difference,
                                  locality_share, natural_region_change, psnr_outside, renderer_ceiling,
@@ -412,6 +413,43 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         ablation_figure(G, nets, TREE, "all", "a")
 
 
+def test_ablation_over_training_draws():
+    def cell(loc, delta=None, se=None):
+        c = {"locality": loc}
+        if delta is not None:
+            c.update(delta_vs_full=delta, delta_se=se)
+        return c
+
+    draws = {   # seed -> variant -> child -> numbers, as ablation_rows returns them
+        0: {"full": {"car": cell(0.67), "bg": cell(0.92)},
+            "no_stage3": {"car": cell(0.66, -0.010, 0.002), "bg": cell(0.89, -0.030, 0.001)},
+            "no_stage2": {"car": cell(0.68, +0.008, 0.001), "bg": cell(0.91, -0.004, 0.001)},
+            "no_stage1": {"car": cell(0.67, -0.001, 0.001), "bg": cell(0.92, -0.003, 0.001)}},
+        2: {"full": {"car": cell(0.65), "bg": cell(0.93)},
+            "no_stage3": {"car": cell(0.63, -0.020, 0.002), "bg": cell(0.90, -0.032, 0.002)},
+            "no_stage2": {"car": cell(0.64, -0.012, 0.002), "bg": cell(0.92, -0.006, 0.001)}},
+    }
+    summary = ablation_draws(draws, ["car", "bg"])
+    assert list(summary) == ["full", "no_stage3", "no_stage2"]      # no_stage1 is missing from draw 2
+    c = summary["no_stage2"]["car"]
+    assert c["deltas"] == [0.008, -0.012] and c["delta_mean"] == pytest.approx(-0.002)
+    assert c["delta_draw_se"] == pytest.approx(np.std([0.008, -0.012], ddof=1) / math.sqrt(2))
+    assert (c["full_better"], c["full_worse"]) == (1, 1)               # beaten in one draw, ahead in the other
+    assert summary["no_stage3"]["bg"]["full_better"] == 2 and summary["no_stage3"]["car"]["full_better"] == 2
+    assert summary["full"]["car"]["locality_mean"] == pytest.approx(0.66)
+    table = ablation_draws_markdown(summary, ["car", "bg"])
+    assert "| No Stage 3 | " in table and "+0.008 ± 0.001, -0.012 ± 0.002" in table and "2 of 2" in table
+    assert "- No Stage 3: beaten by the full model in every draw on every child" in table
+    assert "- No Stage 2: not beaten in every draw (more local than the full model on car in 1 of 2 draws)" in table
+    # a difference inside 2 paired s.e. is not a win either way
+    tie = ablation_draws({0: {"full": {"car": cell(0.5)}, "no_global": {"car": cell(0.5, -0.003, 0.002)}}}, ["car"])
+    assert (tie["no_global"]["car"]["full_better"], tie["no_global"]["car"]["full_worse"]) == (0, 0)
+    assert math.isnan(tie["no_global"]["car"]["delta_draw_se"])       # one draw: no error over draws
+    with pytest.raises(ValueError, match="full model"):
+        ablation_draws({0: {"no_stage3": {"car": cell(0.5, 0.0, 0.0)}}}, ["car"])
+    assert ablation_run_dir("r", "full") == Path("r/full") and ablation_run_dir("r", "full", 2) == Path("r/seed-2/full")
+
+
 def test_locality_metrics_perfect_and_global():
     g = torch.Generator().manual_seed(0)
     base = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1
@@ -662,6 +700,21 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     for letter in "ab":
         fig = read_image(tmp_path / "abl-eval" / f"ablation-fig16{letter}.png")
         assert fig.shape[0] > 2 * G.size        # a header and two variant rows
+    # a second training draw (seed 3, in seed-3/): the table over draws; the same net in both variants of
+    # both draws differs from the full model by exactly 0, which is no win either way
+    for variant in ("full", "no_stage3"):
+        (tmp_path / "abl" / "seed-3" / variant).mkdir(parents=True)
+        shutil.copy(tmp_path / "all" / "net.pt", tmp_path / "abl" / "seed-3" / variant / "net.pt")
+    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--judge", "clusters", "--samples", "2",
+               "--batch", "2", "--device", "cpu", "--ablation", "--ablation-dir", str(tmp_path / "abl"),
+               "--ablation-seeds", "0", "3", "--out", str(tmp_path / "abl-eval2")])
+    ablation = (tmp_path / "abl-eval2" / "ablation.md").read_text()
+    assert rc == 0 and "## Over training draws" in ablation and "Training draws (seeds): 0, 3" in ablation
+    assert "- No Stage 3: not beaten in every draw" in ablation and "0 of 2" in ablation
+    over = json.loads((tmp_path / "abl-eval2" / "metrics.json").read_text())["ablation"]["over_draws"]
+    assert over["no_stage3"]["ab"]["deltas"] == [0.0, 0.0]
+    assert "not trained yet (draw seed 3): no_global, no_stage1, no_stage2" in (
+        tmp_path / "abl-eval2" / "report.md").read_text()
     # --against: another hierarchy on the same edits; against itself every difference is exactly 0
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "h.pt"),
                "--judge", "clusters", "--samples", "3", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "cmp")])
@@ -799,8 +852,18 @@ def test_train_ablation_trains_no_stage3_first_and_the_full_model_from_it(tiny, 
     rc = main(["evaluate", "--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions",
                str(tmp_path / "r.json"), "--truncation", "0.7", "--judge", "clusters", "--samples", "2", "--batch", "2",
                "--device", "cpu", "--ablation", "--train-ablation", "--ablation-steps-scale", "0.0003",
-               "--ablation-dir", str(tmp_path / "abl"), "--out", str(tmp_path / "eval")])
-    assert rc == 0 and f"stages 1-2 taken from {tmp_path / 'abl' / 'no_stage3'}" in capsys.readouterr().out
+               "--ablation-seeds", "0", "1", "--ablation-dir", str(tmp_path / "abl"), "--out", str(tmp_path / "eval")])
+    printed = capsys.readouterr().out
+    assert rc == 0 and f"stages 1-2 taken from {tmp_path / 'abl' / 'no_stage3'}" in printed
+    # the second draw: every variant trained again with seed 1 in seed-1/, its full model from its own No Stage 3
+    assert f"stages 1-2 taken from {tmp_path / 'abl' / 'seed-1' / 'no_stage3'}" in printed
+    for variant in ("full", "no_global", "no_stage1", "no_stage2", "no_stage3"):
+        opts = json.loads((tmp_path / "abl" / "seed-1" / variant / "options.json").read_text())
+        assert opts["recipe"]["seed"] == 1 and opts["recipe"]["ablation"] == variant
+    first, second = ([json.loads(x)["loss"] for x in (tmp_path / "abl" / d / "stats.jsonl").read_text().splitlines()]
+                     for d in ("no_stage3", "seed-1/no_stage3"))
+    assert len(first) == len(second) and first != second                 # another draw, not a copy
+    assert "## Over training draws" in (tmp_path / "eval" / "ablation.md").read_text()
     stats = [json.loads(x) for x in (tmp_path / "abl" / "full" / "stats.jsonl").read_text().splitlines()]
     ns3 = [json.loads(x) for x in (tmp_path / "abl" / "no_stage3" / "stats.jsonl").read_text().splitlines()]
     assert stats[:len(ns3)] == ns3 and len(stats) > len(ns3)       # stages 1-2 taken over, then stage 3

@@ -34,7 +34,9 @@ scored with the same seed edit the same sampled codes, so their difference has a
 standard error (:func:`paired_difference`), far smaller than either's own: the ablation
 table gives each variant's difference to the full model, and ``--against OTHER`` scores a
 second hierarchy of the same tree on the same edits (is a retrained hierarchy better?).
-Neither error covers another training draw.
+Neither error covers another training draw: ``--ablation-seeds 0 2 ...`` trains (or reloads)
+every variant once per seed and adds, per variant, its difference to the full model in each
+draw and the standard error of that difference over draws (:func:`ablation_draws`).
 
 Output folder: ``heatmaps-random.png``, ``heatmaps-fixed.png`` (colormap via
 ``cv2.applyColorMap``, one shared scale per figure; ``*-each.png``: every tile
@@ -770,6 +772,81 @@ def ablation_markdown(rows: Mapping[str, Mapping[str, Mapping[str, float]]], kid
     return "\n".join(lines) + "\n"
 
 
+def ablation_run_dir(root: str | os.PathLike, variant: str, seed: int = 0) -> Path:
+    """Where a variant's run of training draw ``seed`` lives: ``ROOT/VARIANT`` for seed 0 (the layout of a
+    single draw), ``ROOT/seed-S/VARIANT`` for the others."""
+    root = Path(root)
+    return root / variant if seed == 0 else root / f"seed-{seed}" / variant
+
+
+#: a variant counts as beaten in a draw when its paired difference to the full model is below -2 s.e.
+BEATEN_SE = 2.0
+
+
+def ablation_draws(draw_rows: Mapping[int, Mapping[str, Mapping[str, Mapping[str, float]]]],
+                   kids: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """Combine :func:`ablation_rows` of several training draws (seed -> rows; every draw scored on the
+    same edits).  Per variant present with the full model in every draw, per child: the mean locality,
+    each draw's paired difference to that draw's full model with its error, their mean and the
+    standard error *over draws* (the one error that covers retraining), and in how many draws the
+    full model is more local by more than ``BEATEN_SE`` paired standard errors."""
+    seeds = list(draw_rows)
+    if not seeds or any("full" not in draw_rows[s] for s in seeds):
+        raise ValueError("every draw needs the full model")
+    variants = [v for v in draw_rows[seeds[0]] if all(v in draw_rows[s] for s in seeds)]
+    out: dict[str, dict[str, dict]] = {}
+    for v in variants:
+        out[v] = {}
+        for k in kids:
+            loc = np.array([draw_rows[s][v][k]["locality"] for s in seeds], dtype=float)
+            cell = {"draws": len(seeds), "seeds": seeds, "locality_mean": float(loc.mean()),
+                    "locality_draw_se": float(loc.std(ddof=1) / math.sqrt(len(loc))) if len(loc) > 1 else float("nan")}
+            if v != "full":
+                d = np.array([draw_rows[s][v][k]["delta_vs_full"] for s in seeds], dtype=float)
+                se = np.array([draw_rows[s][v][k]["delta_se"] for s in seeds], dtype=float)
+                cell.update(deltas=d.tolist(), delta_ses=se.tolist(), delta_mean=float(d.mean()),
+                            delta_draw_se=float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan"),
+                            full_better=int(np.sum(d < -BEATEN_SE * np.nan_to_num(se, nan=np.inf))),
+                            full_worse=int(np.sum(d > BEATEN_SE * np.nan_to_num(se, nan=np.inf))))
+            out[v][k] = cell
+    return out
+
+
+def ablation_draws_markdown(summary: Mapping[str, Mapping[str, Mapping]], kids: Sequence[str]) -> str:
+    """The Sec. 7 table over training draws, and a plain verdict on issue 5's "the full model beats
+    every ablation" (beaten = more local by > ``BEATEN_SE`` paired s.e., in every draw, on every child)."""
+    n = next(iter(next(iter(summary.values())).values()))["draws"]
+    seeds = next(iter(next(iter(summary.values())).values()))["seeds"]
+    per_kid = ["mean locality", "vs full, each draw", "vs full: mean ± s.e. over draws", "full more local in"]
+    lines = [f"Training draws (seeds): {', '.join(map(str, seeds))}; each draw scored on the same edits.\n",
+             "| variant | " + " | ".join(f"{k}: {c}" for k in kids for c in per_kid) + " |",
+             "|---|" + "---|" * (len(per_kid) * len(kids))]
+    verdicts = []
+    for v, r in summary.items():
+        cells = []
+        for k in kids:
+            c = r[k]
+            cells.append(_fmt_pm(c["locality_mean"], c["locality_draw_se"]))
+            if v == "full":
+                cells += ["—", "—", "—"]
+                continue
+            cells.append(", ".join(_fmt_pm(d, e, sign=True) for d, e in zip(c["deltas"], c["delta_ses"])))
+            cells.append(_fmt_pm(c["delta_mean"], c["delta_draw_se"], sign=True))
+            cells.append(f"{c['full_better']} of {c['draws']}")
+        lines.append(f"| {ABLATION_TITLES.get(v, v)} | {' | '.join(cells)} |")
+        if v != "full":
+            beaten = all(r[k]["full_better"] == r[k]["draws"] for k in kids)
+            lost = [k for k in kids if r[k]["full_worse"]]
+            verdicts.append(f"- {ABLATION_TITLES.get(v, v)}: " + (
+                "beaten by the full model in every draw on every child" if beaten else
+                "not beaten in every draw" + (f" (more local than the full model on {', '.join(lost)} in "
+                                              f"{max(r[k]['full_worse'] for k in lost)} of {n} draws)" if lost else "")))
+    lines += ["", "'vs full': the variant's locality minus the full model's of the same draw, ± the paired s.e. "
+              f"over the edits; 'full more local in': draws where that difference is below -{BEATEN_SE:g} paired s.e. "
+              "The s.e. over draws is the one that covers retraining (with 2 draws, a rough one).", "", *verdicts]
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------- blend statistics
 def blend_table(stats: Mapping[str, BlendStats], children: Mapping[str, Sequence[str]],
                 label: str = "node") -> str:
@@ -917,30 +994,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.ablation:
         node = args.ablation_node
         root = Path(args.ablation_dir or f"runs/fusion-{args.domain}-ablation")
-        nets = {}
-        # No Stage 3 first: the full model then starts its stage 3 from it (its stages 1-2 are the same)
-        order = sorted(ABLATIONS, key=lambda v: v != "no_stage3") if args.train_ablation else ABLATIONS
-        for variant in order:
-            run = root / variant
-            if args.train_ablation:
-                recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant, hidden=args.hidden,
-                                      coarse_layers=args.coarse_layers, **stage3_recipe_args(args),
-                                      steps_scale=args.ablation_steps_scale, generator=args.generator or "",
-                                      regions=args.regions or "", device=args.device, bf16=use_bf16,
-                                      threads=args.threads)
-                branch = root / "no_stage3" if variant == "full" and has_stage3(recipe, regions.tree) else None
-                nets[variant] = train_node(recipe, run, G=G, regions=regions, stage3_from=branch)
-            elif (run / "net.pt").exists():
-                nets[variant] = load_node_net(run / "net.pt").to(dev)
-            elif variant == "full" and Path(f"runs/fusion-{args.domain}/{node}/net.pt").exists():
-                # the main run of the node is the full model (`sfeditor-train fusion` without --ablation)
-                nets[variant] = load_node_net(Path(f"runs/fusion-{args.domain}/{node}/net.pt")).to(dev)
-        nets = {v: nets[v] for v in ABLATIONS if v in nets}     # the table's order
+        seeds = list(dict.fromkeys(args.ablation_seeds or [0]))    # training draws, in order, no repeats
+
+        def draw_nets(seed: int) -> dict[str, FusionNet]:
+            nets = {}
+            # No Stage 3 first: the full model then starts its stage 3 from it (its stages 1-2 are the same)
+            order = sorted(ABLATIONS, key=lambda v: v != "no_stage3") if args.train_ablation else ABLATIONS
+            for variant in order:
+                run = ablation_run_dir(root, variant, seed)
+                if args.train_ablation:
+                    recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant, hidden=args.hidden,
+                                          coarse_layers=args.coarse_layers, **stage3_recipe_args(args),
+                                          steps_scale=args.ablation_steps_scale, generator=args.generator or "",
+                                          regions=args.regions or "", device=args.device, bf16=use_bf16,
+                                          threads=args.threads, seed=seed)
+                    branch = (ablation_run_dir(root, "no_stage3", seed)
+                              if variant == "full" and has_stage3(recipe, regions.tree) else None)
+                    nets[variant] = train_node(recipe, run, G=G, regions=regions, stage3_from=branch)
+                elif (run / "net.pt").exists():
+                    nets[variant] = load_node_net(run / "net.pt").to(dev)
+                elif variant == "full" and seed == 0 and Path(f"runs/fusion-{args.domain}/{node}/net.pt").exists():
+                    # the main run of the node is the full model (`sfeditor-train fusion` without --ablation)
+                    nets[variant] = load_node_net(Path(f"runs/fusion-{args.domain}/{node}/net.pt")).to(dev)
+            return {v: nets[v] for v in ABLATIONS if v in nets}     # the table's order
+
+        nets = draw_nets(seeds[0])
         if nets:
             rows = ablation_rows(G, nets, regions.tree, node, judge, args.samples, args.batch, truncation,
                                  args.seed, amp)
             kids = list(next(iter(rows.values())).keys())
             table = ablation_markdown(rows, kids)
+            if len(seeds) > 1:
+                table = f"Training draw seed {seeds[0]} (the figures and blend table are this draw's):\n\n" + table
             vstats = {v: sampled_blend_stats(net, G, min(args.samples, 64), truncation, args.seed,
                                              align=v != "no_global") for v, net in nets.items()}
             metrics["ablation_blend"] = {k: v.to_dict() for k, v in vstats.items()}
@@ -954,13 +1039,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                          seed=args.seed, amp=amp))
                 figures.append(f"`ablation-fig16{letter}.png` ({changed} changes)")
             table += f"\nImages as in Fig. 16: {', '.join(figures)}.\n"
+            metrics["ablation"] = {"node": node, "runs": str(root), "seed": seeds[0], "rows": rows}
+            missing = {seeds[0]: [v for v in ABLATIONS if v not in nets]}
+            if len(seeds) > 1:
+                draw_rows = {seeds[0]: rows}
+                for seed in seeds[1:]:
+                    more = draw_nets(seed)
+                    missing[seed] = [v for v in ABLATIONS if v not in more]
+                    if "full" in more:
+                        draw_rows[seed] = ablation_rows(G, more, regions.tree, node, judge, args.samples,
+                                                        args.batch, truncation, args.seed, amp)
+                metrics["ablation"]["draws"] = {str(k): v for k, v in draw_rows.items()}
+                if len(draw_rows) > 1 and "full" in rows:
+                    summary = ablation_draws(draw_rows, kids)
+                    metrics["ablation"]["over_draws"] = summary
+                    table = ("## Over training draws\n\n" + ablation_draws_markdown(summary, kids)
+                             + "\n## One draw\n\n" + table)
+                else:
+                    table = ("Over training draws: fewer than two draws with a full model; "
+                             f"runs per draw under {root} (seed S > 0 in seed-S/).\n\n" + table)
             atomic_write_text(out / "ablation.md", f"# Sec. 7 ablation: {args.domain}, node {node}\n\n{table}")
-            metrics["ablation"] = {"node": node, "runs": str(root), "rows": rows}
-            missing = [v for v in ABLATIONS if v not in nets]
             report += [f"\n## Ablation (Sec. 7), node `{node}`, runs in `{root}`\n\n",
                        "Change one child's code (random base); locality and preservation as above.\n\n", table]
-            if missing:
-                report.append(f"\nnot trained yet: {', '.join(missing)}\n")
+            for seed, miss in missing.items():
+                if miss:
+                    report.append(f"\nnot trained yet{f' (draw seed {seed})' if len(seeds) > 1 else ''}: "
+                                  f"{', '.join(miss)}\n")
         else:
             report.append(f"\n## Ablation\n\nno finished variant runs in {root} (add --train-ablation)\n")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
@@ -994,6 +1098,10 @@ def add_parsers(sub) -> None:
     e.add_argument("--ablation-dir", help="variant runs (default runs/fusion-<domain>-ablation/<variant>)")
     e.add_argument("--train-ablation", action="store_true", help="train (or resume) the missing variants first")
     e.add_argument("--ablation-steps-scale", type=float, default=1.0)
+    e.add_argument("--ablation-seeds", type=int, nargs="+", metavar="SEED",
+                   help="training draws of every variant (default: one, seed 0, in ABLATION_DIR/VARIANT; seed S > 0 "
+                        "in ABLATION_DIR/seed-S/VARIANT): the table adds each variant's difference to the full model "
+                        "per draw and its standard error over draws")
     e.add_argument("--hidden", type=int, default=0, help="FusionNet MLP width of the ablation runs (as trained)")
     e.add_argument("--coarse-layers", type=int, default=5, help="LB_align layers of the ablation runs (as trained)")
     add_stage3_args(e)
@@ -1008,4 +1116,5 @@ __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
            "renderer_ceiling", "ceiling_markdown", "natural_region_change", "strength_markdown",
            "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown",
-           "ablation_rows", "ablation_markdown", "ablation_figure", "load_node_net", "add_parsers", "blend_table"]
+           "ablation_rows", "ablation_markdown", "ablation_figure", "ablation_run_dir", "ablation_draws",
+           "ablation_draws_markdown", "load_node_net", "add_parsers", "blend_table"]
