@@ -707,14 +707,20 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
         shutil.copy(tmp_path / "all" / "net.pt", tmp_path / "abl" / "seed-3" / variant / "net.pt")
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--judge", "clusters", "--samples", "2",
                "--batch", "2", "--device", "cpu", "--ablation", "--ablation-dir", str(tmp_path / "abl"),
-               "--ablation-seeds", "0", "3", "--out", str(tmp_path / "abl-eval2")])
+               "--ablation-seeds", "0", "3", "--ablation-only", "--out", str(tmp_path / "abl-eval2")])
     ablation = (tmp_path / "abl-eval2" / "ablation.md").read_text()
+    assert "## Hierarchy" not in (tmp_path / "abl-eval2" / "report.md").read_text()     # --ablation-only
     assert rc == 0 and "## Over training draws" in ablation and "Training draws (seeds): 0, 3" in ablation
     assert "- No Stage 3: not beaten in every draw" in ablation and "0 of 2" in ablation
     over = json.loads((tmp_path / "abl-eval2" / "metrics.json").read_text())["ablation"]["over_draws"]
     assert over["no_stage3"]["ab"]["deltas"] == [0.0, 0.0]
     assert "not trained yet (draw seed 3): no_global, no_stage1, no_stage2" in (
         tmp_path / "abl-eval2" / "report.md").read_text()
+    for bad, message in ((["--ablation", "--hierarchy", str(tmp_path / "nowhere.pt")], "no hierarchy file at"),
+                         (["--ablation-only"], "needs --ablation"),
+                         (["--ablation", "--ablation-only", "--against", str(tmp_path / "h.pt")], "--against")):
+        assert main(["evaluate", *files, *bad, "--device", "cpu", "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad" / "report.md").exists()
     # --against: another hierarchy on the same edits; against itself every difference is exactly 0
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "h.pt"),
                "--judge", "clusters", "--samples", "3", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "cmp")])

@@ -891,6 +891,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .fusion import (ABLATIONS, FusionRecipe, domain_truncation, has_stage3, pick_device, stage3_recipe_args,
                          train_node)
 
+    if args.ablation_only and not args.ablation:
+        raise ValueError("--ablation-only needs --ablation")
+    if args.ablation_only and args.against:
+        raise ValueError("--against compares hierarchies: leave out --ablation-only")
+    if args.hierarchy and not Path(args.hierarchy).exists():
+        raise FileNotFoundError(f"no hierarchy file at {args.hierarchy}")
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = pick_device(args.device)
@@ -920,10 +926,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"seed {args.seed}\n"]
     metrics: dict = {"domain": args.domain, "judge": judge.kind, "samples": args.samples, "seed": args.seed}
     hpath = Path(args.hierarchy or f"runs/fusion-{args.domain}/hierarchy.pt")
-    if not args.hierarchy and not hpath.exists() and default_hierarchy_path(args.domain) is not None:
-        hpath = default_hierarchy_path(args.domain)       # nothing trained here yet: the shipped one
+    shipped = default_hierarchy_path(args.domain)
+    if not args.ablation_only and not args.hierarchy and not hpath.exists() and shipped is not None:
+        hpath = shipped                                   # nothing trained here yet: the shipped one
         print(f"no {args.domain} hierarchy trained in runs/: evaluating the shipped {hpath}")
-    if hpath.exists():
+    if hpath.exists() and not args.ablation_only:
         h = load_hierarchy(hpath, map_location=dev).eval().requires_grad_(False)
         targets = hierarchy_targets(h)
         other = None
@@ -1094,6 +1101,7 @@ def add_parsers(sub) -> None:
                    help="also score this hierarchy (same tree) on the same edits: per code the difference "
                         "with a paired standard error, to tell whether a retrained hierarchy is better")
     e.add_argument("--ablation", action="store_true", help="add the Sec. 7 ablation table")
+    e.add_argument("--ablation-only", action="store_true", help="with --ablation: skip the hierarchy's evaluation")
     e.add_argument("--ablation-node", default="all")
     e.add_argument("--ablation-dir", help="variant runs (default runs/fusion-<domain>-ablation/<variant>)")
     e.add_argument("--train-ablation", action="store_true", help="train (or resume) the missing variants first")
