@@ -15,11 +15,13 @@ it tells whether the variants differ more than retraining alone moves a net.
     python bench/mask_overlap.py NAME=RUN_OR_NET.pt [NAME=...] [--domain toy-cars]
         [--samples 16] [--seed 0]
 
-``RUN_OR_NET.pt``: a ``net.pt`` written by ``sfeditor-train fusion`` or its run folder.
+``RUN_OR_NET.pt``: a ``net.pt`` written by ``sfeditor-train fusion`` or its run folder (a No Global
+run's LB_align is untrained and unused, so its column is left empty).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -44,6 +46,14 @@ def channel_sides(net, s1, s2, s_align) -> tuple[torch.Tensor, torch.Tensor | No
     return fuse, align
 
 
+def no_global(run: Path) -> bool:
+    """Whether ``run`` (a ``sfeditor-train fusion`` folder) trained the No Global ablation."""
+    try:
+        return json.loads((run / "options.json").read_text())["recipe"]["ablation"] == "no_global"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("nets", nargs="+", metavar="NAME=PATH")
@@ -64,12 +74,16 @@ def main() -> None:
             ap.error(f"{item!r}: expected NAME=PATH")
         p = Path(path)
         net = load_node_net(p / "net.pt" if p.is_dir() else p).float()
-        sides[name] = channel_sides(net, s[:n], s[n:2 * n], s[2 * n:])
+        fuse, align = channel_sides(net, s[:n], s[n:2 * n], s[2 * n:])
+        if no_global(p if p.is_dir() else p.parent):
+            align = None                      # a No Global net runs without LB_align (left untrained)
+        sides[name] = (fuse, align)
     names = list(sides)
-    total, coarse = len(sides[names[0]][0]), sides[names[0]][1]
+    total = len(sides[names[0]][0])
+    coarse = next((a for _, a in sides.values() if a is not None), None)
     print(f"{args.domain}: {total} channels blended by LB_fuse"
           + (f", {len(coarse)} coarse channels (s'1 and s'2) by LB_align" if coarse is not None else ""))
-    print(f"\n| net | LB_fuse: channels from child 2 | LB_align: coarse channels from the global code |")
+    print("\n| net | LB_fuse: channels from child 2 | LB_align: coarse channels from the global code |")
     print("|---|---|---|")
     for k, (f, a) in sides.items():
         print(f"| {k} | {int(f.sum())} | {'—' if a is None else int(a.sum())} |")
