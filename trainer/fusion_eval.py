@@ -1060,8 +1060,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 if len(draw_rows) > 1 and "full" in rows:
                     summary = ablation_draws(draw_rows, kids)
                     metrics["ablation"]["over_draws"] = summary
-                    table = ("## Over training draws\n\n" + ablation_draws_markdown(summary, kids)
-                             + "\n## One draw\n\n" + table)
+                    table = ("### Over training draws\n\n" + ablation_draws_markdown(summary, kids)
+                             + "\n### One draw\n\n" + table)
                 else:
                     table = ("Over training draws: fewer than two draws with a full model; "
                              f"runs per draw under {root} (seed S > 0 in seed-S/).\n\n" + table)
