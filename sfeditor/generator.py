@@ -374,16 +374,32 @@ class Generator(nn.Module):
 
     # --------------------------------------------------------------- synthesis
     def synthesis(self, s: StyleCode, noise_mode: NoiseMode = "const", return_features: bool = False,
-                  fused: bool = False, noise: list[torch.Tensor | None] | None = None):
+                  fused: bool = False, noise: list[torch.Tensor | None] | None = None,
+                  max_resolution: int | None = None):
         """S -> images [B, 3, H, W] in about [-1, 1].
 
         With ``return_features`` also returns ``{"conv": [...], "rgb": [...]}``: for
         every S layer, the feature map its style channels modulate (the layer's input).
+
+        ``max_resolution`` (a power of two >= 4) stops the synthesis after the toRGB
+        layer of that resolution and returns the skip branch's image there (StyleGAN2's
+        output is the sum of every toRGB layer's upsampled image, so this is the image
+        without the finer layers' detail): a draft, e.g. 256 px of a 1024 px model for
+        about a quarter of the cost (``bench/draft_synthesis.py``).  Values at or above
+        ``self.size`` give the full image, identical to leaving it out.
         """
         if not isinstance(s, StyleCode):
             raise TypeError("synthesis expects a StyleCode (use G.styles(w))")
         if s.layout.dims != self.layout.dims:
             raise ValueError("StyleCode layout does not match this generator")
+        stop = self.size
+        if max_resolution is not None:
+            r = int(max_resolution)
+            if r != max_resolution or r < 4 or r & (r - 1):
+                raise ValueError(f"max_resolution must be a power of two >= 4, got {max_resolution!r}")
+            if return_features and r < self.size:
+                raise ValueError("return_features needs the full synthesis (leave max_resolution out)")
+            stop = min(r, self.size)
         b = len(s)
         if noise is None:
             noise = self.noise_maps(b, noise_mode, generator=None)
@@ -396,6 +412,8 @@ class Generator(nn.Module):
             feats_rgb.append(out)
         skip = self.to_rgb1(out, s.rgb[0], None, fused)
         for k, to_rgb in enumerate(self.to_rgbs):
+            if 2 ** (k + 3) > stop:
+                break
             for j in (2 * k, 2 * k + 1):
                 if return_features:
                     feats_conv.append(out)

@@ -51,8 +51,13 @@ class HeatmapUpdate:
 
 @torch.no_grad()
 def locality_heatmap(G, hierarchy, comp: Composition, node: str, mode: str = "fixed", samples: int = 32,
-                     batch: int = 8, seed: int = 0, cancel=None) -> Iterator[HeatmapUpdate]:
-    """Yield running-mean heatmaps for resampling ``node``'s code (see the module docstring)."""
+                     batch: int = 8, seed: int = 0, cancel=None,
+                     max_resolution: int | None = None) -> Iterator[HeatmapUpdate]:
+    """Yield running-mean heatmaps for resampling ``node``'s code (see the module docstring).
+
+    ``max_resolution`` computes the map on draft images of at most that size
+    (``Generator.synthesis``): the app's overlay of a 1024 px model uses 256 px, which
+    makes each sample about 4x cheaper (``bench/draft_synthesis.py``)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     comp.state(node)
@@ -69,7 +74,7 @@ def locality_heatmap(G, hierarchy, comp: Composition, node: str, mode: str = "fi
 
     def fuse(codes: dict[str, StyleCode]) -> torch.Tensor:
         s = h(codes, collapsed, use_cache=False) if h is not None else codes[comp.tree.name]
-        return G.synthesis(s, noise_mode="const")
+        return G.synthesis(s, noise_mode="const", max_resolution=max_resolution)
 
     base_fixed = None
     if mode == "fixed":
