@@ -37,6 +37,10 @@ PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_RECENT = 10
 AUTOSAVE_MS = 30_000
 HEATMAP_SAMPLES = 32
+#: Models larger than this compute the heatmap overlay on drafts of this size, with fewer samples
+#: (1024 px on 2 CPU cores: 16 samples in ~15 s instead of 8 full-size ones in ~26 s; bench/large_preview.py).
+HEATMAP_RESOLUTION = 256
+HEATMAP_SAMPLES_LARGE = 16
 
 
 def _device_text(device: torch.device) -> str:
@@ -105,8 +109,9 @@ class MainWindow(QMainWindow):
         self._encoder: tuple | None = None                # (bundle, toy encoder or None) for inversions
         self.thumbnails: dict[str, np.ndarray] = {}
         self.last_result = None
-        self.frames_shown = 0
-        self._last_stamp = 0
+        self.frames_shown = 0             # full frames (drafts not counted)
+        self.drafts_shown = 0
+        self._last_order = (0, 0)         # RenderResult.order of the frame on screen
         self._committed_frame: np.ndarray | None = None   # last frame without a previewed edit
         self._whole_frame: np.ndarray | None = None       # the previewed edit applied to every node
         self._before_frame: np.ndarray | None = None
@@ -308,7 +313,8 @@ class MainWindow(QMainWindow):
                 self.show_error("Composition", f"{e}; starting a new composition instead")
         self._unsubscribe = self.session.subscribe(self._changed)
         self.bridge = PreviewBridge(bundle.G, bundle.hierarchy, self.dispatcher, self)
-        self._last_stamp = 0                   # stamps restart with every worker
+        self._last_order = (0, 0)              # stamps restart with every worker
+        self._draft_note_shown = False
         self._t_submit.clear()
         self.bridge.frameReady.connect(self._frame_ready)
         self.bridge.thumbnailReady.connect(self._thumbnail_ready)
@@ -511,13 +517,22 @@ class MainWindow(QMainWindow):
     def _frame_ready(self, result) -> None:
         if self.sender() is not None and self.sender() is not self.bridge:
             return                             # a late frame of the previous model's worker (closed anyway)
-        if result.stamp <= self._last_stamp:
+        if result.order <= self._last_order:
             return
-        self._last_stamp = result.stamp
+        self._last_order = result.order
         self.last_result = result
         if not result.ok:
             self.preview.set_message("render failed: " + result.error_text.strip().splitlines()[-1])
             self.frame_label.setText("frame: error")
+            return
+        if result.draft:
+            # a low-resolution image of this very code; the full frame follows unless a newer edit wins
+            h, w = result.image.shape[:2]
+            f = max(1, (result.full_size or w) // w)
+            self.preview.set_frame(result.image, (h * f, w * f))
+            self.preview.set_message(result.note)
+            self.frame_label.setText(f"draft {w} px {result.render_ms:.0f} ms · rendering {w * f} px…")
+            self.drafts_shown += 1
             return
         self.preview.set_frame(result.image)
         self.preview.set_message(result.note)
@@ -530,12 +545,21 @@ class MainWindow(QMainWindow):
         nodes = (", ".join(result.recomputed_nodes) if result.recomputed_nodes else "cached") \
             if result.hierarchy_used else "none (no hierarchy)"
         self.frame_label.setText(f"frame {result.render_ms:.0f} ms · latency {lat:.0f} ms · nets: {nodes}")
+        self._show_draft_note()
         self.frames_shown += 1
         self.frameShown.emit(result.stamp)
+
+    def _show_draft_note(self) -> None:
+        """Once per model, after its first frame was checked: whether drafts are shown, and why."""
+        note = self.bridge.service.draft_note
+        if note and not self._draft_note_shown:
+            self._draft_note_shown = True
+            self.statusBar().showMessage(note, 10000)
 
     def _thumbnail_ready(self, name: str, img) -> None:
         if self.sender() is not None and self.sender() is not self.bridge:
             return
+        self._show_draft_note()                 # thumbnails follow the first frame's check
         self.thumbnails[name] = img
         self.graph.set_thumbnail(name, img)
         if self.inspector.node() == name:
@@ -674,11 +698,15 @@ class MainWindow(QMainWindow):
         sel = self.selected()
         node = sel[0] if sel else comp.tree.name
         base = self.preview.heatmap_mode()
-        samples = HEATMAP_SAMPLES if b.G.size <= 256 else 8
+        # a large model's map is computed on 256 px drafts (stretched over the frame), when its first
+        # frame showed that they stand in for it (RenderService.low_resolution_ok)
+        res = HEATMAP_RESOLUTION if b.G.size > HEATMAP_RESOLUTION \
+            and self.bridge.service.low_resolution_ok(HEATMAP_RESOLUTION) is True else None
+        samples = HEATMAP_SAMPLES if res is None else HEATMAP_SAMPLES_LARGE
 
         def work(report, cancel):
             return locality_heatmap(b.G, b.hierarchy, comp, node, base, samples=samples,
-                                    batch=8 if b.G.size <= 128 else 1, cancel=cancel)
+                                    batch=8 if b.G.size <= 128 else 1, cancel=cancel, max_resolution=res)
 
         title = f"{node}: mean |Δ| when its code is resampled"
         self.start_job("overlay", work, f"heatmap of {node}", status=False,
@@ -944,6 +972,17 @@ class MainWindow(QMainWindow):
             self.export_png(Path(path))
 
     def export_png(self, path: Path) -> bool:
+        if self.last_result is not None and self.last_result.draft and self.bridge is not None:
+            # a draft is on screen: export the full frame, which the worker is rendering now
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+            try:
+                self.bridge.wait_until_idle(120.0)
+                self.dispatcher.drain()
+            finally:
+                QApplication.restoreOverrideCursor()
+            if self.last_result is not None and self.last_result.draft:
+                self.show_error("Export", "the full-resolution frame is not rendered yet; export again in a moment")
+                return False
         frame = self.preview.frame()
         if frame is None or self.session is None:
             self.show_error("Export", "nothing rendered yet")

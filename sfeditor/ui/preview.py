@@ -96,6 +96,7 @@ class PreviewWidget(QWidget):
     def __init__(self, parent: QWidget | None = None, *, dark: bool = True) -> None:
         super().__init__(parent)
         self._frame: np.ndarray | None = None
+        self._frame_extent: tuple[int, int] = (0, 0)   # (H, W) the frame is drawn at
         self._heatmap: np.ndarray | None = None
         self._heatmap_title = ""
         self._heatmap_vmax = 1.0
@@ -281,12 +282,16 @@ class PreviewWidget(QWidget):
         return self._colorbar
 
     # ----------------------------------------------------------------- frame
-    def set_frame(self, rgb: np.ndarray) -> None:
-        """Show ``rgb`` (uint8 ``[H, W, 3]``).  The array is copied."""
+    def set_frame(self, rgb: np.ndarray, shown_size: tuple[int, int] | None = None) -> None:
+        """Show ``rgb`` (uint8 ``[H, W, 3]``).  The array is copied.
+
+        ``shown_size`` ``(H, W)`` draws it that large instead (a draft of a larger frame: it takes
+        the full frame's place, so overlays and the zoom stay where they are)."""
         rgb = _check_rgb(rgb, "frame")
         self._frame = rgb
         self._frame_item.setImage(rgb, autoLevels=False, levels=(0, 255))
-        h, w = rgb.shape[:2]
+        h, w = shown_size if shown_size is not None else rgb.shape[:2]
+        self._frame_extent = (h, w)
         self._frame_item.setRect(QRectF(0, 0, w, h))
         self._layout_overlays()
         if self._fitted_shape != (h, w):
@@ -299,7 +304,7 @@ class PreviewWidget(QWidget):
     def _extent(self) -> QRectF | None:
         """Scene rect of the current image: the frame's, else the first overlay's."""
         if self._frame is not None:
-            h, w = self._frame.shape[:2]
+            h, w = self._frame_extent
         elif self._heatmap is not None:
             h, w = self._heatmap.shape
         elif self._labels is not None:
