@@ -97,7 +97,8 @@ def test_auto_draft_only_for_large_models_on_cpu(G):
 def test_draft_then_full_frame(G, H):
     results = []
     comp = composition()
-    with RenderService(G, H, on_result=results.append, draft_resolution=16, draft_min_psnr=None) as s:
+    with RenderService(G, H, on_result=results.append, draft_resolution=16, draft_min_psnr=None,
+                       draft_bf16=False) as s:
         stamp = s.submit(comp)
         assert s.wait_until_idle()
     assert [(r.stamp, r.draft) for r in results] == [(stamp, True), (stamp, False)]
@@ -109,6 +110,27 @@ def test_draft_then_full_frame(G, H):
     assert np.array_equal(full.image, render_request(G, H, RenderRequest(comp, 0)).image)
     assert np.array_equal(draft.image, render_request(G, H, RenderRequest(comp, 0), max_resolution=16).image)
     assert s.latest is full and s.drafts == 1 and s.renders == 1 and s.finals_skipped == 0
+
+
+def test_drafts_and_small_thumbnails_in_bf16_full_frames_in_float32(G, H):
+    results, thumbs = [], {}
+    comp = composition()
+    with RenderService(G, H, on_result=results.append, on_thumbnail=lambda n, img: thumbs.__setitem__(n, img),
+                       draft_resolution=16, thumbnail_resolution=32, draft_min_psnr=None, draft_bf16=True) as s:
+        s.submit(comp)
+        assert s.wait_until_idle()
+    draft, full = results
+    fused = render_request(G, H, RenderRequest(comp, 0))
+    assert np.array_equal(full.image, fused.image)                     # float32, bit for bit
+    name = comp.leaves[0]
+    code = comp.code_for(name, G)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        thumb_bf16 = to_uint8(G.synthesis(code, max_resolution=32))[0]
+    with torch.no_grad():
+        thumb_f32 = to_uint8(G.synthesis(code, max_resolution=32))[0]
+    assert np.array_equal(thumbs[name], thumb_bf16) and not np.array_equal(thumb_bf16, thumb_f32)
+    f32 = render_request(G, H, RenderRequest(comp, 0), max_resolution=16).image
+    assert draft.image.shape == f32.shape and np.abs(draft.image.astype(int) - f32).max() <= 16
 
 
 def test_newer_request_skips_the_full_frame(G, H):
@@ -192,7 +214,7 @@ def test_thumbnails_are_capped_where_the_model_allows(G, H):
     for model, side in ((fine_detail_only(G), 32), (G, 64)):
         thumbs = {}
         with RenderService(model, H, on_thumbnail=lambda n, img: thumbs.__setitem__(n, img),
-                           thumbnail_resolution=32) as s:
+                           thumbnail_resolution=32, draft_bf16=False) as s:
             s.submit(comp)
             assert s.wait_until_idle()
         assert set(thumbs) == set(comp.node_names)
