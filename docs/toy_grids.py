@@ -1,6 +1,6 @@
 """Write sample grids of the toy renderers (images and colour-coded labels).
 
-    python bench/toy_grids.py [--out docs/images] [--size 64] [--scale 2]
+    python docs/toy_grids.py [--out docs/images] [--size 64] [--scale 2]
 """
 from __future__ import annotations
 
