@@ -8,7 +8,7 @@ differences) of the reconstructions over that of the renders (1.0 = as crisp as
 the renders; a blurry autoencoder scores well below).  Small regions (eyes, mouth, wheels) are what a plain L1 loss
 gives up first, so their IoU is the number to watch.
 
-    python bench/ae_regions.py runs/generator-toy-faces/checkpoint.pt [more runs ...] [--images 128]
+    python experiments/ae_regions.py runs/generator-toy-faces/checkpoint.pt [more runs ...] [--images 128]
 
 A run may also be a folder holding ``generator.pt`` + ``encoder.pt`` (a finished run, or a copy of
 the shipped pair ``resources/generators/D.pt`` + ``resources/encoders/D.pt``).

@@ -14,7 +14,7 @@ reconstructions, this prints per region:
   change inside A's region, oracle labels of A's reconstruction: the formula of
   ``sfeditor-train evaluate``), and the reconstructions' PSNR.
 
-    python bench/channel_locality.py RUN [RUN ...] --domain toy-faces [--images 64]
+    python experiments/channel_locality.py RUN [RUN ...] --domain toy-faces [--images 64]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.ae_regions import load_run  # noqa: E402
+from experiments.ae_regions import load_run  # noqa: E402
 from sfeditor.correlation import correlation  # noqa: E402
 from sfeditor.imageio import from_uint8  # noqa: E402
 from sfeditor.style_code import StyleCode  # noqa: E402

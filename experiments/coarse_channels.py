@@ -15,7 +15,7 @@ then prints how the two rank against each other.  "Coarse" is the FusionNet's:
 conv and toRGB layers whose index in their own list is below ``--coarse-layers``
 (the official layout's quirk: at 64 px the first 5 toRGB layers are all of them).
 
-    python bench/coarse_channels.py [--domain toy-cars] [--size car_body,wheels]
+    python experiments/coarse_channels.py [--domain toy-cars] [--size car_body,wheels]
         [--colour background_bottom] [--images 8] [--sigma 3] [--coarse-layers 5]
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the toy generators' DeepPixels know about regions: a diagnostic for the regions issue.
 
-    python bench/deep_pixel_probe.py --domain toy-faces [--images 64] [--threads 2]
+    python experiments/deep_pixel_probe.py --domain toy-faces [--images 64] [--threads 2]
 
 DeepPixels (Sec. 4.2, Fig. 18) of N generated images are scored against the
 region oracle's labels of the same images, on held-out images, three ways:

@@ -11,7 +11,7 @@ target's everywhere else (global codes included), fuse, render.  Reports
 * hair colour distance (mean RGB of the pixels the oracle calls hair, 0-255):
   result vs reference, against the baseline target vs reference.
 
-    python bench/hair_transfer.py [--pairs 8] [--steps N (default: the domain's preset)] [--hierarchy runs/fusion-toy-faces/hierarchy.pt]
+    python experiments/hair_transfer.py [--pairs 8] [--steps N (default: the domain's preset)] [--hierarchy runs/fusion-toy-faces/hierarchy.pt]
 """
 from __future__ import annotations
 

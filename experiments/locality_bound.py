@@ -8,7 +8,7 @@ masks), and measures locality exactly as ``sfeditor-train evaluate`` does
 (oracle judge, random and fixed base).  A trained hierarchy should beat it; a
 leaf that owns no channel cannot be edited by this rule at all.
 
-    python bench/locality_bound.py --domain toy-faces [--samples 64] [--m-images 64]
+    python experiments/locality_bound.py --domain toy-faces [--samples 64] [--m-images 64]
         [--generator FILE --regions FILE] [--partition]
 
 ``--partition`` replaces argmax M by the channel groups of the region-swap loss

@@ -1,6 +1,6 @@
 """Which codes should the toy mapping sample? Gaussians fitted to encoder vs projected codes, side by side.
 
-    python bench/mapping_fit.py runs/map-faces --domain toy-faces [--psi 0.7] [--subspace-images 32]
+    python experiments/mapping_fit.py runs/map-faces --domain toy-faces [--psi 0.7] [--subspace-images 32]
 
 RUN is a ``sfeditor-train generator --mapping-fit projected`` run folder (its ``projected_codes.pt``
 holds the renders' codes projected into W; the generator is the shipped one of the domain unless

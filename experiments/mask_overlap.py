@@ -12,7 +12,7 @@ by the channels they assign differently:
 Run on the variants of the Sec. 7 ablation and on two training draws of one variant,
 it tells whether the variants differ more than retraining alone moves a net.
 
-    python bench/mask_overlap.py NAME=RUN_OR_NET.pt [NAME=...] [--domain toy-cars]
+    python experiments/mask_overlap.py NAME=RUN_OR_NET.pt [NAME=...] [--domain toy-cars]
         [--samples 16] [--seed 0]
 
 ``RUN_OR_NET.pt``: a ``net.pt`` written by ``sfeditor-train fusion`` or its run folder (a No Global

@@ -1,6 +1,6 @@
 """Which z -> w should the toy generators sample through? One Gaussian against Gaussian mixtures over W.
 
-    python bench/mixture_prior.py --domain toy-faces [--codes 8192] [--samples 500] [--grid OUT.png]
+    python experiments/mixture_prior.py --domain toy-faces [--codes 8192] [--samples 500] [--grid OUT.png]
 
 Every row samples ``--samples`` codes at the domain's truncation from the same seeds and renders them
 with the shipped synthesis; the samplers are fitted to the encoder's codes of ``--codes`` fit renders

@@ -7,7 +7,7 @@ A generator trained with ``--swap-weight`` should score high; one without it sho
 channel group leaks.  Prints PSNR per group and run; writes a grid (A, B, truth, output per group)
 for the first run.
 
-    python bench/region_swap.py RUN [RUN ...] --domain toy-faces [--pairs 64] [--grid out.png]
+    python experiments/region_swap.py RUN [RUN ...] --domain toy-faces [--pairs 64] [--grid out.png]
 
 RUN: a folder with generator.pt and encoder.pt (a finished run, or copies of shipped files), or a
 run's checkpoint.pt.
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8  # noqa: E402
 from sfeditor.style_code import StyleCode  # noqa: E402
 from sfeditor.toy import render, render_swap, swap_groups  # noqa: E402
-from bench.ae_regions import load_run  # noqa: E402
+from experiments.ae_regions import load_run  # noqa: E402
 from trainer.generator import HELDOUT_SEED_OFFSET, psnr, swap_channel_groups  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """How the number of Ward clusters K changes a toy domain's regions (a recipe choice for ``sfeditor-train regions``).
 
-    python bench/regions_k.py --domain toy-faces [--clusters 20 30 64 100 200] [--pixels 6000]
+    python experiments/regions_k.py --domain toy-faces [--clusters 20 30 64 100 200] [--pixels 6000]
                               [--label-images 64] [--prune] [--threads 2]
 
 One Ward tree is built (Sec. 4.2, the same options as ``sfeditor-train regions``) and cut at every K;

@@ -7,7 +7,7 @@ random base; oracle locality and PSNR outside) and by its blend coefficients (ho
 coarse channels the global code sets; ``sfeditor.blend_stats``).  The first row is the
 starting net itself.
 
-    python bench/stage3_variants.py --domain toy-cars --init runs/ablation-cars-v3/no_stage3/net.pt \\
+    python experiments/stage3_variants.py --domain toy-cars --init runs/ablation-cars-v3/no_stage3/net.pt \\
         --variant paper --variant target=aligned,align_reg=0.1,local=10 --steps 500 --samples 300
 
 Variant keys: ``target`` (inputs | aligned), ``align_reg`` (stage-3 lambda_alignReg),
