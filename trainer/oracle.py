@@ -97,7 +97,7 @@ def _lr(step: int, steps: int, lr: float, warmup: int = 100) -> float:
 def train_oracle(domain: str, out_path, steps: int = 3000, batch: int = 32, seed: int = 0,
                  progress: Callable[[int, int, dict], None] | None = None, resume: bool = True,
                  lr: float = 3e-3, size: int = 64, ckpt_every: int = 200, eval_images: int = 1000,
-                 threads: int | None = 1, cancel=None) -> dict:
+                 threads: int | None = 1, cancel=None, init=None) -> dict:
     """Train the oracle for ``domain`` and write it to ``out_path``; returns its metrics.
 
     A training checkpoint (model, optimiser, step) is written atomically to
@@ -107,7 +107,9 @@ def train_oracle(domain: str, out_path, steps: int = 3000, batch: int = 32, seed
     every step; ``cancel`` (an object with a ``requested`` flag) stops the run
     after a checkpoint, raising ``trainer.common.Cancelled``. At the end the
     held-out pixel accuracy on ``eval_images`` images is measured and the
-    compact fp16 oracle is written to ``out_path``.
+    compact fp16 oracle is written to ``out_path``. ``init`` (a path to an oracle file of
+    the same domain, e.g. the previous renderer version's) warm-starts a fresh run from its
+    weights instead of a random initialisation.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -115,6 +117,10 @@ def train_oracle(domain: str, out_path, steps: int = 3000, batch: int = 32, seed
     ckpt_path = Path(str(out_path) + ".train.pt")
     torch.manual_seed(seed)
     model = build_oracle(domain)
+    if init is not None:
+        start = load_oracle(domain, path=init)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in start.state_dict().items()})
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     step, elapsed = 0, 0.0
     history: list[dict] = []
@@ -184,6 +190,7 @@ def train_oracle(domain: str, out_path, steps: int = 3000, batch: int = 32, seed
         "iou": dict(zip(model.region_names, m["iou"])),
         "params": sum(p.numel() for p in model.parameters()),
         "final_train_loss": run_loss, "torch_threads": torch.get_num_threads(),
+        "init": None if init is None else Path(init).name,
     }
     save_oracle(model, out_path, metrics)
     try:

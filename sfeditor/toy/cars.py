@@ -3,6 +3,13 @@
 Regions (label id = index): background_top (sky, sun, clouds),
 background_bottom (ground, road, hills), car_body (body, windows, lights,
 wheel wells), wheels (tyre and rim).
+
+Renderer v5: every region's parameters change only that region's pixels, up to
+anti-aliasing and where a region's *shape* moves a boundary.  Wheel size and
+style belong to ``wheels``; wheelbase, ride height, the wheel arches and the
+car's shadow to the global pose (the body type no longer sets wheel size or
+wheelbase); the sky's gradient follows the horizon (global), not the hills, and
+the ground's haze is a fixed colour, not the sky's.
 """
 from __future__ import annotations
 
@@ -15,31 +22,33 @@ from ._common import (
 REGIONS = ["background_top", "background_bottom", "car_body", "wheels"]
 SKY, GROUND, BODY, WHEELS = range(4)
 
-#: Which region each sampled parameter describes ("global": the car's placement and the horizon,
-#: what the global codes align).  Swapping ``car_body`` also resizes the wheels (each body type has
-#: its wheel size), as it would on a real car; a ``wheels`` swap changes rims and spokes.
+#: Which region each sampled parameter describes ("global": the car's placement, wheelbase, ride
+#: height and the horizon, what the global codes align).  A ``wheels`` swap changes tyre size,
+#: rims and spokes; a ``car_body`` swap changes the body's shape and paint, never the wheels.
 PARAM_GROUPS = {
-    "global": ("car_scale", "facing_left", "car_depth", "car_x", "horizon", "wheelbase", "wheel_shift"),
+    "global": ("car_scale", "facing_left", "car_depth", "car_x", "horizon", "wheelbase", "wheel_shift",
+               "ride_height"),
     "background_top": ("sky", "sky_bright", "sky_hor_bright", "sun_x", "sun_y", "sun_radius", "sun",
                        "clouds", "cloud0_x", "cloud0_y", "cloud0_w", "cloud1_x", "cloud1_y", "cloud1_w"),
     "background_bottom": ("hill_amp", "hills", "hill_freq", "hill_phase", "ground", "ground_bright", "road",
                           "road_far", "road_near", "road_bright", "dash_phase"),
-    "car_body": ("body_type", "length", "body_height", "roof_height", "wheel_size", "cabin_shift",
+    "car_body": ("body_type", "length", "body_height", "roof_height", "cabin_shift",
                  "cabin_offset", "paint", "paint_bright", "pillar_pos", "glass_tint", "reflect_phase"),
-    "wheels": ("rim_ratio", "rim_color", "spokes", "wheel_angle", "spoke_width", "disc_rim"),
+    "wheels": ("wheel_size", "rim_ratio", "rim_color", "spokes", "wheel_angle", "spoke_width", "disc_rim",
+               "tyre_wall"),
 }
 
 BODY_TYPES = ["sedan", "hatchback", "suv", "sports"]
 _TYPE_W = [0.3, 0.25, 0.25, 0.2]
 
 # per type: half length, body height, roof height, windshield base (frac of L),
-# roof front (frac), roof rear (frac), rear base (frac), wheel radius
+# roof front (frac), roof rear (frac), rear base (frac); v5: wheel radius is the wheels group's
 _TYPE = np.array([
-    # L     hb     hr     wb_f   roof_f  roof_r  rear_b  R
-    (0.80, 0.22, 0.19, 0.42, 0.14, -0.42, -0.72, 0.165),   # sedan
-    (0.66, 0.24, 0.21, 0.40, 0.12, -0.80, -0.94, 0.160),   # hatchback
-    (0.78, 0.32, 0.25, 0.52, 0.32, -0.92, -0.97, 0.190),   # suv / van
-    (0.84, 0.17, 0.14, 0.28, -0.05, -0.42, -0.78, 0.165),  # sports
+    # L     hb     hr     wb_f   roof_f  roof_r  rear_b
+    (0.80, 0.22, 0.19, 0.42, 0.14, -0.42, -0.72),   # sedan
+    (0.72, 0.24, 0.21, 0.40, 0.12, -0.80, -0.94),   # hatchback
+    (0.78, 0.30, 0.25, 0.52, 0.32, -0.92, -0.97),   # suv / van
+    (0.84, 0.17, 0.14, 0.28, -0.05, -0.42, -0.78),  # sports
 ], dtype=F32)
 
 _SKY_TOP = [(0.20, 0.42, 0.80), (0.35, 0.55, 0.88), (0.25, 0.22, 0.50), (0.55, 0.58, 0.64),
@@ -89,7 +98,7 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     hill_f = P.u("hill_freq", 1.5, 4.5)
     hill_ph = P.u("hill_phase", 0.0, 2 * np.pi)
     bound = horizon - hill_amp * (0.5 + 0.5 * np.sin(x * hill_f + hill_ph))  # [N,1,S]
-    t = sat((y + 1.0) / (bound + 1.0))  # 0 at top, 1 at the horizon
+    t = sat((y + 1.0) / (horizon + 1.0))  # 0 at top, 1 at the horizon (not the hills: they are ground)
     cv = Canvas(n, size, base=top + (t * t)[..., None] * (hor - top), label=SKY)
 
     # sun with glow and a few clouds
@@ -118,7 +127,7 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     # ---- ground (hills in the distance, road near the car)
     gi = P.choice("ground", _GROUND_W)
     gcol = pick(_GROUND, gi) * col(P.u("ground_bright", 0.8, 1.15))
-    far = gcol * 0.8 + hor * 0.2
+    far = gcol * 0.8 + np.array([0.16, 0.17, 0.19], dtype=F32)  # haze of a fixed colour, not the sky's
     d_ground = bound - y
     gt = sat((y - horizon) / 0.6)
     gshade = far + gt[..., None] * (gcol - far)
@@ -127,7 +136,7 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
 
     # ---- car placement: u points to the car's front, v up is negative
     ctype = P.choice("body_type", _TYPE_W)
-    T = _TYPE[ctype]  # [N, 8]
+    T = _TYPE[ctype]  # [N, 7]
     sc = P.u("car_scale", 0.95, 1.18)
     facing = np.where(P.flag("facing_left", 0.5) > 0, F32(-1.0), F32(1.0))
     ground_y = np.minimum(horizon + P.u("car_depth", 0.35, 0.6), F32(0.8))
@@ -139,7 +148,9 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     L = tp(0, 0.93, 1.07, "length")
     hb = tp(1, 0.88, 1.15, "body_height")
     hr = tp(2, 0.85, 1.15, "roof_height")
-    R = tp(7, 0.88, 1.15, "wheel_size")
+    R = P.u("wheel_size", 0.14, 0.195) * sc                  # wheels group
+    ride = P.u("ride_height", 0.075, 0.11) * sc               # global: body clearance above the ground
+    well_r = F32(0.215) * sc                                    # global: arch radius (fits every wheel)
     fr = T[:, 3:7][:, :, None, None] * P.u("cabin_shift", 0.92, 1.08)[:, None]
     fr = fr + P.u("cabin_offset", -0.05, 0.05)[:, None]
 
@@ -159,11 +170,11 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     v = y - ground_y             # [N,S,1]
 
     # shadow on the ground
-    d_sh = ellipse(u, v, L * 1.02, 0.035 * sc)
+    d_sh = ellipse(u, v, 0.8 * sc, 0.035 * sc)   # global: not the body's length
     cv.paint(d_sh, np.zeros(3, dtype=F32), None, opacity=0.55, soft=6.0)
 
     # ---- body: lower box + cabin trapezoid
-    clear = R * 0.55
+    clear = ride
     body_bot = -clear
     body_top = -(clear + hb)
     d_low = box(u, v - (body_bot + body_top) * 0.5, L, hb * 0.5, hb * 0.42)
@@ -198,14 +209,15 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     cv.paint(d_tail, np.array([0.85, 0.08, 0.08], dtype=F32), BODY)
 
     # ---- wheels with dark wheel wells
-    wb = P.u("wheelbase", 0.66, 0.76) * L
-    uw = np.abs(u - P.u("wheel_shift", -0.04, 0.04) * L) - wb
+    wb = P.u("wheelbase", 0.43, 0.5) * sc                     # global: not the body's length
+    uw = np.abs(u - P.u("wheel_shift", -0.03, 0.03) * sc) - wb
     vw = v + R
-    d_well = np.maximum(circle(uw, vw, R * 1.13), d_body)
+    d_well = np.maximum(circle(uw, v + F32(0.17) * sc, well_r), d_body)
     cv.paint(d_well, paint_c * 0.15 + 0.03, BODY)
     dr = np.sqrt(uw * uw + vw * vw)
     d_tyre = dr - R
     tshade = 0.09 + 0.08 * sat((dr / R - 0.75) * 4.0) * sat(-vw / R + 0.5)
+    tshade = tshade + P.u("tyre_wall", 0.0, 0.08) * sat((dr / R - 0.62) * 8.0) * sat((0.9 - dr / R) * 8.0)
     cv.paint(d_tyre, np.broadcast_to(tshade[..., None], tshade.shape + (3,)), WHEELS)
     rim_r = R * P.u("rim_ratio", 0.55, 0.72)
     rim_c = pick(_RIM, P.choice("rim_color", _RIM_W))

@@ -1,8 +1,15 @@
 """Procedural toy portraits ("toy-faces"): head-and-shoulders framing like FFHQ.
 
 Regions (label id = index): bg, hair, clothes, skin, eyes, mouth.
-Eyebrows are painted in the hair colour and labelled ``hair``; ears, neck and
-the nose are ``skin``; an open mouth (dark inside, teeth) is all ``mouth``.
+Eyebrows (with their own colour) and the eye-liner are ``eyes``; ears, neck and
+the nose are ``skin``; an open mouth (lips, dark inside, teeth) is all ``mouth``.
+
+Renderer v5: every region's parameters change only that region's pixels, up to
+anti-aliasing and where a region's *shape* moves a boundary (a new hairstyle
+covers skin).  Hair, clothes, eyes and mouth are laid out on the head's nominal
+size (the global scale), not on the skin group's head width or neck width, and
+no region takes its colour from another (lips, eye-liner and eyebrows have their
+own colours).  Eyes are ~1.5x and the mouth ~1.3x the v4 size.
 """
 from __future__ import annotations
 
@@ -24,13 +31,14 @@ PARAM_GROUPS = {
     "bg": ("bg1", "bg2", "bg_grey", "bg_desat", "bg_angle", "bg_pattern", "bg_pattern_amp",
            "bg_stripe_freq", "bg_dot_freq", "bg_dot_radius", "bg_vignette"),
     "hair": ("hair_color", "hair_bright", "hair_style", "hair_volume", "hairline", "hairline_curve",
-             "hair_part", "fringe", "brow_gap", "brow_tilt", "brow_thickness"),
+             "hair_part", "fringe"),
     "clothes": ("clothes", "clothes_desat", "clothes2", "shoulder_height", "shoulder_width",
                 "shoulder_slope", "neckline", "neckline_depth", "clothes_striped", "clothes_stripe_freq"),
     "skin": ("skin_tone", "skin_warmth", "head_width", "head_height", "jaw_width", "ear_height",
              "neck_width", "nose_height"),
-    "eyes": ("eye_height", "eye_spacing", "eye_size", "eye_openness", "gaze", "iris_color"),
-    "mouth": ("mouth_height", "mouth_width", "lip_thickness", "mouth_open", "smile", "lip_tint"),
+    "eyes": ("eye_height", "eye_spacing", "eye_size", "eye_openness", "gaze", "iris_color", "liner_color",
+             "liner_dark", "brow_color", "brow_bright", "brow_gap", "brow_tilt", "brow_thickness"),
+    "mouth": ("mouth_height", "mouth_width", "lip_thickness", "mouth_open", "smile", "lip_color", "lip_tint"),
 }
 
 HAIR_STYLES = ["short", "long", "bob", "afro", "bun", "buzz"]
@@ -53,6 +61,11 @@ _IRIS = [
     (0.50, 0.40, 0.20), (0.50, 0.55, 0.60),
 ]
 _IRIS_W = [0.3, 0.25, 0.18, 0.1, 0.1, 0.07]
+
+_LINER = [(0.10, 0.07, 0.06), (0.25, 0.15, 0.12), (0.38, 0.26, 0.22), (0.18, 0.16, 0.22)]
+_LIP = [(0.72, 0.30, 0.32), (0.80, 0.45, 0.42), (0.55, 0.22, 0.22), (0.62, 0.36, 0.30),
+        (0.40, 0.20, 0.18), (0.78, 0.18, 0.26), (0.86, 0.56, 0.52)]
+_LIP_W = [0.25, 0.2, 0.15, 0.15, 0.1, 0.08, 0.07]
 
 
 def _skin_color(t: np.ndarray) -> np.ndarray:
@@ -132,8 +145,9 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     cloth_c2 = P.color("clothes2", 0.1, 0.95)
 
     # ---- head geometry
-    a = P.u("head_width", 0.27, 0.33) * s
+    a = P.u("head_width", 0.30, 0.35) * s
     b = P.u("head_height", 0.37, 0.42) * s
+    a0, b0 = F32(0.34) * s, F32(0.40) * s    # nominal head: what hair and clothes are laid out on
     jaw = P.u("jaw_width", 0.74, 0.9)
     d_cran, k_cran = ellipse(u, v + 0.04 * s, a, b * 0.93, with_radius=True)
     d_jaw = ellipse(u, v - 0.12 * s, a * jaw, b * 0.76)
@@ -161,28 +175,28 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
         curl = np.sin(um * (38.0 / sm)) * np.sin(vm * (38.0 / sm))
         hshade[afro] = 1.0 + 0.14 * curl
     hshade *= hair_shade_v
-    hshade += 0.12 * light * u / a
+    hshade += 0.12 * light * u / a0
 
     def back_long(m):
-        um, vm, am, sm = u[m], v[m], a[m], s[m]
+        um, vm, am, sm = u[m], v[m], a0[m], s[m]
         length = (0.85 + 0.3 * vol[m]) * sm
         hw = am + (0.05 + 0.05 * vol[m]) * sm
         d1 = box(um, vm - (length - 0.15 * sm) * 0.5, hw, (length + 0.15 * sm) * 0.5, 0.12 * sm)
-        d2 = ellipse(um, vm + 0.05 * sm, hw, b[m] * 0.95 + 0.05 * sm)
+        d2 = ellipse(um, vm + 0.05 * sm, hw, b0[m] * 0.95 + 0.05 * sm)
         return union(d1, d2)
 
     def back_bob(m):
-        um, vm, am, sm = u[m], v[m], a[m], s[m]
+        um, vm, am, sm = u[m], v[m], a0[m], s[m]
         bottom = (0.3 + 0.15 * vol[m]) * sm
         hw = am + (0.06 + 0.05 * vol[m]) * sm
         d1 = box(um, vm - (bottom - 0.2 * sm) * 0.5, hw, (bottom + 0.2 * sm) * 0.5, 0.1 * sm)
-        d2 = ellipse(um, vm + 0.05 * sm, hw, b[m] * 0.95 + 0.06 * sm)
+        d2 = ellipse(um, vm + 0.05 * sm, hw, b0[m] * 0.95 + 0.06 * sm)
         return union(d1, d2)
 
     def back_afro(m):
-        um, vm, am, sm = u[m], v[m], a[m], s[m]
+        um, vm, am, sm = u[m], v[m], a0[m], s[m]
         ra = am + (0.14 + 0.09 * vol[m]) * sm
-        rb = b[m] + (0.08 + 0.08 * vol[m]) * sm
+        rb = b0[m] + (0.08 + 0.08 * vol[m]) * sm
         d = ellipse(um, vm + 0.1 * sm, ra, rb)
         d += 0.016 * sm * curl
         return d
@@ -192,6 +206,7 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
 
     # ---- neck
     nw = P.u("neck_width", 0.11, 0.15) * s
+    nw0 = F32(0.13) * s                   # nominal neck: what necklines and long hair are laid out on
     d_neck = box(ub, vb - 0.7, nw, 0.72, 0.03 * s)
     chin = 0.38 * s
     neck_shade = 0.72 + 0.2 * sat((vb - chin) / (0.16 * s)) + 0.06 * light * ub / nw
@@ -205,19 +220,19 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     depth = P.u("neckline_depth", 0.0, 1.0)
 
     def neck_crew(m):
-        return ellipse(ub[m], vb[m] - sh_top[m], nw[m] * 1.35, (0.05 + 0.06 * depth[m]) * s[m])
+        return ellipse(ub[m], vb[m] - sh_top[m], nw0[m] * 1.35, (0.05 + 0.06 * depth[m]) * s[m])
 
     def neck_v(m):
         tip = sh_top[m] + (0.12 + 0.16 * depth[m]) * s[m]
         return (vb[m] - tip + 1.6 * np.abs(ub[m])) * F32(1.0 / np.sqrt(1 + 1.6 ** 2))
 
     def neck_scoop(m):
-        return ellipse(ub[m], vb[m] - sh_top[m], nw[m] * 2.2, (0.1 + 0.1 * depth[m]) * s[m])
+        return ellipse(ub[m], vb[m] - sh_top[m], nw0[m] * 2.2, (0.1 + 0.1 * depth[m]) * s[m])
 
     d_cut = fill_masked(n, (size, size), [(collar == 0, neck_crew), (collar == 2, neck_scoop)])
     d_cut = np.minimum(d_cut, fill_masked(n, (size, size), [(collar == 1, neck_v)]))
     d_cloth = np.maximum(d_sh, -d_cut)
-    d_turtle = box(ub, vb - (chin + 0.03 * s + 0.6), nw + 0.02 * s, 0.6, 0.04 * s)
+    d_turtle = box(ub, vb - (chin + 0.03 * s + 0.6), 0.17 * s, 0.6, 0.04 * s)
     d_cloth = np.where((collar == 3)[:, None, None], np.minimum(d_cloth, d_turtle), d_cloth)
     striped = P.flag("clothes_striped", 0.25)
     stripe_f = P.u("clothes_stripe_freq", 14.0, 30.0) / s
@@ -226,14 +241,14 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     if st.any():
         stripes[st] = sat(np.sin(vb[st] * stripe_f[st]) * 2.0 + 0.5)
     cshade = 1.0 + 0.12 * light * ub / shw - 0.18 * sat((vb - sh_top) / (0.5 * s))
-    cshade = cshade - 0.12 * sat(1.0 - np.abs(ub) / (nw * 2.2)) * sat(1.0 - (vb - sh_top) / (0.25 * s))
+    cshade = cshade - 0.12 * sat(1.0 - np.abs(ub) / (nw0 * 2.2)) * sat(1.0 - (vb - sh_top) / (0.25 * s))
     ccol = cloth_c + stripes[..., None] * (cloth_c2 - cloth_c)
     cv.paint(d_cloth, ccol, CLOTHES, shade=cshade)
 
     # ---- long hair locks falling in front of the shoulders
     def locks(m):
         # the part of the long back hair outside the neck falls over the shoulders
-        inner = np.maximum(a[m] * 0.72, nw[m] + 0.04 * s[m]) - np.abs(u[m])
+        inner = np.maximum(a0[m] * 0.72, nw0[m] + 0.06 * s[m]) - np.abs(u[m])
         return np.maximum(d_back[m], inner)
 
     d_locks = fill_masked(n, (size, size), [(is_[1], locks)])
@@ -245,8 +260,8 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     cv.paint(d_head, skin, SKIN, shade=shade)
 
     # ---- facial features are drawn inside a window covering all faces of the batch
-    cu = np.array([-0.3, 0.3, -0.3, 0.3], dtype=F32) * s
-    cvv = np.array([-0.24, -0.24, 0.42, 0.42], dtype=F32) * s - pivot
+    cu = np.array([-0.36, 0.36, -0.36, 0.36], dtype=F32) * s
+    cvv = np.array([-0.28, -0.28, 0.46, 0.46], dtype=F32) * s - pivot
     fx = hx + cu * cr - cvv * sr
     fy = hy + pivot + cu * sr + cvv * cr
     half = size / 2.0
@@ -259,21 +274,22 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     cv = cv.window(r0, r1, c0, c1)
 
     # nose: soft shadow on the side away from the light, plus the nose tip
-    nose_v = P.u("nose_height", 0.13, 0.17) * s
+    nose_v = P.u("nose_height", 0.11, 0.15) * s
     d_nose = ellipse(u + light * 0.025 * s, v - nose_v, 0.03 * s, 0.055 * s)
     cv.paint(d_nose, skin * 0.78, None, opacity=0.35, soft=3.0)
     d_nost = ellipse(u, v - nose_v - 0.045 * s, 0.035 * s, 0.012 * s)
     cv.paint(d_nost, skin * 0.6, None, opacity=0.45, soft=1.5)
 
-    # ---- eyes
+    # ---- eyes (v5: ~1.5x the v4 size; liner and eyebrows have their own colours and are ``eyes``)
     ey = P.u("eye_height", -0.02, 0.05) * s
-    sep = P.u("eye_spacing", 0.11, 0.15) * s
-    ew = P.u("eye_size", 0.05, 0.075) * s
+    sep = P.u("eye_spacing", 0.155, 0.18) * s
+    ew = P.u("eye_size", 0.075, 0.105) * s
     eh = ew * P.u("eye_openness", 0.42, 0.62)
     ue = np.abs(u) - sep
     ve = v - ey
-    d_liner = ellipse(ue, ve, ew + 0.012 * s, eh + 0.012 * s)
-    cv.paint(d_liner, skin * 0.35, EYES)
+    liner_c = pick(_LINER, P.choice("liner_color", [0.4, 0.3, 0.15, 0.15])) * col(P.u("liner_dark", 0.8, 1.25))
+    d_liner = ellipse(ue, ve, ew + 0.014 * s, eh + 0.014 * s)
+    cv.paint(d_liner, liner_c, EYES)
     d_sclera = ellipse(ue, ve, ew, eh)
     cv.paint(d_sclera, np.array([0.95, 0.94, 0.91], dtype=F32), EYES)
     gaze = P.u("gaze", -0.5, 0.5) * ew * 0.5
@@ -283,25 +299,25 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     cv.paint(np.maximum(circle(ui, ve, ir), d_sclera), iris_c, EYES)
     cv.paint(np.maximum(circle(ui, ve, ir * 0.45), d_sclera), np.array([0.04, 0.03, 0.03], dtype=F32), EYES)
 
-    # eyebrows (hair coloured, labelled hair)
+    # eyebrows: part of the eyes group, with their own colour (not the hair's)
+    brow_c = pick(_HAIR[:9], P.choice("brow_color", _HAIR_W[:9])) * col(P.u("brow_bright", 0.6, 0.95))
     brow_v = ey - eh - P.u("brow_gap", 0.045, 0.07) * s
     tilt = P.u("brow_tilt", -0.25, 0.35)
     ubr = ue - 0.01 * s
-    d_brow = box(ubr, v - brow_v + tilt * ubr, ew * 1.15, P.u("brow_thickness", 0.016, 0.026) * s, 0.015 * s)
-    cv.paint(d_brow, hair_c * 0.85, HAIR)
+    d_brow = box(ubr, v - brow_v + tilt * ubr, ew * 1.15, P.u("brow_thickness", 0.018, 0.03) * s, 0.015 * s)
+    cv.paint(d_brow, brow_c, EYES)
 
-    # ---- mouth
-    mv = P.u("mouth_height", 0.24, 0.29) * s
-    mw = P.u("mouth_width", 0.07, 0.12) * s
-    mh = P.u("lip_thickness", 0.022, 0.038) * s
-    opn = sat(P.u("mouth_open", -0.8, 1.0)) * 0.07 * s
+    # ---- mouth (v5: ~1.3x the v4 size; the lips have their own colour, not a tint of the skin)
+    mv = P.u("mouth_height", 0.235, 0.275) * s
+    mw = P.u("mouth_width", 0.09, 0.15) * s
+    mh = P.u("lip_thickness", 0.028, 0.048) * s
+    opn = sat(P.u("mouth_open", -0.8, 1.0)) * 0.085 * s
     smile = P.u("smile", -1.0, 3.5) / s
     vm = v - mv + smile * u * u
-    lip_c = skin + F32(0.55) * (np.array([0.72, 0.26, 0.30], dtype=F32) - skin)
-    lip_c = lip_c * col(P.u("lip_tint", 0.8, 1.1))
+    lip_c = pick(_LIP, P.choice("lip_color", _LIP_W)) * col(P.u("lip_tint", 0.85, 1.1))
     d_lips = ellipse(u, vm, mw, mh + opn * 0.6)
     cv.paint(d_lips, lip_c, MOUTH)
-    d_line = ellipse(u, vm, mw * 0.9, 0.007 * s + opn * 0.5)
+    d_line = ellipse(u, vm, mw * 0.9, 0.008 * s + opn * 0.5)
     cv.paint(d_line, np.array([0.22, 0.05, 0.07], dtype=F32), MOUTH, opacity=0.9)
     d_teeth = np.maximum(d_line, vm + opn * 0.1)
     teeth_on = (opn > 0.02 * s)
@@ -320,7 +336,7 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     d_hl = v - (hl + curve * u * u + part * u)
     capv = np.where((style == 3)[:, None, None], 0.1 + 0.06 * vol, 0.012 + 0.035 * vol)
     capv = np.where((style == 5)[:, None, None] | (style == 4)[:, None, None], F32(0.008), capv) * s
-    d_cap = ellipse(u, v + 0.05 * s + capv * 0.3, a + capv, b * 0.95 + capv)
+    d_cap = ellipse(u, v + 0.05 * s + capv * 0.3, a0 + capv, b0 * 0.95 + capv)
     if afro.any():
         d_cap[afro] += 0.016 * s[afro] * curl
     d_front = np.maximum(d_cap, d_hl)
@@ -328,11 +344,13 @@ def render(seeds_u64: np.ndarray, size: int, donor=None):
     def bun(m):
         sm = s[m]
         r = (0.1 + 0.05 * vol[m]) * sm
-        return circle(u[m], v[m] + b[m] + 0.08 * sm, r)
+        return circle(u[m], v[m] + b0[m] + 0.08 * sm, r)
 
     d_bun = fill_masked(n, (size, size), [(is_[4], bun)])
     d_front = np.minimum(d_front, d_bun)
-    opac = np.where((style == 5)[:, None, None], F32(0.8), F32(1.0))
-    cv.paint(d_front, hair_c, HAIR, opacity=opac, shade=hshade)
+    # a buzz cut is opaque too (v4 blended it with the skin, so the skin tone recoloured hair pixels)
+    buzz = (style == 5)[:, None, None]
+    fshade = np.where(buzz, hshade * (0.82 + 0.1 * np.sin(u * (140.0 / s)) * np.sin(v * (140.0 / s))), hshade)
+    cv.paint(d_front, hair_c, HAIR, shade=fshade)
 
     return cv.to_uint8(), cv.lab, P.params
