@@ -499,12 +499,14 @@ def markdown_table(rows: dict[str, dict[str, EditStats]]) -> str:
 
 def evaluate_locality(G, compose: Composer, names: Sequence[str], targets: Sequence[EditTarget], judge: Judge,
                       out: str | os.PathLike, samples: int = 200, batch: int = 16, truncation: float = 1.0,
-                      seed: int = 0, amp=None, title: str = "", progress=None) -> dict:
-    """Both heatmap modes, PNGs and the numbers; returns ``{"random": [...], "fixed": [...]}`` summaries."""
+                      seed: int = 0, amp=None, title: str = "", progress=None,
+                      modes: Sequence[str] = ("random", "fixed")) -> dict:
+    """The heatmap modes (default both), PNGs and the numbers; returns ``{"random": [...], "fixed": [...]}``
+    summaries (a mode left out gives an empty list)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result, table = {}, {}
-    for mode in ("random", "fixed"):
+    result, table = {"random": [], "fixed": []}, {}
+    for mode in modes:
         stats = edit_experiment(G, compose, names, targets, judge, mode, samples, batch, truncation, seed, amp,
                                 progress)
         base_img = None
@@ -531,7 +533,7 @@ def comparison_rows(G, compose: Composer, names: Sequence[str], targets: Sequenc
     ``stats`` with the same names, targets, samples and seed): per target and mode its locality, the
     reference's, and the paired difference with its standard error (:func:`paired_difference`)."""
     out = []
-    for mode in ("random", "fixed"):
+    for mode in [m for m in ("random", "fixed") if any(m in r for r in reference.values())]:
         stats = edit_experiment(G, compose, names, targets, judge, mode, samples, batch, truncation, seed, amp,
                                 progress)
         for st in stats:
@@ -1089,9 +1091,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ctx = eval_context(args, "eval")
     G, judge, out, truncation, amp, progress = ctx.G, ctx.judge, ctx.out, ctx.truncation, ctx.amp, ctx.progress
     report = [f"# StyleFusion locality: {args.domain}\n",
-              f"judge: {judge.kind}; truncation {truncation}; {args.samples} edits per code and mode; "
-              f"seed {args.seed}\n"]
-    metrics: dict = {"domain": args.domain, "judge": judge.kind, "samples": args.samples, "seed": args.seed}
+              f"judge: {judge.kind}; truncation {truncation}; {args.samples} edits per code and mode "
+              f"({', '.join(args.modes)} base); seed {args.seed}\n"]
+    metrics: dict = {"domain": args.domain, "judge": judge.kind, "samples": args.samples, "seed": args.seed,
+                     "modes": list(args.modes)}
     h = load_hierarchy(hpath, map_location=ctx.device).eval().requires_grad_(False)
     targets = hierarchy_targets(h)
     other = None
@@ -1101,7 +1104,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.against} has another tree or another set of nets than {hpath}; only "
                              "hierarchies with the same codes and regions can be compared edit by edit")
     res = evaluate_locality(G, hierarchy_composer(h), h.required_codes(), targets, judge, out, args.samples,
-                            args.batch, truncation, args.seed, amp, title=args.domain, progress=progress)
+                            args.batch, truncation, args.seed, amp, title=args.domain, progress=progress,
+                            modes=args.modes)
     metrics["hierarchy"] = {"file": str(hpath), "nets": sorted(h.nets), **{k: res[k] for k in ("random", "fixed")}}
     report += [f"\n## Hierarchy `{hpath}` (nets: {', '.join(sorted(h.nets))})\n\n",
                "Locality = share of the mean absolute pixel change (d) inside the region of the base *or* the "
@@ -1208,6 +1212,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--against", metavar="HIERARCHY",
                    help="also score this hierarchy (same tree) on the same edits: per code the difference "
                         "with a paired standard error, to tell whether a retrained hierarchy is better")
+    e.add_argument("--modes", nargs="+", choices=["random", "fixed"], default=["random", "fixed"],
+                   help="heatmap bases to score (default both: Fig. 10 random, Fig. 11 fixed)")
     e.add_argument("--swap-pairs", type=int, default=0, metavar="N",
                    help="toy domains: swap fidelity on N held-out render pairs (2N inversions; default 0 = off)")
     e.add_argument("--swap-steps", type=int, default=None, metavar="STEPS",
