@@ -371,7 +371,15 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
         assert all(r["locality_se"] >= 0 or math.isnan(r["locality_se"]) for r in rows.values())
         assert rows["global:all"]["region_change"] > 0       # the whole image's mean change
         assert all(r["region_change"] >= 0 or math.isnan(r["region_change"]) for r in rows.values())
-    assert "| a | a |" in res["table"] and " ± " in res["table"] and "per region pixel" in res["table"]
+        # the union reading: the whole image has no border ring, so the root's global code is 1 there too
+        assert rows["global:all"]["locality_union"] == pytest.approx(1.0)
+        assert rows["global:all"]["region_change_union"] == pytest.approx(rows["global:all"]["region_change"])
+        assert all(0.0 <= r["locality_union"] <= 1.0 for r in rows.values() if math.isfinite(r["locality_union"]))
+        assert any(abs(r["locality_union"] - r["locality"]) > 1e-6 for r in rows.values())
+    st = res["stats"]["a"]["random"]       # by hand from the per-edit sums
+    assert st.locality_union == pytest.approx(sum(st.union_in_per) / sum(st.union_total_per))
+    assert st.samples == len(st.union_area_per) == 4
+    assert "| a | a |" in res["table"] and " ± " in res["table"] and "old: base-region locality" in res["table"]
     ticks = []
     natural = natural_region_change(G, hierarchy_composer(h), h.required_codes(), ["a", "b", "c", "d"], judge,
                                     samples=4, batch=2, truncation=TRUNC, progress=lambda *a: ticks.append(a))
@@ -530,10 +538,12 @@ def test_paired_difference_matches_a_paired_bootstrap():
 
 def test_heatmap_captions_say_na_for_undefined_numbers():
     whole = EditStats(EditTarget("global:all", "all", ("a", "b")), "fixed", samples=2,
-                      inside_change=3.0, total_change=3.0, psnr=[float("nan"), float("nan")])
-    assert heatmap_caption(whole) == ["global:all", "loc 1.00 psnr n/a"]
-    still = EditStats(EditTarget("eyes", "eyes", ("eyes",)), "fixed", samples=2, psnr=[100.0, 100.0])
-    assert heatmap_caption(still) == ["eyes", "loc n/a psnr 100.0"]
+                      inside_change=3.0, total_change=3.0, psnr=[float("nan"), float("nan")],
+                      union_in_per=[1.0, 1.0], union_total_per=[1.0, 1.0], union_area_per=[8.0, 8.0])
+    assert heatmap_caption(whole) == ["global:all", "loc 1.00 base-only 1.00", "in 0.125 psnr n/a"]
+    still = EditStats(EditTarget("eyes", "eyes", ("eyes",)), "fixed", samples=2, psnr=[100.0, 100.0],
+                      union_in_per=[0.0, 0.0], union_total_per=[0.0, 0.0], union_area_per=[5.0, 5.0])
+    assert heatmap_caption(still) == ["eyes", "loc n/a base-only n/a", "in 0.000 psnr 100.0"]
 
 
 class _TruthJudge(Judge):
@@ -647,8 +657,13 @@ def test_cli_registers_fusion_commands_and_keeps_the_others():
     for bad in ("face", "face=fast", "face=short:hair"):
         with pytest.raises(SystemExit):
             p.parse_args(["hierarchy", "--domain", "toy-faces", "--node-config", bad])
-    e = p.parse_args(["evaluate", "--domain", "toy-cars", "--hierarchy", "h.pt", "--ablation"])
-    assert e.ablation and e.hierarchy == "h.pt" and e.func.__name__ == "cmd_evaluate"
+    e = p.parse_args(["evaluate", "--domain", "toy-cars", "--hierarchy", "h.pt", "--swap-pairs", "3"])
+    assert e.hierarchy == "h.pt" and e.swap_pairs == 3 and e.func.__name__ == "cmd_evaluate"
+    for training_flag in ("--ablation", "--train-ablation", "--ablation-seeds", "--local-scale"):
+        with pytest.raises(SystemExit):                   # evaluate only reads: the ablation trains
+            p.parse_args(["evaluate", "--domain", "toy-cars", training_flag, "1"])
+    a = p.parse_args(["ablation", "--domain", "toy-cars", "--train", "--seeds", "0", "2", "--local-scale", "3"])
+    assert (a.train, a.seeds, a.local_scale, a.node, a.func.__name__) == (True, [0, 2], 3.0, "all", "cmd_ablation")
     assert p.parse_args(["generator", "--domain", "toy-faces"]).func.__name__ == "cmd_generator"
     assert p.parse_args(["oracle", "--domain", "toy-cars"]).func.__name__ == "cmd_oracle"
 
@@ -691,8 +706,8 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     for variant in ("full", "no_stage3"):
         (tmp_path / "abl" / variant).mkdir(parents=True)
         shutil.copy(tmp_path / "all" / "net.pt", tmp_path / "abl" / variant / "net.pt")
-    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--judge", "clusters", "--samples", "2",
-               "--batch", "2", "--device", "cpu", "--ablation", "--ablation-dir", str(tmp_path / "abl"),
+    rc = main(["ablation", *files, "--judge", "clusters", "--samples", "2",
+               "--batch", "2", "--device", "cpu", "--dir", str(tmp_path / "abl"),
                "--out", str(tmp_path / "abl-eval")])
     ablation = (tmp_path / "abl-eval" / "ablation.md").read_text()
     assert rc == 0 and "| No Stage 3 | " in ablation and "change inside ± s.e." in ablation
@@ -705,22 +720,25 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     for variant in ("full", "no_stage3"):
         (tmp_path / "abl" / "seed-3" / variant).mkdir(parents=True)
         shutil.copy(tmp_path / "all" / "net.pt", tmp_path / "abl" / "seed-3" / variant / "net.pt")
-    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--judge", "clusters", "--samples", "2",
-               "--batch", "2", "--device", "cpu", "--ablation", "--ablation-dir", str(tmp_path / "abl"),
-               "--ablation-seeds", "0", "3", "--ablation-only", "--out", str(tmp_path / "abl-eval2")])
+    rc = main(["ablation", *files, "--judge", "clusters", "--samples", "2",
+               "--batch", "2", "--device", "cpu", "--dir", str(tmp_path / "abl"),
+               "--seeds", "0", "3", "--out", str(tmp_path / "abl-eval2")])
     ablation = (tmp_path / "abl-eval2" / "ablation.md").read_text()
-    assert "## Hierarchy" not in (tmp_path / "abl-eval2" / "report.md").read_text()     # --ablation-only
+    assert "## Hierarchy" not in (tmp_path / "abl-eval2" / "report.md").read_text()     # the ablation alone
     assert rc == 0 and "## Over training draws" in ablation and "Training draws (seeds): 0, 3" in ablation
     assert "- No Stage 3: not beaten in every draw" in ablation and "0 of 2" in ablation
     over = json.loads((tmp_path / "abl-eval2" / "metrics.json").read_text())["ablation"]["over_draws"]
     assert over["no_stage3"]["ab"]["deltas"] == [0.0, 0.0]
     assert "not trained yet (draw seed 3): no_global, no_stage1, no_stage2" in (
         tmp_path / "abl-eval2" / "report.md").read_text()
-    for bad, message in ((["--ablation", "--hierarchy", str(tmp_path / "nowhere.pt")], "no hierarchy file at"),
-                         (["--ablation-only"], "needs --ablation"),
-                         (["--ablation", "--ablation-only", "--against", str(tmp_path / "h.pt")], "--against")):
+    for bad, message in ((["--hierarchy", str(tmp_path / "nowhere.pt")], "no hierarchy file at"),
+                         (["--hierarchy", str(tmp_path / "h.pt"), "--swap-pairs", "2"], "needs a toy domain"),
+                         (["--hierarchy", str(tmp_path / "h.pt"), "--swap-pairs", "-1"], "must be >= 0")):
         assert main(["evaluate", *files, *bad, "--device", "cpu", "--out", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad" / "report.md").exists()
+    assert main(["ablation", *files, "--judge", "clusters", "--samples", "2", "--device", "cpu", "--dir",
+                 str(tmp_path / "no-runs"), "--out", str(tmp_path / "abl-none")]) == 0
+    assert "no finished variant runs" in (tmp_path / "abl-none" / "report.md").read_text()
     # --against: another hierarchy on the same edits; against itself every difference is exactly 0
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "h.pt"),
                "--judge", "clusters", "--samples", "3", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "cmp")])
@@ -777,7 +795,8 @@ def test_bf16_flags_of_every_training_command():
 
     p = build_parser()
     base = {"generator": ["--domain", "toy-faces"], "fusion": ["--domain", "toy-faces", "--node", "face"],
-            "hierarchy": ["--domain", "toy-cars"], "evaluate": ["--domain", "toy-cars"]}
+            "hierarchy": ["--domain", "toy-cars"], "evaluate": ["--domain", "toy-cars"],
+            "ablation": ["--domain", "toy-cars"]}
     for cmd, args in base.items():
         assert p.parse_args([cmd, *args]).bf16 is None, cmd
         assert p.parse_args([cmd, *args, "--bf16"]).bf16 is True, cmd
@@ -855,10 +874,10 @@ def test_train_ablation_trains_no_stage3_first_and_the_full_model_from_it(tiny, 
     G, regions = tiny
     save_generator(G, tmp_path / "g.pt")
     regions.save(tmp_path / "r.json")
-    rc = main(["evaluate", "--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions",
+    rc = main(["ablation", "--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions",
                str(tmp_path / "r.json"), "--truncation", "0.7", "--judge", "clusters", "--samples", "2", "--batch", "2",
-               "--device", "cpu", "--ablation", "--train-ablation", "--ablation-steps-scale", "0.0003",
-               "--ablation-seeds", "0", "1", "--ablation-dir", str(tmp_path / "abl"), "--out", str(tmp_path / "eval")])
+               "--device", "cpu", "--train", "--steps-scale", "0.0003",
+               "--seeds", "0", "1", "--dir", str(tmp_path / "abl"), "--out", str(tmp_path / "eval")])
     printed = capsys.readouterr().out
     assert rc == 0 and f"stages 1-2 taken from {tmp_path / 'abl' / 'no_stage3'}" in printed
     # the second draw: every variant trained again with seed 1 in seed-1/, its full model from its own No Stage 3

@@ -228,11 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(func=cmd_oracle)
 
     from .encoder import add_parsers as _add_encoder_parsers   # encoder
-    from .fusion import add_parsers as _add_fusion_parsers     # fusion, hierarchy, evaluate
+    from .fusion import add_parsers as _add_fusion_parsers     # fusion, hierarchy
+    from .fusion_ablation import add_parsers as _add_ablation_parsers   # ablation (trains variants, scores them)
+    from .fusion_eval import add_parsers as _add_eval_parsers  # evaluate (reads only)
     from .regions import add_parsers as _add_region_parsers    # regions, regions-eval, regions-prune
 
     _add_region_parsers(sub)
     _add_fusion_parsers(sub)
+    _add_eval_parsers(sub)
+    _add_ablation_parsers(sub)
     _add_encoder_parsers(sub)
     return p
 

@@ -726,7 +726,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    """Register ``fusion``, ``hierarchy`` (and, from :mod:`trainer.fusion_eval`, ``evaluate``)."""
+    """Register ``fusion`` and ``hierarchy`` (``evaluate`` is :mod:`trainer.fusion_eval`'s, ``ablation``
+    :mod:`trainer.fusion_ablation`'s)."""
     f = sub.add_parser("fusion", help="train one node's FusionNet (Sec. 4.4 stages, A.2 configs; resumable)")
     _common_args(f)
     f.add_argument("--node", required=True, help="internal node of the region tree (e.g. all, face, car)")
@@ -748,10 +749,6 @@ def add_parsers(sub) -> None:
                         "(repeatable)")
     h.add_argument("--out", help="root folder (default runs/fusion-<domain>); one run folder per node")
     h.set_defaults(func=cmd_hierarchy)
-
-    from .fusion_eval import add_parsers as _add_eval
-
-    _add_eval(sub)
 
 
 __all__ = ["FusionRecipe", "train_node", "train_hierarchy", "training_config", "plan_stages", "update_hierarchy_file",

@@ -11,8 +11,11 @@ averaged over ``samples`` edits.  Numbers, judged by the toy domain's region
 oracle (an independent segmentation net; the regions file's nearest-centroid
 masks when there is no oracle):
 
-* locality = the share of the total absolute pixel change that falls inside
-  the edited region (oracle labels of the base image); 1.0 = perfectly local;
+* locality (issue 38's reading, :mod:`sfeditor.locality`) = the share of the absolute
+  pixel change inside the region of the base *or* the edited image, a 1-px ring along
+  that union's border left out of both sums; 1.0 = perfectly local; next to it the mean
+  change inside the same pixels (an edit that does nothing scores 0, not "local"), and,
+  kept so history stays comparable, the old reading: the base image's region only;
 * preservation PSNR (dB) of the pixels outside the region, base vs edited
   (images in [-1, 1]; identical pixels are capped at 100 dB);
 * region change = the mean absolute change per pixel of the region: how much the
@@ -23,26 +26,27 @@ The region of a leaf's code is the leaf; of an internal node's global code,
 the union of the node's leaves (the root's global code is reported too, its
 region is the whole image, so only its heatmap says something).
 
-The ablation of Sec. 7 (``--ablation``) trains or reloads one FusionNet per
-variant for toy-cars' ``all`` node (car vs background): full, No Global
-(LB_align disabled), No Stage 1, No Stage 2, No Stage 3, and tabulates the
-locality, preservation and region change of a car change and of a background change,
-and draws Fig. 16's grids (one row per variant; one child's code changes along a row).
+Nothing is trained here: ``evaluate`` reads and scores.  The ablation of Sec. 7
+(``sfeditor-train ablation``, :mod:`trainer.fusion_ablation`) trains its variants there and
+scores them with this module's :func:`ablation_rows`, :func:`ablation_markdown` and
+:func:`ablation_figure` (Fig. 16's grids: one row per variant; one child's code changes
+along a row).  Toy domains add the renderer's ideal edit under the same reading
+(:func:`ideal_edit_readings`) and, with ``--swap-pairs``, swap fidelity
+(:mod:`sfeditor.swap_fidelity`).
 
 Every locality comes with its standard error over the edits.  Two nets or hierarchies
 scored with the same seed edit the same sampled codes, so their difference has a *paired*
 standard error (:func:`paired_difference`), far smaller than either's own: the ablation
 table gives each variant's difference to the full model, and ``--against OTHER`` scores a
 second hierarchy of the same tree on the same edits (is a retrained hierarchy better?).
-Neither error covers another training draw: ``--ablation-seeds 0 2 ...`` trains (or reloads)
+Neither error covers another training draw: ``sfeditor-train ablation --seeds 0 2 ...`` trains (or reloads)
 every variant once per seed and adds, per variant, its difference to the full model in each
 draw and the standard error of that difference over draws (:func:`ablation_draws`).
 
 Output folder: ``heatmaps-random.png``, ``heatmaps-fixed.png`` (colormap via
 ``cv2.applyColorMap``, one shared scale per figure; ``*-each.png``: every tile
 scaled to its own maximum), ``metrics.json``,
-``report.md`` (and ``ablation.md``, ``ablation-fig16a.png``, ``ablation-fig16b.png`` with
-``--ablation``).
+``report.md``.
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ from sfeditor.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blen
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy, TreeNode, load_hierarchy, parse_tree
 from sfeditor.imageio import make_grid, save_png, to_uint8
-from sfeditor.locality import change_map
+from sfeditor.locality import change_map, ratio_se, read_edit
 from sfeditor.style_code import StyleCode
 
 PSNR_CAP = 100.0
@@ -218,6 +222,10 @@ class EditStats:
     inside_per: list = field(default_factory=list)  # per edit: change inside the base's region ...
     total_per: list = field(default_factory=list)   # ... and in all (for the standard error)
     area_per: list = field(default_factory=list)    # ... and the region's pixel count
+    # the union reading (sfeditor.locality): region of the base or the edit, its 1-px border ring left out
+    union_in_per: list = field(default_factory=list)     # per edit: change inside U & ~ring ...
+    union_total_per: list = field(default_factory=list)  # ... change outside the ring ...
+    union_area_per: list = field(default_factory=list)   # ... and |U & ~ring|
 
     @property
     def locality(self) -> float:
@@ -238,12 +246,28 @@ class EditStats:
         (a new hairstyle) is not charged for the pixels the region moves into."""
         return self.inside_either / self.total_change if self.total_change > 0 else float("nan")
 
+    @property
+    def locality_union(self) -> float:
+        """Issue 38's reading: change inside the union of the base's and the edit's region, the 1-px ring
+        along its border left out of numerator and denominator (:mod:`sfeditor.locality`)."""
+        return ratio_se(self.union_in_per, self.union_total_per)[0]
+
+    @property
+    def region_change_union(self) -> float:
+        """Mean in-region change under the union reading: mean |Δ| per pixel of U & ~ring."""
+        return ratio_se(self.union_in_per, self.union_area_per)[0]
+
     def _ratio_parts(self, measure: str) -> tuple[float, list, list]:
         if measure == "locality":
             return self.locality, self.inside_per, self.total_per
         if measure == "region_change":
             return self.region_change, self.inside_per, self.area_per
-        raise ValueError(f"unknown measure {measure!r} (locality, region_change)")
+        if measure == "locality_union":
+            return self.locality_union, self.union_in_per, self.union_total_per
+        if measure == "region_change_union":
+            return self.region_change_union, self.union_in_per, self.union_area_per
+        raise ValueError(f"unknown measure {measure!r} (locality, region_change, locality_union, "
+                         "region_change_union)")
 
     def influence(self, measure: str = "locality") -> np.ndarray:
         """Each edit's linearised share of a ratio of sums R = sum y / sum x (the delta method):
@@ -287,6 +311,10 @@ class EditStats:
                 "mode": self.mode, "samples": self.samples, "locality": round(self.locality, 4),
                 "locality_se": round(self.locality_se, 4),
                 "locality_either": round(self.locality_either, 4),
+                "locality_union": round(self.locality_union, 4),
+                "locality_union_se": round(self.standard_error("locality_union"), 4),
+                "region_change_union": round(self.region_change_union, 5),
+                "region_change_union_se": round(self.standard_error("region_change_union"), 5),
                 "region_change": round(self.region_change, 5), "region_change_se": round(self.region_change_se, 5),
                 "psnr_outside": round(self.preservation_psnr, 2),
                 "mean_abs_change": round(self.total_change / max(self.samples * self.heat.numel(), 1), 5)
@@ -349,8 +377,13 @@ def edit_experiment(G, compose: Composer, names: Sequence[str], targets: Sequenc
                 s_edit = compose(codes)
             img, labels_edit = judge.render(G, s_edit, amp)
             inside = judge.region_mask(labels, st.target.leaves).to(img.device)
-            either = inside | judge.region_mask(labels_edit, st.target.leaves).to(img.device)
+            edit_mask = judge.region_mask(labels_edit, st.target.leaves).to(img.device)
+            either = inside | edit_mask
             ch = change_map(img_base, img)
+            union = read_edit(ch, inside, edit_mask)
+            st.union_in_per.extend(union.inside.tolist())
+            st.union_total_per.extend(union.total.tolist())
+            st.union_area_per.extend(union.area.tolist())
             st.heat = ch.sum(0) if st.heat is None else st.heat + ch.sum(0)
             per_in = (ch.double() * inside.double()).flatten(1).sum(1)
             per_all = ch.double().flatten(1).sum(1)
@@ -392,9 +425,11 @@ def _caption(width: int, lines: Sequence[str], height: int = 13) -> np.ndarray:
 
 
 def heatmap_caption(s: EditStats) -> list[str]:
-    """A heatmap tile's two caption lines; "n/a" where a number is undefined (an edit that moved
+    """A heatmap tile's caption lines: the union locality and the old base-region reading, the mean
+    in-region change (union) and the PSNR outside; "n/a" where a number is undefined (an edit that moved
     nothing has no locality; a code whose region is the whole image has no pixels outside it)."""
-    return [s.target.label[:22], f"loc {_fmt(s.locality, 2)} psnr {_fmt(s.preservation_psnr, 1)}"]
+    return [s.target.label[:22], f"loc {_fmt(s.locality_union, 2)} base-only {_fmt(s.locality, 2)}",
+            f"in {_fmt(s.region_change_union, 3)} psnr {_fmt(s.preservation_psnr, 1)}"]
 
 
 def heatmap_figure(stats: Sequence[EditStats], base_image: np.ndarray | None = None, scale: int = 3,
@@ -408,7 +443,7 @@ def heatmap_figure(stats: Sequence[EditStats], base_image: np.ndarray | None = N
     tiles = []
     if base_image is not None:
         img = base_image.repeat(scale, 0).repeat(scale, 1)
-        tiles.append(np.concatenate([img, _caption(img.shape[1], ["base image", ""])]))
+        tiles.append(np.concatenate([img, _caption(img.shape[1], ["base image", "", ""])]))
     for s in stats:
         img = colormap(s.heat.numpy(), vmax if shared else float(s.heat.max())).repeat(scale, 0).repeat(scale, 1)
         tiles.append(np.concatenate([img, _caption(img.shape[1], heatmap_caption(s))]))
@@ -435,31 +470,43 @@ def _fmt_se(s: EditStats | None) -> str:
     return "n/a" if s is None else _fmt_pm(s.locality, s.locality_se)
 
 
+def _fmt_measure(s: EditStats | None, measure: str, digits: int = 3) -> str:
+    if s is None:
+        return "n/a"
+    return _fmt_pm(s._ratio_parts(measure)[0], s.standard_error(measure), digits)
+
+
 def markdown_table(rows: dict[str, dict[str, EditStats]]) -> str:
-    lines = ["| code | region (leaves) | locality ± s.e., random base | PSNR outside (dB), random | "
-             "locality ± s.e., fixed base | PSNR outside (dB), fixed | "
-             "locality, either image's region: random / fixed | "
-             "change inside (mean \\|Δ\\| per region pixel): random / fixed |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Per code and base mode: the union locality and the mean in-region change (issue 38's reading,
+    :mod:`sfeditor.locality`), the old base-region locality and change, and the PSNR outside the base's region."""
+    cols = []
+    for mode in ("random", "fixed"):
+        cols += [f"locality ± s.e. ({mode} base)", f"change inside, mean \\|Δ\\| ± s.e. ({mode})",
+                 f"old: base-region locality ({mode})", f"old: change per base-region pixel ({mode})",
+                 f"PSNR outside (dB, {mode})"]
+    lines = ["| code | region (leaves) | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for label, by_mode in rows.items():
-        r, f = by_mode.get("random"), by_mode.get("fixed")
-        any_ = r or f
-        lines.append(f"| {label} | {', '.join(any_.target.leaves)} | "
-                     f"{_fmt_se(r)} | {_fmt(r.preservation_psnr, 1) if r else 'n/a'} | "
-                     f"{_fmt_se(f)} | {_fmt(f.preservation_psnr, 1) if f else 'n/a'} | "
-                     f"{_fmt(r.locality_either) if r else 'n/a'} / {_fmt(f.locality_either) if f else 'n/a'} | "
-                     f"{_fmt(r.region_change) if r else 'n/a'} / {_fmt(f.region_change) if f else 'n/a'} |")
+        any_ = by_mode.get("random") or by_mode.get("fixed")
+        cells = []
+        for mode in ("random", "fixed"):
+            st = by_mode.get(mode)
+            cells += [_fmt_measure(st, "locality_union"), _fmt_measure(st, "region_change_union", 4),
+                      _fmt_se(st), _fmt(st.region_change, 4) if st else "n/a",
+                      _fmt(st.preservation_psnr, 1) if st else "n/a"]
+        lines.append(f"| {label} | {', '.join(any_.target.leaves)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_locality(G, compose: Composer, names: Sequence[str], targets: Sequence[EditTarget], judge: Judge,
                       out: str | os.PathLike, samples: int = 200, batch: int = 16, truncation: float = 1.0,
-                      seed: int = 0, amp=None, title: str = "", progress=None) -> dict:
-    """Both heatmap modes, PNGs and the numbers; returns ``{"random": [...], "fixed": [...]}`` summaries."""
+                      seed: int = 0, amp=None, title: str = "", progress=None,
+                      modes: Sequence[str] = ("random", "fixed")) -> dict:
+    """The heatmap modes (default both), PNGs and the numbers; returns ``{"random": [...], "fixed": [...]}``
+    summaries (a mode left out gives an empty list)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result, table = {}, {}
-    for mode in ("random", "fixed"):
+    result, table = {"random": [], "fixed": []}, {}
+    for mode in modes:
         stats = edit_experiment(G, compose, names, targets, judge, mode, samples, batch, truncation, seed, amp,
                                 progress)
         base_img = None
@@ -486,7 +533,7 @@ def comparison_rows(G, compose: Composer, names: Sequence[str], targets: Sequenc
     ``stats`` with the same names, targets, samples and seed): per target and mode its locality, the
     reference's, and the paired difference with its standard error (:func:`paired_difference`)."""
     out = []
-    for mode in ("random", "fixed"):
+    for mode in [m for m in ("random", "fixed") if any(m in r for r in reference.values())]:
         stats = edit_experiment(G, compose, names, targets, judge, mode, samples, batch, truncation, seed, amp,
                                 progress)
         for st in stats:
@@ -574,6 +621,58 @@ def renderer_ceiling(domain: str, leaves: Sequence[str], judge: Judge, samples: 
         den = ch.sum() if measure == "locality" else inside.sum()
         out[leaf] = float((ch * inside).sum() / den) if float(den) > 0 else float("nan")
     return out
+
+
+@torch.no_grad()
+def ideal_edit_readings(domain: str, leaves: Sequence[str], samples: int = 200, seed: int = 0,
+                        size: int = 64, batch: int = 64) -> dict[str, dict[str, float]]:
+    """The renderer's ideal edit of each leaf (``render_swap``: render A with the leaf's parameters from
+    render B) under the union reading of :mod:`sfeditor.locality`, labelled by the *renderer's* own label
+    maps: per leaf ``locality`` / ``region_change`` (union reading) with ``_se`` over the edits,
+    ``base_locality`` (the old reading) and ``edits``.  Leaves the renderer cannot swap are left out.
+    The same seeds as :func:`renderer_ceiling`."""
+    from sfeditor.imageio import from_uint8
+    from sfeditor.locality import read_edit
+    from sfeditor.toy import region_names, render, render_swap
+
+    names = region_names(domain)
+    rng = np.random.default_rng([seed, 5151])
+    a = rng.integers(20_000_000, 30_000_000, samples)
+    b = rng.integers(30_000_000, 40_000_000, samples)
+    out = {}
+    for leaf in leaves:
+        if leaf not in names:
+            continue
+        k = names.index(leaf)
+        parts = []
+        for i in range(0, samples, batch):
+            xa, la = render(domain, a[i:i + batch], size=size)
+            y, ly = render_swap(domain, a[i:i + batch], b[i:i + batch], [leaf] * len(a[i:i + batch]), size=size)
+            ch = change_map(from_uint8(xa), from_uint8(y))
+            parts.append(read_edit(ch, torch.from_numpy(la == k), torch.from_numpy(ly == k)))
+        cat = {f: torch.cat([getattr(p, f) for p in parts]) for f in ("inside", "total", "area", "base_inside",
+                                                                       "base_total")}
+        loc, loc_se = ratio_se(cat["inside"], cat["total"])
+        chg, chg_se = ratio_se(cat["inside"], cat["area"])
+        out[leaf] = {"locality": loc, "locality_se": loc_se, "region_change": chg, "region_change_se": chg_se,
+                     "base_locality": ratio_se(cat["base_inside"], cat["base_total"])[0], "edits": samples}
+    return out
+
+
+def ideal_markdown(measured: Mapping[str, EditStats], ideal: Mapping[str, Mapping[str, float]]) -> str:
+    """Leaf | union locality: hierarchy (random base) and ideal edit | mean in-region change: hierarchy,
+    ideal and their ratio | the old base-region reading of both."""
+    lines = ["| leaf | locality ± s.e.: hierarchy | ideal edit (renderer) | change inside ± s.e.: hierarchy | "
+             "ideal edit | hierarchy / ideal | old reading: hierarchy | ideal |", "|---|---|---|---|---|---|---|---|"]
+    for leaf, idl in ideal.items():
+        st = measured.get(leaf)
+        ch = st.region_change_union if st is not None else float("nan")
+        ratio = ch / idl["region_change"] if idl["region_change"] else float("nan")
+        lines.append(f"| {leaf} | {_fmt_measure(st, 'locality_union')} | "
+                     f"{_fmt_pm(idl['locality'], idl['locality_se'])} | {_fmt_measure(st, 'region_change_union', 4)} | "
+                     f"{_fmt_pm(idl['region_change'], idl['region_change_se'], 4)} | {_fmt(ratio, 2)} | "
+                     f"{_fmt(st.locality) if st is not None else 'n/a'} | {_fmt(idl['base_locality'])} |")
+    return "\n".join(lines) + "\n"
 
 
 @torch.no_grad()
@@ -882,21 +981,34 @@ def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
     return ClusterJudge(RegionModel(G, regions))
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sfeditor.checkpoints import choose_bf16, load_generator
+def domain_truncation(domain: str) -> float:
+    """The domain's truncation psi (A.6: faces 0.7, cars 0.5); 1 for a domain that is not shipped."""
+    from sfeditor.domains import SHIPPED
+
+    return SHIPPED[domain].truncation if domain in SHIPPED else 1.0
+
+
+@dataclass
+class EvalContext:
+    """What the read-only commands (``evaluate``, the scoring part of ``ablation``) share: the frozen
+    generator, the regions file, the judge, the output folder, precision and progress bars."""
+
+    G: object
+    regions: object
+    judge: Judge
+    out: Path
+    truncation: float
+    device: torch.device
+    amp: Callable
+    progress: Callable
+
+
+def eval_context(args: argparse.Namespace, command: str) -> EvalContext:
+    from sfeditor.checkpoints import choose_bf16, load_generator, pick_device
     from sfeditor.regions import load_regions
-    from sfeditor.session import default_hierarchy_path
 
     from .common import Progress
-    from .fusion import (ABLATIONS, FusionRecipe, domain_truncation, has_stage3, pick_device, stage3_recipe_args,
-                         train_node)
 
-    if args.ablation_only and not args.ablation:
-        raise ValueError("--ablation-only needs --ablation")
-    if args.ablation_only and args.against:
-        raise ValueError("--against compares hierarchies: leave out --ablation-only")
-    if args.hierarchy and not Path(args.hierarchy).exists():
-        raise FileNotFoundError(f"no hierarchy file at {args.hierarchy}")
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = pick_device(args.device)
@@ -904,9 +1016,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     regions = load_regions(args.regions or args.domain)
     truncation = args.truncation if args.truncation is not None else domain_truncation(args.domain)
     judge = _judge_for(args.domain, args.judge, G, regions, dev)
-    out = Path(args.out or f"runs/fusion-eval-{args.domain}")
+    out = Path(args.out or f"runs/fusion-{command}-{args.domain}")
     out.mkdir(parents=True, exist_ok=True)
-
     use_bf16, bf16_warning = choose_bf16(args.bf16, dev)
     if bf16_warning:
         print(f"warning: {bf16_warning}", file=sys.stderr)
@@ -914,215 +1025,208 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     def amp():
         return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    bars: dict[str, Progress] = {}
+    bars: dict = {}
 
     def progress(done, total, stage):
         if stage not in bars:
-            bars[stage] = Progress(total, f"evaluate {stage}")
+            bars[stage] = Progress(total, f"{command} {stage}")
         bars[stage].update(done)
 
-    report = [f"# StyleFusion locality: {args.domain}\n",
-              f"judge: {judge.kind}; truncation {truncation}; {args.samples} edits per code and mode; "
-              f"seed {args.seed}\n"]
-    metrics: dict = {"domain": args.domain, "judge": judge.kind, "samples": args.samples, "seed": args.seed}
+    return EvalContext(G, regions, judge, out, truncation, dev, amp, progress)
+
+
+def swap_fidelity_markdown(summary: Mapping[str, Mapping[str, float]]) -> str:
+    """Per leaf: PSNR inside / outside the union region against ``render_swap`` (:mod:`sfeditor.swap_fidelity`),
+    what no swap scores inside and A's reconstruction outside, and the region IoU."""
+    lines = ["| leaf | pairs | PSNR inside (dB) | no swap, inside | PSNR outside (dB) | A's reconstruction, outside | "
+             "region IoU (oracle vs renderer) |", "|---|---|---|---|---|---|---|"]
+    for leaf, c in summary.items():
+        cells = [_fmt_pm(c[k], c[k + "_se"], 2 if k != "iou" else 3)
+                 for k in ("psnr_inside", "no_swap_inside", "psnr_outside", "recon_outside", "iou")]
+        lines.append(f"| {leaf} | {c['pairs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_swap_fidelity(ctx: EvalContext, h: FusionHierarchy, domain: str, leaves: Sequence[str], pairs: int,
+                      steps: int | None, seed: int) -> dict:
+    """:func:`sfeditor.swap_fidelity.swap_fidelity` with the domain's inversion (toy encoder start, projector
+    preset; ``steps`` overrides the preset's steps), labelled by the judge when it is the oracle."""
+    from sfeditor.inversion import InversionSettings, Projector
+    from sfeditor.swap_fidelity import summarize, swap_fidelity
+    from sfeditor.toy_encoder import default_encoder_path, load_toy_encoder
+
+    over = {} if steps is None else {"steps": steps}
+    settings = InversionSettings.for_generator(ctx.G, domain, **over)
+    enc_path = default_encoder_path(domain)
+    encoder = load_toy_encoder(enc_path, map_location=ctx.device, G=ctx.G) if enc_path is not None else None
+    projector = Projector(ctx.G, settings, encoder=encoder, cache=False)
+    labeller = (lambda x: ctx.judge.labels(x.float(), None)) if ctx.judge.kind == "oracle" else None
+    rows = swap_fidelity(ctx.G, h, domain, leaves, projector, pairs=pairs, seed=seed, labeller=labeller,
+                         progress=ctx.progress)
+    from dataclasses import asdict
+
+    return {"pairs": pairs, "inversion": settings.to_dict(), "encoder": str(enc_path) if enc_path else None,
+            "summary": summarize(rows), "rows": [asdict(r) for r in rows]}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Read and score a trained hierarchy: nothing is trained here (the Sec. 7 ablation's variants are
+    trained by ``sfeditor-train ablation``)."""
+    from sfeditor.session import default_hierarchy_path
+
+    if args.hierarchy and not Path(args.hierarchy).exists():
+        raise FileNotFoundError(f"no hierarchy file at {args.hierarchy}")
+    if args.swap_pairs < 0 or (args.swap_steps is not None and args.swap_steps < 0):
+        raise ValueError("--swap-pairs and --swap-steps must be >= 0")
     hpath = Path(args.hierarchy or f"runs/fusion-{args.domain}/hierarchy.pt")
     shipped = default_hierarchy_path(args.domain)
-    if not args.ablation_only and not args.hierarchy and not hpath.exists() and shipped is not None:
+    if not args.hierarchy and not hpath.exists() and shipped is not None:
         hpath = shipped                                   # nothing trained here yet: the shipped one
         print(f"no {args.domain} hierarchy trained in runs/: evaluating the shipped {hpath}")
-    if hpath.exists() and not args.ablation_only:
-        h = load_hierarchy(hpath, map_location=dev).eval().requires_grad_(False)
-        targets = hierarchy_targets(h)
-        other = None
-        if args.against:         # checked before the (minutes-long) evaluation of the first one
-            other = load_hierarchy(args.against, map_location=dev).eval().requires_grad_(False)
-            if other.required_codes() != h.required_codes() or hierarchy_targets(other) != targets:
-                raise ValueError(f"{args.against} has another tree or another set of nets than {hpath}; only "
-                                 "hierarchies with the same codes and regions can be compared edit by edit")
-        res = evaluate_locality(G, hierarchy_composer(h), h.required_codes(), targets, judge, out, args.samples,
-                                args.batch, truncation, args.seed, amp, title=args.domain, progress=progress)
-        metrics["hierarchy"] = {"file": str(hpath), "nets": sorted(h.nets), **{k: res[k] for k in ("random", "fixed")}}
-        report += [f"\n## Hierarchy `{hpath}` (nets: {', '.join(sorted(h.nets))})\n\n",
-                   "Locality = share of the mean absolute pixel change inside the edited code's region "
-                   "(judge labels of the base image; the last column counts the region of the base or the "
-                   "edited image); ± one standard error over the edits (fixed base: over the codes resampled "
-                   "for that one base image, not over base images); PSNR over the pixels outside it. "
-                   "Heatmaps: `heatmaps-random.png` (Fig. 10), `heatmaps-fixed.png` (Fig. 11).\n\n", res["table"]]
-        if other is not None:
-            crows = comparison_rows(G, hierarchy_composer(other), h.required_codes(), targets, judge,
-                                    res["stats"], args.samples, args.batch, truncation, args.seed, amp,
-                                    progress=lambda d, t, m: progress(d, t, f"{m} (against)"))
-            metrics["against"] = {"file": str(args.against), "rows": crows}
-            report += [f"\n## Against `{args.against}`\n\n",
-                       "The same seeded edits scored with the other hierarchy; difference = its locality minus "
-                       "this one's, ± the paired standard error over the edits (it does not cover another "
-                       "training draw).\n\n", comparison_markdown(crows, hpath.name, Path(args.against).name)]
-        bstats = hierarchy_blend_stats(h, G, samples=min(args.samples, 64), truncation=truncation, seed=args.seed)
-        metrics["blend"] = {k: v.to_dict() for k, v in bstats.items()}
-        report += ["\n### FusionNet blend coefficients (`sfeditor.blend_stats`)\n\n",
-                   "q_fuse = share of the second child's code in the result, q_align = share of the node's "
-                   "global code in the coarse layers; saturated = q within 0.01 of 0 or 1; input dependence = "
-                   "mean per-channel std of q over sampled inputs (0: one fixed channel mask).\n\n",
-                   blend_table(bstats, {n: h.children_of(n) for n in bstats})]
-        leaves = [t.code for t in targets if t.leaves == (t.code,)]
-        if args.domain.startswith("toy-") and judge.kind == "oracle":
-            ceiling = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed)
-            ceiling_either = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed, either=True)
+    if not hpath.exists():
+        raise FileNotFoundError(f"no hierarchy file at {hpath} (train one with `sfeditor-train hierarchy "
+                                f"--domain {args.domain}`, or pass --hierarchy)")
+    if args.swap_pairs and not args.domain.startswith("toy-"):
+        raise ValueError("--swap-pairs needs a toy domain (its renderer gives the ground truth)")
+    ctx = eval_context(args, "eval")
+    G, judge, out, truncation, amp, progress = ctx.G, ctx.judge, ctx.out, ctx.truncation, ctx.amp, ctx.progress
+    report = [f"# StyleFusion locality: {args.domain}\n",
+              f"judge: {judge.kind}; truncation {truncation}; {args.samples} edits per code and mode "
+              f"({', '.join(args.modes)} base); seed {args.seed}\n"]
+    metrics: dict = {"domain": args.domain, "judge": judge.kind, "samples": args.samples, "seed": args.seed,
+                     "modes": list(args.modes)}
+    h = load_hierarchy(hpath, map_location=ctx.device).eval().requires_grad_(False)
+    targets = hierarchy_targets(h)
+    other = None
+    if args.against:         # checked before the (minutes-long) evaluation of the first one
+        other = load_hierarchy(args.against, map_location=ctx.device).eval().requires_grad_(False)
+        if other.required_codes() != h.required_codes() or hierarchy_targets(other) != targets:
+            raise ValueError(f"{args.against} has another tree or another set of nets than {hpath}; only "
+                             "hierarchies with the same codes and regions can be compared edit by edit")
+    res = evaluate_locality(G, hierarchy_composer(h), h.required_codes(), targets, judge, out, args.samples,
+                            args.batch, truncation, args.seed, amp, title=args.domain, progress=progress,
+                            modes=args.modes)
+    metrics["hierarchy"] = {"file": str(hpath), "nets": sorted(h.nets), **{k: res[k] for k in ("random", "fixed")}}
+    report += [f"\n## Hierarchy `{hpath}` (nets: {', '.join(sorted(h.nets))})\n\n",
+               "Locality = share of the mean absolute pixel change (d) inside the region of the base *or* the "
+               "edited image (judge labels), a 1-px ring along that union's border left out of both sums; change "
+               "inside = mean d over the same pixels (an edit that does nothing scores 0 there). The old reading "
+               "(the base image's region only, no ring) is kept for comparison with earlier reports. ± one "
+               "standard error over the edits (fixed base: over the codes resampled for that one base image, "
+               "not over base images); PSNR over the pixels outside the base's region. Heatmaps: "
+               "`heatmaps-random.png` (Fig. 10), `heatmaps-fixed.png` (Fig. 11).\n\n", res["table"]]
+    if other is not None:
+        crows = comparison_rows(G, hierarchy_composer(other), h.required_codes(), targets, judge,
+                                res["stats"], args.samples, args.batch, truncation, args.seed, amp,
+                                progress=lambda d, t, m: progress(d, t, f"{m} (against)"))
+        metrics["against"] = {"file": str(args.against), "rows": crows}
+        report += [f"\n## Against `{args.against}`\n\n",
+                   "The same seeded edits scored with the other hierarchy; difference = its locality minus "
+                   "this one's, ± the paired standard error over the edits (it does not cover another "
+                   "training draw).\n\n", comparison_markdown(crows, hpath.name, Path(args.against).name)]
+    bstats = hierarchy_blend_stats(h, G, samples=min(args.samples, 64), truncation=truncation, seed=args.seed)
+    metrics["blend"] = {k: v.to_dict() for k, v in bstats.items()}
+    report += ["\n### FusionNet blend coefficients (`sfeditor.blend_stats`)\n\n",
+               "q_fuse = share of the second child's code in the result, q_align = share of the node's "
+               "global code in the coarse layers; saturated = q within 0.01 of 0 or 1; input dependence = "
+               "mean per-channel std of q over sampled inputs (0: one fixed channel mask).\n\n",
+               blend_table(bstats, {n: h.children_of(n) for n in bstats})]
+    leaves = [t.code for t in targets if t.leaves == (t.code,)]
+    ceiling_change = renders_change = None
+    if args.domain.startswith("toy-"):
+        ideal = ideal_edit_readings(args.domain, leaves, args.samples, args.seed, size=G.size)
+        metrics["ideal_edit"] = ideal
+        random_stats = {label: m["random"] for label, m in res["stats"].items() if "random" in m}
+        report += ["\n### Against the ideal edit (renderer)\n\n",
+                   "The renderer's own region swap (`sfeditor.toy.render_swap`: A with one region's parameters "
+                   "from B, the edit a perfectly region-local code would make), read the same way with the "
+                   "renderer's labels; the hierarchy's numbers are its random-base edits (judge labels).\n\n",
+                   ideal_markdown(random_stats, ideal)]
+        if judge.kind == "oracle":
             ceiling_change = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed,
                                               measure="region_change")
             renders_change = renderer_ceiling(args.domain, leaves, judge, args.samples, args.seed,
                                               measure="region_variation")
-            metrics["renderer_ceiling"] = ceiling
-            metrics["renderer_ceiling_either"] = ceiling_either
             metrics["renderer_ceiling_region_change"] = ceiling_change
             metrics["renderer_region_variation"] = renders_change
-            measured = {r["label"]: r for r in res["random"]}
-            report += ["\n### The ideal edit's locality (renderer ceiling)\n\n",
-                       "The renderer's own region swap (A with one region's parameters from B: the edit a "
-                       "perfectly region-local code would make), scored by the same judge and formula. A "
-                       "region that changes shape moves pixels outside A's mask, so even the ideal edit "
-                       "stays below 1; counting the region of either image (A or the edit) removes most "
-                       "of that.\n\n", ceiling_markdown(ceiling, measured, ceiling_either)]
-        else:
-            ceiling_change = renders_change = None
-        natural = natural_region_change(G, hierarchy_composer(h), h.required_codes(), leaves, judge, args.samples,
-                                        args.batch, truncation, args.seed, amp, progress)
-        metrics["natural_region_change"] = natural
-        report += ["\n### How strong the edits are\n\n",
-                   "Region change (mean |Δ| per pixel of the base's region) of each leaf's edit, against how much "
-                   "that region differs between two independent images (every code drawn afresh): a local edit "
-                   "that reaches a small share of it is a weak one (Sec. 7's \"mode collapse\"). The renderer's "
-                   "ideal edit, read against two independent renders, says what share a perfect region edit "
-                   "reaches (it keeps the pose, so below 1).\n\n",
-                   strength_markdown({r["label"]: r for r in res["random"]}, natural, ceiling_change, renders_change)]
-    elif not args.ablation:
-        raise FileNotFoundError(f"no hierarchy file at {hpath} (train one with `sfeditor-train hierarchy "
-                                f"--domain {args.domain}`, or pass --hierarchy)")
-    if args.ablation:
-        node = args.ablation_node
-        root = Path(args.ablation_dir or f"runs/fusion-{args.domain}-ablation")
-        seeds = list(dict.fromkeys(args.ablation_seeds or [0]))    # training draws, in order, no repeats
-
-        def draw_nets(seed: int) -> dict[str, FusionNet]:
-            nets = {}
-            # No Stage 3 first: the full model then starts its stage 3 from it (its stages 1-2 are the same)
-            order = sorted(ABLATIONS, key=lambda v: v != "no_stage3") if args.train_ablation else ABLATIONS
-            for variant in order:
-                run = ablation_run_dir(root, variant, seed)
-                if args.train_ablation:
-                    recipe = FusionRecipe(domain=args.domain, node=node, ablation=variant, hidden=args.hidden,
-                                          coarse_layers=args.coarse_layers, **stage3_recipe_args(args),
-                                          steps_scale=args.ablation_steps_scale, generator=args.generator or "",
-                                          regions=args.regions or "", device=args.device, bf16=use_bf16,
-                                          threads=args.threads, seed=seed)
-                    branch = (ablation_run_dir(root, "no_stage3", seed)
-                              if variant == "full" and has_stage3(recipe, regions.tree) else None)
-                    nets[variant] = train_node(recipe, run, G=G, regions=regions, stage3_from=branch)
-                elif (run / "net.pt").exists():
-                    nets[variant] = load_node_net(run / "net.pt").to(dev)
-                elif variant == "full" and seed == 0 and Path(f"runs/fusion-{args.domain}/{node}/net.pt").exists():
-                    # the main run of the node is the full model (`sfeditor-train fusion` without --ablation)
-                    nets[variant] = load_node_net(Path(f"runs/fusion-{args.domain}/{node}/net.pt")).to(dev)
-            return {v: nets[v] for v in ABLATIONS if v in nets}     # the table's order
-
-        nets = draw_nets(seeds[0])
-        if nets:
-            rows = ablation_rows(G, nets, regions.tree, node, judge, args.samples, args.batch, truncation,
-                                 args.seed, amp)
-            kids = list(next(iter(rows.values())).keys())
-            table = ablation_markdown(rows, kids)
-            if len(seeds) > 1:
-                table = f"Training draw seed {seeds[0]} (the figures and blend table are this draw's):\n\n" + table
-            vstats = {v: sampled_blend_stats(net, G, min(args.samples, 64), truncation, args.seed,
-                                             align=v != "no_global") for v, net in nets.items()}
-            metrics["ablation_blend"] = {k: v.to_dict() for k, v in vstats.items()}
-            table += ("\nBlend coefficients of each variant:\n\n"
-                      + blend_table({ABLATION_TITLES.get(v, v): st for v, st in vstats.items()},
-                                    {ABLATION_TITLES.get(v, v): kids for v in vstats}, label="variant"))
-            figures = []
-            for changed, letter in ((kids[1], "a"), (kids[0], "b")):
-                save_png(out / f"ablation-fig16{letter}.png",
-                         ablation_figure(G, nets, regions.tree, node, changed, truncation=truncation,
-                                         seed=args.seed, amp=amp))
-                figures.append(f"`ablation-fig16{letter}.png` ({changed} changes)")
-            table += f"\nImages as in Fig. 16: {', '.join(figures)}.\n"
-            metrics["ablation"] = {"node": node, "runs": str(root), "seed": seeds[0], "rows": rows}
-            missing = {seeds[0]: [v for v in ABLATIONS if v not in nets]}
-            if len(seeds) > 1:
-                draw_rows = {seeds[0]: rows}
-                for seed in seeds[1:]:
-                    more = draw_nets(seed)
-                    missing[seed] = [v for v in ABLATIONS if v not in more]
-                    if "full" in more:
-                        draw_rows[seed] = ablation_rows(G, more, regions.tree, node, judge, args.samples,
-                                                        args.batch, truncation, args.seed, amp)
-                metrics["ablation"]["draws"] = {str(k): v for k, v in draw_rows.items()}
-                if len(draw_rows) > 1 and "full" in rows:
-                    summary = ablation_draws(draw_rows, kids)
-                    metrics["ablation"]["over_draws"] = summary
-                    table = ("### Over training draws\n\n" + ablation_draws_markdown(summary, kids)
-                             + "\n### One draw\n\n" + table)
-                else:
-                    table = ("Over training draws: fewer than two draws with a full model; "
-                             f"runs per draw under {root} (seed S > 0 in seed-S/).\n\n" + table)
-            atomic_write_text(out / "ablation.md", f"# Sec. 7 ablation: {args.domain}, node {node}\n\n{table}")
-            report += [f"\n## Ablation (Sec. 7), node `{node}`, runs in `{root}`\n\n",
-                       "Change one child's code (random base); locality and preservation as above.\n\n", table]
-            for seed, miss in missing.items():
-                if miss:
-                    report.append(f"\nnot trained yet{f' (draw seed {seed})' if len(seeds) > 1 else ''}: "
-                                  f"{', '.join(miss)}\n")
-        else:
-            report.append(f"\n## Ablation\n\nno finished variant runs in {root} (add --train-ablation)\n")
+    natural = natural_region_change(G, hierarchy_composer(h), h.required_codes(), leaves, judge, args.samples,
+                                    args.batch, truncation, args.seed, amp, progress)
+    metrics["natural_region_change"] = natural
+    report += ["\n### How strong the edits are\n\n",
+               "Region change (mean |Δ| per pixel of the base's region) of each leaf's edit, against how much "
+               "that region differs between two independent images (every code drawn afresh): a local edit "
+               "that reaches a small share of it is a weak one (Sec. 7's \"mode collapse\"). The renderer's "
+               "ideal edit, read against two independent renders, says what share a perfect region edit "
+               "reaches (it keeps the pose, so below 1).\n\n",
+               strength_markdown({r["label"]: r for r in res["random"]}, natural, ceiling_change, renders_change)]
+    if args.swap_pairs:
+        swap = run_swap_fidelity(ctx, h, args.domain, [x for x in leaves if x in _toy_regions(args.domain)],
+                                 args.swap_pairs, args.swap_steps, args.seed)
+        metrics["swap_fidelity"] = swap
+        st = swap["inversion"]
+        report += ["\n### Swap fidelity (`sfeditor.swap_fidelity`)\n\n",
+                   f"Held-out renders A and B inverted ({st['steps']} projector steps from the toy encoder's "
+                   "guess), A's codes with B's at the leaf composed through the hierarchy, compared with "
+                   "`render_swap(A, B, leaf)`: PSNR inside the union of A's and the target's region and outside "
+                   "it (renderer labels, 1-px ring left out); 'no swap' = A's reconstruction against the target "
+                   "(a swap that carries B's region scores above it); A's reconstruction outside = the ceiling "
+                   "outside. Region IoU: the result's region by the oracle against the target's (for hair: the "
+                   "hair-transfer score). ± s.e. over pairs.\n\n", swap_fidelity_markdown(swap["summary"])]
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
     atomic_write_text(out / "report.md", "".join(report))
     print(f"wrote {out / 'report.md'}")
     return 0
 
 
-def add_parsers(sub) -> None:
-    from .fusion import add_stage3_args
+def _toy_regions(domain: str) -> list[str]:
+    from sfeditor.toy import region_names
 
-    e = sub.add_parser("evaluate", help="locality heatmaps (Fig. 10/11) and numbers of a trained hierarchy; "
-                                        "Sec. 7 ablation")
+    return region_names(domain)
+
+
+def add_judge_args(e: argparse.ArgumentParser) -> None:
+    """Flags the read-only scoring shares (``evaluate`` and ``ablation``)."""
     e.add_argument("--domain", required=True)
-    e.add_argument("--hierarchy", help="hierarchy file (default runs/fusion-<domain>/hierarchy.pt, "
-                                              "else the domain's shipped one)")
     e.add_argument("--generator", help="generator checkpoint (default: the domain's)")
     e.add_argument("--regions", help="regions file (default: the domain's)")
-    e.add_argument("--out", help="output folder (default runs/fusion-eval-<domain>)")
     e.add_argument("--samples", type=int, default=200, help="edits per code and mode (the paper uses 500)")
     e.add_argument("--batch", type=int, default=16)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--truncation", type=float, default=None)
     e.add_argument("--judge", default="auto", choices=["auto", "oracle", "clusters"],
                    help="who labels regions: the toy oracle (auto when available) or the regions file")
-    e.add_argument("--against", metavar="HIERARCHY",
-                   help="also score this hierarchy (same tree) on the same edits: per code the difference "
-                        "with a paired standard error, to tell whether a retrained hierarchy is better")
-    e.add_argument("--ablation", action="store_true", help="add the Sec. 7 ablation table")
-    e.add_argument("--ablation-only", action="store_true", help="with --ablation: skip the hierarchy's evaluation")
-    e.add_argument("--ablation-node", default="all")
-    e.add_argument("--ablation-dir", help="variant runs (default runs/fusion-<domain>-ablation/<variant>)")
-    e.add_argument("--train-ablation", action="store_true", help="train (or resume) the missing variants first")
-    e.add_argument("--ablation-steps-scale", type=float, default=1.0)
-    e.add_argument("--ablation-seeds", type=int, nargs="+", metavar="SEED",
-                   help="training draws of every variant (default: one, seed 0, in ABLATION_DIR/VARIANT; seed S > 0 "
-                        "in ABLATION_DIR/seed-S/VARIANT): the table adds each variant's difference to the full model "
-                        "per draw and its standard error over draws")
-    e.add_argument("--hidden", type=int, default=0, help="FusionNet MLP width of the ablation runs (as trained)")
-    e.add_argument("--coarse-layers", type=int, default=5, help="LB_align layers of the ablation runs (as trained)")
-    add_stage3_args(e)
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on where the CPU/GPU runs bf16 natively)")
+
+
+def add_parsers(sub) -> None:
+    """Register ``evaluate`` (read-only; the ablation's training is ``sfeditor-train ablation``)."""
+    e = sub.add_parser("evaluate", help="score a trained hierarchy (reads only): locality heatmaps (Fig. 10/11) "
+                                        "and numbers, the ideal edit's, swap fidelity")
+    add_judge_args(e)
+    e.add_argument("--hierarchy", help="hierarchy file (default runs/fusion-<domain>/hierarchy.pt, "
+                                       "else the domain's shipped one)")
+    e.add_argument("--out", help="output folder (default runs/fusion-eval-<domain>)")
+    e.add_argument("--against", metavar="HIERARCHY",
+                   help="also score this hierarchy (same tree) on the same edits: per code the difference "
+                        "with a paired standard error, to tell whether a retrained hierarchy is better")
+    e.add_argument("--modes", nargs="+", choices=["random", "fixed"], default=["random", "fixed"],
+                   help="heatmap bases to score (default both: Fig. 10 random, Fig. 11 fixed)")
+    e.add_argument("--swap-pairs", type=int, default=0, metavar="N",
+                   help="toy domains: swap fidelity on N held-out render pairs (2N inversions; default 0 = off)")
+    e.add_argument("--swap-steps", type=int, default=None, metavar="STEPS",
+                   help="projector steps per inversion for --swap-pairs (default: the domain's preset, as "
+                        "`sfeditor invert`)")
     e.set_defaults(func=cmd_evaluate)
 
 
 __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer", "node_composer", "EditTarget",
            "hierarchy_targets", "OracleJudge", "ClusterJudge", "edit_experiment", "evaluate_locality",
            "renderer_ceiling", "ceiling_markdown", "natural_region_change", "strength_markdown",
+           "ideal_edit_readings", "ideal_markdown", "swap_fidelity_markdown", "run_swap_fidelity",
            "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown",
            "ablation_rows", "ablation_markdown", "ablation_figure", "ablation_run_dir", "ablation_draws",
-           "ablation_draws_markdown", "load_node_net", "add_parsers", "blend_table"]
+           "ablation_draws_markdown", "load_node_net", "add_parsers", "add_judge_args", "eval_context",
+           "EvalContext", "domain_truncation", "blend_table"]

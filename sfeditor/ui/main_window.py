@@ -706,11 +706,18 @@ class MainWindow(QMainWindow):
 
         def work(report, cancel):
             return locality_heatmap(b.G, b.hierarchy, comp, node, base, samples=samples,
-                                    batch=8 if b.G.size <= 128 else 1, cancel=cancel, max_resolution=res)
+                                    batch=8 if b.G.size <= 128 else 1, cancel=cancel, max_resolution=res,
+                                    region_model=b.region_model)
 
-        title = f"{node}: mean |Δ| when its code is resampled"
+        def title(u) -> str:     # the union reading (sfeditor.locality), when the model has a regions file
+            text = f"{node}: mean |Δ| when its code is resampled"
+            if u.locality == u.locality:
+                text += (f" · locality {u.locality:.2f} (region of either image; base only "
+                         f"{u.base_locality:.2f}) · change inside {u.region_change:.3f}")
+            return text
+
         self.start_job("overlay", work, f"heatmap of {node}", status=False,
-                       partial=lambda u: (self.preview.set_heatmap(u.values, title=title),
+                       partial=lambda u: (self.preview.set_heatmap(u.values, title=title(u)),
                                           self.preview.set_progress(u.done, u.total, f"{node}: {u.done}/{u.total}"),
                                           u.note and self.preview.set_message(u.note)),
                        finished=lambda: self.preview.set_progress(0, 0),
