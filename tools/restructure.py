@@ -68,7 +68,7 @@ PACKAGE_DOCS = {
 
 # tests/<file> -> tests/<subdir>/<file>
 TEST_DIRS = {
-    "model": ["test_generator", "test_checkpoints", "test_latent_prior", "test_hostile_inputs", "test_models",
+    "model": ["test_generator", "test_checkpoints", "test_hostile_inputs", "test_models",
               "test_fullsize_smoke"],
     "regions": ["test_regions", "test_masks", "test_correlation", "test_cluster_sheets"],
     "fusion": ["test_fusion", "test_blend_stats", "test_swap_fidelity"],
@@ -77,7 +77,7 @@ TEST_DIRS = {
     "editor": ["test_composition", "test_commands", "test_session", "test_render_service", "test_draft_render",
                "test_locality_union"],
     "toy": ["test_toy_render", "test_oracle"],
-    "trainer": ["test_fusion_train", "test_generator_recipe", "test_mapping_fit", "test_centroid_pruning",
+    "trainer": ["test_fusion_train", "test_latent_prior", "test_generator_recipe", "test_mapping_fit", "test_centroid_pruning",
                 "test_regions_cli", "test_recipes", "test_ablation"],
     "ui": ["test_ui_app", "test_ui_binding", "test_ui_draft", "test_ui_labelling", "test_ui_node_graph",
            "test_ui_preview", "test_ui_models", "test_ui_trust"],

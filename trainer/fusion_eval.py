@@ -59,12 +59,13 @@ import numpy as np
 import torch
 
 from sfeditor.atomic import atomic_write_text
-from sfeditor.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
-from sfeditor.fusion_net import FusionNet, FusionNetConfig
-from sfeditor.hierarchy import FusionHierarchy, TreeNode, load_hierarchy, parse_tree
-from sfeditor.imageio import make_grid, save_png, to_uint8
-from sfeditor.locality import change_map
-from sfeditor.style_code import StyleCode
+from sfeditor.fusion.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
+from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
+from sfeditor.fusion.hierarchy import FusionHierarchy, load_hierarchy
+from sfeditor.regions.tree import RegionNode
+from sfeditor.images.imageio import make_grid, save_png, to_uint8
+from sfeditor.editor.locality import change_map
+from sfeditor.model.style_code import StyleCode
 
 PSNR_CAP = 100.0
 Composer = Callable[[Mapping[str, StyleCode]], StyleCode]
@@ -119,7 +120,7 @@ def node_composer(net: FusionNet, child1: str, child2: str, node: str, align: bo
     return compose
 
 
-def leaves_under(root: TreeNode, name: str) -> list[str]:
+def leaves_under(root: RegionNode, name: str) -> list[str]:
     for n in root.walk():
         if n.name == name:
             return [x.name for x in n.walk() if x.is_leaf]
@@ -550,7 +551,7 @@ def renderer_ceiling(domain: str, leaves: Sequence[str], judge: Judge, samples: 
     if measure not in ("locality", "region_change", "region_variation"):
         raise ValueError(f"unknown measure {measure!r} (locality, region_change, region_variation)")
     from sfeditor.toy import render, render_swap, swap_groups
-    from sfeditor.imageio import from_uint8
+    from sfeditor.images.imageio import from_uint8
 
     known = set(swap_groups(domain))
     rng = np.random.default_rng([seed, 5151])
@@ -673,7 +674,7 @@ def load_node_net(path: str | os.PathLike) -> FusionNet:
 def ablation_rows(G, nets: Mapping[str, FusionNet], tree, node: str, judge: Judge, samples: int = 200,
                   batch: int = 16, truncation: float = 1.0, seed: int = 0, amp=None) -> dict[str, dict]:
     """Per variant: locality / PSNR of a child-1 change and of a child-2 change (random base)."""
-    root = parse_tree(tree)
+    root = RegionNode.parse(tree)
     kids = [c.name for n in root.walk() if n.name == node for c in n.children]
     if len(kids) != 2:
         raise ValueError(f"{node!r} is not an internal node")
@@ -702,7 +703,7 @@ def ablation_figure(G, nets: Mapping[str, FusionNet], tree, node: str, changed: 
     """Fig. 16: one row per variant, one column per new code of the child ``changed``; the other
     child's code and the node's global code stay fixed (the same codes in every row), so each row
     should show one car (16a: the background changes) or one background (16b: the car changes)."""
-    root = parse_tree(tree)
+    root = RegionNode.parse(tree)
     kids = [c.name for n in root.walk() if n.name == node for c in n.children]
     if len(kids) != 2 or changed not in kids:
         raise ValueError(f"{changed!r} is not a child of the internal node {node!r}")
@@ -850,7 +851,7 @@ def ablation_draws_markdown(summary: Mapping[str, Mapping[str, Mapping]], kids: 
 # ------------------------------------------------------- blend statistics
 def blend_table(stats: Mapping[str, BlendStats], children: Mapping[str, Sequence[str]],
                 label: str = "node") -> str:
-    """Markdown: per net, where its channels come from and any sign of collapse (sfeditor.blend_stats)."""
+    """Markdown: per net, where its channels come from and any sign of collapse (sfeditor.fusion.blend_stats)."""
     head = (f"| {label} | channels from child 1 / child 2 | q_fuse mean | global code: coarse channels set "
             "| q saturated (fuse / align) | input dependence (fuse / align) | warnings |")
     lines = [head, "|---|---|---|---|---|---|---|"]
@@ -877,15 +878,15 @@ def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
         except (FileNotFoundError, ValueError) as e:
             if kind == "oracle":
                 raise ValueError(f"the {domain} oracle cannot be loaded: {e}") from None
-    from sfeditor.masks import RegionModel
+    from sfeditor.regions.masks import RegionModel
 
     return ClusterJudge(RegionModel(G, regions))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sfeditor.checkpoints import choose_bf16, load_generator
-    from sfeditor.regions import load_regions
-    from sfeditor.session import default_hierarchy_path
+    from sfeditor.model.checkpoints import choose_bf16, load_generator
+    from sfeditor.regions.regions_file import load_regions
+    from sfeditor.editor.session import default_hierarchy_path
 
     from .common import Progress
     from .fusion import (ABLATIONS, FusionRecipe, domain_truncation, has_stage3, pick_device, stage3_recipe_args,
@@ -959,7 +960,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        "training draw).\n\n", comparison_markdown(crows, hpath.name, Path(args.against).name)]
         bstats = hierarchy_blend_stats(h, G, samples=min(args.samples, 64), truncation=truncation, seed=args.seed)
         metrics["blend"] = {k: v.to_dict() for k, v in bstats.items()}
-        report += ["\n### FusionNet blend coefficients (`sfeditor.blend_stats`)\n\n",
+        report += ["\n### FusionNet blend coefficients (`sfeditor.fusion.blend_stats`)\n\n",
                    "q_fuse = share of the second child's code in the result, q_align = share of the node's "
                    "global code in the coarse layers; saturated = q within 0.01 of 0 or 1; input dependence = "
                    "mean per-channel std of q over sampled inputs (0: one fixed channel mask).\n\n",

@@ -17,7 +17,7 @@ regions file (leaves ``cluster_<id>``); this dialog is where a person labels it:
 Renaming the only cluster of a region to a name the tree does not have renames
 that leaf too (so labelling a Ward tree's ``cluster_<id>`` leaves keeps its
 shape).  Qt only: contact sheets come in as uint8 RGB arrays
-(:func:`sfeditor.cluster_sheets.cluster_sheets`).
+(:func:`sfeditor.regions.cluster_sheets.cluster_sheets`).
 """
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogBut
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from .pixmaps import rgb_pixmap
-from ..cluster_sheets import BANNER_HEIGHT, PALETTE, ContactSheets
-from ..regions import PAPER_TREES, RegionNode, RegionsFile, paper_tree
+from ..regions.cluster_sheets import BANNER_HEIGHT, PALETTE, ContactSheets
+from ..regions.regions_file import RegionsFile
+from ..regions.tree import PAPER_TREES, RegionNode, paper_tree
 
 __all__ = ["RegionLabellingDialog", "SheetViewer", "sheet_pixmap"]
 
