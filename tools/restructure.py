@@ -130,8 +130,26 @@ def relativize(pkg: str, target: str) -> str:
     return "." * (len(p) - n + 1) + ".".join(t[n:])
 
 
+TREE_NAMES = {"RegionNode", "node", "PAPER_TREES", "DOMAIN_TREES", "paper_tree", "leaves", "find_node",
+              "region_of", "internal_nodes", "validate_tree"}
+OLD_LEAVES = {k.rsplit(".", 1)[1] for k in MOVES}
+NEW_PREFIXES = sorted(set(MOVES.values()) | set(PACKAGES), key=len, reverse=True)
+
+
+def already_new(name: str) -> bool:
+    """True for a dotted name that already points into the new layout (re-runs are idempotent)."""
+    return any(name == n or name.startswith(n + ".") for n in NEW_PREFIXES)
+
+
+def exists(dotted: str) -> bool:
+    p = ROOT / dotted.replace(".", "/")
+    return p.with_suffix(".py").exists() or (p / "__init__.py").exists()
+
+
 def new_module(old: str) -> str:
     """Map a dotted name (module or module.attr) through MOVES, longest prefix first."""
+    if already_new(old):
+        return old
     for k in sorted(MOVES, key=len, reverse=True):
         if old == k or old.startswith(k + "."):
             return MOVES[k] + old[len(k):]
@@ -142,13 +160,18 @@ FROM_RE = re.compile(r"^(\s*)from\s+(\.+)([\w\.]*)\s+import\s+(.*)$")
 ABS_FROM_RE = re.compile(r"^(\s*)from\s+((?:sfeditor|trainer)(?:\.\w+)*)\s+import\s+(.*)$")
 
 
-def rewrite_imports(text: str, old_pkg: str, new_pkg: str, moved_modules: set[str]) -> str:
+def rewrite_imports(text: str, old_pkg: str, new_pkg: str, moved_modules: set[str], just_moved: bool) -> str:
     out = []
     for line in text.split("\n"):
         m = FROM_RE.match(line)
         if m:
             ind, dots, rest, names = m.groups()
-            target = resolve_relative(old_pkg, dots, rest)
+            first = names.split(",")[0].strip("( ").split(" ")[0]
+            here = resolve_relative(new_pkg, dots, rest)
+            if just_moved or not (exists(here) if rest else exists(f"{here}.{first}") or first not in OLD_LEAVES):
+                target = resolve_relative(old_pkg, dots, rest)     # written for the file's old place
+            else:
+                target = here
             line = _emit(ind, target, names, new_pkg, moved_modules, relative=True)
         else:
             m = ABS_FROM_RE.match(line)
@@ -173,6 +196,14 @@ def _emit(ind, target, names, new_pkg, moved_modules, relative):
                 return f"{ind}from {_fmt(parent, new_pkg, relative)} import {name}"
             raise SystemExit(f"split this import by hand: from {target} import {names}")
     nt = new_module(target)
+    if nt == "sfeditor.regions.regions_file" and simple:
+        # the region tree left the regions file for sfeditor/regions/tree.py
+        t = [n for n in simple if n.split()[0] in TREE_NAMES]
+        r = [n for n in simple if n.split()[0] not in TREE_NAMES]
+        if t:
+            lines = [f"{ind}from {_fmt(nt, new_pkg, relative)} import {', '.join(r)}"] if r else []
+            lines.append(f"{ind}from {_fmt('sfeditor.regions.tree', new_pkg, relative)} import {', '.join(t)}")
+            return "\n".join(lines)
     return f"{ind}from {_fmt(nt, new_pkg, relative)} import {names}"
 
 
@@ -183,6 +214,14 @@ def _fmt(target, new_pkg, relative):
 
 
 DOTTED_RE = None
+
+
+def _sub_dotted(m) -> str:
+    """Rewrite an old dotted name unless the text goes on into the new layout (``sfeditor.regions.tree``)."""
+    rest = re.match(r"(\.\w+)*", m.string[m.end():]).group(0)
+    if already_new(m.group(1) + rest) and rest:
+        return m.group(1)
+    return MOVES[m.group(1)]
 
 
 def rewrite_strings(text: str) -> str:
@@ -196,7 +235,7 @@ def rewrite_strings(text: str) -> str:
     out = []
     for line in text.split("\n"):
         if not (FROM_RE.match(line) or ABS_FROM_RE.match(line)):   # imports were rewritten already
-            line = DOTTED_RE.sub(lambda m: MOVES[m.group(1)], line)
+            line = DOTTED_RE.sub(_sub_dotted, line)
             line = rewrite_strings.path_re.sub(lambda m: rewrite_strings.paths[m.group(1)], line)
         out.append(line)
     return "\n".join(out)
@@ -225,7 +264,7 @@ def main():
         git("mv", str(src.relative_to(ROOT)), str(dst.relative_to(ROOT)))
         moved[old] = new
     # 3. rewrite imports in every python file (its old package decides what relative imports meant)
-    inv = {v: k for k, v in moved.items()}
+    inv = {v: k for k, v in MOVES.items()}
     for p in text_files():
         text = p.read_text()
         orig = text
@@ -236,7 +275,7 @@ def main():
             new_pkg = package_of(p)
             if p.name == "__init__.py":
                 old_pkg = new_pkg = dotted_new.rsplit(".", 1)[0]
-            text = rewrite_imports(text, old_pkg, new_pkg, set(moved))
+            text = rewrite_imports(text, old_pkg, new_pkg, set(moved), dotted_new in moved.values())
         text = rewrite_strings(text)
         if text != orig:
             p.write_text(text)

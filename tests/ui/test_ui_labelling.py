@@ -9,7 +9,8 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QDialog, QInputDialog  # noqa: E402
 
-from sfeditor.regions.regions_file import RegionsFile, node  # noqa: E402
+from sfeditor.regions.regions_file import RegionsFile
+from sfeditor.regions.tree import node  # noqa: E402
 from sfeditor.ui.labelling import RegionLabellingDialog  # noqa: E402
 
 K, C = 6, 8

@@ -11,7 +11,7 @@ from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from sfeditor.editor.composition import Composition, NodeState  # noqa: E402
-from sfeditor.regions.regions_file import paper_tree  # noqa: E402
+from sfeditor.regions.tree import paper_tree  # noqa: E402
 from sfeditor.regions.tree import leaves
 from sfeditor.ui.node_graph import (DIM_OPACITY, LIGHT, NODE_MIME, ZOOM_MAX, ZOOM_MIN,  # noqa: E402
                                     NodeGraphView)
