@@ -35,7 +35,8 @@ def random_toy(domain: str):
     """A random generator with the toy architecture and a regions file of the right shapes."""
     from sfeditor import Generator
     from sfeditor.regions.clustering import squared_distances
-    from sfeditor.regions.regions_file import RegionsFile, generator_identity
+    from sfeditor.regions.regions_file import RegionsFile
+    from sfeditor.model.identity import generator_identity
     from sfeditor.regions.tree import leaves, paper_tree
 
     torch.manual_seed(0)

@@ -31,7 +31,8 @@ from sfeditor.images.inversion import InversionSettings  # noqa: E402
 from sfeditor.toy import render  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from sfeditor.images.toy_encoder import load_toy_encoder  # noqa: E402
-from trainer.generator import HELDOUT_SEED_OFFSET, gradient_magnitude, psnr  # noqa: E402
+from trainer.generator import HELDOUT_SEED_OFFSET, gradient_magnitude
+from sfeditor.images.metrics import psnr
 from trainer.mapping_fit import (empirical_gaussian, encoder_codes, fit_batch, project_batch,  # noqa: E402
                                  projected_mean_gaussian, shrunk_gaussian)
 

@@ -11,7 +11,7 @@ Three workloads on the shipped toy generators, each timed in both precisions in 
 * fusion step: one stage-3 step of ``sfeditor-train fusion`` on toy-cars' ``all`` node (batch 4).
 
 The ratio column is bf16 / fp32 time: below 1 where bf16 is native (AVX512-BF16, AMX, CUDA), above
-1 where it is emulated (e.g. AVX2-only CPUs). :func:`sfeditor.model.checkpoints.bf16_is_fast` makes the same
+1 where it is emulated (e.g. AVX2-only CPUs). :func:`sfeditor.model.device.bf16_is_fast` makes the same
 call from the CPU flags; the trainers' automatic ``--bf16`` follows it.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sfeditor.model.checkpoints import bf16_is_fast, load_generator, pick_device  # noqa: E402
+from sfeditor.model.device import bf16_is_fast, pick_device
+from sfeditor.model.checkpoints import load_generator
 from _timing import timed  # noqa: E402
 
 

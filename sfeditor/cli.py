@@ -34,7 +34,8 @@ def parse_seeds(text: str) -> list[int]:
 def cmd_render(args: argparse.Namespace) -> int:
     import torch
 
-    from .model.checkpoints import load_generator, pick_device
+    from .model.checkpoints import load_generator
+    from .model.device import pick_device
     from .domains import SHIPPED
     from .images.imageio import make_grid, save_png, to_uint8
     from .model.style_code import StyleCode

@@ -22,7 +22,8 @@ __all__ = ["add_parsers", "cmd_invert", "cmd_edit", "cmd_transfer"]
 
 # ------------------------------------------------------------- helpers
 def _load_G(args):
-    from .model.checkpoints import load_generator, pick_device
+    from .model.checkpoints import load_generator
+    from .model.device import pick_device
 
     G = load_generator(args.model, device=pick_device(args.device))
     G.eval()
@@ -177,7 +178,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
     import torch
 
     from .images.imageio import save_png
-    from .images.inversion import generator_fingerprint, save_latents
+    from .model.identity import generator_fingerprint
+    from .images.inversion import save_latents
     from .jobs import Cancelled, CancelToken
 
     G = _load_G(args)

@@ -32,7 +32,8 @@ import torch
 from sfeditor.images.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
 
 from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, run_cancellable, set_rng_state
-from .generator import HELDOUT_SEED_OFFSET, psnr, recon_loss, rendered_batch
+from .generator import HELDOUT_SEED_OFFSET, recon_loss, rendered_batch
+from sfeditor.images.metrics import psnr
 
 ENCODER_SEED_OFFSET = 5_000_000      # training renders: seeds from here (below the held-out range)
 
@@ -86,7 +87,7 @@ def train_encoder(recipe: EncoderRecipe, out: str | Path, resume: bool = True, c
                   progress_callback=None, log=print) -> Path:
     """Run (or resume) encoder training; returns the path of the written ``encoder.pt``."""
     from sfeditor.model.checkpoints import load_generator
-    from sfeditor.images.inversion import generator_fingerprint
+    from sfeditor.model.identity import generator_fingerprint
 
     cancel = cancel or CancelToken()
     if recipe.threads:

@@ -27,7 +27,8 @@ from sfeditor.images.imageio import from_uint8, make_grid, save_png, to_uint8
 from sfeditor.toy import region_names, render
 
 from .common import Progress
-from .generator import HELDOUT_SEED_OFFSET, gradient_magnitude, psnr
+from .generator import HELDOUT_SEED_OFFSET, gradient_magnitude
+from sfeditor.images.metrics import psnr
 
 MIN_REGION_PIXELS = 3   # a region "is present" when the oracle gives it at least this many pixels (64x64)
 

@@ -65,12 +65,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfeditor.model.checkpoints import choose_bf16, pick_device as _core_pick_device
+from sfeditor.model.device import choose_bf16, pick_device as _core_pick_device
 
 from sfeditor.atomic import atomic_torch_save
 from trainer.fusion_config import StageConfig, TrainingConfig, favored, node_config, regular, short
 from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.fusion.hierarchy import FusionHierarchy, load_hierarchy
+from sfeditor.regions.tree import RegionNode
 from sfeditor.images.imageio import make_grid, save_png, to_uint8
 from sfeditor.regions.tree import find_node, internal_nodes
 from sfeditor.model.style_code import StyleCode
@@ -529,7 +530,7 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
                            "children": [nr.child1, nr.child2], "ablation": recipe.ablation,
                            "training": tc.to_dict()}, run.path / "net.pt")
         if hierarchy is not None:
-            from sfeditor.regions.regions_file import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
+            from sfeditor.model.identity import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
 
             update_hierarchy_file(hierarchy, regions.tree, recipe.node, net, G.layout, half=half,
                                   generator_fingerprint=generator_fingerprint(G),

@@ -884,7 +884,8 @@ def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sfeditor.model.checkpoints import choose_bf16, load_generator
+    from sfeditor.model.device import choose_bf16
+    from sfeditor.model.checkpoints import load_generator
     from sfeditor.regions.regions_file import load_regions
     from sfeditor.editor.session import default_hierarchy_path
 

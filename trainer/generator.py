@@ -41,7 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-from sfeditor.model.checkpoints import choose_bf16
+from sfeditor.model.device import choose_bf16, pick_device
+from sfeditor.images.metrics import psnr
 from sfeditor.model.generator import Generator, GeneratorConfig
 from sfeditor.model.style_code import StyleCode
 from sfeditor.images.imageio import from_uint8, make_grid, save_png, to_uint8
@@ -284,12 +285,6 @@ def region_weight_map(domain: str, labels: np.ndarray, regions: tuple, factor: f
     ids = [names.index(r) for r in regions]
     m = np.isin(labels, ids)
     return torch.from_numpy(np.where(m, np.float32(factor), np.float32(1.0)))[:, None]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [-1, 1]."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 def step_seeds(step: int, batch: int, offset: int = TRAIN_SEED_OFFSET) -> np.ndarray:
@@ -609,7 +604,7 @@ def trainable_parameters(G: nn.Module, E: nn.Module, prefixes: tuple) -> list:
 
 def describe_trainable(G: nn.Module, prefixes: tuple) -> str:
     """One log line: how many weights ``prefixes`` trains and whether S-space files survive it."""
-    from sfeditor.regions.regions_file import outside_deep_pixels
+    from sfeditor.model.identity import outside_deep_pixels
 
     names = [n for n, _ in G.named_parameters() if any(n.startswith(pre) for pre in prefixes)]
     count = sum(p.numel() for n, p in G.named_parameters() if n in names)
@@ -686,7 +681,7 @@ def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunD
     was fitted from, so a rerun or a resumed run does not fit it again (the EM fit takes 6-22 min here; a
     stopped fit resumes from ``mixture-em.pt``, saved every 5 EM iterations)."""
     from sfeditor.atomic import atomic_torch_save
-    from sfeditor.images.inversion import module_fingerprint
+    from sfeditor.model.identity import module_fingerprint
     from sfeditor.model.latent_prior import MixturePrior
 
     from .mapping_fit import EM_CHUNK, encoder_codes, fit_mixture
@@ -777,7 +772,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
     opt_mix = torch.optim.Adam(syn_params + list(E.parameters()), lr=recipe.mix_lr, betas=(0.5, 0.99))
     opt_dimg = torch.optim.Adam(D_img.parameters(), lr=0.0005, betas=(0.5, 0.99))
     opt_dpatch = torch.optim.Adam(D_patch.parameters(), lr=0.001, betas=(0.0, 0.99))
-    dev = torch.device(recipe.device if recipe.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(recipe.device)
     G.to(dev); E.to(dev); D_img.to(dev); D_lat.to(dev); D_patch.to(dev)
     use_bf16, bf16_warning = choose_bf16(recipe.bf16, dev)
     if bf16_warning:

@@ -30,7 +30,8 @@ import torch
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.jobs import Cancelled
 
-from .generator import psnr, rendered_batch
+from sfeditor.images.metrics import psnr
+from .generator import rendered_batch
 
 FIT_SEED_OFFSET = 100_000      # the renders the mapping is fitted to: rendered_batch(domain, 100_000 + i, 64)
 FIT_BATCH = 64
@@ -99,8 +100,8 @@ def projected_codes(G, E, domain: str, size: int, n: int, steps: int, lr: float,
 
     ``progress(done_batches, total_batches, info)`` after each batch; ``cancel.requested`` stops after
     the batch in hand is saved (:class:`sfeditor.jobs.Cancelled`)."""
-    from sfeditor.images.inversion import module_fingerprint
-    from sfeditor.regions.regions_file import synthesis_fingerprint
+    from sfeditor.model.identity import module_fingerprint
+    from sfeditor.model.identity import synthesis_fingerprint
 
     total = max(1, n // FIT_BATCH)
     spec = {"domain": domain, "size": size, "steps": steps, "lr": lr,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sfeditor.model.device import pick_device
 from sfeditor.regions.cluster_sheets import (banner as _banner, colours as _colours, contact_sheet, label_overview,
                                      legend as _legend, outline as _outline, upscale as _upscale)
 
@@ -41,9 +42,7 @@ def _setup(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(args.device)
+    return pick_device(args.device)
 
 
 def _truncation(args: argparse.Namespace, domain: str) -> float:
@@ -148,7 +147,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     from sfeditor.regions.cluster_sheets import cluster_samples, resize_labels, sheet_title
     from sfeditor.images.imageio import save_png
     from sfeditor.regions.masks import RegionModel
-    from sfeditor.regions.regions_file import generator_fingerprint
+    from sfeditor.model.identity import generator_fingerprint
     from sfeditor.regions.tree import paper_tree
 
     from .common import CancelToken

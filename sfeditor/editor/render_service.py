@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..model.checkpoints import bf16_is_fast
+from ..model.device import bf16_is_fast
 from .composition import Composition
 from ..images.imageio import to_uint8
 from ..model.style_code import StyleCode
@@ -185,7 +185,7 @@ class RenderService:
         to be shown (None: no check).
         ``thumbnail_resolution``: the largest thumbnail synthesised (None: full size).
         ``draft_bf16``: synthesise drafts and small thumbnails under bf16 autocast (default: on a CPU
-        where bf16 is native, :func:`sfeditor.model.checkpoints.bf16_is_fast`)."""
+        where bf16 is native, :func:`sfeditor.model.device.bf16_is_fast`)."""
         self.G, self.hierarchy = G, hierarchy
         if draft_resolution == "auto":
             draft_resolution = default_draft_resolution(G)

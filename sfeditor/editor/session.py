@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write_bytes
-from ..model.checkpoints import pick_device
+from ..model.device import pick_device
 from .commands import (AssignCode, CopyCode, NodeEdit, RandomizeUnlocked, Reroll, SetCollapsed, SetLocked,
                        SetSeed, SetTruncation, UndoStack)
 from .composition import Composition, embed_in_png, extract_from_png
@@ -77,7 +77,7 @@ class ModelBundle:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            from ..images.inversion import generator_fingerprint
+            from ..model.identity import generator_fingerprint
 
             self._fingerprint = generator_fingerprint(self.G)
         return self._fingerprint
@@ -155,7 +155,7 @@ class ModelBundle:
         if self.hierarchy is None:
             return None
         if self._hierarchy_fp is None:
-            from ..images.inversion import module_fingerprint
+            from ..model.identity import module_fingerprint
 
             self._hierarchy_fp = module_fingerprint(self.hierarchy)
         return self._hierarchy_fp
@@ -169,7 +169,7 @@ def _check_fit(bundle: ModelBundle) -> None:
             h.check_generator(G, str(bundle.hierarchy_path))
         except ValueError as e:
             raise SessionError(str(e)) from None
-        from ..regions.regions_file import fits_fingerprints
+        from ..model.identity import fits_fingerprints
 
         if not fits_fingerprints(h.meta.get("generator_fingerprint"), h.meta.get("synthesis_fingerprint"), G,
                                  h.meta.get("deep_pixel_fingerprint")):

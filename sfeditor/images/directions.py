@@ -83,7 +83,7 @@ def pca_directions(G, n_components: int = 32, n_samples: int = 20_000, seed: int
 
     ``cache_dir=False`` disables the cache; ``None`` uses ``~/.cache/sfeditor/directions``.
     """
-    from .inversion import generator_fingerprint
+    from ..model.identity import generator_fingerprint
 
     if n_components < 1 or n_components > G.style_dim:
         raise ValueError(f"n_components must be in 1..{G.style_dim}")

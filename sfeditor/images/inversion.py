@@ -28,7 +28,6 @@ import json
 import math
 import os
 import time
-import weakref
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,14 +37,16 @@ import torch
 import torch.nn.functional as F
 
 from ..atomic import atomic_torch_save
-from ..model.checkpoints import bf16_is_fast
+from ..model.device import bf16_is_fast
 from ..jobs import Cancelled, ProgressCallback
+from ..model.identity import generator_fingerprint, module_fingerprint
+from .metrics import psnr
 from ..model.style_code import StyleCode
 
 __all__ = ["InversionSettings", "InversionResult", "Projector", "InversionCache", "invert", "ssim", "ms_ssim",
-           "psnr", "noise_regularization", "normalize_noise_", "lr_schedule", "generator_fingerprint",
+           "noise_regularization", "normalize_noise_", "lr_schedule",
            "default_cache_dir", "lpips_loss", "read_e4e", "E4EInfo", "E4EUnsupported", "image_to_tensor",
-           "module_fingerprint", "save_latents", "load_latents", "load_e4e"]
+           "save_latents", "load_latents", "load_e4e"]
 
 CACHE_FORMAT = "sfeditor-inversion"
 CACHE_VERSION = 1
@@ -143,12 +144,6 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, value_range: tuple[float, float] =
     stack = torch.stack(vals, dim=0)                     # [levels, B, C]
     out = torch.prod(stack ** w.view(-1, 1, 1), dim=0)   # [B, C]
     return out.mean(1)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [-1, 1] (values clamped first)."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
 # ============================================================ noise maps
@@ -295,36 +290,6 @@ class InversionResult:
 
 
 # ======================================================= fingerprints
-_FP_CACHE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _versions(module: torch.nn.Module) -> tuple:
-    return tuple((id(t), t._version) for t in module.state_dict(keep_vars=True).values())
-
-
-def generator_fingerprint(G) -> str:
-    """sha256 of the generator's weights and buffers (fp16-rounded; see ``regions.generator_fingerprint``),
-    remembered per generator object until its tensors change."""
-    from ..regions.regions_file import generator_fingerprint as _fp
-
-    ver = _versions(G)
-    hit = _FP_CACHE.get(G)
-    if hit is not None and hit[0] == ver:
-        return hit[1]
-    fp = _fp(G)
-    _FP_CACHE[G] = (ver, fp)
-    return fp
-
-
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 of any module's state dict (exact bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + h.hexdigest()
 
 
 # ============================================================ images

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from ..jobs import Cancelled, check_cancel
-from .regions_file import NORMALIZATIONS, RegionsFile, generator_identity
+from .regions_file import NORMALIZATIONS, RegionsFile
+from ..model.identity import generator_identity
 from .tree import RegionNode
 
 #: progress(done, total, stage)

@@ -14,7 +14,7 @@ from editor_core_helpers import TREE2, composition, tiny_generator
 from sfeditor.editor.composition import (FORMAT, PNG_KEYWORD, VERSION, Composition, NodeState, embed_in_png,
                                   extract_from_png)
 from sfeditor.images.imageio import encode_png
-from sfeditor.regions.regions_file import generator_fingerprint
+from sfeditor.model.identity import generator_fingerprint
 
 torch.set_num_threads(1)
 

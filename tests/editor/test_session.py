@@ -250,7 +250,7 @@ def test_hierarchy_for_another_generator_is_noted(bundle, tmp_path):
     b2 = load_bundle("mine", generator=tmp_path / "g.pt", hierarchy=tmp_path / "h2.pt", device="cpu")
     assert not any("another generator" in n for n in b2.notes)
     # a refitted mapping (same synthesis) keeps a hierarchy that recorded the synthesis fingerprint
-    from sfeditor.regions.regions_file import synthesis_fingerprint
+    from sfeditor.model.identity import synthesis_fingerprint
 
     G2 = type(bundle.G)(bundle.G.config)
     G2.load_state_dict(bundle.G.state_dict())
@@ -265,7 +265,7 @@ def test_hierarchy_for_another_generator_is_noted(bundle, tmp_path):
     b4 = load_bundle("mine", generator=tmp_path / "g2.pt", hierarchy=tmp_path / "h3.pt", device="cpu")
     assert not any("another generator" in n for n in b4.notes)
     # a fine-tuned image head (last conv, toRGB kernels): only the DeepPixel fingerprint still fits
-    from sfeditor.regions.regions_file import deep_pixel_fingerprint
+    from sfeditor.model.identity import deep_pixel_fingerprint
 
     with torch.no_grad():
         G2.convs[-1].conv.weight.mul_(1.2)

@@ -9,9 +9,8 @@ import torch
 from editor_core_helpers import small_generator
 
 from sfeditor import Generator
-from sfeditor.images.inversion import (E4EUnsupported, InversionCache, InversionSettings, Projector, load_e4e,
-                                load_latents, lr_schedule, ms_ssim, noise_regularization, psnr, read_e4e,
-                                save_latents, ssim)
+from sfeditor.images.inversion import E4EUnsupported, InversionCache, InversionSettings, Projector, load_e4e, load_latents, lr_schedule, ms_ssim, noise_regularization, read_e4e, save_latents, ssim
+from sfeditor.images.metrics import psnr
 from sfeditor.jobs import Cancelled, CancelToken
 from sfeditor.model.style_code import StyleCode
 from sfeditor.images.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder

@@ -8,7 +8,8 @@ from editor_core_helpers import small_generator
 from sfeditor.regions.cluster_sheets import (ContactSheets, cluster_samples, cluster_shares, cluster_sheets, colours,
                                      contact_sheet, label_overview, resize_labels, sheet_title)
 from sfeditor.jobs import Cancelled, CancelToken
-from sfeditor.regions.regions_file import RegionsFile, generator_identity
+from sfeditor.regions.regions_file import RegionsFile
+from sfeditor.model.identity import generator_identity
 from sfeditor.regions.tree import node
 
 K = 4

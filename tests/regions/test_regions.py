@@ -12,8 +12,8 @@ from editor_core_helpers import SMALL as TINY, small_generator
 from sfeditor import Generator
 from sfeditor.regions.clustering import (ClusteringOptions, ClusteringResult, MergeTree, assign, channel_scale,
                                  cluster_generator, sample_deep_pixels, squared_distances, ward_tree)
-from sfeditor.regions.regions_file import (RegionsFile, deep_pixel_fingerprint, encode_array, generator_fingerprint,
-                                           load_regions, synthesis_fingerprint)
+from sfeditor.regions.regions_file import RegionsFile, encode_array, load_regions
+from sfeditor.model.identity import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
 from sfeditor.regions.tree import PAPER_TREES, RegionNode, internal_nodes, leaves, node, paper_tree, region_of
 from sfeditor.toy import region_names
 

@@ -24,7 +24,8 @@ from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.fusion.hierarchy import load_hierarchy
 from trainer.losses import fusion_loss
 from sfeditor.regions.masks import RegionModel
-from sfeditor.regions.regions_file import RegionsFile, generator_identity
+from sfeditor.regions.regions_file import RegionsFile
+from sfeditor.model.identity import generator_identity
 from sfeditor.regions.tree import node
 from trainer.common import CancelToken, Cancelled
 from trainer.fusion import (FusionRecipe, _recipe_from_args, local_pair, plan_stages, sync_step, train_hierarchy,
@@ -343,7 +344,7 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
     saved = load_hierarchy(tmp_path / "fus" / "hierarchy.pt")
     assert sorted(saved.nets) == ["ab", "all", "cd"]
     assert torch.load(tmp_path / "fus" / "hierarchy.pt", weights_only=True)["dtype"] == "float16"
-    from sfeditor.regions.regions_file import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
+    from sfeditor.model.identity import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
     assert saved.meta == {"generator_fingerprint": generator_fingerprint(G),
                           "synthesis_fingerprint": synthesis_fingerprint(G),
                           "deep_pixel_fingerprint": deep_pixel_fingerprint(G)}

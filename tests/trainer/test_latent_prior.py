@@ -10,7 +10,7 @@ import torch
 from sfeditor.model.checkpoints import CheckpointError, load_generator, save_generator
 from sfeditor.model.generator import Generator
 from sfeditor.model.latent_prior import MixturePrior, PriorError, split_prior_state
-from sfeditor.regions.regions_file import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
+from sfeditor.model.identity import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
 from trainer.generator import train_generator
 from trainer.mapping_fit import fit_mixture
 

@@ -8,7 +8,7 @@ import torch
 
 from sfeditor.model.checkpoints import load_generator
 from sfeditor.model.generator import Generator
-from sfeditor.regions.regions_file import generator_fingerprint, synthesis_fingerprint
+from sfeditor.model.identity import generator_fingerprint, synthesis_fingerprint
 from sfeditor.images.toy_encoder import ToyEncoder
 from trainer.common import Cancelled, CancelToken
 from trainer.generator import train_generator
