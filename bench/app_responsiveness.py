@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from PySide6.QtCore import QSettings, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from sfeditor.imageio import save_png  # noqa: E402
+from sfeditor.images.imageio import save_png  # noqa: E402
 from sfeditor.toy import render  # noqa: E402
 from sfeditor.ui.main_window import MainWindow  # noqa: E402
 

@@ -4,7 +4,7 @@ A 1024 px config-f generator (random weights) stopped after the toRGB layer of e
 resolution; batch 1, float32.  The ratio column is each row's time over the full
 synthesis measured in the same run (these machines are noisy: compare ratios).  The
 editor's preview shows a 256 px draft of a large model on the CPU before the full
-frame, and renders node thumbnails at 128 px (``sfeditor.render_service``).
+frame, and renders node thumbnails at 128 px (``sfeditor.editor.render_service``).
 
     python bench/draft_synthesis.py [--size 1024] [--device cpu] [--repeats 3] [--bf16]
 """

@@ -1,6 +1,6 @@
 """What the editor's user waits for: one preview frame after each kind of edit, thumbnails, a heatmap.
 
-Times :func:`sfeditor.render_service.render_request` (the worker's function) on a
+Times :func:`sfeditor.editor.render_service.render_request` (the worker's function) on a
 shipped toy domain with its hierarchy (random FusionNets of the right shape when
 none is shipped), after: a full change (every node new: "randomise"), one
 leaf re-rolled (only its path to the root is recomputed), and nothing changed
@@ -22,12 +22,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from _timing import timed  # noqa: E402
-from sfeditor.commands import RandomizeUnlocked, Reroll  # noqa: E402
-from sfeditor.fusion_net import FusionNetConfig  # noqa: E402
-from sfeditor.hierarchy import FusionHierarchy  # noqa: E402
-from sfeditor.locality import locality_heatmap  # noqa: E402
-from sfeditor.render_service import CodeCache, RenderRequest, render_request  # noqa: E402
-from sfeditor.session import load_bundle  # noqa: E402
+from sfeditor.editor.commands import RandomizeUnlocked, Reroll  # noqa: E402
+from sfeditor.fusion.fusion_net import FusionNetConfig  # noqa: E402
+from sfeditor.fusion.hierarchy import FusionHierarchy  # noqa: E402
+from sfeditor.editor.locality import locality_heatmap  # noqa: E402
+from sfeditor.editor.render_service import CodeCache, RenderRequest, render_request  # noqa: E402
+from sfeditor.editor.session import load_bundle  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     rows.append((f"locality heatmap, {args.heatmap_samples} samples (fixed base)", time.perf_counter() - t))
     model = b.region_model
     if model is not None:
-        from sfeditor.clustering import squared_distances
-        from sfeditor.masks import deep_pixels_from_features
+        from sfeditor.regions.clustering import squared_distances
+        from sfeditor.regions.masks import deep_pixels_from_features
 
         s1 = cache.get(comp, b.tree.name, G)
 

@@ -16,9 +16,10 @@ import argparse
 import torch
 
 from sfeditor import StyleCode, StyleLayout
-from sfeditor.fusion_net import FusionNetConfig
-from sfeditor.generator import default_channels
-from sfeditor.hierarchy import OFFICIAL_TREES, FusionHierarchy
+from sfeditor.fusion.fusion_net import FusionNetConfig
+from sfeditor.model.generator import default_channels
+from sfeditor.fusion.hierarchy import FusionHierarchy
+from sfeditor.regions.tree import PAPER_TREES
 
 from _timing import timed  # noqa: E402  (bench/ is on sys.path when run as a script)
 
@@ -39,7 +40,7 @@ def main() -> None:
     base = None
     for variant in args.variants.split(","):
         torch.manual_seed(0)
-        h = FusionHierarchy.with_random_nets(OFFICIAL_TREES["ffhq"], FusionNetConfig.for_layout(layout, variant),
+        h = FusionHierarchy.with_random_nets(PAPER_TREES["faces"], FusionNetConfig.for_layout(layout, variant),
                                              layout=layout).to(device).eval().requires_grad_(False)
         n_params = sum(p.numel() for p in h.parameters())
         for batch in [int(b) for b in args.batches.split(",")]:

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sfeditor.fusion_config import regular  # noqa: E402
-from sfeditor.fusion_net import FusionNet, FusionNetConfig  # noqa: E402
-from sfeditor.masks import RegionModel  # noqa: E402
+from trainer.fusion_config import regular  # noqa: E402
+from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig  # noqa: E402
+from sfeditor.regions.masks import RegionModel  # noqa: E402
 from trainer.fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,  # noqa: E402
                                    trained_blenders)
 
@@ -34,8 +34,10 @@ TOY = dict(size=64, style_dim=256, n_mlp=4, channels={4: 256, 8: 256, 16: 128, 3
 def random_toy(domain: str):
     """A random generator with the toy architecture and a regions file of the right shapes."""
     from sfeditor import Generator
-    from sfeditor.clustering import squared_distances
-    from sfeditor.regions import RegionsFile, generator_identity, leaves, paper_tree
+    from sfeditor.regions.clustering import squared_distances
+    from sfeditor.regions.regions_file import RegionsFile
+    from sfeditor.model.identity import generator_identity
+    from sfeditor.regions.tree import leaves, paper_tree
 
     torch.manual_seed(0)
     G = Generator(**TOY).eval().requires_grad_(False)
@@ -68,8 +70,8 @@ def main(argv=None) -> int:
     if args.random_toy:
         G, rf = random_toy(args.domain)
     else:
-        from sfeditor.checkpoints import load_generator
-        from sfeditor.regions import load_regions
+        from sfeditor.model.checkpoints import load_generator
+        from sfeditor.regions.regions_file import load_regions
 
         G = load_generator(args.domain, device="cpu").eval().requires_grad_(False)
         rf = load_regions(args.domain)

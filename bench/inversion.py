@@ -20,10 +20,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sfeditor.generator import Generator, GeneratorConfig  # noqa: E402
-from sfeditor.inversion import InversionSettings, Projector  # noqa: E402
+from sfeditor.model.generator import Generator, GeneratorConfig  # noqa: E402
+from sfeditor.images.inversion import InversionSettings, Projector  # noqa: E402
 from sfeditor.toy import render  # noqa: E402
-from sfeditor.toy_encoder import ToyEncoder, load_toy_encoder  # noqa: E402
+from sfeditor.images.toy_encoder import ToyEncoder, load_toy_encoder  # noqa: E402
 
 HELDOUT = 10_000_000 + 500_000     # held-out seeds, away from the ones training evaluates on
 
@@ -41,7 +41,7 @@ def load(gen_path: str, enc_path: str | None):
         with torch.no_grad():
             G.update_w_avg(4096, seed=0)
     else:
-        from sfeditor.checkpoints import load_generator
+        from sfeditor.model.checkpoints import load_generator
 
         G = load_generator(gen_path, device="cpu")
         E = None

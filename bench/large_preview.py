@@ -25,12 +25,13 @@ import torch  # noqa: E402
 
 from _timing import timed  # noqa: E402
 from sfeditor import Generator  # noqa: E402
-from sfeditor.commands import SetSeed  # noqa: E402
-from sfeditor.fusion_net import FusionNetConfig  # noqa: E402
-from sfeditor.hierarchy import OFFICIAL_TREES, FusionHierarchy  # noqa: E402
-from sfeditor.locality import locality_heatmap  # noqa: E402
-from sfeditor.render_service import THUMBNAIL_RESOLUTION, CodeCache, RenderRequest, render_request  # noqa: E402
-from sfeditor.session import ModelBundle  # noqa: E402
+from sfeditor.editor.commands import SetSeed  # noqa: E402
+from sfeditor.fusion.fusion_net import FusionNetConfig  # noqa: E402
+from sfeditor.fusion.hierarchy import FusionHierarchy
+from sfeditor.regions.tree import PAPER_TREES  # noqa: E402
+from sfeditor.editor.locality import locality_heatmap  # noqa: E402
+from sfeditor.editor.render_service import THUMBNAIL_RESOLUTION, CodeCache, RenderRequest, render_request  # noqa: E402
+from sfeditor.editor.session import ModelBundle  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     dev = torch.device("cpu")
     torch.manual_seed(0)
     G = Generator(size=args.size).eval().requires_grad_(False)
-    h = FusionHierarchy.with_random_nets(OFFICIAL_TREES["ffhq"], FusionNetConfig.for_layout(G.layout, "paper"),
+    h = FusionHierarchy.with_random_nets(PAPER_TREES["faces"], FusionNetConfig.for_layout(G.layout, "paper"),
                                          layout=G.layout).eval().requires_grad_(False)
     b = ModelBundle("ffhq-shaped", G, hierarchy=h, truncation=0.7)
     comp = b.new_composition(0)

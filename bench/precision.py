@@ -11,7 +11,7 @@ Three workloads on the shipped toy generators, each timed in both precisions in 
 * fusion step: one stage-3 step of ``sfeditor-train fusion`` on toy-cars' ``all`` node (batch 4).
 
 The ratio column is bf16 / fp32 time: below 1 where bf16 is native (AVX512-BF16, AMX, CUDA), above
-1 where it is emulated (e.g. AVX2-only CPUs). :func:`sfeditor.checkpoints.bf16_is_fast` makes the same
+1 where it is emulated (e.g. AVX2-only CPUs). :func:`sfeditor.model.device.bf16_is_fast` makes the same
 call from the CPU flags; the trainers' automatic ``--bf16`` follows it.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sfeditor.checkpoints import bf16_is_fast, load_generator, pick_device  # noqa: E402
+from sfeditor.model.device import bf16_is_fast, pick_device
+from sfeditor.model.checkpoints import load_generator
 from _timing import timed  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def preview(device):
 
 
 def generator_step(device):
-    from sfeditor.toy_encoder import ToyEncoder
+    from sfeditor.images.toy_encoder import ToyEncoder
     from trainer.generator import rendered_batch, synth_w
 
     G = load_generator("toy-faces", device=device).train().requires_grad_(True)
@@ -59,10 +60,10 @@ def generator_step(device):
 
 
 def fusion_step(device, bf16: bool):
-    from sfeditor.fusion_config import regular
-    from sfeditor.fusion_net import FusionNet, FusionNetConfig
-    from sfeditor.masks import RegionModel
-    from sfeditor.regions import load_regions
+    from trainer.fusion_config import regular
+    from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
+    from sfeditor.regions.masks import RegionModel
+    from sfeditor.regions.regions_file import load_regions
     from trainer.fusion import domain_truncation
     from trainer.fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,
                                        trained_blenders)

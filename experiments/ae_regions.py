@@ -24,11 +24,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sfeditor.generator import Generator, GeneratorConfig  # noqa: E402
-from sfeditor.imageio import from_uint8, to_uint8  # noqa: E402
+from sfeditor.model.generator import Generator, GeneratorConfig  # noqa: E402
+from sfeditor.images.imageio import from_uint8, to_uint8  # noqa: E402
 from sfeditor.toy import region_names, render  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
-from sfeditor.toy_encoder import ToyEncoder  # noqa: E402
+from sfeditor.images.toy_encoder import ToyEncoder  # noqa: E402
 from trainer.generator import gradient_magnitude  # noqa: E402
 
 HELDOUT = 10_000_000 + 900_000
@@ -36,8 +36,8 @@ HELDOUT = 10_000_000 + 900_000
 
 def load_run(path: str):
     if os.path.isdir(path):
-        from sfeditor.checkpoints import load_generator
-        from sfeditor.toy_encoder import load_toy_encoder
+        from sfeditor.model.checkpoints import load_generator
+        from sfeditor.images.toy_encoder import load_toy_encoder
 
         G = load_generator(os.path.join(path, "generator.pt"), device="cpu")
         return G.eval(), load_toy_encoder(os.path.join(path, "encoder.pt"), G=G).eval(), "final", None

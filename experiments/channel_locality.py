@@ -28,12 +28,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from experiments.ae_regions import load_run  # noqa: E402
-from sfeditor.correlation import correlation  # noqa: E402
-from sfeditor.imageio import from_uint8  # noqa: E402
-from sfeditor.style_code import StyleCode  # noqa: E402
+from sfeditor.regions.correlation import correlation  # noqa: E402
+from sfeditor.images.imageio import from_uint8  # noqa: E402
+from sfeditor.model.style_code import StyleCode  # noqa: E402
 from sfeditor.toy import region_names, render, swap_groups  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
-from trainer.generator import HELDOUT_SEED_OFFSET, channel_locality_loss, psnr, swap_channel_groups  # noqa: E402
+from trainer.generator import HELDOUT_SEED_OFFSET, channel_locality_loss, swap_channel_groups
+from sfeditor.images.metrics import psnr
 
 
 @torch.no_grad()

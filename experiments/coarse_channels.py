@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sfeditor.checkpoints import load_generator  # noqa: E402
+from sfeditor.model.checkpoints import load_generator  # noqa: E402
 from sfeditor.domains import get_domain  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=["raw", "centred", "boost2", "boost4"],
                     help="raw | centred (minus the location mean) | boostB (x + B (x - location mean))")
-    ap.add_argument("--normalization", default="layer", help="none | channel | layer (sfeditor.clustering)")
+    ap.add_argument("--normalization", default="layer", help="none | channel | layer (sfeditor.regions.clustering)")
     ap.add_argument("--pca", type=int, default=64, help="PCA dimensions Ward runs in (0 = all channels)")
     ap.add_argument("--no-probe", action="store_true", help="skip the linear probe")
     args = ap.parse_args(argv)
@@ -65,8 +65,8 @@ def main(argv=None) -> None:
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
 
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.clustering import channel_scale, used_channels
+    from sfeditor.model.checkpoints import load_generator
+    from sfeditor.regions.clustering import channel_scale, used_channels
     from sfeditor.domains import get_domain
     from sfeditor.toy.oracle import load_oracle
 
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         for i in range(0, n, 8):
             s = codes[i:i + 8]
             img, f = G.synthesis(s, "const", return_features=True)
-            from sfeditor.generator import resize_features
+            from sfeditor.model.generator import resize_features
             feats.append(torch.cat([resize_features(x, 64) for x in f["conv"]], 1).float())
             lab, _ = oracle.predict(img.float())
             labels.append(lab)

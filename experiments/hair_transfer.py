@@ -25,13 +25,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sfeditor.editing import hair_transfer  # noqa: E402
-from sfeditor.imageio import to_uint8  # noqa: E402
-from sfeditor.inversion import InversionSettings, Projector  # noqa: E402
-from sfeditor.session import load_bundle  # noqa: E402
+from sfeditor.images.editing import hair_transfer  # noqa: E402
+from sfeditor.images.imageio import to_uint8  # noqa: E402
+from sfeditor.images.inversion import InversionSettings, Projector  # noqa: E402
+from sfeditor.editor.session import load_bundle  # noqa: E402
 from sfeditor.toy import region_names, render  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
-from sfeditor.toy_encoder import default_encoder_path, load_toy_encoder  # noqa: E402
+from sfeditor.images.toy_encoder import default_encoder_path, load_toy_encoder  # noqa: E402
 
 HELDOUT = 10_000_000 + 700_000
 

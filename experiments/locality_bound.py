@@ -28,11 +28,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from sfeditor.checkpoints import load_generator  # noqa: E402
-from sfeditor.correlation import code_correlation  # noqa: E402
+from sfeditor.model.checkpoints import load_generator  # noqa: E402
+from sfeditor.regions.correlation import code_correlation  # noqa: E402
 from sfeditor.domains import get_domain, resources_dir  # noqa: E402
-from sfeditor.masks import RegionModel  # noqa: E402
-from sfeditor.style_code import StyleCode  # noqa: E402
+from sfeditor.regions.masks import RegionModel  # noqa: E402
+from sfeditor.model.style_code import StyleCode  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from trainer.fusion_eval import EditTarget, OracleJudge, evaluate_locality  # noqa: E402
 

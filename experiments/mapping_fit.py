@@ -24,14 +24,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sfeditor.checkpoints import load_generator  # noqa: E402
+from sfeditor.model.checkpoints import load_generator  # noqa: E402
 from sfeditor.domains import get_domain  # noqa: E402
-from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8  # noqa: E402
-from sfeditor.inversion import InversionSettings  # noqa: E402
+from sfeditor.images.imageio import from_uint8, make_grid, save_png, to_uint8  # noqa: E402
+from sfeditor.images.inversion import InversionSettings  # noqa: E402
 from sfeditor.toy import render  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
-from sfeditor.toy_encoder import load_toy_encoder  # noqa: E402
-from trainer.generator import HELDOUT_SEED_OFFSET, gradient_magnitude, psnr  # noqa: E402
+from sfeditor.images.toy_encoder import load_toy_encoder  # noqa: E402
+from trainer.generator import HELDOUT_SEED_OFFSET, gradient_magnitude
+from sfeditor.images.metrics import psnr
 from trainer.mapping_fit import (empirical_gaussian, encoder_codes, fit_batch, project_batch,  # noqa: E402
                                  projected_mean_gaussian, shrunk_gaussian)
 

@@ -1,6 +1,6 @@
 """How far apart trained FusionNets are, channel by channel.
 
-Every toy FusionNet ends up a fixed binary channel mask (``sfeditor.blend_stats``:
+Every toy FusionNet ends up a fixed binary channel mask (``sfeditor.fusion.blend_stats``:
 q saturated and the same for every input), so two nets of one node can be compared
 by the channels they assign differently:
 
@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from sfeditor.checkpoints import load_generator  # noqa: E402
+from sfeditor.model.checkpoints import load_generator  # noqa: E402
 from trainer.fusion import domain_truncation  # noqa: E402
 from trainer.fusion_eval import load_node_net  # noqa: E402
 

@@ -9,7 +9,7 @@ with the shipped synthesis; the samplers are fitted to the encoder's codes of ``
 * the generator file's own z -> w (whatever it ships: the mapping MLP or a mixture prior);
 * one Gaussian (= a mixture with K = 1) over the encoder codes;
 * mixtures with K components (``trainer.mapping_fit.fit_mixture``), truncated toward the global mean
-  (as the mapping MLP does) or toward each sample's own component (``sfeditor.latent_prior``);
+  (as the mapping MLP does) or toward each sample's own component (``sfeditor.model.latent_prior``);
 * the encoder codes themselves (held-out renders' codes, untruncated): what the sampler aims for.
 
 Columns: held-out log-likelihood per code, sharpness (image gradients against the renders'), the region
@@ -29,12 +29,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sfeditor.checkpoints import load_generator  # noqa: E402
+from sfeditor.model.checkpoints import load_generator  # noqa: E402
 from sfeditor.domains import get_domain  # noqa: E402
-from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8  # noqa: E402
+from sfeditor.images.imageio import from_uint8, make_grid, save_png, to_uint8  # noqa: E402
 from sfeditor.toy import region_names, render  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
-from sfeditor.toy_encoder import default_encoder_path, load_toy_encoder  # noqa: E402
+from sfeditor.images.toy_encoder import default_encoder_path, load_toy_encoder  # noqa: E402
 from trainer.evaluate_generator import area_distance, frechet_distance, oracle_feature_stats  # noqa: E402
 from trainer.generator import HELDOUT_SEED_OFFSET, gradient_magnitude  # noqa: E402
 from trainer.mapping_fit import encoder_codes, fit_mixture  # noqa: E402

@@ -23,11 +23,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8  # noqa: E402
-from sfeditor.style_code import StyleCode  # noqa: E402
+from sfeditor.images.imageio import from_uint8, make_grid, save_png, to_uint8  # noqa: E402
+from sfeditor.model.style_code import StyleCode  # noqa: E402
 from sfeditor.toy import render, render_swap, swap_groups  # noqa: E402
 from experiments.ae_regions import load_run  # noqa: E402
-from trainer.generator import HELDOUT_SEED_OFFSET, psnr, swap_channel_groups  # noqa: E402
+from trainer.generator import HELDOUT_SEED_OFFSET, swap_channel_groups
+from sfeditor.images.metrics import psnr
 
 
 @torch.no_grad()

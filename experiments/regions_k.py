@@ -8,7 +8,7 @@ each cut is named by the region oracle's majority vote on the labelling images (
 ``--auto-label``) and scored on *other* generated images (seed 1000, as ``regions-eval``): mIoU and
 per-region IoU of the nearest-centroid masks against the oracle.  Small regions (eyes, mouth) get
 clusters of their own only once K is large: the toy generators' DeepPixels mostly encode position.
-``--prune`` adds a row per K for the same cut after :mod:`sfeditor.centroid_pruning` (pool: 128
+``--prune`` adds a row per K for the same cut after :mod:`trainer.centroid_pruning` (pool: 128
 images, seed 2, as ``regions --prune``) and a column with each mask's time for one frame.
 """
 from __future__ import annotations
@@ -40,13 +40,13 @@ def main(argv=None) -> int:
     import torch
 
     from _timing import timed
-    from sfeditor.centroid_pruning import prune_regions
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.clustering import ClusteringOptions, cluster_generator
+    from trainer.centroid_pruning import prune_regions
+    from sfeditor.model.checkpoints import load_generator
+    from sfeditor.regions.clustering import ClusteringOptions, cluster_generator
     from sfeditor.domains import get_domain
-    from sfeditor.masks import RegionModel
-    from sfeditor.region_eval import auto_label, evaluate_regions
-    from sfeditor.regions import paper_tree
+    from sfeditor.regions.masks import RegionModel
+    from trainer.region_eval import auto_label, evaluate_regions
+    from sfeditor.regions.tree import paper_tree
     from sfeditor.toy.oracle import load_oracle
 
     torch.set_num_threads(args.threads)

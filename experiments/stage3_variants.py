@@ -4,7 +4,7 @@ Every variant starts from the same ``net.pt`` (a run trained without stage 3, e.
 Sec. 7 ablation's ``no_stage3``), runs ``--steps`` stage-3 steps with its settings on
 the same sampled codes, and is scored like the ablation (change one child's code on a
 random base; oracle locality and PSNR outside) and by its blend coefficients (how many
-coarse channels the global code sets; ``sfeditor.blend_stats``).  The first row is the
+coarse channels the global code sets; ``sfeditor.fusion.blend_stats``).  The first row is the
 starting net itself.
 
     python experiments/stage3_variants.py --domain toy-cars --init runs/ablation-cars-v3/no_stage3/net.pt \\
@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sfeditor.blend_stats import sampled_blend_stats  # noqa: E402
-from sfeditor.checkpoints import load_generator  # noqa: E402
-from sfeditor.masks import RegionModel  # noqa: E402
-from sfeditor.regions import load_regions  # noqa: E402
+from sfeditor.fusion.blend_stats import sampled_blend_stats  # noqa: E402
+from sfeditor.model.checkpoints import load_generator  # noqa: E402
+from sfeditor.regions.masks import RegionModel  # noqa: E402
+from sfeditor.regions.regions_file import load_regions  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from trainer.fusion import domain_truncation, training_config  # noqa: E402
 from trainer.fusion_eval import OracleJudge, ablation_rows, load_node_net  # noqa: E402

@@ -34,10 +34,11 @@ def parse_seeds(text: str) -> list[int]:
 def cmd_render(args: argparse.Namespace) -> int:
     import torch
 
-    from .checkpoints import load_generator, pick_device
+    from .model.checkpoints import load_generator
+    from .model.device import pick_device
     from .domains import SHIPPED
-    from .imageio import make_grid, save_png, to_uint8
-    from .style_code import StyleCode
+    from .images.imageio import make_grid, save_png, to_uint8
+    from .model.style_code import StyleCode
 
     device = pick_device(args.device)
     G = load_generator(args.model, device=device)
@@ -81,12 +82,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .checkpoints import read_checkpoint, resolve_source
+    from .model.checkpoints import read_checkpoint, resolve_source
 
     path = resolve_source(args.model)
     data = read_checkpoint(path)
     cfg = data.config
-    from .style_code import StyleLayout
+    from .model.style_code import StyleLayout
 
     layout = StyleLayout.for_channels(cfg.channels)
     print(f"file:        {path}")

@@ -22,7 +22,8 @@ __all__ = ["add_parsers", "cmd_invert", "cmd_edit", "cmd_transfer"]
 
 # ------------------------------------------------------------- helpers
 def _load_G(args):
-    from .checkpoints import load_generator, pick_device
+    from .model.checkpoints import load_generator
+    from .model.device import pick_device
 
     G = load_generator(args.model, device=pick_device(args.device))
     G.eval()
@@ -51,7 +52,7 @@ def _rect(text: str | None):
 
 def _settings(args, G):
     """The generator's default projector settings (InversionSettings.for_generator), then the flags given."""
-    from .inversion import InversionSettings
+    from .images.inversion import InversionSettings
 
     given = {"steps": args.steps, "lr": args.lr, "w_phase": args.w_phase, "msssim_weight": args.msssim,
              "bf16": args.bf16}
@@ -63,7 +64,7 @@ def _settings(args, G):
 
 def _encoder(args, G):
     """The initial-guess encoder: --encoder (a toy encoder or an official e4e/pSp checkpoint), else the domain's."""
-    from .toy_encoder import LooksLikeE4E, default_encoder_path, load_toy_encoder
+    from .images.toy_encoder import LooksLikeE4E, default_encoder_path, load_toy_encoder
 
     if args.no_encoder:
         return None
@@ -78,13 +79,13 @@ def _encoder(args, G):
     try:
         return load_toy_encoder(path, map_location=G.device, G=G)
     except LooksLikeE4E:
-        from .inversion import load_e4e
+        from .images.inversion import load_e4e
 
         return load_e4e(path, G=G, map_location=G.device)
 
 
 def _projector(args, G):
-    from .inversion import InversionCache, Projector
+    from .images.inversion import InversionCache, Projector
 
     cache = False if args.no_cache else InversionCache(args.cache_dir)
     return Projector(G, _settings(args, G), encoder=_encoder(args, G), cache=cache)
@@ -110,8 +111,8 @@ class _Bar:
 
 
 def _prepare(args, G, path: str):
-    from .alignment import prepare_image
-    from .image_intake import read_image
+    from .images.alignment import prepare_image
+    from .images.intake import read_image
 
     rgb = read_image(path, alpha=args.alpha)
     return prepare_image(rgb, G.size, _domain(args), args.align, rect=args.rect)
@@ -127,7 +128,7 @@ def _invert_one(args, G, projector, path: str, cancel):
 
 def _load_code_or_invert(args, G, projector, path: str, cancel):
     """A ``*-wplus.pt`` file, or an image to invert -> w+ [1, L, D] and noise."""
-    from .inversion import load_latents
+    from .images.inversion import load_latents
 
     if Path(path).suffix.lower() == ".pt":
         w, noise, _ = load_latents(path, G)
@@ -143,7 +144,7 @@ def _load_code_or_invert(args, G, projector, path: str, cancel):
 def _hierarchy_path(args) -> str:
     """``--hierarchy``, or the shipped hierarchy of a shipped ``--model``."""
     from .domains import SHIPPED
-    from .session import default_hierarchy_path
+    from .editor.session import default_hierarchy_path
 
     if args.hierarchy:
         return args.hierarchy
@@ -155,7 +156,7 @@ def _hierarchy_path(args) -> str:
 
 
 def _load_hierarchy(path: str, G):
-    from .hierarchy import load_hierarchy
+    from .fusion.hierarchy import load_hierarchy
 
     h = load_hierarchy(path, map_location=G.device)
     h.check_generator(G, str(path))
@@ -166,7 +167,7 @@ def _load_hierarchy(path: str, G):
 def _save_image(path: str | Path, images, cols: int | None = None, scale: int = 1) -> None:
     import numpy as np
 
-    from .imageio import make_grid, save_png, to_uint8
+    from .images.imageio import make_grid, save_png, to_uint8
 
     arr = to_uint8(images)
     save_png(path, arr[0] if len(arr) == 1 and scale == 1 else make_grid(np.asarray(arr), cols=cols, scale=scale))
@@ -176,8 +177,9 @@ def _save_image(path: str | Path, images, cols: int | None = None, scale: int = 
 def cmd_invert(args: argparse.Namespace) -> int:
     import torch
 
-    from .imageio import save_png
-    from .inversion import generator_fingerprint, save_latents
+    from .images.imageio import save_png
+    from .model.identity import generator_fingerprint
+    from .images.inversion import save_latents
     from .jobs import Cancelled, CancelToken
 
     G = _load_G(args)
@@ -214,7 +216,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- edit
 def _direction(args, G):
-    from .directions import load_direction, pca_directions
+    from .images.directions import load_direction, pca_directions
 
     if bool(args.direction) == (args.pca is not None):
         raise ValueError("give exactly one of --direction FILE.npy or --pca INDEX")
@@ -229,9 +231,9 @@ def _direction(args, G):
 def cmd_edit(args: argparse.Namespace) -> int:
     import torch
 
-    from .directions import parse_layers
-    from .editing import composition_from, edit_regions, edit_whole, fuse, render
-    from .inversion import load_latents, save_latents
+    from .images.directions import parse_layers
+    from .images.editing import composition_from, edit_regions, edit_whole, fuse, render
+    from .images.inversion import load_latents, save_latents
 
     G = _load_G(args)
     w, noise, meta = load_latents(args.latents, G)
@@ -269,7 +271,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_transfer(args: argparse.Namespace) -> int:
     import torch
 
-    from .editing import hair_transfer, render
+    from .images.editing import hair_transfer, render
     from .jobs import Cancelled, CancelToken
 
     G = _load_G(args)
@@ -303,7 +305,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _invert_args(p: argparse.ArgumentParser) -> None:
-    from .inversion import InversionSettings as D
+    from .images.inversion import InversionSettings as D
 
     g = p.add_argument_group("photo intake and inversion")
     g.add_argument("--domain", help="domain for alignment (default: the shipped model's name); faces get "

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sfeditor.generator import Generator, GeneratorConfig
-from sfeditor.upfirdn import make_kernel, upfirdn2d
+from sfeditor.model.generator import Generator, GeneratorConfig
+from sfeditor.model.upfirdn import make_kernel, upfirdn2d
 
 SQRT2 = math.sqrt(2.0)
 HARMLESS_SRC = "# network source code would be here\n"

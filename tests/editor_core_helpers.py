@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from sfeditor.composition import Composition
-from sfeditor.fusion_net import FusionNetConfig
-from sfeditor.generator import Generator
-from sfeditor.hierarchy import FusionHierarchy
-from sfeditor.regions import node
+from sfeditor.editor.composition import Composition
+from sfeditor.fusion.fusion_net import FusionNetConfig
+from sfeditor.model.generator import Generator
+from sfeditor.fusion.hierarchy import FusionHierarchy
+from sfeditor.regions.tree import node
 
 torch.set_num_threads(1)
 

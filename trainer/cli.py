@@ -68,7 +68,7 @@ def cmd_generator(args: argparse.Namespace) -> int:
     if rc:
         return rc
     if args.install:
-        from sfeditor.checkpoints import load_generator, save_generator
+        from sfeditor.model.checkpoints import load_generator, save_generator
         from sfeditor.domains import get_domain
 
         G = load_generator(path, device="cpu")
@@ -99,8 +99,8 @@ def cmd_oracle(args: argparse.Namespace) -> int:
 def cmd_evaluate_generator(args: argparse.Namespace) -> int:
     import torch
 
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.toy_encoder import load_toy_encoder
+    from sfeditor.model.checkpoints import load_generator
+    from sfeditor.images.toy_encoder import load_toy_encoder
 
     from .evaluate_generator import evaluate_generator
 

@@ -1,7 +1,7 @@
 """Train or fine-tune a toy image encoder (image -> w) for a frozen generator
 (``sfeditor-train encoder --domain ...``).
 
-The encoder gives the projector (``sfeditor.inversion``) its initial guess.
+The encoder gives the projector (``sfeditor.images.inversion``) its initial guess.
 Losses, on freshly rendered images and on the generator's own samples:
 
 * reconstruction: rendered image x -> E(x) -> G -> L1 + L1 of image gradients against x
@@ -12,7 +12,7 @@ Losses, on freshly rendered images and on the generator's own samples:
 By default it starts from the encoder trained jointly with the generator
 (``runs/generator-<domain>/encoder.pt``) when that exists.  Resumable from
 ``checkpoint.pt`` in the run folder; writes ``encoder.pt`` (the
-``sfeditor.toy_encoder`` format) when done.  Data are rendered from
+``sfeditor.images.toy_encoder`` format) when done.  Data are rendered from
 deterministic seeds, so a resumed run sees the batches an uninterrupted one would.
 
 Register in ``trainer/cli.py``'s ``build_parser``::
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from sfeditor.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
+from sfeditor.images.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
 
 from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, run_cancellable, set_rng_state
-from .generator import HELDOUT_SEED_OFFSET, psnr, recon_loss, rendered_batch
+from .generator import HELDOUT_SEED_OFFSET, recon_loss, rendered_batch
+from sfeditor.images.metrics import psnr
 
 ENCODER_SEED_OFFSET = 5_000_000      # training renders: seeds from here (below the held-out range)
 
@@ -85,8 +86,8 @@ def heldout_psnr(G, E, domain: str, n: int = 32, batch: int = 16) -> float:
 def train_encoder(recipe: EncoderRecipe, out: str | Path, resume: bool = True, cancel: CancelToken | None = None,
                   progress_callback=None, log=print) -> Path:
     """Run (or resume) encoder training; returns the path of the written ``encoder.pt``."""
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.inversion import generator_fingerprint
+    from sfeditor.model.checkpoints import load_generator
+    from sfeditor.model.identity import generator_fingerprint
 
     cancel = cancel or CancelToken()
     if recipe.threads:
@@ -191,7 +192,7 @@ def cmd_encoder(args: argparse.Namespace) -> int:
         return rc
     if args.install:
         from sfeditor.domains import resources_dir
-        from sfeditor.toy_encoder import load_toy_encoder as _load
+        from sfeditor.images.toy_encoder import load_toy_encoder as _load
 
         dest = resources_dir() / "encoders" / f"{args.domain}.pt"
         save_toy_encoder(_load(path), dest, meta={"domain": args.domain, "source_run": str(out)})

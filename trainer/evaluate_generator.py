@@ -1,7 +1,7 @@
 """Measure a toy generator (``sfeditor-train evaluate-generator``).
 
 * Coverage: held-out rendered images projected into W+ by the editor's own
-  projector (:class:`sfeditor.inversion.Projector`, the domain's preset:
+  projector (:class:`sfeditor.images.inversion.Projector`, the domain's preset:
   encoder start, Adam on w+), mean PSNR - how much of the domain the
   generator can draw, measured with the inversion a user gets.
 * Realism: the region oracle's mean per-pixel confidence on generated samples
@@ -22,12 +22,13 @@ import numpy as np
 import torch
 
 from sfeditor.domains import get_domain
-from sfeditor.generator import Generator
-from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
+from sfeditor.model.generator import Generator
+from sfeditor.images.imageio import from_uint8, make_grid, save_png, to_uint8
 from sfeditor.toy import region_names, render
 
 from .common import Progress
-from .generator import HELDOUT_SEED_OFFSET, gradient_magnitude, psnr
+from .generator import HELDOUT_SEED_OFFSET, gradient_magnitude
+from sfeditor.images.metrics import psnr
 
 MIN_REGION_PIXELS = 3   # a region "is present" when the oracle gives it at least this many pixels (64x64)
 
@@ -54,7 +55,7 @@ def project_heldout(G: Generator, domain: str, targets: torch.Tensor, encoder=No
     """Project each image of ``targets`` ``[B, 3, S, S]`` into W+ with the editor's projector and the
     domain's preset (``InversionSettings.for_generator``; ``steps`` overrides its step count), no
     cache.  Returns (reconstructions, the settings used)."""
-    from sfeditor.inversion import InversionSettings, Projector
+    from sfeditor.images.inversion import InversionSettings, Projector
 
     settings = InversionSettings.for_generator(G, domain, **({"steps": steps} if steps else {}))
     proj = Projector(G, settings, encoder=encoder, cache=False)

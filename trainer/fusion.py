@@ -5,7 +5,7 @@ through the multi-step schedule of Sec. 4.4 (the stages live in
 :mod:`trainer.fusion_stages`) with a configuration of Appendix A.2 (Regular /
 Short / Favored, ``steps_scale`` for shorter trials); :func:`train_hierarchy`
 trains every internal node, parents first (Sec. 4.5), and collects the nets
-into one hierarchy file (:meth:`sfeditor.hierarchy.FusionHierarchy.save`).
+into one hierarchy file (:meth:`sfeditor.fusion.hierarchy.FusionHierarchy.save`).
 
 Hierarchical training - what is trained with what
     Sec. 4.5 trains the tree top-down and keeps a parent fixed while its
@@ -35,7 +35,7 @@ Run folder (one per node): ``options.json``, ``stats.jsonl`` (every loss term,
 raw and weighted, every step), ``samples/stage{k}-{step}.png`` (rows: s1, s2,
 s_align, s'1, s'2, result), atomic ``checkpoint.pt`` (weights, optimizer,
 stage, step, RNG states of every rank), and when done ``net.pt`` (the
-FusionNet, loadable with :func:`sfeditor.fusion_net.load_fusion_net`).  A run
+FusionNet, loadable with :func:`sfeditor.fusion.fusion_net.load_fusion_net`).  A run
 that is killed or cancelled resumes exactly: the weights after the resumed run
 equal those of an uninterrupted one.
 
@@ -65,15 +65,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sfeditor.checkpoints import choose_bf16, pick_device as _core_pick_device
+from sfeditor.model.device import choose_bf16, pick_device as _core_pick_device
 
 from sfeditor.atomic import atomic_torch_save
-from sfeditor.fusion_config import StageConfig, TrainingConfig, favored, node_config, regular, short
-from sfeditor.fusion_net import FusionNet, FusionNetConfig
-from sfeditor.hierarchy import FusionHierarchy, load_hierarchy, parse_tree
-from sfeditor.imageio import make_grid, save_png, to_uint8
-from sfeditor.regions import find_node, internal_nodes
-from sfeditor.style_code import StyleCode
+from trainer.fusion_config import StageConfig, TrainingConfig, favored, node_config, regular, short
+from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
+from sfeditor.fusion.hierarchy import FusionHierarchy, load_hierarchy
+from sfeditor.regions.tree import RegionNode
+from sfeditor.images.imageio import make_grid, save_png, to_uint8
+from sfeditor.regions.tree import find_node, internal_nodes
+from sfeditor.model.style_code import StyleCode
 
 from .common import CancelToken, Cancelled, Progress, RunDir, run_cancellable
 from .fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,
@@ -99,7 +100,7 @@ class FusionRecipe:
 
     domain: str = "toy-faces"
     node: str = "all"
-    config: str = ""              # "" = the A.2 table (sfeditor.fusion_config.node_config); or regular/short/favored
+    config: str = ""              # "" = the A.2 table (trainer.fusion_config.node_config); or regular/short/favored
     favor: str = ""               # favoured child for "favored" ("" = the table's, else child 1)
     steps_scale: float = 1.0
     ablation: str = "full"        # Sec. 7 variants (ABLATIONS)
@@ -306,8 +307,8 @@ def barrier(info: DistInfo) -> None:
 # ----------------------------------------------------------------- assets
 def load_assets(recipe: FusionRecipe, device: torch.device, G=None, regions=None):
     """The frozen generator and the regions file (given objects win over the recipe's names)."""
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.regions import RegionsFile, load_regions
+    from sfeditor.model.checkpoints import load_generator
+    from sfeditor.regions.regions_file import RegionsFile, load_regions
 
     if G is None:
         G = load_generator(recipe.generator or recipe.domain, device=device)
@@ -320,7 +321,7 @@ def load_assets(recipe: FusionRecipe, device: torch.device, G=None, regions=None
 
 
 def hierarchy_tree(regions):
-    return parse_tree(regions.tree)
+    return RegionNode.parse(regions.tree)
 
 
 def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionNet, layout=None,
@@ -329,7 +330,7 @@ def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionN
                           deep_pixel_fingerprint: str | None = None) -> FusionHierarchy:
     """Put ``net`` at ``node`` of the hierarchy file at ``path`` (created when missing); atomic."""
     path = Path(path)
-    root = parse_tree(tree)
+    root = RegionNode.parse(tree)
     if path.exists():
         h = load_hierarchy(path)
         if h.root != root:
@@ -407,7 +408,7 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     bf16_warning = choose_bf16(recipe.bf16, info.device)[1] if recipe.bf16 else None
     if bf16_warning and info.is_main:
         log(f"warning: {bf16_warning}")
-    from sfeditor.masks import RegionModel
+    from sfeditor.regions.masks import RegionModel
 
     nr = node_regions(regions.tree, recipe.node)
     tc = training_config(recipe.domain, regions.tree, recipe.node, recipe.config, recipe.favor, recipe.steps_scale)
@@ -529,7 +530,7 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
                            "children": [nr.child1, nr.child2], "ablation": recipe.ablation,
                            "training": tc.to_dict()}, run.path / "net.pt")
         if hierarchy is not None:
-            from sfeditor.regions import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
+            from sfeditor.model.identity import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
 
             update_hierarchy_file(hierarchy, regions.tree, recipe.node, net, G.layout, half=half,
                                   generator_fingerprint=generator_fingerprint(G),
@@ -684,7 +685,7 @@ def _child_value_arg(text: str) -> tuple[str, float]:
 
 
 def add_stage3_args(p: argparse.ArgumentParser) -> None:
-    """Stage-3 settings (``sfeditor.fusion_config``: the paper leaves L_fusion's stage-3 target open)."""
+    """Stage-3 settings (``trainer.fusion_config``: the paper leaves L_fusion's stage-3 target open)."""
     p.add_argument("--stage3-target", choices=["inputs", "aligned"], default="inputs",
                    help="stage 3's L_fusion against the inputs s1, s2 (Eq. 7 as written, default) or the aligned "
                         "codes s'1, s'2 (as stage 2; keeps LB_align's alignment)")

@@ -20,10 +20,10 @@ import json
 from pathlib import Path
 
 from sfeditor.atomic import atomic_write_text
-from sfeditor.blend_stats import sampled_blend_stats
-from sfeditor.checkpoints import choose_bf16
-from sfeditor.fusion_net import FusionNet
-from sfeditor.imageio import save_png
+from sfeditor.fusion.blend_stats import sampled_blend_stats
+from sfeditor.model.device import choose_bf16
+from sfeditor.fusion.fusion_net import FusionNet
+from sfeditor.images.imageio import save_png
 
 from .fusion import ABLATIONS, FusionRecipe, add_stage3_args, has_stage3, stage3_recipe_args, train_node
 from .fusion_eval import (ABLATION_TITLES, ablation_draws, ablation_draws_markdown, ablation_figure,

@@ -11,7 +11,7 @@ averaged over ``samples`` edits.  Numbers, judged by the toy domain's region
 oracle (an independent segmentation net; the regions file's nearest-centroid
 masks when there is no oracle):
 
-* locality (issue 38's reading, :mod:`sfeditor.locality`) = the share of the absolute
+* locality (issue 38's reading, :mod:`sfeditor.editor.locality`) = the share of the absolute
   pixel change inside the region of the base *or* the edited image, a 1-px ring along
   that union's border left out of both sums; 1.0 = perfectly local; next to it the mean
   change inside the same pixels (an edit that does nothing scores 0, not "local"), and,
@@ -32,7 +32,7 @@ scores them with this module's :func:`ablation_rows`, :func:`ablation_markdown` 
 :func:`ablation_figure` (Fig. 16's grids: one row per variant; one child's code changes
 along a row).  Toy domains add the renderer's ideal edit under the same reading
 (:func:`ideal_edit_readings`) and, with ``--swap-pairs``, swap fidelity
-(:mod:`sfeditor.swap_fidelity`).
+(:mod:`sfeditor.fusion.swap_fidelity`).
 
 Every locality comes with its standard error over the edits.  Two nets or hierarchies
 scored with the same seed edit the same sampled codes, so their difference has a *paired*
@@ -63,12 +63,13 @@ import numpy as np
 import torch
 
 from sfeditor.atomic import atomic_write_text
-from sfeditor.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
-from sfeditor.fusion_net import FusionNet, FusionNetConfig
-from sfeditor.hierarchy import FusionHierarchy, TreeNode, load_hierarchy, parse_tree
-from sfeditor.imageio import make_grid, save_png, to_uint8
-from sfeditor.locality import change_map, ratio_se, read_edit
-from sfeditor.style_code import StyleCode
+from sfeditor.fusion.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
+from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
+from sfeditor.fusion.hierarchy import FusionHierarchy, load_hierarchy
+from sfeditor.regions.tree import RegionNode
+from sfeditor.images.imageio import make_grid, save_png, to_uint8
+from sfeditor.editor.locality import change_map, ratio_se, read_edit
+from sfeditor.model.style_code import StyleCode
 
 PSNR_CAP = 100.0
 Composer = Callable[[Mapping[str, StyleCode]], StyleCode]
@@ -123,7 +124,7 @@ def node_composer(net: FusionNet, child1: str, child2: str, node: str, align: bo
     return compose
 
 
-def leaves_under(root: TreeNode, name: str) -> list[str]:
+def leaves_under(root: RegionNode, name: str) -> list[str]:
     for n in root.walk():
         if n.name == name:
             return [x.name for x in n.walk() if x.is_leaf]
@@ -222,7 +223,7 @@ class EditStats:
     inside_per: list = field(default_factory=list)  # per edit: change inside the base's region ...
     total_per: list = field(default_factory=list)   # ... and in all (for the standard error)
     area_per: list = field(default_factory=list)    # ... and the region's pixel count
-    # the union reading (sfeditor.locality): region of the base or the edit, its 1-px border ring left out
+    # the union reading (sfeditor.editor.locality): region of the base or the edit, its 1-px border ring left out
     union_in_per: list = field(default_factory=list)     # per edit: change inside U & ~ring ...
     union_total_per: list = field(default_factory=list)  # ... change outside the ring ...
     union_area_per: list = field(default_factory=list)   # ... and |U & ~ring|
@@ -249,7 +250,7 @@ class EditStats:
     @property
     def locality_union(self) -> float:
         """Issue 38's reading: change inside the union of the base's and the edit's region, the 1-px ring
-        along its border left out of numerator and denominator (:mod:`sfeditor.locality`)."""
+        along its border left out of numerator and denominator (:mod:`sfeditor.editor.locality`)."""
         return ratio_se(self.union_in_per, self.union_total_per)[0]
 
     @property
@@ -478,7 +479,7 @@ def _fmt_measure(s: EditStats | None, measure: str, digits: int = 3) -> str:
 
 def markdown_table(rows: dict[str, dict[str, EditStats]]) -> str:
     """Per code and base mode: the union locality and the mean in-region change (issue 38's reading,
-    :mod:`sfeditor.locality`), the old base-region locality and change, and the PSNR outside the base's region."""
+    :mod:`sfeditor.editor.locality`), the old base-region locality and change, and the PSNR outside the base's region."""
     cols = []
     for mode in ("random", "fixed"):
         cols += [f"locality ± s.e. ({mode} base)", f"change inside, mean \\|Δ\\| ± s.e. ({mode})",
@@ -597,7 +598,7 @@ def renderer_ceiling(domain: str, leaves: Sequence[str], judge: Judge, samples: 
     if measure not in ("locality", "region_change", "region_variation"):
         raise ValueError(f"unknown measure {measure!r} (locality, region_change, region_variation)")
     from sfeditor.toy import render, render_swap, swap_groups
-    from sfeditor.imageio import from_uint8
+    from sfeditor.images.imageio import from_uint8
 
     known = set(swap_groups(domain))
     rng = np.random.default_rng([seed, 5151])
@@ -627,12 +628,12 @@ def renderer_ceiling(domain: str, leaves: Sequence[str], judge: Judge, samples: 
 def ideal_edit_readings(domain: str, leaves: Sequence[str], samples: int = 200, seed: int = 0,
                         size: int = 64, batch: int = 64) -> dict[str, dict[str, float]]:
     """The renderer's ideal edit of each leaf (``render_swap``: render A with the leaf's parameters from
-    render B) under the union reading of :mod:`sfeditor.locality`, labelled by the *renderer's* own label
+    render B) under the union reading of :mod:`sfeditor.editor.locality`, labelled by the *renderer's* own label
     maps: per leaf ``locality`` / ``region_change`` (union reading) with ``_se`` over the edits,
     ``base_locality`` (the old reading) and ``edits``.  Leaves the renderer cannot swap are left out.
     The same seeds as :func:`renderer_ceiling`."""
-    from sfeditor.imageio import from_uint8
-    from sfeditor.locality import read_edit
+    from sfeditor.images.imageio import from_uint8
+    from sfeditor.editor.locality import read_edit
     from sfeditor.toy import region_names, render, render_swap
 
     names = region_names(domain)
@@ -772,7 +773,7 @@ def load_node_net(path: str | os.PathLike) -> FusionNet:
 def ablation_rows(G, nets: Mapping[str, FusionNet], tree, node: str, judge: Judge, samples: int = 200,
                   batch: int = 16, truncation: float = 1.0, seed: int = 0, amp=None) -> dict[str, dict]:
     """Per variant: locality / PSNR of a child-1 change and of a child-2 change (random base)."""
-    root = parse_tree(tree)
+    root = RegionNode.parse(tree)
     kids = [c.name for n in root.walk() if n.name == node for c in n.children]
     if len(kids) != 2:
         raise ValueError(f"{node!r} is not an internal node")
@@ -801,7 +802,7 @@ def ablation_figure(G, nets: Mapping[str, FusionNet], tree, node: str, changed: 
     """Fig. 16: one row per variant, one column per new code of the child ``changed``; the other
     child's code and the node's global code stay fixed (the same codes in every row), so each row
     should show one car (16a: the background changes) or one background (16b: the car changes)."""
-    root = parse_tree(tree)
+    root = RegionNode.parse(tree)
     kids = [c.name for n in root.walk() if n.name == node for c in n.children]
     if len(kids) != 2 or changed not in kids:
         raise ValueError(f"{changed!r} is not a child of the internal node {node!r}")
@@ -949,7 +950,7 @@ def ablation_draws_markdown(summary: Mapping[str, Mapping[str, Mapping]], kids: 
 # ------------------------------------------------------- blend statistics
 def blend_table(stats: Mapping[str, BlendStats], children: Mapping[str, Sequence[str]],
                 label: str = "node") -> str:
-    """Markdown: per net, where its channels come from and any sign of collapse (sfeditor.blend_stats)."""
+    """Markdown: per net, where its channels come from and any sign of collapse (sfeditor.fusion.blend_stats)."""
     head = (f"| {label} | channels from child 1 / child 2 | q_fuse mean | global code: coarse channels set "
             "| q saturated (fuse / align) | input dependence (fuse / align) | warnings |")
     lines = [head, "|---|---|---|---|---|---|---|"]
@@ -976,7 +977,7 @@ def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
         except (FileNotFoundError, ValueError) as e:
             if kind == "oracle":
                 raise ValueError(f"the {domain} oracle cannot be loaded: {e}") from None
-    from sfeditor.masks import RegionModel
+    from sfeditor.regions.masks import RegionModel
 
     return ClusterJudge(RegionModel(G, regions))
 
@@ -1004,7 +1005,8 @@ class EvalContext:
 
 
 def eval_context(args: argparse.Namespace, command: str) -> EvalContext:
-    from sfeditor.checkpoints import choose_bf16, load_generator, pick_device
+    from sfeditor.model.device import choose_bf16, pick_device
+    from sfeditor.model.checkpoints import load_generator
     from sfeditor.regions import load_regions
 
     from .common import Progress
@@ -1036,7 +1038,7 @@ def eval_context(args: argparse.Namespace, command: str) -> EvalContext:
 
 
 def swap_fidelity_markdown(summary: Mapping[str, Mapping[str, float]]) -> str:
-    """Per leaf: PSNR inside / outside the union region against ``render_swap`` (:mod:`sfeditor.swap_fidelity`),
+    """Per leaf: PSNR inside / outside the union region against ``render_swap`` (:mod:`sfeditor.fusion.swap_fidelity`),
     what no swap scores inside and A's reconstruction outside, and the region IoU."""
     lines = ["| leaf | pairs | PSNR inside (dB) | no swap, inside | PSNR outside (dB) | A's reconstruction, outside | "
              "region IoU (oracle vs renderer) |", "|---|---|---|---|---|---|---|"]
@@ -1049,11 +1051,11 @@ def swap_fidelity_markdown(summary: Mapping[str, Mapping[str, float]]) -> str:
 
 def run_swap_fidelity(ctx: EvalContext, h: FusionHierarchy, domain: str, leaves: Sequence[str], pairs: int,
                       steps: int | None, seed: int) -> dict:
-    """:func:`sfeditor.swap_fidelity.swap_fidelity` with the domain's inversion (toy encoder start, projector
+    """:func:`sfeditor.fusion.swap_fidelity.swap_fidelity` with the domain's inversion (toy encoder start, projector
     preset; ``steps`` overrides the preset's steps), labelled by the judge when it is the oracle."""
-    from sfeditor.inversion import InversionSettings, Projector
-    from sfeditor.swap_fidelity import summarize, swap_fidelity
-    from sfeditor.toy_encoder import default_encoder_path, load_toy_encoder
+    from sfeditor.images.inversion import InversionSettings, Projector
+    from sfeditor.fusion.swap_fidelity import summarize, swap_fidelity
+    from sfeditor.images.toy_encoder import default_encoder_path, load_toy_encoder
 
     over = {} if steps is None else {"steps": steps}
     settings = InversionSettings.for_generator(ctx.G, domain, **over)
@@ -1072,7 +1074,7 @@ def run_swap_fidelity(ctx: EvalContext, h: FusionHierarchy, domain: str, leaves:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Read and score a trained hierarchy: nothing is trained here (the Sec. 7 ablation's variants are
     trained by ``sfeditor-train ablation``)."""
-    from sfeditor.session import default_hierarchy_path
+    from sfeditor.editor.session import default_hierarchy_path
 
     if args.hierarchy and not Path(args.hierarchy).exists():
         raise FileNotFoundError(f"no hierarchy file at {args.hierarchy}")
@@ -1126,7 +1128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                    "training draw).\n\n", comparison_markdown(crows, hpath.name, Path(args.against).name)]
     bstats = hierarchy_blend_stats(h, G, samples=min(args.samples, 64), truncation=truncation, seed=args.seed)
     metrics["blend"] = {k: v.to_dict() for k, v in bstats.items()}
-    report += ["\n### FusionNet blend coefficients (`sfeditor.blend_stats`)\n\n",
+    report += ["\n### FusionNet blend coefficients (`sfeditor.fusion.blend_stats`)\n\n",
                "q_fuse = share of the second child's code in the result, q_align = share of the node's "
                "global code in the coarse layers; saturated = q within 0.01 of 0 or 1; input dependence = "
                "mean per-channel std of q over sampled inputs (0: one fixed channel mask).\n\n",
@@ -1164,7 +1166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                  args.swap_pairs, args.swap_steps, args.seed)
         metrics["swap_fidelity"] = swap
         st = swap["inversion"]
-        report += ["\n### Swap fidelity (`sfeditor.swap_fidelity`)\n\n",
+        report += ["\n### Swap fidelity (`sfeditor.fusion.swap_fidelity`)\n\n",
                    f"Held-out renders A and B inverted ({st['steps']} projector steps from the toy encoder's "
                    "guess), A's codes with B's at the leaf composed through the hierarchy, compared with "
                    "`render_swap(A, B, leaf)`: PSNR inside the union of A's and the target's region and outside "

@@ -1,6 +1,6 @@
 """Region masks for training, computed without materialising the DeepPixels.
 
-:class:`sfeditor.masks.RegionModel` resizes every synthesis feature map to the
+:class:`sfeditor.regions.masks.RegionModel` resizes every synthesis feature map to the
 DeepPixel size, concatenates them (``[B, C_conv, 64, 64]``: 1,440 channels for
 the 64x64 toys, 6,048 at 1024) and measures distances to the centroids.  In a
 training step that tensor and its distance einsum dominate the cost (about 90%
@@ -27,11 +27,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from sfeditor.generator import resize_features
+from sfeditor.model.generator import resize_features
 
 
 class RegionScorer:
-    """Soft / hard masks of a :class:`~sfeditor.masks.RegionModel` from synthesis features.
+    """Soft / hard masks of a :class:`~sfeditor.regions.masks.RegionModel` from synthesis features.
 
     ``dense``: score the resized active DeepPixels with one matrix product (True) or
     per layer at each layer's resolution (False); by default whichever does less work.

@@ -36,13 +36,13 @@ from typing import Callable
 
 import torch
 
-from sfeditor.correlation import correlation
-from sfeditor.fusion_config import StageConfig
-from sfeditor.fusion_net import FusionNet
-from sfeditor.losses import align_reg_loss, fusion_loss, localization_loss, mask_loss, perturb, total_loss
-from sfeditor.latent_blender import BlendCoefficients
-from sfeditor.regions import find_node, region_of
-from sfeditor.style_code import StyleCode
+from sfeditor.regions.correlation import correlation
+from trainer.fusion_config import StageConfig
+from sfeditor.fusion.fusion_net import FusionNet
+from trainer.losses import align_reg_loss, fusion_loss, localization_loss, mask_loss, perturb, total_loss
+from sfeditor.fusion.latent_blender import BlendCoefficients
+from sfeditor.regions.tree import find_node, region_of
+from sfeditor.model.style_code import StyleCode
 
 from .fusion_masks import RegionScorer
 
@@ -62,7 +62,7 @@ class NodeRegions:
 
 
 def node_regions(tree, node: str) -> NodeRegions:
-    """R1, R2 of ``node`` in a regions tree (:class:`sfeditor.regions.RegionNode`)."""
+    """R1, R2 of ``node`` in a regions tree (:class:`sfeditor.regions.regions_file.RegionNode`)."""
     n = find_node(tree, node)
     if n.is_leaf:
         raise ValueError(f"{node!r} is a leaf region; FusionNets are trained for internal nodes only")
@@ -182,7 +182,7 @@ def _q_slice(q: BlendCoefficients, index) -> BlendCoefficients:
 
 
 def _q_means(out) -> dict[str, float]:
-    """Mean blend coefficients of a FusionNet call, for the log (``sfeditor.blend_stats`` explains them):
+    """Mean blend coefficients of a FusionNet call, for the log (``sfeditor.fusion.blend_stats`` explains them):
     ``q_align`` = share of the global code in s'1, s'2; ``q_fuse`` = share of s'2 in the result.
     A q_align that falls to 0 means the alignment was switched off; q_fuse at 0 or 1, a collapsed fusion."""
     log = {}

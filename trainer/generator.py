@@ -41,12 +41,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-from sfeditor.checkpoints import choose_bf16
-from sfeditor.generator import Generator, GeneratorConfig
-from sfeditor.style_code import StyleCode
-from sfeditor.imageio import from_uint8, make_grid, save_png, to_uint8
+from sfeditor.model.device import choose_bf16, pick_device
+from sfeditor.images.metrics import psnr
+from sfeditor.model.generator import Generator, GeneratorConfig
+from sfeditor.model.style_code import StyleCode
+from sfeditor.images.imageio import from_uint8, make_grid, save_png, to_uint8
 from sfeditor.toy import region_names, render
-from sfeditor.toy_encoder import ToyEncoder as Encoder
+from sfeditor.images.toy_encoder import ToyEncoder as Encoder
 
 
 from .common import CancelToken, Cancelled, Diverged, Progress, RunDir, rng_state, set_rng_state
@@ -79,7 +80,7 @@ class GeneratorRecipe:
                                     # "mixture": no regression, a Gaussian-mixture prior over the encoder codes
                                     # replaces the mapping MLP (trainer.mapping_fit.fit_mixture);
                                     # "mixture-projected-mean": that mixture moved by the projected mean move
-    mapping_components: int = 64    # "mixture": Gaussians in the prior (sfeditor.latent_prior)
+    mapping_components: int = 64    # "mixture": Gaussians in the prior (sfeditor.model.latent_prior)
     mapping_rank: int = 64          # "mixture": principal directions kept per component
     mapping_project_images: int = 512  # "mixture-projected-mean": renders projected for the mean move
     mapping_project_steps: int = 100  # projected fits: Adam steps per batch of 64 (~1.1 s each on 2 cores)
@@ -286,12 +287,6 @@ def region_weight_map(domain: str, labels: np.ndarray, regions: tuple, factor: f
     return torch.from_numpy(np.where(m, np.float32(factor), np.float32(1.0)))[:, None]
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [-1, 1]."""
-    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
 def step_seeds(step: int, batch: int, offset: int = TRAIN_SEED_OFFSET) -> np.ndarray:
     """The deterministic render seeds of a step's batch (a resumed run sees the same data)."""
     return offset + (np.arange(batch) + step * batch) % 10_000_000
@@ -368,7 +363,7 @@ def channel_locality_loss(features: dict, labels: torch.Tensor, groups: torch.Te
                           n_regions: int, min_res: int = 16, eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Ask each region group's style channels to be *spatially* local to that region: the mean over
     images and channels of ``-log(M[k, c] + eps)``, M the share of channel c's activation energy
-    inside the renderer's region k (paper Eq. 1, per image: :func:`sfeditor.correlation.layer_correlation`).
+    inside the renderer's region k (paper Eq. 1, per image: :func:`sfeditor.regions.correlation.layer_correlation`).
     The log gives a small region's channels (eyes: M ~ 0.03 of a ~1 % region) a push ~1/M times a
     large one's: with ``1 - M`` instead, 400 steps at weight 2 moved clothes' and skin's channels
     0.17 -> 0.42 / 0.22 -> 0.43 and the eyes' 0.029 -> 0.044; with the log, 400 steps at weight 0.2
@@ -386,7 +381,7 @@ def channel_locality_loss(features: dict, labels: torch.Tensor, groups: torch.Te
     ``features``: ``G.synthesis(..., return_features=True)``'s; ``labels``: ``[B, H, W]`` renderer
     region indices; ``groups``: ``[|S|]`` group ids.  Returns (loss, ``[n_regions]`` mean M of each
     region's counted channels, for the log)."""
-    from sfeditor.correlation import layer_correlation, resize_regions
+    from sfeditor.regions.correlation import layer_correlation, resize_regions
 
     U = F.one_hot(labels.long(), n_regions).permute(0, 3, 1, 2).float()           # [B, R, H, W]
     maps = list(features["conv"]) + list(features["rgb"])
@@ -559,7 +554,7 @@ class Prefetcher:
 
 def load_generator_state(G: Generator, sd: dict) -> None:
     """``G.load_state_dict(sd)`` (strict) for a state that may carry a mixture prior (``prior.*``)."""
-    from sfeditor.latent_prior import split_prior_state
+    from sfeditor.model.latent_prior import split_prior_state
 
     rest, prior = split_prior_state(sd)
     G.set_prior(prior)
@@ -576,8 +571,8 @@ def load_init_weights(source: str | Path) -> tuple[dict, dict]:
         if isinstance(state, dict) and "G" in state and "E" in state:
             return state["G"], state["E"]
     if src.is_dir() and (src / "generator.pt").is_file() and (src / "encoder.pt").is_file():
-        from sfeditor.checkpoints import load_generator
-        from sfeditor.toy_encoder import load_toy_encoder
+        from sfeditor.model.checkpoints import load_generator
+        from sfeditor.images.toy_encoder import load_toy_encoder
 
         return load_generator(src / "generator.pt", device="cpu").state_dict(), \
             load_toy_encoder(src / "encoder.pt").state_dict()
@@ -592,7 +587,7 @@ def trainable_parameters(G: nn.Module, E: nn.Module, prefixes: tuple) -> list:
     "to_rgbs.3.bias")`` fine-tunes the last conv's kernel and the last toRGB's (not its affine): every
     DeepPixel (paper Sec. 4.2: the feature maps the conv styles modulate) and every affine A stay
     bit-identical, so the S space, the regions file and the hierarchy stay valid
-    (``sfeditor.regions.deep_pixel_fingerprint``; the run's log says whether they do)."""
+    (``sfeditor.regions.regions_file.deep_pixel_fingerprint``; the run's log says whether they do)."""
     if not prefixes:
         return list(G.parameters()) + list(E.parameters())
     keep = []
@@ -609,7 +604,7 @@ def trainable_parameters(G: nn.Module, E: nn.Module, prefixes: tuple) -> list:
 
 def describe_trainable(G: nn.Module, prefixes: tuple) -> str:
     """One log line: how many weights ``prefixes`` trains and whether S-space files survive it."""
-    from sfeditor.regions import outside_deep_pixels
+    from sfeditor.model.identity import outside_deep_pixels
 
     names = [n for n, _ in G.named_parameters() if any(n.startswith(pre) for pre in prefixes)]
     count = sum(p.numel() for n, p in G.named_parameters() if n in names)
@@ -644,7 +639,7 @@ def projected_codes_of(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run:
                        progress_callback, log) -> torch.Tensor:
     """The codes of ``recipe.mapping_fit_images`` fit renders projected into W (:mod:`trainer.mapping_fit`;
     cached in the run folder as ``projected_codes.pt``, so a stopped run resumes)."""
-    from sfeditor.inversion import InversionSettings
+    from sfeditor.images.inversion import InversionSettings
 
     from .mapping_fit import FIT_BATCH, projected_codes
 
@@ -686,8 +681,8 @@ def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunD
     was fitted from, so a rerun or a resumed run does not fit it again (the EM fit takes 6-22 min here; a
     stopped fit resumes from ``mixture-em.pt``, saved every 5 EM iterations)."""
     from sfeditor.atomic import atomic_torch_save
-    from sfeditor.inversion import module_fingerprint
-    from sfeditor.latent_prior import MixturePrior
+    from sfeditor.model.identity import module_fingerprint
+    from sfeditor.model.latent_prior import MixturePrior
 
     from .mapping_fit import EM_CHUNK, encoder_codes, fit_mixture
 
@@ -730,7 +725,7 @@ def shift_to_projected_mean(recipe: GeneratorRecipe, prior, G: Generator, E: nn.
     from the encoder's codes (``recipe.mapping_project_images`` renders, cached like the projected fits):
     the encoder's codes are biased toward blur, and that bias is shared by all images
     (:func:`trainer.mapping_fit.projected_mean_gaussian`)."""
-    from sfeditor.latent_prior import MixturePrior
+    from sfeditor.model.latent_prior import MixturePrior
 
     from .mapping_fit import encoder_codes
 
@@ -777,7 +772,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
     opt_mix = torch.optim.Adam(syn_params + list(E.parameters()), lr=recipe.mix_lr, betas=(0.5, 0.99))
     opt_dimg = torch.optim.Adam(D_img.parameters(), lr=0.0005, betas=(0.5, 0.99))
     opt_dpatch = torch.optim.Adam(D_patch.parameters(), lr=0.001, betas=(0.0, 0.99))
-    dev = torch.device(recipe.device if recipe.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(recipe.device)
     G.to(dev); E.to(dev); D_img.to(dev); D_lat.to(dev); D_patch.to(dev)
     use_bf16, bf16_warning = choose_bf16(recipe.bf16, dev)
     if bf16_warning:
@@ -970,7 +965,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
 
     # ------------------------------------------------------- phase 2: mapping
     if phase == "mapping" and recipe.mapping_fit in ("mixture", "mixture-projected-mean"):
-        # A Gaussian mixture over the encoder's codes replaces the mapping MLP (sfeditor.latent_prior):
+        # A Gaussian mixture over the encoder's codes replaces the mapping MLP (sfeditor.model.latent_prior):
         # one Gaussian samples between the code cloud's modes, where the synthesis draws averaged images.
         E.eval()
         prior, report = mixture_prior(recipe, G, E, run, dev, amp, cancel, progress_callback, log)
@@ -1117,7 +1112,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
         phase, step = "done", 0
         checkpoint(phase, step)
 
-    from sfeditor.checkpoints import save_generator
+    from sfeditor.model.checkpoints import save_generator
 
     G.eval()
     with torch.no_grad():
@@ -1125,7 +1120,7 @@ def train_generator(recipe: GeneratorRecipe, out: str | Path, resume: bool = Tru
     out_path = run.path / "generator.pt"
     meta = {"domain": recipe.domain, "recipe": json.loads(json.dumps(asdict(recipe)))}   # JSON-safe keys
     save_generator(G, out_path, meta=meta, half=False)
-    from sfeditor.toy_encoder import save_toy_encoder
+    from sfeditor.images.toy_encoder import save_toy_encoder
 
     save_toy_encoder(E.cpu(), run.path / "encoder.pt", meta={"domain": recipe.domain})
     log(f"wrote {out_path}")

@@ -15,7 +15,7 @@ optimisation (BENCHMARKS.md, "`--feat-weight`": encoder 25.3 dB / sharpness 0.71
   (:func:`projected_mean_gaussian`) keeps only the move all images share.
 
 Only the mapping changes: the synthesis, hence the S space, the regions files and the hierarchies,
-stay as they are (:func:`sfeditor.regions.synthesis_fingerprint`).  Projection is the expensive part
+stay as they are (:func:`sfeditor.regions.regions_file.synthesis_fingerprint`).  Projection is the expensive part
 (≈ 1.1 s per step for a batch of 64 on two cores): the codes are saved after every batch
 (``projected_codes.pt`` in the run folder, atomically), so a killed run resumes with the batches it
 has, and a rerun with another fit (``--from-phase mapping``) reuses them.
@@ -30,7 +30,8 @@ import torch
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.jobs import Cancelled
 
-from .generator import psnr, rendered_batch
+from sfeditor.images.metrics import psnr
+from .generator import rendered_batch
 
 FIT_SEED_OFFSET = 100_000      # the renders the mapping is fitted to: rendered_batch(domain, 100_000 + i, 64)
 FIT_BATCH = 64
@@ -55,11 +56,11 @@ def project_batch(G, x: torch.Tensor, w0: torch.Tensor, steps: int, lr: float, a
                   basis: torch.Tensor | None = None) -> torch.Tensor:
     """Project the images ``x`` into W from the codes ``w0``: Adam on the pixel MSE, one w per image for
     every layer, the learning rate warmed up over the first 5 % and cosine-ramped down over the last 25 %
-    (:func:`sfeditor.inversion.lr_schedule`, as the editor's projector).  Each image's code only gets its
+    (:func:`sfeditor.images.inversion.lr_schedule`, as the editor's projector).  Each image's code only gets its
     own image's gradient, so a batch is the same as projecting the images one by one.
 
     ``basis`` ``[D, k]`` (orthonormal columns) restricts the move to its span: w = w0 + c basis^T."""
-    from sfeditor.inversion import lr_schedule
+    from sfeditor.images.inversion import lr_schedule
 
     w0 = w0.detach().float()
     c = torch.zeros(w0.shape[0], basis.shape[1] if basis is not None else w0.shape[1], device=w0.device,
@@ -99,8 +100,8 @@ def projected_codes(G, E, domain: str, size: int, n: int, steps: int, lr: float,
 
     ``progress(done_batches, total_batches, info)`` after each batch; ``cancel.requested`` stops after
     the batch in hand is saved (:class:`sfeditor.jobs.Cancelled`)."""
-    from sfeditor.inversion import module_fingerprint
-    from sfeditor.regions import synthesis_fingerprint
+    from sfeditor.model.identity import module_fingerprint
+    from sfeditor.model.identity import synthesis_fingerprint
 
     total = max(1, n // FIT_BATCH)
     spec = {"domain": domain, "size": size, "steps": steps, "lr": lr,
@@ -191,7 +192,7 @@ def fit_mixture(w: torch.Tensor, n_components: int, rank: int = 64, seed: int = 
                 chunk: int = EM_CHUNK):
     """``"mixture"``: a K-component Gaussian mixture over codes ``w`` [N, D] (scikit-learn EM, full
     covariances, 1e-4 added to their diagonals), each covariance cut to its top ``rank`` principal
-    directions: a :class:`sfeditor.latent_prior.MixturePrior` and a report.
+    directions: a :class:`sfeditor.model.latent_prior.MixturePrior` and a report.
 
     One Gaussian over a multi-modal cloud of codes samples mostly between the modes, where the synthesis
     draws averaged images (BENCHMARKS.md, "A mixture prior over W").  ``held_out`` codes (the last ones)
@@ -208,7 +209,7 @@ def fit_mixture(w: torch.Tensor, n_components: int, rank: int = 64, seed: int = 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
-    from sfeditor.latent_prior import MixturePrior
+    from sfeditor.model.latent_prior import MixturePrior
 
     x = w.detach().double().cpu().numpy()
     if x.ndim != 2 or not np.isfinite(x).all():

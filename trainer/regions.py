@@ -4,7 +4,7 @@
 (saved as ``ward-tree.npz``: a later run with another ``--clusters`` recuts it
 without re-clustering), cut it into K clusters and write
 
-* ``regions.json``: the regions file (:mod:`sfeditor.regions`).  Unlabelled,
+* ``regions.json``: the regions file (:mod:`sfeditor.regions.regions_file`).  Unlabelled,
   its leaves are ``cluster_<id>`` under the Ward hierarchy: rename them to
   region names (several clusters may share one) and give the region tree;
   or, for a toy domain, ``--auto-label`` names every cluster by the majority
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sfeditor.cluster_sheets import (banner as _banner, colours as _colours, contact_sheet, label_overview,
+from sfeditor.model.device import pick_device
+from sfeditor.regions.cluster_sheets import (banner as _banner, colours as _colours, contact_sheet, label_overview,
                                      legend as _legend, outline as _outline, upscale as _upscale)
 
 
@@ -41,9 +42,7 @@ def _setup(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(args.device)
+    return pick_device(args.device)
 
 
 def _truncation(args: argparse.Namespace, domain: str) -> float:
@@ -80,7 +79,7 @@ def _load_oracle(domain: str, device):
 def overlay_grid(images: np.ndarray, pred: np.ndarray, target: np.ndarray | None, names: list[str],
                  scale: int = 2) -> np.ndarray:
     """Per image: the image | hard masks blended over it | the oracle's labels (if given)."""
-    from sfeditor.imageio import make_grid
+    from sfeditor.images.imageio import make_grid
 
     col = _colours(len(names)).astype(np.float32)
     blend = (0.45 * images + 0.55 * col[pred]).astype(np.uint8)
@@ -143,12 +142,13 @@ def _without_grad(command):
 
 @_without_grad
 def cmd_regions(args: argparse.Namespace) -> int:
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.clustering import Cancelled, ClusteringOptions, ClusteringResult, cluster_generator
-    from sfeditor.cluster_sheets import cluster_samples, resize_labels, sheet_title
-    from sfeditor.imageio import save_png
-    from sfeditor.masks import RegionModel
-    from sfeditor.regions import generator_fingerprint, paper_tree
+    from sfeditor.model.checkpoints import load_generator
+    from sfeditor.regions.clustering import Cancelled, ClusteringOptions, ClusteringResult, cluster_generator
+    from sfeditor.regions.cluster_sheets import cluster_samples, resize_labels, sheet_title
+    from sfeditor.images.imageio import save_png
+    from sfeditor.regions.masks import RegionModel
+    from sfeditor.model.identity import generator_fingerprint
+    from sfeditor.regions.tree import paper_tree
 
     from .common import CancelToken
 
@@ -188,7 +188,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
     model = RegionModel(G, regions)
     label_report = None
     if args.auto_label:
-        from sfeditor.region_eval import auto_label
+        from trainer.region_eval import auto_label
 
         oracle = _load_oracle(args.domain, device)
         labels, label_report = auto_label(model, oracle, n=args.label_images, seed=args.seed,
@@ -200,7 +200,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         print("--tree is used with --auto-label; an unlabelled file keeps the Ward hierarchy", file=sys.stderr)
     kept = list(range(K))
     if args.prune:
-        from sfeditor.centroid_pruning import prune_regions
+        from trainer.centroid_pruning import prune_regions
 
         cancel = CancelToken()
         cancel.install_signal_handlers()
@@ -257,12 +257,12 @@ def cmd_regions(args: argparse.Namespace) -> int:
 def cmd_regions_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.correlation import code_correlation, layer_means, mean_correlation
-    from sfeditor.imageio import save_png, to_uint8
-    from sfeditor.masks import RegionModel
-    from sfeditor.region_eval import evaluate_regions
-    from sfeditor.regions import load_regions
+    from sfeditor.model.checkpoints import load_generator
+    from sfeditor.regions.correlation import code_correlation, layer_means, mean_correlation
+    from sfeditor.images.imageio import save_png, to_uint8
+    from sfeditor.regions.masks import RegionModel
+    from trainer.region_eval import evaluate_regions
+    from sfeditor.regions.regions_file import load_regions
 
     device = _setup(args)
     regions = load_regions(args.regions)
@@ -314,11 +314,11 @@ def cmd_regions_eval(args: argparse.Namespace) -> int:
 
 @_without_grad
 def cmd_regions_prune(args: argparse.Namespace) -> int:
-    from sfeditor.centroid_pruning import prune_regions
-    from sfeditor.checkpoints import load_generator
-    from sfeditor.clustering import Cancelled
-    from sfeditor.masks import RegionModel
-    from sfeditor.regions import load_regions
+    from trainer.centroid_pruning import prune_regions
+    from sfeditor.model.checkpoints import load_generator
+    from sfeditor.regions.clustering import Cancelled
+    from sfeditor.regions.masks import RegionModel
+    from sfeditor.regions.regions_file import load_regions
 
     from .common import CancelToken
 
@@ -358,7 +358,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(subparsers) -> None:
     """Register ``regions``, ``regions-eval`` and ``regions-prune`` on an ``add_subparsers()`` object."""
-    from sfeditor.regions import NORMALIZATIONS, PAPER_TREES
+    from sfeditor.regions.regions_file import NORMALIZATIONS
+    from sfeditor.regions.tree import PAPER_TREES
 
     r = subparsers.add_parser("regions", help="discover a domain's regions: DeepPixel Ward clustering (Sec. 4.2)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -369,7 +370,7 @@ def add_parsers(subparsers) -> None:
     r.add_argument("--size", type=int, default=64, help="DeepPixel resolution")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--normalization", choices=NORMALIZATIONS, default="layer",
-                   help="channel weighting of distances (see sfeditor.clustering)")
+                   help="channel weighting of distances (see sfeditor.regions.clustering)")
     r.add_argument("--min-resolution", type=int, default=0,
                    help="leave out layers whose feature maps are coarser (0 = all layers, as the paper)")
     r.add_argument("--pca", type=int, default=64, help="PCA dimensions for Ward (0 = all channels)")
@@ -381,7 +382,7 @@ def add_parsers(subparsers) -> None:
     r.add_argument("--label-images", type=int, default=64, help="images the oracle labels for --auto-label")
     r.add_argument("--tree", choices=sorted(PAPER_TREES), help="paper tree for the labels (default: the domain's)")
     r.add_argument("--prune", action="store_true",
-                   help="after --auto-label, drop the centroids that never decide a region (sfeditor.centroid_pruning)")
+                   help="after --auto-label, drop the centroids that never decide a region (trainer.centroid_pruning)")
     r.add_argument("--prune-images", type=int, default=128, help="pool images for --prune")
     r.add_argument("--sheet-images", type=int, default=16, help="images per contact sheet")
     r.add_argument("--install", action="store_true", help="also write resources/regions/<domain>.json")
@@ -405,7 +406,7 @@ def add_parsers(subparsers) -> None:
 def _add_prune_parser(subparsers) -> None:
     p = subparsers.add_parser("regions-prune", help="drop a labelled regions file's centroids that never decide a region",
                               description="Keep only the centroids that decide some pool pixel's region "
-                              "(sfeditor.centroid_pruning): the same masks on the pool, fewer distances per mask.")
+                              "(trainer.centroid_pruning): the same masks on the pool, fewer distances per mask.")
     p.add_argument("--regions", required=True, help="labelled regions file, or a shipped domain name (with --out)")
     p.add_argument("--domain", help="domain (default: the regions file's)")
     p.add_argument("--images", type=int, default=128, help="pool images (generated; seed --seed)")

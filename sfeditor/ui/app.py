@@ -46,7 +46,7 @@ def run_app(args: argparse.Namespace | None = None, argv: list[str] | None = Non
         return 2
     from PySide6.QtWidgets import QApplication
 
-    from ..session import EditorSession, SessionError, load_bundle
+    from ..editor.session import EditorSession, SessionError, load_bundle
     from .main_window import MainWindow
     from .theme import apply_theme
 

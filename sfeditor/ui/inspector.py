@@ -66,7 +66,7 @@ class InspectorPanel(QWidget):
         self.net_info = QLabel("")      # what the node's FusionNet does (blend coefficients), full width
         self.net_info.setWordWrap(True)
         self.net_info.setStyleSheet("color: #9fb3c8; font-size: 11px;")
-        self.net_info.setToolTip("From the net's blend coefficients q on 16 sampled inputs (sfeditor.blend_stats):\n"
+        self.net_info.setToolTip("From the net's blend coefficients q on 16 sampled inputs (sfeditor.fusion.blend_stats):\n"
                                  "which child's code each style channel comes from, and how many of the\n"
                                  "coarse (layout) channels the node's global code sets.")
         nl.addWidget(self.net_info)

@@ -17,12 +17,11 @@ regions file (leaves ``cluster_<id>``); this dialog is where a person labels it:
 Renaming the only cluster of a region to a name the tree does not have renames
 that leaf too (so labelling a Ward tree's ``cluster_<id>`` leaves keeps its
 shape).  Qt only: contact sheets come in as uint8 RGB arrays
-(:func:`sfeditor.cluster_sheets.cluster_sheets`).
+(:func:`sfeditor.regions.cluster_sheets.cluster_sheets`).
 """
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
@@ -33,8 +32,10 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogBut
                                QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from .pixmaps import rgb_pixmap
-from ..cluster_sheets import BANNER_HEIGHT, PALETTE, ContactSheets
-from ..regions import PAPER_TREES, RegionNode, RegionsFile, paper_tree
+from ..regions.cluster_sheets import BANNER_HEIGHT, PALETTE, ContactSheets
+from ..regions.regions_file import RegionsFile
+from ..regions.labelling import RegionLabels
+from ..regions.tree import PAPER_TREES, RegionNode
 
 __all__ = ["RegionLabellingDialog", "SheetViewer", "sheet_pixmap"]
 
@@ -62,33 +63,6 @@ def _cell() -> QWidget:
     w.setAttribute(Qt.WidgetAttribute.WA_TranslucentBackground)
     w.setStyleSheet("#labellingCell { background: transparent; }")
     return w
-
-
-@dataclass
-class _Node:
-    """A mutable tree node (the dialog's working tree may be non-binary while being edited)."""
-
-    name: str
-    children: list["_Node"] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, n: RegionNode) -> "_Node":
-        return cls(n.name, [cls.of(c) for c in n.children])
-
-    def frozen(self) -> RegionNode:
-        return RegionNode(self.name, tuple(c.frozen() for c in self.children))
-
-    @property
-    def is_leaf(self) -> bool:
-        return not self.children
-
-    def walk(self):
-        yield self
-        for c in self.children:
-            yield from c.walk()
-
-    def leaves(self) -> list[str]:
-        return [self.name] if self.is_leaf else [n for c in self.children for n in c.leaves()]
 
 
 class SheetViewer(QDialog):
@@ -137,9 +111,8 @@ class RegionLabellingDialog(QDialog):
         self.shares = {int(k): float(v) for k, v in (shares or {}).items()}
         self.save_path = None if save_path is None else str(save_path)
         self.saved_regions: RegionsFile | None = None
-        self._clusters: dict[int, str] = dict(regions.clusters)
-        self._tree: _Node | None = _Node.of(regions.tree)
-        self._dirty = False
+        self.labels = RegionLabels(regions)      # the Qt-free document this dialog views and edits
+        self.labels.undo_stack.subscribe(lambda ev: self._refresh())
         self._colour_of: dict[str, QColor] = {}
         self._combo_names: list[str] = []
         self._shown: dict[int, str] = {}           # the name each cluster row shows now
@@ -179,6 +152,8 @@ class RegionLabellingDialog(QDialog):
         self.buttons.accepted.connect(self._on_save_clicked)
         self.buttons.rejected.connect(self.reject)
         QShortcut(QKeySequence(QKeySequence.StandardKey.Save), self).activated.connect(self._on_save_clicked)
+        QShortcut(QKeySequence(QKeySequence.StandardKey.Undo), self).activated.connect(self.undo)
+        QShortcut(QKeySequence(QKeySequence.StandardKey.Redo), self).activated.connect(self.redo)
 
         bottom = QHBoxLayout()
         left = QVBoxLayout()
@@ -360,229 +335,78 @@ class RegionLabellingDialog(QDialog):
         return box
 
     # ============================================================ queries
+    @property
+    def _clusters(self) -> dict[int, str]:
+        return self.labels.clusters()
+
+    @property
+    def _tree(self) -> RegionNode | None:
+        return self.labels.tree()
+
     def clusters(self) -> dict[int, str]:
         """The current cluster id -> region name labels (a copy)."""
-        return dict(self._clusters)
+        return self.labels.clusters()
 
     def tree(self) -> RegionNode | None:
         """The current tree (possibly not binary while problems remain)."""
-        return None if self._tree is None else self._tree.frozen()
+        return self.labels.tree()
 
     def region_names(self) -> list[str]:
         """Region names in use: the tree's leaves in order, then names only clusters use."""
-        names = [] if self._tree is None else [n for n in self._tree.leaves()]
-        for k in sorted(self._clusters):
-            if self._clusters[k] not in names:
-                names.append(self._clusters[k])
-        return list(dict.fromkeys(names))
+        return self.labels.region_names()
 
     def is_dirty(self) -> bool:
-        return self._dirty
+        return self.labels.is_modified()
 
     def problems(self) -> list[str]:
         """What keeps the labels and tree from making a valid regions file (empty when Save is allowed)."""
-        out: list[str] = []
-        used = list(dict.fromkeys(self._clusters[k] for k in sorted(self._clusters)))
-        if self._tree is None:
-            return ["the tree is empty: pick a paper tree, Auto tree or Sync with clusters"]
-        nodes = list(self._tree.walk())
-        leaf_names = [n.name for n in nodes if n.is_leaf]
-        internal_names = {n.name for n in nodes if not n.is_leaf}
-        for name in used:
-            if name in internal_names and name not in leaf_names:
-                out.append(f"region '{name}' is used by clusters but is an internal node of the tree; "
-                           f"clusters must be labelled with leaves")
-            elif name not in leaf_names:
-                out.append(f"region '{name}' is used by clusters but missing from the tree")
-        for name in leaf_names:
-            if name not in used:
-                out.append(f"leaf '{name}' has no cluster")
-        for n in nodes:
-            if not n.is_leaf and len(n.children) != 2:
-                kids = len(n.children)
-                out.append(f"node '{n.name}' has {kids} {'child' if kids == 1 else 'children'}; "
-                           f"the tree must be binary")
-        counts: dict[str, int] = {}
-        for n in nodes:
-            counts[n.name] = counts.get(n.name, 0) + 1
-        for name, c in counts.items():
-            if c > 1:
-                out.append(f"node name '{name}' appears {c} times in the tree; names must be unique")
-        if not out:
-            try:
-                self.regions.relabelled(self._clusters, self._tree.frozen())
-            except ValueError as e:
-                out.append(str(e))
-        return out
+        return self.labels.problems()
 
     def is_valid(self) -> bool:
         return not self.problems()
 
     def result_regions(self) -> RegionsFile:
         """The regions file with the current labels and tree (ValueError while problems remain)."""
-        problems = self.problems()
-        if problems:
-            raise ValueError("the labels are not complete: " + "; ".join(problems))
-        return self.regions.relabelled(self._clusters, self._tree.frozen())
+        return self.labels.result()
 
-    # ============================================================ cluster edits
+    # ============================================================ edits (RegionLabels, one undo entry each)
     def set_cluster_name(self, k: int, name: str) -> None:
         """Label cluster ``k`` with region ``name``."""
-        self.merge([k], name)
+        self.labels.set_cluster_name(k, name)
 
     def merge(self, cluster_ids, name: str) -> None:
-        """Label every cluster of ``cluster_ids`` with region ``name``.
+        """Label every cluster of ``cluster_ids`` with region ``name`` (see :meth:`RegionLabels.merge`)."""
+        self.labels.merge(cluster_ids, name)
 
-        A region that loses its last cluster here while the tree has no leaf
-        ``name`` yet is renamed in the tree (its place in the hierarchy kept).
-        """
-        name = self._clean(name, "region name")
-        ids = [int(k) for k in cluster_ids]
-        for k in ids:
-            if k not in self._clusters:
-                raise KeyError(f"no cluster {k} (clusters are 0..{len(self._clusters) - 1})")
-        if not ids or all(self._clusters[k] == name for k in ids):
-            return
-        before = list(dict.fromkeys(self._clusters[k] for k in ids))
-        for k in ids:
-            self._clusters[k] = name
-        still_used = set(self._clusters.values())
-        if self._tree is not None:
-            for old in before:
-                if old == name or old in still_used:
-                    continue
-                node_names = {n.name for n in self._tree.walk()}
-                leaf = self._find(old)
-                if name not in node_names and leaf is not None and leaf.is_leaf:
-                    leaf.name = name
-        self._changed()
-
-    # ============================================================ tree edits
     def apply_preset(self, name: str) -> None:
         """Replace the tree with a paper hierarchy ("faces", "cars", "churches" or a domain name)."""
-        self._tree = _Node.of(paper_tree(name))
-        self._changed()
+        self.labels.apply_preset(name)
 
     def auto_tree(self) -> None:
-        """A balanced binary tree over the current region names (tree order, then the clusters')."""
-        used = set(self._clusters.values())
-        names = [n for n in self.region_names() if n in used]
-        taken = set(names)
-
-        def fresh(base: str) -> str:
-            cand, i = base, 2
-            while cand in taken:
-                cand, i = f"{base}_{i}", i + 1
-            taken.add(cand)
-            return cand
-
-        counter = [0]
-
-        def build(part: list[str], root: bool) -> _Node:
-            if len(part) == 1:
-                return _Node(part[0])
-            half = (len(part) + 1) // 2
-            left, right = build(part[:half], False), build(part[half:], False)
-            if root:
-                label = fresh("all")
-            else:
-                joined = "_".join(part)
-                counter[0] += 1
-                label = fresh(joined if len(part) <= 3 and len(joined) <= 24 else f"group_{counter[0]}")
-            return _Node(label, [left, right])
-
-        self._tree = build(names, True) if names else None
-        self._changed()
+        """A balanced binary tree over the current region names."""
+        self.labels.auto_tree()
 
     def group(self, a: str, b: str, parent_name: str | None = None) -> str:
-        """Put nodes ``a`` and ``b`` under a new node ``parent_name`` (default ``a_b``), where ``a`` was.
-
-        Returns the new node's name.
-        """
-        if self._tree is None:
-            raise ValueError("the tree is empty")
-        if a == b:
-            raise ValueError("pick two different nodes to group")
-        na, nb = self._find(a), self._find(b)
-        for name, n in ((a, na), (b, nb)):
-            if n is None:
-                raise ValueError(f"no node named '{name}' in the tree")
-            if n is self._tree:
-                raise ValueError(f"'{name}' is the root; it cannot be grouped")
-        if any(n is nb for n in na.walk()) or any(n is na for n in nb.walk()):
-            raise ValueError(f"'{a}' and '{b}' are ancestor and descendant; group two separate nodes")
-        pa, pb = self._parent(na), self._parent(nb)
-        if pa is pb and len(pa.children) == 2:
-            raise ValueError(f"'{a}' and '{b}' already are the two children of '{pa.name}'")
-        parent_name = self._clean(parent_name or self._suggest_parent_name(a, b), "node name")
-        if parent_name in {n.name for n in self._tree.walk()}:
-            raise ValueError(f"there already is a node named '{parent_name}'")
-        new = _Node(parent_name, [na, nb])
-        pa.children[pa.children.index(na)] = new
-        pb.children.remove(nb)
-        self._changed()
-        return parent_name
+        """Put nodes ``a`` and ``b`` under a new node; returns its name."""
+        return self.labels.group(a, b, parent_name)
 
     def ungroup(self, name: str) -> None:
-        """Replace internal node ``name`` by its children (its parent gains them)."""
-        n = self._find(name)
-        if n is None:
-            raise ValueError(f"no node named '{name}' in the tree")
-        if n.is_leaf:
-            raise ValueError(f"'{name}' is a leaf; only internal nodes can be ungrouped")
-        if n is self._tree:
-            raise ValueError(f"'{name}' is the root; it cannot be ungrouped")
-        p = self._parent(n)
-        i = p.children.index(n)
-        p.children[i:i + 1] = n.children
-        self._changed()
+        """Replace internal node ``name`` by its children."""
+        self.labels.ungroup(name)
 
     def rename_node(self, old: str, new: str) -> None:
         """Rename a tree node; renaming a leaf renames the region of its clusters too."""
-        new = self._clean(new, "node name")
-        n = self._find(old)
-        if n is None:
-            raise ValueError(f"no node named '{old}' in the tree")
-        if new == old:
-            return
-        if new in {m.name for m in self._tree.walk()}:
-            raise ValueError(f"there already is a node named '{new}'"
-                             + (" (to join two regions, merge their clusters)" if n.is_leaf else ""))
-        if n.is_leaf:
-            for k, v in self._clusters.items():
-                if v == old:
-                    self._clusters[k] = new
-        n.name = new
-        self._changed()
+        self.labels.rename_node(old, new)
 
     def sync_tree(self) -> None:
-        """Drop leaves no cluster uses (a parent left with one child is replaced by it) and add missing regions
-        under the root (group them afterwards)."""
-        used = list(dict.fromkeys(self._clusters[k] for k in sorted(self._clusters)))
+        """Drop leaves no cluster uses and add missing regions under the root."""
+        self.labels.sync_tree()
 
-        def prune(n: _Node) -> _Node | None:
-            if n.is_leaf:
-                return n if n.name in used else None
-            kids = [m for m in (prune(c) for c in n.children) if m is not None]
-            if not kids:
-                return None
-            if len(kids) == 1:
-                return kids[0]
-            n.children = kids
-            return n
+    def undo(self) -> None:
+        self.labels.undo()
 
-        tree = None if self._tree is None else prune(self._tree)
-        present = set() if tree is None else {n.name for n in tree.walk()}
-        missing = [_Node(name) for name in used if name not in present]
-        if missing:
-            if tree is None:
-                tree = missing[0] if len(missing) == 1 else _Node(self._free_name("all"), missing)
-            elif tree.is_leaf:
-                tree = _Node(self._free_name("all", present | set(used)), [tree] + missing)
-            else:
-                tree.children.extend(missing)
-        self._tree = tree
-        self._changed()
+    def redo(self) -> None:
+        self.labels.redo()
 
     # ============================================================ saving
     def save(self, path: str) -> RegionsFile:
@@ -591,7 +415,7 @@ class RegionLabellingDialog(QDialog):
         result.save(path)
         self.saved_regions = result
         self.save_path = str(path)
-        self._dirty = False
+        self.labels.set_saved()
         self._refresh()
         self.status_label.setText(f"Saved {path}")
         self.saved.emit(str(path))
@@ -627,7 +451,7 @@ class RegionLabellingDialog(QDialog):
                 QMessageBox.StandardButton.Discard: "discard"}.get(QMessageBox.StandardButton(answer), "cancel")
 
     def reject(self) -> None:   # Close button, Esc and the window's close box all come here
-        if self._dirty:
+        if self.labels.is_modified():
             answer = self._ask_unsaved()
             if answer == "cancel":
                 return
@@ -726,33 +550,12 @@ class RegionLabellingDialog(QDialog):
         return out
 
     # ============================================================ internals
-    @staticmethod
-    def _clean(name, what: str) -> str:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"a {what} cannot be empty")
-        return name.strip()
-
-    def _find(self, name: str) -> _Node | None:
-        if self._tree is None:
-            return None
-        return next((n for n in self._tree.walk() if n.name == name), None)
-
-    def _parent(self, child: _Node) -> _Node | None:
-        for n in self._tree.walk():
-            if any(c is child for c in n.children):
-                return n
-        return None
-
-    def _free_name(self, base: str, taken: set[str] | None = None) -> str:
-        taken = taken if taken is not None else ({n.name for n in self._tree.walk()} if self._tree else set())
-        taken = taken | set(self._clusters.values())
-        cand, i = base, 2
-        while cand in taken:
-            cand, i = f"{base}_{i}", i + 1
-        return cand
+    def _find(self, name: str) -> RegionNode | None:
+        t = self._tree
+        return None if t is None else next((n for n in t.walk() if n.name == name), None)
 
     def _suggest_parent_name(self, a: str, b: str) -> str:
-        return self._free_name(f"{a}_{b}")
+        return self.labels.free_name(f"{a}_{b}")
 
     def _colour(self, name: str) -> QColor:
         if name not in self._colour_of:
@@ -763,10 +566,6 @@ class RegionLabellingDialog(QDialog):
             else:
                 self._colour_of[name] = QColor.fromHsv((i * 47) % 360, 150, 230)
         return self._colour_of[name]
-
-    def _changed(self) -> None:
-        self._dirty = True
-        self._refresh()
 
     # ------------------------------------------------------------ refresh
     def _refresh(self) -> None:
@@ -783,14 +582,14 @@ class RegionLabellingDialog(QDialog):
                                        f"problem{'s' if len(problems) > 1 else ''} before saving:</b><br>"
                                        f"{items}{more}</span>")
         else:
-            leaves = self._tree.leaves()
+            leaves = [n.name for n in self._tree.walk() if n.is_leaf]
             self.problem_label.setText(f"<span style='color:{OK_COLOUR}'><b>✓ Ready to save:</b> "
                                        f"{len(self._clusters)} clusters in {len(leaves)} regions, "
                                        f"{len(leaves) - 1} internal nodes.</span>")
         self.save_button.setEnabled(not problems)
         self.save_button.setToolTip("Write the relabelled regions file (Ctrl+S)" if not problems
                                     else "Fix the problems listed on the left first")
-        self.setWindowTitle(f"Label regions — {self.regions.domain}{' *' if self._dirty else ''}")
+        self.setWindowTitle(f"Label regions — {self.regions.domain}{' *' if self.labels.is_modified() else ''}")
         self._update_buttons()
 
     def _chip_of(self, name: str) -> QIcon:
@@ -846,7 +645,7 @@ class RegionLabellingDialog(QDialog):
             bold = tw.font()
             bold.setBold(True)
 
-            def add(n: _Node, parent) -> int:
+            def add(n: RegionNode, parent) -> int:
                 item = QTreeWidgetItem(parent)
                 item.setText(0, n.name)
                 item.setData(0, NAME_ROLE, n.name)

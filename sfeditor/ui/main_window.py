@@ -1,6 +1,6 @@
 """The sfeditor main window: node graph, live preview, inspector, edits, photos, files.
 
-Every user intent becomes one :class:`sfeditor.session.EditorSession` call (one
+Every user intent becomes one :class:`sfeditor.editor.session.EditorSession` call (one
 undo entry); the window re-renders through a newest-wins worker
 (:class:`~sfeditor.ui.workers.PreviewBridge`) and runs long work (inversion,
 heatmaps, GANSpace, model loading) as cancellable :class:`~sfeditor.ui.workers.Job`
@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDockWidget, QFileDial
                                QSplitter, QTabWidget, QToolBar, QComboBox, QWidget, QApplication)
 
 from ..domains import SHIPPED
-from ..session import EditorSession, ModelBundle, SessionError, autosave_dir, load_bundle
+from ..editor.session import EditorSession, ModelBundle, SessionError, autosave_dir, load_bundle
 from .edit_panel import EditPanel
 from .inspector import InspectorPanel
 from .node_graph import NodeGraphView
@@ -496,7 +496,7 @@ class MainWindow(QMainWindow):
         """The same edit on every node (no region limit), rendered in a job for the compare view."""
         import copy
 
-        from ..render_service import RenderRequest, render_request
+        from ..editor.render_service import RenderRequest, render_request
 
         try:
             args = dict(self._edit_args(), nodes=None)
@@ -609,7 +609,7 @@ class MainWindow(QMainWindow):
         return self.directions[key]
 
     def _edit_args(self) -> dict:
-        from ..directions import parse_layers
+        from ..images.directions import parse_layers
 
         nodes = None if self.edit_panel.whole_image() else self.selected()
         if nodes is not None and not nodes:
@@ -632,7 +632,7 @@ class MainWindow(QMainWindow):
             self.edit_panel.set_strength(0.0)
 
     def compute_pca(self) -> None:
-        from ..directions import pca_directions
+        from ..images.directions import pca_directions
 
         G = self.session.bundle.G
 
@@ -659,7 +659,7 @@ class MainWindow(QMainWindow):
             self.load_direction(path)
 
     def load_direction(self, path: str) -> bool:
-        from ..directions import DirectionError, load_direction
+        from ..images.directions import DirectionError, load_direction
 
         try:
             d = load_direction(path, self.session.bundle.G)
@@ -692,7 +692,7 @@ class MainWindow(QMainWindow):
             self._start_masks()
 
     def _start_heatmap(self) -> None:
-        from ..locality import locality_heatmap
+        from ..editor.locality import locality_heatmap
 
         b, comp = self.session.bundle, self.session.composition.snapshot()
         sel = self.selected()
@@ -709,7 +709,7 @@ class MainWindow(QMainWindow):
                                     batch=8 if b.G.size <= 128 else 1, cancel=cancel, max_resolution=res,
                                     region_model=b.region_model)
 
-        def title(u) -> str:     # the union reading (sfeditor.locality), when the model has a regions file
+        def title(u) -> str:     # the union reading (sfeditor.editor.locality), when the model has a regions file
             text = f"{node}: mean |Δ| when its code is resampled"
             if u.locality == u.locality:
                 text += (f" · locality {u.locality:.2f} (region of either image; base only "
@@ -733,7 +733,7 @@ class MainWindow(QMainWindow):
         def work(report, cancel):
             import copy
 
-            from ..render_service import CodeCache
+            from ..editor.render_service import CodeCache
 
             cache = CodeCache()
             with torch.no_grad():
@@ -789,10 +789,10 @@ class MainWindow(QMainWindow):
 
     def _inversion_fn(self, path: Path):
         """A job function: read, align/crop and invert ``path`` -> w+ [1, L, D]."""
-        from ..alignment import prepare_image
-        from ..image_intake import read_image
-        from ..inversion import InversionCache, InversionSettings, Projector
-        from ..toy_encoder import default_encoder_path, load_toy_encoder
+        from ..images.alignment import prepare_image
+        from ..images.intake import read_image
+        from ..images.inversion import InversionCache, InversionSettings, Projector
+        from ..images.toy_encoder import default_encoder_path, load_toy_encoder
 
         b = self.session.bundle
 
@@ -1090,7 +1090,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("dark", self.dark)
 
     def labelling_tool(self) -> None:
-        from ..cluster_sheets import ContactSheets, cluster_samples
+        from ..regions.cluster_sheets import ContactSheets, cluster_samples
         from .labelling import RegionLabellingDialog
 
         b = self.session.bundle

@@ -21,8 +21,8 @@ from PySide6.QtWidgets import (QApplication, QFrame, QGraphicsItem, QGraphicsPat
                                QGraphicsView, QMenu)
 
 from .pixmaps import rgb_pixmap
-from ..composition import Composition
-from ..regions import RegionNode
+from ..editor.composition import Composition
+from ..regions.tree import RegionNode
 
 __all__ = ["NodeGraphView", "NodeItem", "NODE_MIME", "Theme", "DARK", "LIGHT"]
 
@@ -1148,8 +1148,8 @@ def _demo(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from ..composition import NodeState
-    from ..regions import paper_tree
+    from ..editor.composition import NodeState
+    from ..regions.tree import paper_tree
 
     ap = argparse.ArgumentParser(description=_demo.__doc__)
     ap.add_argument("tree", nargs="?", default="faces")

@@ -1,7 +1,7 @@
 """Qt bridges to the core's background work: the live preview and cancellable jobs.
 
-The math runs in the core (:mod:`sfeditor.render_service`, :mod:`sfeditor.locality`,
-:mod:`sfeditor.inversion`) on plain Python threads.  Those threads never touch a
+The math runs in the core (:mod:`sfeditor.editor.render_service`, :mod:`sfeditor.editor.locality`,
+:mod:`sfeditor.images.inversion`) on plain Python threads.  Those threads never touch a
 Qt object: they put ``(callable, args)`` on a :class:`Dispatcher`'s queue, and
 the dispatcher's timer runs them on the GUI thread, where the signals are then
 emitted.  (Emitting PySide6 signals from foreign threads into Python callables
@@ -18,7 +18,7 @@ from typing import Any, Callable
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from ..jobs import Cancelled, CancelToken
-from ..render_service import RenderService
+from ..editor.render_service import RenderService
 
 __all__ = ["Dispatcher", "PreviewBridge", "Job", "gui_thread_gc"]
 

@@ -1,0 +1,1 @@
+"""The editor's Qt-free model: compositions, undoable commands, session, rendering, heatmaps."""

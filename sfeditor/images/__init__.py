@@ -1,0 +1,1 @@
+"""Real images (paper Sec. 6): intake, alignment, inversion, encoders, directions, editing."""
