@@ -1007,7 +1007,7 @@ class EvalContext:
 def eval_context(args: argparse.Namespace, command: str) -> EvalContext:
     from sfeditor.model.device import choose_bf16, pick_device
     from sfeditor.model.checkpoints import load_generator
-    from sfeditor.regions import load_regions
+    from sfeditor.regions.regions_file import load_regions
 
     from .common import Progress
 

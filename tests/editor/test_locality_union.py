@@ -114,7 +114,8 @@ def test_heatmap_updates_carry_the_union_reading_with_a_region_model():
     from editor_core_helpers import TREE4, composition, small_generator, tiny_hierarchy
     from sfeditor.editor.locality import locality_heatmap
     from sfeditor.regions.masks import RegionModel
-    from sfeditor.regions import RegionsFile, generator_identity
+    from sfeditor.model.identity import generator_identity
+    from sfeditor.regions.regions_file import RegionsFile
 
     G = small_generator().requires_grad_(False)
     G.update_w_avg(64, seed=0)

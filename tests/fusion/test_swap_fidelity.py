@@ -12,7 +12,7 @@ from sfeditor.images.editing import fuse, transfer_region
 from sfeditor.images.imageio import from_uint8
 from sfeditor.images.inversion import InversionSettings, Projector
 from sfeditor.jobs import Cancelled, CancelToken
-from sfeditor.regions import node
+from sfeditor.regions.tree import node
 from sfeditor.fusion.swap_fidelity import HELDOUT_SEED_BASE, masked_psnr, summarize, swap_fidelity
 from sfeditor.toy import region_names, render, render_swap
 
