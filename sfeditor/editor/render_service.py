@@ -169,6 +169,29 @@ def render_request(G, hierarchy, request: RenderRequest, cache: CodeCache | None
                         draft=draft, full_size=G.size)
 
 
+def private_hierarchy(hierarchy):
+    """A copy of ``hierarchy`` for a job on another thread (the hierarchy caches per-net outputs, so the
+    render worker's copy must not be shared)."""
+    import copy
+
+    return copy.deepcopy(hierarchy) if hierarchy is not None else None
+
+
+@torch.no_grad()
+def render_once(G, hierarchy, comp: Composition) -> np.ndarray:
+    """One full-size frame of ``comp`` on a private copy of the hierarchy (safe from any thread):
+    uint8 ``[H, W, 3]``."""
+    return render_request(G, private_hierarchy(hierarchy), RenderRequest(comp, 0)).image
+
+
+@torch.no_grad()
+def composition_labels(G, hierarchy, region_model, comp: Composition) -> np.ndarray:
+    """The region label of every pixel of ``comp``'s image (Sec. 4.2's masks on the fused S code),
+    computed on a private copy of the hierarchy: int ``[H, W]``."""
+    fused = fuse_composition(G, private_hierarchy(hierarchy), comp, CodeCache())[0]
+    return region_model.hard_labels(fused)[0].cpu().numpy()
+
+
 class RenderService:
     """One worker thread rendering the newest submitted composition."""
 

@@ -494,9 +494,7 @@ class MainWindow(QMainWindow):
 
     def _render_whole_edit(self) -> None:
         """The same edit on every node (no region limit), rendered in a job for the compare view."""
-        import copy
-
-        from ..editor.render_service import RenderRequest, render_request
+        from ..editor.render_service import render_once
 
         try:
             args = dict(self._edit_args(), nodes=None)
@@ -504,10 +502,9 @@ class MainWindow(QMainWindow):
         except (SessionError, ValueError):
             return
         b = self.session.bundle
-        h = copy.deepcopy(b.hierarchy) if b.hierarchy is not None else None
 
         def work(report, cancel):
-            return render_request(b.G, h, RenderRequest(comp, 0)).image
+            return render_once(b.G, b.hierarchy, comp)
 
         def done(img):
             self._whole_frame = img
@@ -731,19 +728,9 @@ class MainWindow(QMainWindow):
         comp = self.session.composition.snapshot()
 
         def work(report, cancel):
-            import copy
+            from ..editor.render_service import composition_labels
 
-            from ..editor.render_service import CodeCache
-
-            cache = CodeCache()
-            with torch.no_grad():
-                h = copy.deepcopy(b.hierarchy) if b.hierarchy is not None else None
-                if h is None:
-                    s = cache.get(comp, comp.tree.name, b.G)
-                else:
-                    need = h.required_codes(comp.collapsed_nodes())
-                    s = h({n: cache.get(comp, n, b.G) for n in need}, comp.collapsed_nodes(), use_cache=False)
-                return b.region_model.hard_labels(s)[0].cpu().numpy()
+            return composition_labels(b.G, b.hierarchy, b.region_model, comp)
 
         self.start_job("overlay", work, "region masks", status=False,
                        done=lambda lab: self.preview.set_masks(lab, list(b.region_model.leaves)),

@@ -265,3 +265,30 @@ def test_thumbnails_are_each_nodes_own_image_and_cached(G, H):
     finally:
         G.__dict__.pop("synthesis", None)      # back to the class method
         svc.close()
+
+
+def test_render_once_and_composition_labels_work_on_a_private_copy(G, H):
+    """The window's one-shot jobs (compare frame, region masks) go through the core, never touching the
+    hierarchy the render worker uses."""
+    from sfeditor.editor.render_service import composition_labels, render_once
+    from sfeditor.model.identity import generator_identity
+    from sfeditor.regions.masks import RegionModel
+    from sfeditor.regions.regions_file import RegionsFile
+
+    comp = composition()
+    before = {k: v.clone() for k, v in H.state_dict().items()}
+    assert np.array_equal(render_once(G, H, comp), reference(G, H, comp))
+    assert all(torch.equal(before[k], v) for k, v in H.state_dict().items())
+    with torch.no_grad():
+        dp = G.deep_pixels(G.random_styles(2, seed=3), size=G.size)
+    x = dp.permute(0, 2, 3, 1).reshape(-1, dp.shape[1])
+    leaves = [n.name for n in comp.tree.walk() if n.is_leaf]
+    regions = RegionsFile(domain="tiny", generator=generator_identity(G), centroids=x[:4].numpy(),
+                          clusters={i: leaves[i % len(leaves)] for i in range(4)}, tree=comp.tree,
+                          deep_pixel_size=G.size, temperature=1.0)
+    model = RegionModel(G, regions)
+    labels = composition_labels(G, H, model, comp)
+    with torch.no_grad():
+        need = H.required_codes(comp.collapsed_nodes())
+        fused = H({n: comp.code_for(n, G) for n in need}, comp.collapsed_nodes(), use_cache=False)
+    assert labels.shape == (G.size, G.size) and np.array_equal(labels, model.hard_labels(fused)[0].numpy())
