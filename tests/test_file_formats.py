@@ -44,6 +44,7 @@ from sfeditor.regions.clustering import ClusteringOptions, ClusteringResult, Mer
 from sfeditor.regions.masks import RegionModel
 from sfeditor.regions.regions_file import RegionsFile
 from sfeditor.regions.tree import node
+from sfeditor.toy import render as toy_render
 from sfeditor.toy.oracle import build_oracle, load_oracle, save_oracle
 from trainer.common import RunDir, rng_state, set_rng_state
 
@@ -118,8 +119,8 @@ def _gen_case(half: bool) -> FormatCase:
         save=lambda G, p, e: save_generator(G, p, meta=meta, half=half),
         load=lambda p, e: load_generator(p, device="cpu"),
         output=lambda G, e: images(G),
-        # fp16 weights of a 16 px model: measured max |diff| ~2e-3 on images in about [-1, 1]
-        tol=1e-2 if half else 0.0,
+        # fp16 weights: measured max |diff| 6.5e-3 on these images, which span ~13 (a random generator)
+        tol=2e-2 if half else 0.0,
         resave=lambda G, first, p, e: save_generator(G, p, meta=read_checkpoint(first).info["meta"], half=half),
     )
 
@@ -166,8 +167,8 @@ def _hier_case(half: bool) -> FormatCase:
     return FormatCase(
         id=f"hierarchy-{'fp16' if half else 'fp32'}", build=build,
         save=lambda h, p, e: h.save(p, half=half), load=lambda p, e: load_hierarchy(p), output=output,
-        # fp16 FusionNet weights: the fused S code moves by at most ~1e-3 (measured), codes are O(1)
-        tol=2e-2 if half else 0.0)
+        # fp16 FusionNet weights: the fused S code moves by at most 5.4e-4 (measured); codes span ~4.8
+        tol=5e-3 if half else 0.0)
 
 
 # ---- one FusionNet weight file, as the trainer writes it (net.pt) and as official weights are read
@@ -239,8 +240,8 @@ def _npz_contents(p: Path) -> dict:
 
 
 def _clustering_output(r, e):
-    # cut(k) of the compacted tree is recomputed from float64 sums: equal to ~1e-6, not bit-exact;
-    # the temperature comes from float16 calibration pixels
+    # cut(k) of the compacted tree is recomputed from float64 sums (measured max |diff| 4.8e-7, not
+    # bit-exact); the temperature comes from float16 calibration pixels (measured 1.3e-5)
     return [r.cut(k) for k in (2, 4, 6)] + [np.array([r.temperature(k) for k in (2, 4, 6)])] + \
         [r.channel_scale, np.array([str(r.tree.hierarchy(6))])]
 
@@ -316,7 +317,7 @@ def _enc_case(half: bool) -> FormatCase:
         id=f"toy-encoder-{'fp16' if half else 'fp32'}", build=build,
         save=lambda E, p, e: save_toy_encoder(E, p, half=half),
         load=lambda p, e: load_toy_encoder(p, G=e["G"]).eval(), output=output,
-        tol=5e-3 if half else 0.0)   # fp16 weights: w moves by ~1e-4 (measured)
+        tol=1e-4 if half else 0.0)   # fp16 weights: w moves by 1.2e-5 (measured); this untrained w spans ~0.07
 
 
 # ---- region oracle (always fp16 weights)
@@ -326,17 +327,18 @@ _ORACLE_CFG = {"widths": [4, 8, 8, 8], "dec_widths": [8, 8, 4]}
 def _oracle_build(e):
     torch.manual_seed(70)
     m = build_oracle("toy-faces", _ORACLE_CFG)
-    with torch.no_grad():                       # a trained-looking BatchNorm, not the 0 / 1 defaults
+    with torch.no_grad():     # trained-looking BatchNorm statistics (not 0 / 1) and spread-out logits
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 mod.running_mean.uniform_(-0.2, 0.2)
                 mod.running_var.uniform_(0.5, 1.5)
+        m.head.weight.mul_(8.0)
     return m.eval()
 
 
 def _oracle_output(m, e):
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(71)) * 2 - 1
-    return m.predict(x)[0]
+    """Labels of rendered toy faces (the oracle's job: judging which region each pixel is)."""
+    return m.predict(toy_render("toy-faces", [1, 2], size=32)[0])[0]
 
 
 # ---- inversion cache (written by the program itself, read back on the next inversion)
@@ -446,6 +448,8 @@ CASES = [
                suffix=".npy"),
     _enc_case(half=False),
     _enc_case(half=True),
+    # the oracle file is always fp16: labels of a fresh fp32 oracle may flip at a few boundary pixels
+    # (measured: 99.85 % agree); the second save of the loaded (fp16-exact) oracle is byte-identical
     FormatCase("oracle", _oracle_build, lambda m, p, e: save_oracle(m, p, {"pixel_accuracy": 0.5}),
                lambda p, e: load_oracle("toy-faces", path=p), _oracle_output, agree=0.99,
                resave=lambda m, first, p, e: save_oracle(m, p, m.metrics)),
@@ -499,10 +503,11 @@ def _round_trip(case: FormatCase, tmp_path: Path, e: dict):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_save_load_gives_the_same_output(case, tmp_path, full_env):
     obj, first, loaded = _round_trip(case, tmp_path, full_env)
-    if case.id == "pca-cache":          # nothing in memory to compare with: the fresh computation is
-        fresh = pca_directions(full_env["G"], n_components=4, n_samples=64, seed=3, cache_dir=False)
-        obj = fresh
-    _compare(case, case.output(obj, full_env), case.output(loaded, full_env))
+    if case.id == "pca-cache":          # nothing in memory to compare with: the uncached computation is
+        obj = pca_directions(full_env["G"], n_components=4, n_samples=64, seed=3, cache_dir=False)
+    want = case.output(obj, full_env)
+    assert np.unique(_parts(want)[0]).size > 1, f"{case.id}: a constant output cannot tell a broken file"
+    _compare(case, want, case.output(loaded, full_env))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
