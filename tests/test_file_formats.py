@@ -19,7 +19,7 @@ the second save needs more than ``save``), nothing else.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +39,7 @@ from sfeditor.images.imageio import to_uint8
 from sfeditor.images.inversion import InversionCache, InversionResult, load_latents, save_latents
 from sfeditor.images.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
 from sfeditor.model.checkpoints import load_generator, read_checkpoint, save_generator
+from sfeditor.model.latent_prior import MixturePrior
 from sfeditor.model.style_code import StyleCode
 from sfeditor.regions.clustering import ClusteringOptions, ClusteringResult, MergeTree, cluster_generator
 from sfeditor.regions.masks import RegionModel
@@ -123,6 +124,16 @@ def _gen_case(half: bool) -> FormatCase:
         tol=2e-2 if half else 0.0,
         resave=lambda G, first, p, e: save_generator(G, p, meta=read_checkpoint(first).info["meta"], half=half),
     )
+
+
+def _prior_build(e):
+    """A generator whose z -> w goes through a mixture prior (stored inside the checkpoint)."""
+    G = copy.deepcopy(e["G"])
+    gen = torch.Generator().manual_seed(8)
+    d = G.style_dim
+    G.set_prior(MixturePrior(torch.tensor([2.0, 5.0, 3.0]), torch.randn(3, d, generator=gen) * 2,
+                             torch.randn(3, d, 4, generator=gen) * 0.5))
+    return G
 
 
 # ---- S code
@@ -283,7 +294,8 @@ def _png_load(p, e):
 def _direction_build(e):
     G = e["G"]
     gen = torch.Generator().manual_seed(50)
-    return [torch.randn(G.style_dim, generator=gen).numpy(), torch.randn(G.n_latent, G.style_dim, generator=gen).numpy()]
+    return [torch.randn(G.style_dim, generator=gen).numpy(),                  # a w direction
+            torch.randn(G.n_latent, G.style_dim, generator=gen).numpy()]      # a per-layer (w+) one
 
 
 def _direction_save(ds, p, e):
@@ -426,6 +438,8 @@ def _run_load(p, e):
 CASES = [
     _gen_case(half=False),
     _gen_case(half=True),
+    FormatCase("generator-with-prior", _prior_build, lambda G, p, e: save_generator(G, p),
+               lambda p, e: load_generator(p, device="cpu"), lambda G, e: images(G)),
     FormatCase("style-code", _code_build, lambda c, p, e: c.save(p), lambda p, e: StyleCode.load(p),
                lambda c, e: e["G"].synthesis(c)),
     FormatCase("latents", _latents_build, lambda o, p, e: save_latents(p, o[0], o[1], o[2]), _latents_load,
