@@ -46,4 +46,9 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        # through a file object: torch then names the archive "archive" instead of after the (random)
+        # temporary file, so the same object always gives the same bytes; fsync like the other writers
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
