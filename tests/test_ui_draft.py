@@ -53,7 +53,7 @@ def open_window(qtbot, tmp_path, faithful: bool = True) -> MainWindow:
     w = MainWindow(bundle, settings=settings, autosave_folder=tmp_path / "autosave", check_recovery=False)
     qtbot.addWidget(w)
     w.session.rng = random.Random(0)
-    w._confirm_discard = lambda: True
+    w.ask_unsaved = lambda action: "discard"
     qtbot.waitUntil(lambda: w.frames_shown >= 1, timeout=WAIT)
     return w
 

@@ -33,6 +33,9 @@ from .workers import Dispatcher, Job, PreviewBridge, gui_thread_gc
 __all__ = ["MainWindow", "OpenModelDialog"]
 
 COMPOSITION_FILTER = "Compositions (*.sfcomp.json *.json *.png);;All files (*)"
+OPEN_FILTER = ("Compositions and photos (*.sfcomp.json *.json *.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;"
+               "Compositions (*.sfcomp.json *.json *.png);;"
+               "Photos (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)")
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_RECENT = 10
 AUTOSAVE_MS = 30_000
@@ -41,6 +44,15 @@ HEATMAP_SAMPLES = 32
 #: (1024 px on 2 CPU cores: 16 samples in ~15 s instead of 8 full-size ones in ~26 s; bench/large_preview.py).
 HEATMAP_RESOLUTION = 256
 HEATMAP_SAMPLES_LARGE = 16
+
+
+def _save_path(path) -> Path | None:
+    """The file Ctrl+S writes for a composition read from ``path``: a PNG (an exported image with the
+    composition inside) is never overwritten with JSON, so it gives no save path (Save asks for one)."""
+    if path is None:
+        return None
+    p = Path(path)
+    return None if p.suffix.lower() == ".png" else p
 
 
 def _device_text(device: torch.device) -> str:
@@ -296,18 +308,22 @@ class MainWindow(QMainWindow):
         self._refresh_recent()
 
     # ============================================================ model
-    def set_bundle(self, bundle: ModelBundle, composition=None) -> None:
-        """Show ``bundle`` (closing the previous preview worker) with ``composition`` or a fresh one."""
+    def set_bundle(self, bundle: ModelBundle, composition=None, path: Path | None = None) -> None:
+        """Show ``bundle`` (closing the previous preview worker) with ``composition`` (read from ``path``,
+        which stays the session's file) or a fresh one.  Callers ask before discarding unsaved work."""
         self.cancel_jobs()
         if self.bridge is not None:
             self.bridge.close()
             self.bridge.deleteLater()
         if self._unsubscribe:
             self._unsubscribe()
-        self.session = EditorSession(bundle)
+        old = self.session
+        if old is not None:          # the old model's recovery file: its work was saved or given up
+            old.discard_autosave(self.autosave_folder)
+        self.session = EditorSession(bundle, session_id=old.session_id if old is not None else None)
         if composition is not None:
             try:
-                for w in self.session.replace_composition(composition):
+                for w in self.session.replace_composition(composition, _save_path(path)):
                     self.statusBar().showMessage(w, 8000)
             except SessionError as e:
                 self.show_error("Composition", f"{e}; starting a new composition instead")
@@ -350,19 +366,31 @@ class MainWindow(QMainWindow):
             return
         self.load_model_async(domain=domain)
 
-    def load_model_async(self, **kwargs) -> Job:
+    def load_model_async(self, **kwargs) -> Job | None:
+        """Open another model in a job; its composition (``composition=``, read from ``path=``) or a fresh
+        one replaces the current one, so unsaved edits are confirmed first (None: the user cancelled)."""
         kwargs.setdefault("device", self.device_pref)
         comp = kwargs.pop("composition", None)
+        path = kwargs.pop("path", None)
         spec = {k: kwargs.get(k) for k in ("domain", "generator", "hierarchy", "regions")}
+        what = f"opening {Path(path).name}" if path else f"switching to {spec['domain'] or spec['generator']}"
+        if not self._confirm_discard(what):
+            self._sync_domain_box()
+            return None
+        mark = self._history_mark()
 
         def work(report, cancel):
             report(0, 1, {})
             return load_bundle(**kwargs)
 
         def done(bundle):
+            # edits made while the model loaded were not covered by the answer above: ask again
+            if self._history_mark() != mark and not self._confirm_discard(what):
+                self._sync_domain_box()
+                return
             if spec["generator"]:
                 self._add_recent_model(spec)
-            self.set_bundle(bundle, comp)
+            self.set_bundle(bundle, comp, path)
 
         return self.start_job("model", work, "Loading model…", done=done,
                               failed=lambda msg: (self.show_error("Could not open the model", msg),
@@ -451,8 +479,13 @@ class MainWindow(QMainWindow):
             self.show_error("Edit refused", str(e).strip("'\""))
             return False
 
-    def _changed(self, _event) -> None:
+    def _changed(self, event) -> None:
         comp = self.session.composition
+        if event is not None and getattr(event, "dropped", 0):
+            st = self.session.stack
+            self.statusBar().showMessage(
+                f"undo history full ({st.limit} steps): the oldest step can no longer be undone "
+                f"({st.dropped} dropped so far; the composition stays marked modified)", 8000)
         self.graph.update_nodes(comp)
         self._refresh_inspector()
         self.undo_action.setEnabled(self.session.stack.can_undo())
@@ -756,9 +789,10 @@ class MainWindow(QMainWindow):
         if path:
             self.open_paths(node, [path])
 
-    def open_paths(self, node: str, paths: list) -> None:
-        """Files dropped on a node ("" = the canvas / preview): a composition (JSON or a PNG made by
-        sfeditor) restores it; any other image is inverted and assigned."""
+    def open_paths(self, node: str, paths: list, dialog: bool = False) -> None:
+        """Files dropped on a node ("" = the canvas / preview) or chosen in File ▸ Open (``dialog``): a
+        composition (JSON or a PNG made by sfeditor) is opened (File ▸ Open) or restored as one undoable
+        edit (a drop); any other image is inverted and assigned (the same path for both)."""
         for path in paths[:1]:
             p = Path(path)
             if p.suffix.lower() == ".json" or p.name.endswith(".sfcomp.json"):
@@ -770,7 +804,10 @@ class MainWindow(QMainWindow):
                 except SessionError:
                     comp = None
                 if comp is not None:
-                    self.apply_composition(comp, p, as_edit=True)
+                    if dialog:
+                        self.open_composition(p)
+                    else:
+                        self.apply_composition(comp, p, as_edit=True)
                     return
             if p.suffix.lower() not in PHOTO_SUFFIXES:
                 self.show_error("Unsupported file", f"{p.name}: not an image or a composition "
@@ -892,16 +929,17 @@ class MainWindow(QMainWindow):
         return True
 
     # ============================================================= files
-    def new_composition(self) -> None:
-        if self.session is None:
-            return
-        comp = self.session.bundle.new_composition()
-        self.apply_composition(comp, None, as_edit=True)
+    def new_composition(self) -> bool:
+        """A fresh untitled composition, as one undoable step (asks first when there are unsaved edits)."""
+        if self.session is None or not self._confirm_discard("starting a new composition"):
+            return False
+        comp = self.session.bundle.new_composition(self.session.rng.randrange(2 ** 31))
+        return self._load_here(comp, None)
 
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open composition", "", COMPOSITION_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Open composition or photo", "", OPEN_FILTER)
         if path:
-            self.open_composition(Path(path))
+            self.open_paths("", [path], dialog=True)
 
     def open_composition(self, path: Path) -> bool:
         try:
@@ -917,28 +955,44 @@ class MainWindow(QMainWindow):
             self._add_recent(str(path))
         return ok
 
-    def apply_composition(self, comp, path: Path | None, as_edit: bool) -> bool:
-        """Show ``comp``: as one undoable edit when it fits the current model, else by opening its model."""
+    def _fits(self, comp) -> bool:
         s = self.session
-        same_tree = s is not None and comp.tree.to_dict() == s.composition.tree.to_dict()
-        if s is not None and same_tree and (comp.domain in ("", s.bundle.domain)):
-            try:
-                if as_edit:
-                    s.restore(comp, f"restore {path.name}" if path else "new composition")
-                else:
-                    warnings = s.replace_composition(comp, path)
-                    self._unsubscribe()
-                    self._unsubscribe = s.subscribe(self._changed)
-                    self._changed(None)
-                    for w in warnings:
-                        self.statusBar().showMessage(f"{path.name}: {w}", 8000)
-            except SessionError as e:
-                self.show_error("Composition", str(e))
+        return s is not None and comp.tree.to_dict() == s.composition.tree.to_dict() \
+            and comp.domain in ("", s.bundle.domain)
+
+    def _load_here(self, comp, path: Path | None) -> bool:
+        """Open ``comp`` in the current model as one undoable step that becomes the saved state."""
+        try:
+            warnings = self.session.load_composition(comp, _save_path(path),
+                                                     f"open {path.name}" if path else "new composition")
+        except SessionError as e:
+            self.show_error("Composition", str(e))
+            return False
+        self._changed(None)
+        for w in warnings:
+            self.statusBar().showMessage(f"{path.name if path else 'composition'}: {w}", 8000)
+        return True
+
+    def apply_composition(self, comp, path: Path | None, as_edit: bool) -> bool:
+        """Show ``comp``.  When it fits the current model: ``as_edit`` (a dropped PNG, a recovery) restores
+        it as one undoable edit; otherwise (File ▸ Open) it becomes the open file, also as one undoable
+        step, after asking about unsaved edits.  A composition of another shipped domain opens that
+        model (asking first: the current history cannot follow it there) and keeps its file name."""
+        s = self.session
+        if self._fits(comp):
+            if as_edit:
+                try:
+                    s.restore(comp, f"restore {path.name}" if path else "restore composition")
+                except SessionError as e:
+                    self.show_error("Composition", str(e))
+                    return False
+                return True
+            if not self._confirm_discard(f"opening {path.name}" if path else "opening a composition"):
                 return False
-            return True
+            return self._load_here(comp, path)
         if comp.domain in SHIPPED:
-            self.load_model_async(domain=comp.domain, composition=comp)
-            return True
+            return self.load_model_async(domain=comp.domain, composition=comp,
+                                         path=None if as_edit else path) is not None
         self.show_error("Composition", f"{path.name if path else 'composition'}: made for the model "
                         f"“{comp.domain}”; open that model first (File ▸ Open model…)")
         return False
@@ -1109,19 +1163,38 @@ class MainWindow(QMainWindow):
 
     # ============================================================= close
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
-        if self.session is not None and self.session.dirty and not self._confirm_discard():
+        if not self._confirm_discard("closing"):
             event.ignore()
             return
         self.shutdown()
         event.accept()
 
-    def _confirm_discard(self) -> bool:
-        r = QMessageBox.question(self, "Unsaved changes", "Save the composition before closing?",
-                                 QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                                 | QMessageBox.StandardButton.Cancel)
-        if r == QMessageBox.StandardButton.Save:
+    def ask_unsaved(self, action: str) -> str:
+        """Ask what to do with unsaved edits before ``action``: "save", "discard" or "cancel".
+        (The one place the window asks; tests replace the answer by patching ``QMessageBox.question``.)"""
+        B = QMessageBox.StandardButton
+        name = self.session.path.name if self.session is not None and self.session.path else "untitled"
+        r = QMessageBox.question(self, "Unsaved changes",
+                                 f"The composition “{name}” has unsaved changes. Save them before {action}?",
+                                 B.Save | B.Discard | B.Cancel, B.Save)
+        return {B.Save: "save", B.Discard: "discard"}.get(r, "cancel")
+
+    def _confirm_discard(self, action: str = "closing") -> bool:
+        """True when nothing unsaved would be lost, or the user saved or chose to discard it."""
+        if self.session is None or not self.session.dirty:
+            return True
+        answer = self.ask_unsaved(action)
+        if answer == "save":
             return self.save()
-        return r == QMessageBox.StandardButton.Discard
+        return answer == "discard"
+
+    def _history_mark(self) -> tuple:
+        """Identifies the current point of the edit history (to notice edits made since a question)."""
+        s = self.session
+        if s is None:
+            return (None,)
+        st = s.stack
+        return (id(s), id(st), st.dropped + len(st), id(st._done[-1]) if st._done else None, s.dirty)
 
     def shutdown(self) -> None:
         """Stop workers and remove this session's recovery file (a clean exit)."""
