@@ -39,6 +39,7 @@ def make_window(qtbot, tmp_path, bundle, **kw):
     qtbot.addWidget(win)
     win.session.rng = random.Random(0)
     win.ask_unsaved = lambda action: "discard"     # never block on a message box (tests of asking patch it)
+    win.confirm_off_domain = lambda what, messages: True
     qtbot.waitUntil(lambda: win.frames_shown >= 1, timeout=WAIT)
     return win
 

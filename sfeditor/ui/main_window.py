@@ -55,6 +55,11 @@ def _save_path(path) -> Path | None:
     return None if p.suffix.lower() == ".png" else p
 
 
+def _duration(seconds: float) -> str:
+    s = max(0, int(round(seconds)))
+    return f"{s} s" if s < 90 else f"{s // 60} min {s % 60:02d} s"
+
+
 def _device_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"GPU: {torch.cuda.get_device_name(device)}"
@@ -116,6 +121,7 @@ class MainWindow(QMainWindow):
         self.jobs: dict[str, Job] = {}       # newest job of each kind
         self._running: set[Job] = set()      # every job whose thread may still run
         self.errors: list[str] = []
+        self.last_domain_verdicts: list = []              # sfeditor.domain_check verdicts of the last inversion
         self.directions: dict[str, np.ndarray] = {}      # key -> direction ("pca:3", "file:/path.npy")
         self._direction_labels: dict[str, str] = {}      # file directions' list labels
         self._encoder: tuple | None = None                # (bundle, toy encoder or None) for inversions
@@ -194,7 +200,8 @@ class MainWindow(QMainWindow):
         self.frame_label.setMinimumWidth(250)
         self.job_label = QLabel("")
         self.job_bar = QProgressBar()
-        self.job_bar.setMaximumWidth(160)
+        self.job_bar.setMaximumWidth(300)
+        self.job_bar.setMinimumWidth(200)
         self.job_bar.setVisible(False)
         self.job_cancel = QPushButton("Cancel")
         self.job_cancel.setVisible(False)
@@ -818,7 +825,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{len(paths) - 1} more file(s) ignored: drop one photo at a time", 6000)
 
     def _inversion_fn(self, path: Path):
-        """A job function: read, align/crop and invert ``path`` -> w+ [1, L, D]."""
+        """A job function: read, align/crop and invert ``path`` -> an InversionResult whose
+        ``domain_verdict`` (:func:`sfeditor.domain_check.judge_inversion`) says whether the photo
+        looks like the model's domain."""
         from ..alignment import prepare_image
         from ..image_intake import read_image
         from ..inversion import InversionCache, InversionSettings, Projector
@@ -835,8 +844,37 @@ class MainWindow(QMainWindow):
             proj = Projector(b.G, InversionSettings.for_generator(b.G, b.domain), encoder=self._encoder[1],
                              cache=InversionCache())
             res = proj.invert(prep.image, progress=report, cancel=cancel)
+            from ..domain_check import judge_inversion
+            from ..imageio import to_uint8
+
+            with torch.no_grad():
+                rec = to_uint8(res.render(b.G))[0]
+            res.domain_verdict = judge_inversion(b.domain, prep.image, rec, res.psnr)
             return res
         return work
+
+    def confirm_off_domain(self, what: str, messages: list[str]) -> bool:
+        """Tell the user plainly that a photo does not look like the domain, before its code is used;
+        True = use it anyway.  (Tests patch ``QMessageBox.warning``.)"""
+        B = QMessageBox.StandardButton
+        r = QMessageBox.warning(self, "Photo does not look like the domain",
+                                "\n\n".join(messages) + f"\n\nUse it for {what} anyway?", B.Yes | B.No, B.No)
+        return r == B.Yes
+
+    def _judged(self, results: list, what: str) -> bool:
+        """Record the verdicts of these inversions; ask before using an off-domain one."""
+        verdicts = [getattr(r, "domain_verdict", None) for r in results if r is not None]
+        verdicts = [v for v in verdicts if v is not None]
+        if verdicts:
+            self.last_domain_verdicts = verdicts
+        bad = [v.message() for v in verdicts if not v.ok]
+        if not bad:
+            return True
+        self.preview.set_message("photo does not look like the domain: " + verdicts[0].summary())
+        if self.confirm_off_domain(what, bad):
+            return True
+        self.statusBar().showMessage(f"{what}: not used (the photo does not look like the domain)", 8000)
+        return False
 
     def invert_photo(self, path: Path, node: str) -> Job:
         return self.start_job("invert", self._inversion_fn(path), f"Inverting {path.name}",
@@ -844,10 +882,14 @@ class MainWindow(QMainWindow):
                               failed=lambda m: self.show_error("Photo", f"{path.name}: {m}"))
 
     def _photo_inverted(self, res, node: str, path: Path) -> None:
+        if not self._judged([res], f"{path.name} -> {node or 'all nodes'}"):
+            return
         if self._do(lambda s: s.assign_photo(node or None, res.w_plus, f"photo {path.name}")):
             how = "cached" if res.from_cache else f"{res.seconds:.1f} s"
+            v = getattr(res, "domain_verdict", None)
+            judged = f"; {v.summary()}" if v is not None else ""
             self.statusBar().showMessage(f"{path.name}: inverted ({res.psnr:.1f} dB PSNR, {how}) "
-                                         f"-> {node or 'all nodes'}", 8000)
+                                         f"-> {node or 'all nodes'}{judged}", 8000)
 
     def transfer_dialog(self) -> None:
         leaves = [n for n in self.session.composition.node_names if n != self.session.composition.tree.name]
@@ -867,9 +909,10 @@ class MainWindow(QMainWindow):
             return ref, tgt
 
         return self.start_job("invert", work, f"Transfer {region}: inverting",
-                              done=lambda r: self._do(lambda s: s.transfer_region(
-                                  region, r[0].w_plus, None if r[1] is None else r[1].w_plus,
-                                  label=f"transfer from {Path(reference).name}")),
+                              done=lambda r: self._judged(list(r), f"the {region} transfer") and self._do(
+                                  lambda s: s.transfer_region(region, r[0].w_plus,
+                                                              None if r[1] is None else r[1].w_plus,
+                                                              label=f"transfer from {Path(reference).name}")),
                               failed=lambda m: self.show_error("Transfer", m))
 
     # ============================================================== jobs
@@ -908,8 +951,13 @@ class MainWindow(QMainWindow):
         if total > 0:
             self.job_bar.setRange(0, total)
             self.job_bar.setValue(step)
+        parts = ["%v/%m" if total > 0 else ""]
         if "psnr" in info:
-            self.job_bar.setFormat(f"%v/%m · {info['psnr']:.1f} dB")
+            parts.append(f"{info['psnr']:.1f} dB")
+        if "eta_s" in info:
+            parts.append(f"~{_duration(info['eta_s'])} left")
+        self.job_bar.setFormat(" · ".join(p for p in parts if p) or "%p%")
+        self.job_bar.setToolTip(self.job_bar.format().replace("%v", str(step)).replace("%m", str(total)))
 
     def cancel_job(self, kind: str) -> None:
         job = self.jobs.get(kind)
