@@ -120,6 +120,8 @@ class MainWindow(QMainWindow):
         self.bridge: PreviewBridge | None = None
         self.jobs: dict[str, Job] = {}       # newest job of each kind
         self._running: set[Job] = set()      # every job whose thread may still run
+        self._status_jobs: list[tuple[Job, str]] = []   # jobs shown in the status bar, newest last
+        self._heatmap_shown: tuple | None = None        # (job, done, total) of the map on screen
         self.errors: list[str] = []
         self.last_domain_verdicts: list = []              # sfeditor.domain_check verdicts of the last inversion
         self.directions: dict[str, np.ndarray] = {}      # key -> direction ("pca:3", "file:/path.npy")
@@ -205,7 +207,7 @@ class MainWindow(QMainWindow):
         self.job_bar.setVisible(False)
         self.job_cancel = QPushButton("Cancel")
         self.job_cancel.setVisible(False)
-        self.job_cancel.clicked.connect(self.cancel_jobs)
+        self.job_cancel.clicked.connect(self.cancel_status_job)
         sb.addWidget(self.job_label, 1)
         sb.addPermanentWidget(self.job_bar)
         sb.addPermanentWidget(self.job_cancel)
@@ -244,6 +246,16 @@ class MainWindow(QMainWindow):
         pv.cancelRequested.connect(lambda: self.cancel_job("overlay"))
         pv.compareChanged.connect(lambda _on: self._update_compare())
         pv.filesDropped.connect(lambda paths: self.open_paths("", paths))
+        # view options kept across launches (a bad stored value falls back to the default)
+        for key, setter, sig in (("heatmap_scale", pv.set_heatmap_scale, pv.heatmapScaleChanged),
+                                 ("magnification", pv.set_magnification, pv.magnificationChanged)):
+            stored = self.settings.value(key, "")
+            if stored:
+                try:
+                    setter(str(stored))
+                except ValueError:
+                    pass
+            sig.connect(lambda v, k=key: self.settings.setValue(k, v))
 
     def _action(self, menu, text: str, slot, shortcut=None, tip: str = "") -> QAction:
         a = QAction(text, self)
@@ -436,7 +448,15 @@ class MainWindow(QMainWindow):
             box.setItemData(box.count() - 1, "\n".join(f"{k}: {v}" for k, v in d.items() if v),
                             Qt.ItemDataRole.ToolTipRole)
         box.blockSignals(False)
+        self._size_domain_box()
         self._sync_domain_box()
+
+    def _size_domain_box(self) -> None:
+        """Wide enough for every entry's full name (the style's padding and arrow included)."""
+        box = self.domain_box
+        fm = box.fontMetrics()
+        longest = max((fm.horizontalAdvance(box.itemText(i)) for i in range(box.count())), default=80)
+        box.setMinimumWidth(min(longest, 420) + 56)
 
     def _model_chosen(self, index: int) -> None:
         spec = self.domain_box.itemData(index)
@@ -463,6 +483,7 @@ class MainWindow(QMainWindow):
                 return
         box.addItem(b.domain, {"domain": b.domain, "generator": b.generator_source})
         box.setCurrentIndex(box.count() - 1)
+        self._size_domain_box()
 
     def open_model_dialog(self) -> None:
         d = OpenModelDialog(self)
@@ -525,6 +546,8 @@ class MainWindow(QMainWindow):
                 self.edit_panel.set_target_text("previewing; Apply to keep")
             except (SessionError, ValueError) as e:
                 self.edit_panel.set_target_text(str(e))
+        else:
+            self._refresh_edit_target()          # Reset / strength 0: no "previewing" left behind
         stamp = self.bridge.submit(comp)
         self._t_submit[stamp] = time.perf_counter()
         self._whole_frame = None
@@ -671,17 +694,17 @@ class MainWindow(QMainWindow):
         if self._do(lambda s: s.apply_direction(label=label, **args)):
             self.edit_panel.set_strength(0.0)
 
-    def compute_pca(self) -> None:
+    def compute_pca(self) -> Job:
         from ..directions import pca_directions
 
         G = self.session.bundle.G
 
         def work(report, cancel):
-            report(0, 1, {})
-            return pca_directions(G, n_components=min(20, G.style_dim), n_samples=10_000)
+            return pca_directions(G, n_components=min(20, G.style_dim), n_samples=10_000, progress=report,
+                                  cancel=cancel)
 
-        self.start_job("pca", work, "GANSpace: PCA of sampled w…", done=self._pca_done,
-                       failed=lambda m: self.show_error("GANSpace", m))
+        return self.start_job("pca", work, "GANSpace: PCA of sampled w…", done=self._pca_done,
+                              failed=lambda m: self.show_error("GANSpace", m))
 
     def _pca_done(self, pca) -> None:
         entries = []
@@ -749,12 +772,32 @@ class MainWindow(QMainWindow):
                                     batch=8 if b.G.size <= 128 else 1, cancel=cancel, max_resolution=res)
 
         title = f"{node}: mean |Δ| when its code is resampled"
-        self.start_job("overlay", work, f"heatmap of {node}", status=False,
-                       partial=lambda u: (self.preview.set_heatmap(u.values, title=title),
-                                          self.preview.set_progress(u.done, u.total, f"{node}: {u.done}/{u.total}"),
-                                          u.note and self.preview.set_message(u.note)),
-                       finished=lambda: self.preview.set_progress(0, 0),
-                       failed=lambda m: self.preview.set_message(f"heatmap failed: {m}"))
+        box: dict = {}
+
+        def partial(u):
+            job = box.get("job")
+            if job is None or self.jobs.get("overlay") is not job or job.token.requested:
+                return                          # a superseded or cancelled job's late map: not shown
+            self._heatmap_shown = (job, u.done, u.total)
+            self.preview.set_heatmap(u.values, title=title,
+                                     status="" if u.done >= u.total else f"partial: {u.done}/{u.total} samples")
+            self.preview.set_progress(u.done, u.total, f"{node}: {u.done}/{u.total}")
+            if u.note:
+                self.preview.set_message(u.note)
+
+        def cancelled():
+            shown = self._heatmap_shown
+            if shown is None or shown[0] is not box.get("job") or shown[1] >= shown[2]:
+                return
+            newer = self.jobs.get("overlay") not in (None, box.get("job"))
+            self.preview.set_heatmap_status("outdated: recomputing…" if newer else
+                                            f"cancelled at {shown[1]}/{shown[2]} samples: partial")
+
+        job = self.start_job("overlay", work, f"heatmap of {node}", status=False, partial=partial,
+                             finished=lambda: self.jobs.get("overlay") in (None, box.get("job")) and self.preview.set_progress(0, 0),
+                             failed=lambda m: self.preview.set_message(f"heatmap failed: {m}"))
+        box["job"] = job
+        job.cancelled.connect(cancelled)
 
     def _start_masks(self) -> None:
         b = self.session.bundle
@@ -929,23 +972,44 @@ class MainWindow(QMainWindow):
             if cb is not None:
                 sig.connect(cb)
         if status:
-            self.job_label.setText(text)
-            self.job_bar.setRange(0, 0)
-            self.job_bar.setVisible(True)
-            self.job_cancel.setVisible(True)
-            job.progress.connect(self._job_progress)
+            self._status_jobs.append((job, text))
+            self._show_status_job()
+            job.progress.connect(lambda st, tot, info, j=job: j is self.status_job() and self._job_progress(st, tot, info))
 
         def finished():
             if self.jobs.get(kind) is job:
                 del self.jobs[kind]
-            if status and not any(j for k, j in self.jobs.items() if k != "overlay"):
-                self.job_bar.setVisible(False)
-                self.job_cancel.setVisible(False)
-                self.job_label.setText("")
+            if status:
+                self._status_jobs = [(j, t) for j, t in self._status_jobs if j is not job]
+                self._show_status_job()
         job.finished.connect(finished)
         if status:     # background overlays are cancelled on every edit: no message for those
             job.cancelled.connect(lambda: self.statusBar().showMessage(f"{text}: cancelled", 4000))
         return job.start()
+
+    def status_job(self) -> Job | None:
+        """The job the status bar shows (the newest running one); its Cancel cancels only this job."""
+        return self._status_jobs[-1][0] if self._status_jobs else None
+
+    def _show_status_job(self) -> None:
+        job = self.status_job()
+        if job is None:
+            self.job_bar.setVisible(False)
+            self.job_cancel.setVisible(False)
+            self.job_label.setText("")
+            return
+        self.job_label.setText(self._status_jobs[-1][1])
+        self.job_bar.setRange(0, 0)
+        self.job_bar.setFormat("%p%")
+        self.job_bar.setVisible(True)
+        self.job_cancel.setVisible(True)
+        self.job_cancel.setToolTip(f"Cancel: {self._status_jobs[-1][1]}")
+
+    def cancel_status_job(self) -> None:
+        """The status bar's Cancel: the job it shows, not the others (nor the overlays)."""
+        job = self.status_job()
+        if job is not None:
+            job.cancel()
 
     def _job_progress(self, step: int, total: int, info: dict) -> None:
         if total > 0:
