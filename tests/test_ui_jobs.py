@@ -134,3 +134,18 @@ def test_view_options_are_kept_across_launches(qtbot, tmp_path, tiny_bundle):
     qtbot.addWidget(second)
     assert second.preview.heatmap_scale() == "per map" and second.preview.magnification() == "smooth"
     second.shutdown()
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)])
+def test_default_layout_gives_the_preview_the_space(qtbot, win, size):
+    """Issue 39 item 8: at 1280x800 the preview had ~340 px and the inspector was half empty."""
+    win.resize(*size)
+    win.show()
+    qtbot.waitExposed(win)
+    qtbot.waitUntil(lambda: win.preview.width() > 1.3 * win.graph.width(), timeout=WAIT)
+    assert win._dock.width() <= 340                        # the inspector as narrow as its content
+    assert win.preview.width() >= 0.42 * size[0]
+    # the cards' names: readable captions when the graph is fitted this small
+    from sfeditor.ui.node_graph import READABLE_PX, NodeItem
+    z = win.graph.zoom_level()
+    assert 12.5 * z >= READABLE_PX or NodeItem.caption_font_px(z) * z == pytest.approx(READABLE_PX)

@@ -173,11 +173,14 @@ class MainWindow(QMainWindow):
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.graph)
         split.addWidget(self.preview)
-        split.setStretchFactor(0, 5)
-        split.setStretchFactor(1, 4)
-        split.setSizes([600, 400])
+        # the preview gets the larger share (issue 39: at 1280x800 it had ~340 px); the graph shows its
+        # node names as readable captions when it is zoomed out to fit (node_graph.READABLE_PX)
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 5)
+        split.setSizes([440, 550])
         self.preview.setMinimumWidth(300)
         self.setCentralWidget(split)
+        self._split = split
 
         self.inspector = InspectorPanel()
         self.edit_panel = EditPanel()
@@ -195,6 +198,8 @@ class MainWindow(QMainWindow):
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
         dock.setMinimumWidth(300)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        self._dock = dock
+        self._laid_out = False
 
         sb = self.statusBar()
         self.device_label = QLabel("")
@@ -794,7 +799,8 @@ class MainWindow(QMainWindow):
                                             f"cancelled at {shown[1]}/{shown[2]} samples: partial")
 
         job = self.start_job("overlay", work, f"heatmap of {node}", status=False, partial=partial,
-                             finished=lambda: self.jobs.get("overlay") in (None, box.get("job")) and self.preview.set_progress(0, 0),
+                             finished=lambda: (self.jobs.get("overlay") in (None, box.get("job"))
+                                               and self.preview.set_progress(0, 0)),
                              failed=lambda m: self.preview.set_message(f"heatmap failed: {m}"))
         box["job"] = job
         job.cancelled.connect(cancelled)
@@ -974,7 +980,8 @@ class MainWindow(QMainWindow):
         if status:
             self._status_jobs.append((job, text))
             self._show_status_job()
-            job.progress.connect(lambda st, tot, info, j=job: j is self.status_job() and self._job_progress(st, tot, info))
+            job.progress.connect(lambda st, tot, info, j=job:
+                                 j is self.status_job() and self._job_progress(st, tot, info))
 
         def finished():
             if self.jobs.get(kind) is job:
@@ -1274,6 +1281,19 @@ class MainWindow(QMainWindow):
                        failed=lambda m: self.show_error("Region labelling", m))
 
     # ============================================================= close
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        super().showEvent(event)
+        if not self._laid_out:             # first show: the default layout for this window size
+            self._laid_out = True
+            QTimer.singleShot(0, self.default_layout)     # once the window has its size
+
+    def default_layout(self) -> None:
+        """Inspector as narrow as its content allows, the rest split 2:3 between graph and preview."""
+        self.resizeDocks([self._dock], [max(self._dock.minimumWidth(), 310)], Qt.Orientation.Horizontal)
+        total = sum(self._split.sizes()) or self.width()
+        self._split.setSizes([round(total * 0.4), total - round(total * 0.4)])
+        QTimer.singleShot(0, lambda: self.graph._auto_fit and self.graph.fit())
+
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
         if not self._confirm_discard("closing"):
             event.ignore()
