@@ -149,3 +149,42 @@ def test_default_layout_gives_the_preview_the_space(qtbot, win, size):
     from sfeditor.ui.node_graph import READABLE_PX, NodeItem
     z = win.graph.zoom_level()
     assert 12.5 * z >= READABLE_PX or NodeItem.caption_font_px(z) * z == pytest.approx(READABLE_PX)
+
+
+def test_shortcut_list_is_a_table_read_from_the_actions(qtbot, win):
+    box = win.show_shortcuts()
+    rows = win.shortcut_rows()
+    text = box.text()
+    assert text.startswith("<table") and text.count("<tr>") >= len(rows)
+    assert ("Graph", "R", "re-roll the selected nodes") in rows
+    keys = {(section, what): k for section, k, what in rows}
+    assert keys[("Tools", "Hair / region transfer")] == "Ctrl+T"
+    assert keys[("Edit", "Undo")] and keys[("File", "Save")]      # the platform's standard keys
+    box.close()
+
+
+def test_transfer_dialog_shows_thumbnails(qtbot, tmp_path):
+    import cv2
+    from PySide6.QtGui import QColor
+
+    from sfeditor.ui.transfer_dialog import THUMB_PX, TransferDialog
+
+    current = np.zeros((64, 64, 3), np.uint8)
+    current[..., 1] = 255                                   # the composition's frame: green
+    d = TransferDialog(["hair", "eyes"], "hair", current_image=current)
+    qtbot.addWidget(d)
+    pm = d.target.thumbnail()
+    assert pm is not None and QColor(pm.toImage().pixel(pm.width() // 2, pm.height() // 2)).green() == 255
+    assert d.reference.thumbnail() is None                  # nothing chosen yet
+    photo = np.zeros((300, 400, 3), np.uint8)
+    photo[..., 2] = 255                                     # BGR: red
+    cv2.imwrite(str(tmp_path / "ref.png"), photo)
+    d.reference.set_path(str(tmp_path / "ref.png"))
+    pm = d.reference.thumbnail()
+    assert (pm.width(), pm.height()) == (THUMB_PX, THUMB_PX * 3 // 4)
+    assert QColor(pm.toImage().pixel(10, 10)).red() == 255 and "400×300" in d.reference.label.text()
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    d.reference.set_path(str(tmp_path / "bad.png"))
+    assert d.reference.thumbnail() is None and "not a readable image" in d.reference.label.text()
+    d.reference.set_path(str(tmp_path / "missing.png"))
+    assert d.reference.thumbnail() is None and "no such file" in d.reference.label.text()

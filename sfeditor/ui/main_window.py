@@ -8,6 +8,7 @@ objects with progress in the status bar.  No math lives here.
 """
 from __future__ import annotations
 
+import html
 import os
 import time
 from pathlib import Path
@@ -942,7 +943,7 @@ class MainWindow(QMainWindow):
 
     def transfer_dialog(self) -> None:
         leaves = [n for n in self.session.composition.node_names if n != self.session.composition.tree.name]
-        d = TransferDialog(leaves, "hair", self)
+        d = TransferDialog(leaves, "hair", self, current_image=self.preview.frame())
         if d.exec() != QDialog.DialogCode.Accepted:
             return
         target, reference, region = d.choice()
@@ -1235,13 +1236,46 @@ class MainWindow(QMainWindow):
         box.open()
         self._last_box = box
 
-    def show_shortcuts(self) -> None:
-        QMessageBox.information(self, "Keyboard shortcuts", (
-            "Graph: click select · Ctrl+click add · drag a node onto another: copy its code · drop a photo on a "
-            "node: invert and assign · R re-roll · L lock · C collapse/expand · Del back to seed code · "
-            "arrows move the selection · F fit · +/- zoom · double-click: locality heatmap\n"
-            "Ctrl+Z / Ctrl+Shift+Z undo / redo · Ctrl+Shift+R randomise all unlocked · Ctrl+S save · "
-            "Ctrl+O open · Ctrl+E export PNG · Ctrl+T hair transfer"))
+    #: The graph's own keys and gestures (the menu shortcuts are read from the actions themselves).
+    GRAPH_SHORTCUTS = (("Click", "select a node"), ("Ctrl+click", "add a node to the selection"),
+                       ("Drag a node onto another", "copy its code"),
+                       ("Drop a photo on a node", "invert the photo and assign its code"),
+                       ("R", "re-roll the selected nodes"), ("L", "lock / unlock"), ("C", "collapse / expand"),
+                       ("Del / Backspace", "back to the seed code"), ("Arrow keys", "move the selection"),
+                       ("Esc", "clear the selection"), ("F", "fit the graph"), ("+ / −", "zoom"),
+                       ("Double-click", "locality heatmap"))
+
+    def shortcut_rows(self) -> list[tuple[str, str, str]]:
+        """(section, keys, what) for the shortcut table: the graph's keys, then every menu action that
+        has a shortcut (read from the actions, so the table cannot disagree with them)."""
+        rows = [("Graph", k, w) for k, w in self.GRAPH_SHORTCUTS]
+        for menu_action in self.menuBar().actions():
+            menu = menu_action.menu()
+            if menu is None:
+                continue
+            for a in menu.actions():
+                keys = a.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+                if keys and not a.isSeparator():
+                    rows.append((menu.title().replace("&", ""), keys, a.text().replace("&", "").rstrip("…")))
+        return rows
+
+    def show_shortcuts(self) -> QMessageBox:
+        """The shortcut list as a table (Help ▸ Keyboard shortcuts)."""
+        cells, last = [], None
+        for section, keys, what in self.shortcut_rows():
+            if section != last:
+                cells.append(f"<tr><td colspan='2' style='padding-top:8px'><b>{html.escape(section)}</b></td></tr>")
+                last = section
+            cells.append(f"<tr><td nowrap style='padding-right:18px'><code>{html.escape(keys)}</code></td>"
+                         f"<td nowrap>{html.escape(what)}</td></tr>")
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts",
+                          "<table cellspacing='0' cellpadding='2'>" + "".join(cells) + "</table>",
+                          QMessageBox.StandardButton.Close, self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        self._shortcut_box = box
+        return box
 
     def show_about(self) -> None:
         from .. import __version__
