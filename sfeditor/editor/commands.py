@@ -12,7 +12,12 @@ changed: a command that changes nothing is not recorded and fires nothing.
   next drag starts a new entry.
 
 Observers: ``fn(event)`` with ``event`` a :class:`ChangeEvent` (``kind`` is
-"do", "undo" or "redo"; ``text`` the entry's text).
+"do", "undo" or "redo"; ``text`` the entry's text; ``dropped`` how many of the
+oldest entries this push removed to stay within the stack's ``limit``).
+
+The clean state (last save) is an absolute position in the history, so once the
+saved position has been dropped off the bottom of a capped stack, no amount of
+undoing makes the document clean again (it differs from what was saved).
 """
 from __future__ import annotations
 
@@ -183,16 +188,21 @@ class RandomizeUnlocked(Macro):
 
 @dataclass(frozen=True)
 class ChangeEvent:
-    kind: str     # "do" | "undo" | "redo"
+    kind: str          # "do" | "undo" | "redo"
     text: str
+    dropped: int = 0   # oldest entries removed by this push (undo history full)
 
 
 class UndoStack:
     """Applies commands to one composition, with undo/redo, macros, merging and observers."""
 
-    def __init__(self, composition: Composition, limit: int = 500):
+    #: Default number of undo entries kept; older ones are dropped (and reported, :attr:`dropped`).
+    DEFAULT_LIMIT = 500
+
+    def __init__(self, composition: Composition, limit: int = DEFAULT_LIMIT):
         self.composition = composition
         self.limit = limit
+        self.dropped = 0                     # entries dropped off the bottom so far (absolute offset)
         self._done: list[Command] = []
         self._undone: list[Command] = []
         self._observers: list[Callable[[ChangeEvent], None]] = []
@@ -207,8 +217,8 @@ class UndoStack:
         self._observers.append(fn)
         return lambda: self._observers.remove(fn) if fn in self._observers else None
 
-    def _notify(self, kind: str, text: str) -> None:
-        ev = ChangeEvent(kind, text)
+    def _notify(self, kind: str, text: str, dropped: int = 0) -> None:
+        ev = ChangeEvent(kind, text, dropped)
         for fn in list(self._observers):
             fn(ev)
 
@@ -229,13 +239,25 @@ class UndoStack:
             if top.is_noop():          # dragged back to the start: the entry disappears
                 self._done.pop()
                 self._sealed = True    # and the drag's next step must not merge into the entry below
+            dropped = 0
         else:
             self._done.append(cmd)
-            del self._done[:-self.limit]
+            dropped = self._trim()
             self._sealed = False
         self._undone.clear()
-        self._notify("do", cmd.text)
+        self._notify("do", cmd.text, dropped)
         return True
+
+    def _trim(self) -> int:
+        """Drop the oldest entries beyond ``limit``; returns how many were dropped."""
+        extra = len(self._done) - self.limit
+        if extra <= 0:
+            return 0
+        if self._clean is not None and self._done[extra - 1] is self._clean:
+            self._clean = None            # the saved state is now the bottom of the history
+        del self._done[:extra]
+        self.dropped += extra
+        return extra
 
     def seal(self) -> None:
         """Stop merging into the top entry (e.g. slider released)."""
@@ -259,10 +281,10 @@ class UndoStack:
                 self._macros[-1].commands.append(m)
             else:
                 self._done.append(m)
-                del self._done[:-self.limit]
+                dropped = self._trim()
                 self._sealed = True
                 self._undone.clear()
-                self._notify("do", text)
+                self._notify("do", text, dropped)
 
     # -------------------------------------------------------------- undo/redo
     def can_undo(self) -> bool:
@@ -306,9 +328,16 @@ class UndoStack:
     def set_clean(self) -> None:
         """Mark the current state as saved."""
         self._clean = self._done[-1] if self._done else None
-        self._clean_depth = len(self._done)
+        self._clean_depth = self.dropped + len(self._done)       # absolute position
         self._sealed = True
 
     @property
     def is_clean(self) -> bool:
-        return len(self._done) == self._clean_depth and (self._done[-1] if self._done else None) is self._clean
+        """At the saved position.  Undone past the oldest kept entry (the saved state was dropped, or
+        lies below the dropped entries) is never clean."""
+        depth = self.dropped + len(self._done)
+        if depth != self._clean_depth:
+            return False
+        if not self._done:
+            return self._clean is None
+        return self._done[-1] is self._clean

@@ -252,13 +252,14 @@ class EditorSession:
     """One composition being edited, its undo stack, its file and its model."""
 
     def __init__(self, bundle: ModelBundle, composition: Composition | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, session_id: str | None = None):
         self.bundle = bundle
         self.rng = rng or random.Random()
         comp = composition if composition is not None else bundle.new_composition(self.rng.randrange(2 ** 31))
         self.stack = UndoStack(comp)
         self.path: Path | None = None
-        self.session_id = f"{os.getpid()}-{int(time.time() * 1000)}"
+        # one recovery file per window: a model change keeps the id, so a clean exit removes it
+        self.session_id = session_id or f"{os.getpid()}-{int(time.time() * 1000)}"
 
     # -------------------------------------------------------------- access
     @property
@@ -421,6 +422,18 @@ class EditorSession:
         self.stack = UndoStack(comp)
         self.path = path
         return problems
+
+    def load_composition(self, comp: Composition, path: str | os.PathLike | None,
+                         label: str | None = None) -> list[str]:
+        """Open ``comp`` (read from ``path``; None = a new untitled one) as ONE undo entry on top of the
+        current history: undo brings back what was on screen before.  The file becomes the session's
+        file and the loaded state its clean (saved) state.  Returns warnings (e.g. other generator)."""
+        problems = comp.check_model(self.bundle.G, self.bundle.fingerprint)
+        p = Path(path) if path is not None else None
+        self.restore(comp, label or (f"open {p.name}" if p else "new composition"))
+        self.path = p
+        self.stack.set_clean()
+        return [q for q in problems if "code shape" not in q]
 
     def restore(self, comp: Composition, label: str = "restore composition") -> bool:
         """Take every node state and the truncation of ``comp`` (same tree) as ONE undo entry, so

@@ -78,11 +78,15 @@ def _pca_key(fingerprint: str, n_components: int, n_samples: int, seed: int, tru
 
 
 def pca_directions(G, n_components: int = 32, n_samples: int = 20_000, seed: int = 0, truncation: float = 1.0,
-                   cache_dir: str | os.PathLike | None | bool = None, batch: int = 4096) -> PCADirections:
+                   cache_dir: str | os.PathLike | None | bool = None, batch: int = 4096, *,
+                   progress=None, cancel=None) -> PCADirections:
     """PCA of ``n_samples`` mapped w (scikit-learn), cached per generator fingerprint.
 
     ``cache_dir=False`` disables the cache; ``None`` uses ``~/.cache/sfeditor/directions``.
+    ``progress(step, total, stage)`` is called after each sampled chunk and after the fit;
+    ``cancel`` (a token with ``requested``) stops it between chunks (:class:`sfeditor.jobs.Cancelled`).
     """
+    from ..jobs import check_cancel
     from ..model.identity import generator_fingerprint
 
     if n_components < 1 or n_components > G.style_dim:
@@ -101,12 +105,22 @@ def pca_directions(G, n_components: int = 32, n_samples: int = 20_000, seed: int
 
     gen = torch.Generator().manual_seed(int(seed))
     chunks = []
+    n_chunks = -(-n_samples // batch)
+    total = n_chunks + 1                       # the chunks, then the fit
+    if progress is not None:
+        progress(0, total, "sampling w")
     with torch.no_grad():
-        for i in range(0, n_samples, batch):
+        for k, i in enumerate(range(0, n_samples, batch)):
+            check_cancel(cancel, "GANSpace cancelled")
             chunks.append(G.sample_w(min(batch, n_samples - i), generator=gen, truncation=truncation)
                           .float().cpu().numpy())
+            if progress is not None:
+                progress(k + 1, total, "sampling w")
+    check_cancel(cancel, "GANSpace cancelled")
     ws = np.concatenate(chunks).astype(np.float64)
     pca = PCA(n_components=n_components, svd_solver="full", random_state=seed).fit(ws)
+    if progress is not None:
+        progress(total, total, "PCA fitted")
     comp = pca.components_.astype(np.float32)
     # re-orthonormalise in float32 (QR keeps the order and the signs of the rows)
     q, r = np.linalg.qr(comp.T.astype(np.float64))

@@ -71,7 +71,7 @@ class EditPanel(QWidget):
         self._scope.addButton(self.scope_all)
         sl.addWidget(self.scope_sel)
         sl.addWidget(self.scope_all)
-        self.compare_whole = QCheckBox("Compare: show the unrestricted edit beside it (Fig. 14)")
+        self.compare_whole = QCheckBox("Compare with the unrestricted edit (Fig. 14)")
         self.compare_whole.setToolTip("With the preview's Compare on, the left image is the same edit applied to "
                                       "every node, i.e. without region-limited fusion")
         sl.addWidget(self.compare_whole)

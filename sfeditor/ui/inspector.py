@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton,
-                               QSlider, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QPushButton, QSlider, QVBoxLayout, QWidget)
 
 from .pixmaps import rgb_pixmap
 
@@ -87,16 +87,16 @@ class InspectorPanel(QWidget):
         form.addRow("Code", self.code_src)
         nl.addLayout(form)
         self.locked = QCheckBox("Locked (kept by “Randomise all unlocked”)")
-        self.collapsed = QCheckBox("Collapse: the subtree uses this node's code (bypass, Sec. 4.5)")
+        self.collapsed = QCheckBox("Collapse: subtree uses this code (Sec. 4.5)")
         self.collapsed.setToolTip("The paper's bypass: this node passes its own code and its FusionNet is skipped")
         nl.addWidget(self.locked)
         nl.addWidget(self.collapsed)
-        btns = QHBoxLayout()
+        btns = QGridLayout()                  # two columns: the dock stays narrow, the preview wide
         self.clear_code = QPushButton("Back to seed code")
         self.photo = QPushButton("Assign photo…")
         self.heatmap = QPushButton("Locality heatmap")
-        for b in (self.clear_code, self.photo, self.heatmap):
-            btns.addWidget(b)
+        for i, b in enumerate((self.clear_code, self.photo, self.heatmap)):
+            btns.addWidget(b, i // 2, i % 2)
         nl.addLayout(btns)
         lay.addWidget(node_box)
 

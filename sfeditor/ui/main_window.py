@@ -8,6 +8,7 @@ objects with progress in the status bar.  No math lives here.
 """
 from __future__ import annotations
 
+import html
 import os
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ from .workers import Dispatcher, Job, PreviewBridge, gui_thread_gc
 __all__ = ["MainWindow", "OpenModelDialog"]
 
 COMPOSITION_FILTER = "Compositions (*.sfcomp.json *.json *.png);;All files (*)"
+OPEN_FILTER = ("Compositions and photos (*.sfcomp.json *.json *.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;"
+               "Compositions (*.sfcomp.json *.json *.png);;"
+               "Photos (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)")
 PHOTO_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 MAX_RECENT = 10
 AUTOSAVE_MS = 30_000
@@ -41,6 +45,20 @@ HEATMAP_SAMPLES = 32
 #: (1024 px on 2 CPU cores: 16 samples in ~15 s instead of 8 full-size ones in ~26 s; bench/large_preview.py).
 HEATMAP_RESOLUTION = 256
 HEATMAP_SAMPLES_LARGE = 16
+
+
+def _save_path(path) -> Path | None:
+    """The file Ctrl+S writes for a composition read from ``path``: a PNG (an exported image with the
+    composition inside) is never overwritten with JSON, so it gives no save path (Save asks for one)."""
+    if path is None:
+        return None
+    p = Path(path)
+    return None if p.suffix.lower() == ".png" else p
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, int(round(seconds)))
+    return f"{s} s" if s < 90 else f"{s // 60} min {s % 60:02d} s"
 
 
 def _device_text(device: torch.device) -> str:
@@ -103,7 +121,10 @@ class MainWindow(QMainWindow):
         self.bridge: PreviewBridge | None = None
         self.jobs: dict[str, Job] = {}       # newest job of each kind
         self._running: set[Job] = set()      # every job whose thread may still run
+        self._status_jobs: list[tuple[Job, str]] = []   # jobs shown in the status bar, newest last
+        self._heatmap_shown: tuple | None = None        # (job, done, total) of the map on screen
         self.errors: list[str] = []
+        self.last_domain_verdicts: list = []              # sfeditor.images.domain_check verdicts of the last inversion
         self.directions: dict[str, np.ndarray] = {}      # key -> direction ("pca:3", "file:/path.npy")
         self._direction_labels: dict[str, str] = {}      # file directions' list labels
         self._encoder: tuple | None = None                # (bundle, toy encoder or None) for inversions
@@ -153,11 +174,14 @@ class MainWindow(QMainWindow):
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.graph)
         split.addWidget(self.preview)
-        split.setStretchFactor(0, 5)
-        split.setStretchFactor(1, 4)
-        split.setSizes([600, 400])
+        # the preview gets the larger share (issue 39: at 1280x800 it had ~340 px); the graph shows its
+        # node names as readable captions when it is zoomed out to fit (node_graph.READABLE_PX)
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 5)
+        split.setSizes([440, 550])
         self.preview.setMinimumWidth(300)
         self.setCentralWidget(split)
+        self._split = split
 
         self.inspector = InspectorPanel()
         self.edit_panel = EditPanel()
@@ -175,6 +199,8 @@ class MainWindow(QMainWindow):
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
         dock.setMinimumWidth(300)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        self._dock = dock
+        self._laid_out = False
 
         sb = self.statusBar()
         self.device_label = QLabel("")
@@ -182,11 +208,12 @@ class MainWindow(QMainWindow):
         self.frame_label.setMinimumWidth(250)
         self.job_label = QLabel("")
         self.job_bar = QProgressBar()
-        self.job_bar.setMaximumWidth(160)
+        self.job_bar.setMaximumWidth(300)
+        self.job_bar.setMinimumWidth(200)
         self.job_bar.setVisible(False)
         self.job_cancel = QPushButton("Cancel")
         self.job_cancel.setVisible(False)
-        self.job_cancel.clicked.connect(self.cancel_jobs)
+        self.job_cancel.clicked.connect(self.cancel_status_job)
         sb.addWidget(self.job_label, 1)
         sb.addPermanentWidget(self.job_bar)
         sb.addPermanentWidget(self.job_cancel)
@@ -225,6 +252,16 @@ class MainWindow(QMainWindow):
         pv.cancelRequested.connect(lambda: self.cancel_job("overlay"))
         pv.compareChanged.connect(lambda _on: self._update_compare())
         pv.filesDropped.connect(lambda paths: self.open_paths("", paths))
+        # view options kept across launches (a bad stored value falls back to the default)
+        for key, setter, sig in (("heatmap_scale", pv.set_heatmap_scale, pv.heatmapScaleChanged),
+                                 ("magnification", pv.set_magnification, pv.magnificationChanged)):
+            stored = self.settings.value(key, "")
+            if stored:
+                try:
+                    setter(str(stored))
+                except ValueError:
+                    pass
+            sig.connect(lambda v, k=key: self.settings.setValue(k, v))
 
     def _action(self, menu, text: str, slot, shortcut=None, tip: str = "") -> QAction:
         a = QAction(text, self)
@@ -296,18 +333,22 @@ class MainWindow(QMainWindow):
         self._refresh_recent()
 
     # ============================================================ model
-    def set_bundle(self, bundle: ModelBundle, composition=None) -> None:
-        """Show ``bundle`` (closing the previous preview worker) with ``composition`` or a fresh one."""
+    def set_bundle(self, bundle: ModelBundle, composition=None, path: Path | None = None) -> None:
+        """Show ``bundle`` (closing the previous preview worker) with ``composition`` (read from ``path``,
+        which stays the session's file) or a fresh one.  Callers ask before discarding unsaved work."""
         self.cancel_jobs()
         if self.bridge is not None:
             self.bridge.close()
             self.bridge.deleteLater()
         if self._unsubscribe:
             self._unsubscribe()
-        self.session = EditorSession(bundle)
+        old = self.session
+        if old is not None:          # the old model's recovery file: its work was saved or given up
+            old.discard_autosave(self.autosave_folder)
+        self.session = EditorSession(bundle, session_id=old.session_id if old is not None else None)
         if composition is not None:
             try:
-                for w in self.session.replace_composition(composition):
+                for w in self.session.replace_composition(composition, _save_path(path)):
                     self.statusBar().showMessage(w, 8000)
             except SessionError as e:
                 self.show_error("Composition", f"{e}; starting a new composition instead")
@@ -350,19 +391,31 @@ class MainWindow(QMainWindow):
             return
         self.load_model_async(domain=domain)
 
-    def load_model_async(self, **kwargs) -> Job:
+    def load_model_async(self, **kwargs) -> Job | None:
+        """Open another model in a job; its composition (``composition=``, read from ``path=``) or a fresh
+        one replaces the current one, so unsaved edits are confirmed first (None: the user cancelled)."""
         kwargs.setdefault("device", self.device_pref)
         comp = kwargs.pop("composition", None)
+        path = kwargs.pop("path", None)
         spec = {k: kwargs.get(k) for k in ("domain", "generator", "hierarchy", "regions")}
+        what = f"opening {Path(path).name}" if path else f"switching to {spec['domain'] or spec['generator']}"
+        if not self._confirm_discard(what):
+            self._sync_domain_box()
+            return None
+        mark = self._history_mark()
 
         def work(report, cancel):
             report(0, 1, {})
             return load_bundle(**kwargs)
 
         def done(bundle):
+            # edits made while the model loaded were not covered by the answer above: ask again
+            if self._history_mark() != mark and not self._confirm_discard(what):
+                self._sync_domain_box()
+                return
             if spec["generator"]:
                 self._add_recent_model(spec)
-            self.set_bundle(bundle, comp)
+            self.set_bundle(bundle, comp, path)
 
         return self.start_job("model", work, "Loading model…", done=done,
                               failed=lambda msg: (self.show_error("Could not open the model", msg),
@@ -401,7 +454,15 @@ class MainWindow(QMainWindow):
             box.setItemData(box.count() - 1, "\n".join(f"{k}: {v}" for k, v in d.items() if v),
                             Qt.ItemDataRole.ToolTipRole)
         box.blockSignals(False)
+        self._size_domain_box()
         self._sync_domain_box()
+
+    def _size_domain_box(self) -> None:
+        """Wide enough for every entry's full name (the style's padding and arrow included)."""
+        box = self.domain_box
+        fm = box.fontMetrics()
+        longest = max((fm.horizontalAdvance(box.itemText(i)) for i in range(box.count())), default=80)
+        box.setMinimumWidth(min(longest, 420) + 56)
 
     def _model_chosen(self, index: int) -> None:
         spec = self.domain_box.itemData(index)
@@ -428,6 +489,7 @@ class MainWindow(QMainWindow):
                 return
         box.addItem(b.domain, {"domain": b.domain, "generator": b.generator_source})
         box.setCurrentIndex(box.count() - 1)
+        self._size_domain_box()
 
     def open_model_dialog(self) -> None:
         d = OpenModelDialog(self)
@@ -451,8 +513,13 @@ class MainWindow(QMainWindow):
             self.show_error("Edit refused", str(e).strip("'\""))
             return False
 
-    def _changed(self, _event) -> None:
+    def _changed(self, event) -> None:
         comp = self.session.composition
+        if event is not None and getattr(event, "dropped", 0):
+            st = self.session.stack
+            self.statusBar().showMessage(
+                f"undo history full ({st.limit} steps): the oldest step can no longer be undone "
+                f"({st.dropped} dropped so far; the composition stays marked modified)", 8000)
         self.graph.update_nodes(comp)
         self._refresh_inspector()
         self.undo_action.setEnabled(self.session.stack.can_undo())
@@ -485,6 +552,8 @@ class MainWindow(QMainWindow):
                 self.edit_panel.set_target_text("previewing; Apply to keep")
             except (SessionError, ValueError) as e:
                 self.edit_panel.set_target_text(str(e))
+        else:
+            self._refresh_edit_target()          # Reset / strength 0: no "previewing" left behind
         stamp = self.bridge.submit(comp)
         self._t_submit[stamp] = time.perf_counter()
         self._whole_frame = None
@@ -628,17 +697,17 @@ class MainWindow(QMainWindow):
         if self._do(lambda s: s.apply_direction(label=label, **args)):
             self.edit_panel.set_strength(0.0)
 
-    def compute_pca(self) -> None:
+    def compute_pca(self) -> Job:
         from ..images.directions import pca_directions
 
         G = self.session.bundle.G
 
         def work(report, cancel):
-            report(0, 1, {})
-            return pca_directions(G, n_components=min(20, G.style_dim), n_samples=10_000)
+            return pca_directions(G, n_components=min(20, G.style_dim), n_samples=10_000, progress=report,
+                                  cancel=cancel)
 
-        self.start_job("pca", work, "GANSpace: PCA of sampled w…", done=self._pca_done,
-                       failed=lambda m: self.show_error("GANSpace", m))
+        return self.start_job("pca", work, "GANSpace: PCA of sampled w…", done=self._pca_done,
+                              failed=lambda m: self.show_error("GANSpace", m))
 
     def _pca_done(self, pca) -> None:
         entries = []
@@ -713,12 +782,33 @@ class MainWindow(QMainWindow):
                          f"{u.base_locality:.2f}) · change inside {u.region_change:.3f}")
             return text
 
-        self.start_job("overlay", work, f"heatmap of {node}", status=False,
-                       partial=lambda u: (self.preview.set_heatmap(u.values, title=title(u)),
-                                          self.preview.set_progress(u.done, u.total, f"{node}: {u.done}/{u.total}"),
-                                          u.note and self.preview.set_message(u.note)),
-                       finished=lambda: self.preview.set_progress(0, 0),
-                       failed=lambda m: self.preview.set_message(f"heatmap failed: {m}"))
+        box: dict = {}
+
+        def partial(u):
+            job = box.get("job")
+            if job is None or self.jobs.get("overlay") is not job or job.token.requested:
+                return                          # a superseded or cancelled job's late map: not shown
+            self._heatmap_shown = (job, u.done, u.total)
+            self.preview.set_heatmap(u.values, title=title(u),
+                                     status="" if u.done >= u.total else f"partial: {u.done}/{u.total} samples")
+            self.preview.set_progress(u.done, u.total, f"{node}: {u.done}/{u.total}")
+            if u.note:
+                self.preview.set_message(u.note)
+
+        def cancelled():
+            shown = self._heatmap_shown
+            if shown is None or shown[0] is not box.get("job") or shown[1] >= shown[2]:
+                return
+            newer = self.jobs.get("overlay") not in (None, box.get("job"))
+            self.preview.set_heatmap_status("outdated: recomputing…" if newer else
+                                            f"cancelled at {shown[1]}/{shown[2]} samples: partial")
+
+        job = self.start_job("overlay", work, f"heatmap of {node}", status=False, partial=partial,
+                             finished=lambda: (self.jobs.get("overlay") in (None, box.get("job"))
+                                               and self.preview.set_progress(0, 0)),
+                             failed=lambda m: self.preview.set_message(f"heatmap failed: {m}"))
+        box["job"] = job
+        job.cancelled.connect(cancelled)
 
     def _start_masks(self) -> None:
         b = self.session.bundle
@@ -750,9 +840,10 @@ class MainWindow(QMainWindow):
         if path:
             self.open_paths(node, [path])
 
-    def open_paths(self, node: str, paths: list) -> None:
-        """Files dropped on a node ("" = the canvas / preview): a composition (JSON or a PNG made by
-        sfeditor) restores it; any other image is inverted and assigned."""
+    def open_paths(self, node: str, paths: list, dialog: bool = False) -> None:
+        """Files dropped on a node ("" = the canvas / preview) or chosen in File ▸ Open (``dialog``): a
+        composition (JSON or a PNG made by sfeditor) is opened (File ▸ Open) or restored as one undoable
+        edit (a drop); any other image is inverted and assigned (the same path for both)."""
         for path in paths[:1]:
             p = Path(path)
             if p.suffix.lower() == ".json" or p.name.endswith(".sfcomp.json"):
@@ -764,7 +855,10 @@ class MainWindow(QMainWindow):
                 except SessionError:
                     comp = None
                 if comp is not None:
-                    self.apply_composition(comp, p, as_edit=True)
+                    if dialog:
+                        self.open_composition(p)
+                    else:
+                        self.apply_composition(comp, p, as_edit=True)
                     return
             if p.suffix.lower() not in PHOTO_SUFFIXES:
                 self.show_error("Unsupported file", f"{p.name}: not an image or a composition "
@@ -775,7 +869,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"{len(paths) - 1} more file(s) ignored: drop one photo at a time", 6000)
 
     def _inversion_fn(self, path: Path):
-        """A job function: read, align/crop and invert ``path`` -> w+ [1, L, D]."""
+        """A job function: read, align/crop and invert ``path`` -> an InversionResult whose
+        ``domain_verdict`` (:func:`sfeditor.images.domain_check.judge_inversion`) says whether the photo
+        looks like the model's domain."""
         from ..images.alignment import prepare_image
         from ..images.intake import read_image
         from ..images.inversion import InversionCache, InversionSettings, Projector
@@ -792,8 +888,37 @@ class MainWindow(QMainWindow):
             proj = Projector(b.G, InversionSettings.for_generator(b.G, b.domain), encoder=self._encoder[1],
                              cache=InversionCache())
             res = proj.invert(prep.image, progress=report, cancel=cancel)
+            from ..images.domain_check import judge_inversion
+            from ..images.imageio import to_uint8
+
+            with torch.no_grad():
+                rec = to_uint8(res.render(b.G))[0]
+            res.domain_verdict = judge_inversion(b.domain, prep.image, rec, res.psnr)
             return res
         return work
+
+    def confirm_off_domain(self, what: str, messages: list[str]) -> bool:
+        """Tell the user plainly that a photo does not look like the domain, before its code is used;
+        True = use it anyway.  (Tests patch ``QMessageBox.warning``.)"""
+        B = QMessageBox.StandardButton
+        r = QMessageBox.warning(self, "Photo does not look like the domain",
+                                "\n\n".join(messages) + f"\n\nUse it for {what} anyway?", B.Yes | B.No, B.No)
+        return r == B.Yes
+
+    def _judged(self, results: list, what: str) -> bool:
+        """Record the verdicts of these inversions; ask before using an off-domain one."""
+        verdicts = [getattr(r, "domain_verdict", None) for r in results if r is not None]
+        verdicts = [v for v in verdicts if v is not None]
+        if verdicts:
+            self.last_domain_verdicts = verdicts
+        bad = [v.message() for v in verdicts if not v.ok]
+        if not bad:
+            return True
+        self.preview.set_message("photo does not look like the domain: " + verdicts[0].summary())
+        if self.confirm_off_domain(what, bad):
+            return True
+        self.statusBar().showMessage(f"{what}: not used (the photo does not look like the domain)", 8000)
+        return False
 
     def invert_photo(self, path: Path, node: str) -> Job:
         return self.start_job("invert", self._inversion_fn(path), f"Inverting {path.name}",
@@ -801,14 +926,18 @@ class MainWindow(QMainWindow):
                               failed=lambda m: self.show_error("Photo", f"{path.name}: {m}"))
 
     def _photo_inverted(self, res, node: str, path: Path) -> None:
+        if not self._judged([res], f"{path.name} -> {node or 'all nodes'}"):
+            return
         if self._do(lambda s: s.assign_photo(node or None, res.w_plus, f"photo {path.name}")):
             how = "cached" if res.from_cache else f"{res.seconds:.1f} s"
+            v = getattr(res, "domain_verdict", None)
+            judged = f"; {v.summary()}" if v is not None else ""
             self.statusBar().showMessage(f"{path.name}: inverted ({res.psnr:.1f} dB PSNR, {how}) "
-                                         f"-> {node or 'all nodes'}", 8000)
+                                         f"-> {node or 'all nodes'}{judged}", 8000)
 
     def transfer_dialog(self) -> None:
         leaves = [n for n in self.session.composition.node_names if n != self.session.composition.tree.name]
-        d = TransferDialog(leaves, "hair", self)
+        d = TransferDialog(leaves, "hair", self, current_image=self.preview.frame())
         if d.exec() != QDialog.DialogCode.Accepted:
             return
         target, reference, region = d.choice()
@@ -824,9 +953,10 @@ class MainWindow(QMainWindow):
             return ref, tgt
 
         return self.start_job("invert", work, f"Transfer {region}: inverting",
-                              done=lambda r: self._do(lambda s: s.transfer_region(
-                                  region, r[0].w_plus, None if r[1] is None else r[1].w_plus,
-                                  label=f"transfer from {Path(reference).name}")),
+                              done=lambda r: self._judged(list(r), f"the {region} transfer") and self._do(
+                                  lambda s: s.transfer_region(region, r[0].w_plus,
+                                                              None if r[1] is None else r[1].w_plus,
+                                                              label=f"transfer from {Path(reference).name}")),
                               failed=lambda m: self.show_error("Transfer", m))
 
     # ============================================================== jobs
@@ -843,30 +973,57 @@ class MainWindow(QMainWindow):
             if cb is not None:
                 sig.connect(cb)
         if status:
-            self.job_label.setText(text)
-            self.job_bar.setRange(0, 0)
-            self.job_bar.setVisible(True)
-            self.job_cancel.setVisible(True)
-            job.progress.connect(self._job_progress)
+            self._status_jobs.append((job, text))
+            self._show_status_job()
+            job.progress.connect(lambda st, tot, info, j=job:
+                                 j is self.status_job() and self._job_progress(st, tot, info))
 
         def finished():
             if self.jobs.get(kind) is job:
                 del self.jobs[kind]
-            if status and not any(j for k, j in self.jobs.items() if k != "overlay"):
-                self.job_bar.setVisible(False)
-                self.job_cancel.setVisible(False)
-                self.job_label.setText("")
+            if status:
+                self._status_jobs = [(j, t) for j, t in self._status_jobs if j is not job]
+                self._show_status_job()
         job.finished.connect(finished)
         if status:     # background overlays are cancelled on every edit: no message for those
             job.cancelled.connect(lambda: self.statusBar().showMessage(f"{text}: cancelled", 4000))
         return job.start()
 
+    def status_job(self) -> Job | None:
+        """The job the status bar shows (the newest running one); its Cancel cancels only this job."""
+        return self._status_jobs[-1][0] if self._status_jobs else None
+
+    def _show_status_job(self) -> None:
+        job = self.status_job()
+        if job is None:
+            self.job_bar.setVisible(False)
+            self.job_cancel.setVisible(False)
+            self.job_label.setText("")
+            return
+        self.job_label.setText(self._status_jobs[-1][1])
+        self.job_bar.setRange(0, 0)
+        self.job_bar.setFormat("%p%")
+        self.job_bar.setVisible(True)
+        self.job_cancel.setVisible(True)
+        self.job_cancel.setToolTip(f"Cancel: {self._status_jobs[-1][1]}")
+
+    def cancel_status_job(self) -> None:
+        """The status bar's Cancel: the job it shows, not the others (nor the overlays)."""
+        job = self.status_job()
+        if job is not None:
+            job.cancel()
+
     def _job_progress(self, step: int, total: int, info: dict) -> None:
         if total > 0:
             self.job_bar.setRange(0, total)
             self.job_bar.setValue(step)
+        parts = ["%v/%m" if total > 0 else ""]
         if "psnr" in info:
-            self.job_bar.setFormat(f"%v/%m · {info['psnr']:.1f} dB")
+            parts.append(f"{info['psnr']:.1f} dB")
+        if "eta_s" in info:
+            parts.append(f"~{_duration(info['eta_s'])} left")
+        self.job_bar.setFormat(" · ".join(p for p in parts if p) or "%p%")
+        self.job_bar.setToolTip(self.job_bar.format().replace("%v", str(step)).replace("%m", str(total)))
 
     def cancel_job(self, kind: str) -> None:
         job = self.jobs.get(kind)
@@ -886,16 +1043,17 @@ class MainWindow(QMainWindow):
         return True
 
     # ============================================================= files
-    def new_composition(self) -> None:
-        if self.session is None:
-            return
-        comp = self.session.bundle.new_composition()
-        self.apply_composition(comp, None, as_edit=True)
+    def new_composition(self) -> bool:
+        """A fresh untitled composition, as one undoable step (asks first when there are unsaved edits)."""
+        if self.session is None or not self._confirm_discard("starting a new composition"):
+            return False
+        comp = self.session.bundle.new_composition(self.session.rng.randrange(2 ** 31))
+        return self._load_here(comp, None)
 
     def open_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open composition", "", COMPOSITION_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Open composition or photo", "", OPEN_FILTER)
         if path:
-            self.open_composition(Path(path))
+            self.open_paths("", [path], dialog=True)
 
     def open_composition(self, path: Path) -> bool:
         try:
@@ -911,28 +1069,44 @@ class MainWindow(QMainWindow):
             self._add_recent(str(path))
         return ok
 
-    def apply_composition(self, comp, path: Path | None, as_edit: bool) -> bool:
-        """Show ``comp``: as one undoable edit when it fits the current model, else by opening its model."""
+    def _fits(self, comp) -> bool:
         s = self.session
-        same_tree = s is not None and comp.tree.to_dict() == s.composition.tree.to_dict()
-        if s is not None and same_tree and (comp.domain in ("", s.bundle.domain)):
-            try:
-                if as_edit:
-                    s.restore(comp, f"restore {path.name}" if path else "new composition")
-                else:
-                    warnings = s.replace_composition(comp, path)
-                    self._unsubscribe()
-                    self._unsubscribe = s.subscribe(self._changed)
-                    self._changed(None)
-                    for w in warnings:
-                        self.statusBar().showMessage(f"{path.name}: {w}", 8000)
-            except SessionError as e:
-                self.show_error("Composition", str(e))
+        return s is not None and comp.tree.to_dict() == s.composition.tree.to_dict() \
+            and comp.domain in ("", s.bundle.domain)
+
+    def _load_here(self, comp, path: Path | None) -> bool:
+        """Open ``comp`` in the current model as one undoable step that becomes the saved state."""
+        try:
+            warnings = self.session.load_composition(comp, _save_path(path),
+                                                     f"open {path.name}" if path else "new composition")
+        except SessionError as e:
+            self.show_error("Composition", str(e))
+            return False
+        self._changed(None)
+        for w in warnings:
+            self.statusBar().showMessage(f"{path.name if path else 'composition'}: {w}", 8000)
+        return True
+
+    def apply_composition(self, comp, path: Path | None, as_edit: bool) -> bool:
+        """Show ``comp``.  When it fits the current model: ``as_edit`` (a dropped PNG, a recovery) restores
+        it as one undoable edit; otherwise (File ▸ Open) it becomes the open file, also as one undoable
+        step, after asking about unsaved edits.  A composition of another shipped domain opens that
+        model (asking first: the current history cannot follow it there) and keeps its file name."""
+        s = self.session
+        if self._fits(comp):
+            if as_edit:
+                try:
+                    s.restore(comp, f"restore {path.name}" if path else "restore composition")
+                except SessionError as e:
+                    self.show_error("Composition", str(e))
+                    return False
+                return True
+            if not self._confirm_discard(f"opening {path.name}" if path else "opening a composition"):
                 return False
-            return True
+            return self._load_here(comp, path)
         if comp.domain in SHIPPED:
-            self.load_model_async(domain=comp.domain, composition=comp)
-            return True
+            return self.load_model_async(domain=comp.domain, composition=comp,
+                                         path=None if as_edit else path) is not None
         self.show_error("Composition", f"{path.name if path else 'composition'}: made for the model "
                         f"“{comp.domain}”; open that model first (File ▸ Open model…)")
         return False
@@ -1056,13 +1230,46 @@ class MainWindow(QMainWindow):
         box.open()
         self._last_box = box
 
-    def show_shortcuts(self) -> None:
-        QMessageBox.information(self, "Keyboard shortcuts", (
-            "Graph: click select · Ctrl+click add · drag a node onto another: copy its code · drop a photo on a "
-            "node: invert and assign · R re-roll · L lock · C collapse/expand · Del back to seed code · "
-            "arrows move the selection · F fit · +/- zoom · double-click: locality heatmap\n"
-            "Ctrl+Z / Ctrl+Shift+Z undo / redo · Ctrl+Shift+R randomise all unlocked · Ctrl+S save · "
-            "Ctrl+O open · Ctrl+E export PNG · Ctrl+T hair transfer"))
+    #: The graph's own keys and gestures (the menu shortcuts are read from the actions themselves).
+    GRAPH_SHORTCUTS = (("Click", "select a node"), ("Ctrl+click", "add a node to the selection"),
+                       ("Drag a node onto another", "copy its code"),
+                       ("Drop a photo on a node", "invert the photo and assign its code"),
+                       ("R", "re-roll the selected nodes"), ("L", "lock / unlock"), ("C", "collapse / expand"),
+                       ("Del / Backspace", "back to the seed code"), ("Arrow keys", "move the selection"),
+                       ("Esc", "clear the selection"), ("F", "fit the graph"), ("+ / −", "zoom"),
+                       ("Double-click", "locality heatmap"))
+
+    def shortcut_rows(self) -> list[tuple[str, str, str]]:
+        """(section, keys, what) for the shortcut table: the graph's keys, then every menu action that
+        has a shortcut (read from the actions, so the table cannot disagree with them)."""
+        rows = [("Graph", k, w) for k, w in self.GRAPH_SHORTCUTS]
+        for menu_action in self.menuBar().actions():
+            menu = menu_action.menu()
+            if menu is None:
+                continue
+            for a in menu.actions():
+                keys = a.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+                if keys and not a.isSeparator():
+                    rows.append((menu.title().replace("&", ""), keys, a.text().replace("&", "").rstrip("…")))
+        return rows
+
+    def show_shortcuts(self) -> QMessageBox:
+        """The shortcut list as a table (Help ▸ Keyboard shortcuts)."""
+        cells, last = [], None
+        for section, keys, what in self.shortcut_rows():
+            if section != last:
+                cells.append(f"<tr><td colspan='2' style='padding-top:8px'><b>{html.escape(section)}</b></td></tr>")
+                last = section
+            cells.append(f"<tr><td nowrap style='padding-right:18px'><code>{html.escape(keys)}</code></td>"
+                         f"<td nowrap>{html.escape(what)}</td></tr>")
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts",
+                          "<table cellspacing='0' cellpadding='2'>" + "".join(cells) + "</table>",
+                          QMessageBox.StandardButton.Close, self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+        self._shortcut_box = box
+        return box
 
     def show_about(self) -> None:
         from .. import __version__
@@ -1102,20 +1309,52 @@ class MainWindow(QMainWindow):
                        failed=lambda m: self.show_error("Region labelling", m))
 
     # ============================================================= close
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        super().showEvent(event)
+        if not self._laid_out:             # first show: the default layout for this window size
+            self._laid_out = True
+            QTimer.singleShot(0, self.default_layout)     # once the window has its size
+
+    def default_layout(self) -> None:
+        """Inspector as narrow as its content allows, the rest split 2:3 between graph and preview."""
+        self.resizeDocks([self._dock], [max(self._dock.minimumWidth(), 310)], Qt.Orientation.Horizontal)
+        total = sum(self._split.sizes()) or self.width()
+        self._split.setSizes([round(total * 0.4), total - round(total * 0.4)])
+        QTimer.singleShot(0, lambda: self.graph._auto_fit and self.graph.fit())
+
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt naming)
-        if self.session is not None and self.session.dirty and not self._confirm_discard():
+        if not self._confirm_discard("closing"):
             event.ignore()
             return
         self.shutdown()
         event.accept()
 
-    def _confirm_discard(self) -> bool:
-        r = QMessageBox.question(self, "Unsaved changes", "Save the composition before closing?",
-                                 QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                                 | QMessageBox.StandardButton.Cancel)
-        if r == QMessageBox.StandardButton.Save:
+    def ask_unsaved(self, action: str) -> str:
+        """Ask what to do with unsaved edits before ``action``: "save", "discard" or "cancel".
+        (The one place the window asks; tests replace the answer by patching ``QMessageBox.question``.)"""
+        B = QMessageBox.StandardButton
+        name = self.session.path.name if self.session is not None and self.session.path else "untitled"
+        r = QMessageBox.question(self, "Unsaved changes",
+                                 f"The composition “{name}” has unsaved changes. Save them before {action}?",
+                                 B.Save | B.Discard | B.Cancel, B.Save)
+        return {B.Save: "save", B.Discard: "discard"}.get(r, "cancel")
+
+    def _confirm_discard(self, action: str = "closing") -> bool:
+        """True when nothing unsaved would be lost, or the user saved or chose to discard it."""
+        if self.session is None or not self.session.dirty:
+            return True
+        answer = self.ask_unsaved(action)
+        if answer == "save":
             return self.save()
-        return r == QMessageBox.StandardButton.Discard
+        return answer == "discard"
+
+    def _history_mark(self) -> tuple:
+        """Identifies the current point of the edit history (to notice edits made since a question)."""
+        s = self.session
+        if s is None:
+            return (None,)
+        st = s.stack
+        return (id(s), id(st), st.dropped + len(st), id(st._done[-1]) if st._done else None, s.dirty)
 
     def shutdown(self) -> None:
         """Stop workers and remove this session's recovery file (a clean exit)."""

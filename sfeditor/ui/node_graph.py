@@ -41,6 +41,11 @@ _KIND = QRectF(88, 28, 54, 15)
 _GLYPH = {"reroll": QRectF(88, 49, 25, 23), "lock": QRectF(117, 49, 25, 23), "collapse": QRectF(88, 77, 54, 23)}
 _FOOTER = QRectF(8, 101, CARD_W - 16, 16)
 _BADGE_H, _BADGE_GAP = 17.0, 4.0
+#: The smallest text that counts as readable on screen: 9 pt at 96 dpi (issue 39).  When the view is
+#: zoomed out so far that a card's title would be smaller, the name is also drawn as a caption above
+#: the card at this screen size (the seed and buttons stay in the card, the inspector and the tooltip).
+READABLE_PX = 12.0
+_CAPTION_ROOM = 64.0                # scene units above a card the caption may use (V_GAP minus badges)
 
 
 # --------------------------------------------------------------------- theme
@@ -219,7 +224,7 @@ class NodeItem(QGraphicsItem):
 
     def _refresh_geometry(self) -> None:
         self.prepareGeometryChange()
-        r = self.card_rect().adjusted(-8, -8, 8, 8)
+        r = self.card_rect().adjusted(-8, -8, 8, 8).united(self._caption_bounds())
         for b in self.badge_rects():
             r = r.united(b.adjusted(-2, -2, 2, 2))
         self._bounds = r
@@ -305,6 +310,42 @@ class NodeItem(QGraphicsItem):
 
     def paint(self, painter: QPainter, option=None, widget=None) -> None:
         self.paint_card(painter, self._theme())
+        self.paint_caption(painter, self._theme())
+
+    @staticmethod
+    def _caption_bounds() -> QRectF:
+        return QRectF(-H_GAP / 2, -_CAPTION_ROOM - 2, CARD_W + H_GAP, _CAPTION_ROOM)
+
+    @staticmethod
+    def caption_font_px(zoom: float) -> float | None:
+        """The caption's font size in scene units at view ``zoom`` (``READABLE_PX`` on screen, capped by
+        the room above the card), or None when the card's own title is readable at that zoom."""
+        if not (zoom > 0 and math.isfinite(zoom)) or 12.5 * zoom >= READABLE_PX:
+            return None
+        return min(READABLE_PX / zoom, _CAPTION_ROOM / 1.45)
+
+    def paint_caption(self, p: QPainter, t: Theme) -> None:
+        """The node's name above the card, readable when the view is zoomed out (see READABLE_PX)."""
+        m = p.worldTransform()
+        px = self.caption_font_px(math.hypot(m.m11(), m.m12()))
+        if px is None:
+            return
+        p.save()
+        p.setRenderHint(QPainter.Antialiasing)
+        f = _font(px, True)
+        fm = QFontMetricsF(f)
+        room = self._caption_bounds()
+        text = fm.elidedText(self.name, Qt.ElideRight, room.width() - px * 0.6)
+        w, h = fm.horizontalAdvance(text) + px * 0.6, fm.height() * 1.1
+        r = QRectF(CARD_W / 2 - w / 2, -h - 3, w, h)
+        pill = QPainterPath()
+        pill.addRoundedRect(r, h / 3, h / 3)
+        p.fillPath(pill, t.c("canvas"))                     # opaque over the edges
+        p.fillPath(pill, t.c("select", 70) if self.selected else t.c("card"))
+        p.setFont(f)
+        p.setPen(t.c("text"))
+        p.drawText(r, Qt.AlignCenter, text)
+        p.restore()
 
     def paint_card(self, p: QPainter, t: Theme) -> None:
         p.save()

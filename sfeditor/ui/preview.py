@@ -55,6 +55,15 @@ DARK_BG = "#19232D"  # qdarkstyle dark background
 LIGHT_BG = "#FAFAFA"
 HEATMAP_CMAP = "inferno"
 HEATMAP_LABEL = "mean |Δpixel|"
+#: Heatmap colour scales: "fixed" ([0, HEATMAP_FIXED_VMAX] for every node, so a code that barely changes
+#: the image looks weak) or "per map" ([0, the map's peak]).
+HEATMAP_SCALES = ("fixed", "per map")
+#: The fixed scale's top, in mean |Δpixel| (images are in [-1, 1]): a code that repaints its region
+#: reaches about this (toy-faces hair: peak 0.37; eyes: 0.05), higher values saturate (the caption
+#: gives the peak).
+HEATMAP_FIXED_VMAX = 0.5
+#: How a small frame is magnified: "pixels" (nearest neighbour) or "smooth" (bilinear).
+MAGNIFICATIONS = ("pixels", "smooth")
 _COMPARE_GAP = 0.04  # gap between reference and current image, in image widths
 
 
@@ -88,6 +97,8 @@ class PreviewWidget(QWidget):
 
     overlayModeChanged = Signal(str)
     heatmapModeChanged = Signal(str)
+    heatmapScaleChanged = Signal(str)
+    magnificationChanged = Signal(str)
     opacityChanged = Signal(float)
     compareChanged = Signal(bool)
     filesDropped = Signal(list)
@@ -100,6 +111,8 @@ class PreviewWidget(QWidget):
         self._heatmap: np.ndarray | None = None
         self._heatmap_title = ""
         self._heatmap_vmax = 1.0
+        self._heatmap_status = ""                       # "" (complete), or e.g. "cancelled at 8/32: partial"
+        self._heatmap_explicit_vmax = False
         self._labels: np.ndarray | None = None
         self._mask_names: list[str] = []
         self._mask_colours: np.ndarray | None = None
@@ -159,6 +172,20 @@ class PreviewWidget(QWidget):
             self._heatmap_combo.addItem(text, mode)
         self._heatmap_combo.currentIndexChanged.connect(self._on_heatmap_index)
 
+        self._scale_combo = QComboBox(self)
+        self._scale_combo.setToolTip(
+            f"Heatmap colour scale: the same 0 – {HEATMAP_FIXED_VMAX:g} for every node, so a code that barely\n"
+            "changes the image looks weak; or stretched to each map's own peak")
+        for text, mode in (("Fixed scale", "fixed"), ("Per-map scale", "per map")):
+            self._scale_combo.addItem(text, mode)
+        self._scale_combo.currentIndexChanged.connect(self._on_scale_index)
+
+        self._mag_combo = QComboBox(self)
+        self._mag_combo.setToolTip("How a small model's frame is enlarged: sharp pixels or smooth interpolation")
+        for text, mode in (("Pixels", "pixels"), ("Smooth", "smooth")):
+            self._mag_combo.addItem(text, mode)
+        self._mag_combo.currentIndexChanged.connect(self._on_mag_index)
+
         self._opacity_caption = QLabel("α", self)
         self._opacity_caption.setToolTip("Overlay opacity")
         self._opacity_slider = QSlider(Qt.Orientation.Horizontal, self)
@@ -190,13 +217,14 @@ class PreviewWidget(QWidget):
         self._progress.hide()
         self._cancel_button.hide()
 
-        for combo in (self._overlay_combo, self._heatmap_combo):
+        for combo in (self._overlay_combo, self._heatmap_combo, self._scale_combo, self._mag_combo):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
             combo.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
             longest = max(combo.itemText(i) for i in range(combo.count()))
             combo.setMinimumWidth(combo.fontMetrics().horizontalAdvance(longest) + 44)   # + arrow, padding
         bar.addWidget(self._overlay_combo)
         bar.addWidget(self._heatmap_combo)
+        bar.addWidget(self._scale_combo)
         bar.addSpacing(8)
         bar.addWidget(self._opacity_caption)
         bar.addWidget(self._opacity_slider)
@@ -204,6 +232,7 @@ class PreviewWidget(QWidget):
         bar.addSpacing(8)
         bar.addWidget(self._compare_button)
         bar.addStretch(1)
+        bar.addWidget(self._mag_combo)
         self._toolbar = bar
 
     def _build_view(self) -> None:
@@ -332,16 +361,20 @@ class PreviewWidget(QWidget):
         self._view.autoRange()
 
     # --------------------------------------------------------------- heatmap
-    def set_heatmap(self, values: np.ndarray | None, *, title: str = "", vmax: float | None = None) -> None:
+    def set_heatmap(self, values: np.ndarray | None, *, title: str = "", vmax: float | None = None,
+                    status: str = "") -> None:
         """Set the locality heatmap (float ``[H, W]`` >= 0, mean |Δpixel|).
 
         Any size is accepted; it is stretched over the frame's extent.  NaN / inf
-        are replaced by 0.  The colour scale is ``[0, vmax]`` (default: the
-        maximum value; 1 for an all-zero map).  ``None`` clears the heatmap.
+        are replaced by 0.  The colour scale is ``[0, vmax]``; by default the
+        :meth:`heatmap_scale` decides: "fixed" is ``[0, HEATMAP_FIXED_VMAX]`` for every
+        map, "per map" the map's peak (1 for an all-zero map).  The caption shows the
+        peak and ``status`` (e.g. "partial: 8/32 samples").  ``None`` clears the heatmap.
         """
         if values is None:
             self._heatmap = None
             self._heatmap_title = ""
+            self._heatmap_status = ""
             self._heatmap_item.clear()
             self._refresh_visibility()
             return
@@ -353,15 +386,16 @@ class PreviewWidget(QWidget):
         arr = np.nan_to_num(arr.astype(np.float32, copy=True), nan=0.0, posinf=0.0, neginf=0.0)
         if (arr < 0).any():
             raise ValueError(f"heatmap values must be >= 0 (mean |Δpixel|), min is {float(arr.min()):.4g}")
+        self._heatmap_explicit_vmax = vmax is not None
         if vmax is None:
-            top = float(arr.max())
-            vmax = top if top > 0 else 1.0
+            vmax = self._default_vmax(arr)
         else:
             vmax = float(vmax)
             if not math.isfinite(vmax) or vmax <= 0:
                 raise ValueError(f"heatmap vmax must be a finite number > 0, got {vmax!r}")
         self._heatmap = arr
         self._heatmap_title = str(title)
+        self._heatmap_status = str(status)
         self._heatmap_vmax = vmax
         self._heatmap_item.setImage(arr, autoLevels=False, levels=(0.0, vmax))
         self._colorbar.setLevels((0.0, vmax))
@@ -374,6 +408,63 @@ class PreviewWidget(QWidget):
     def heatmap(self) -> np.ndarray | None:
         """The sanitised heatmap (float32) or ``None``."""
         return self._heatmap
+
+    def _default_vmax(self, arr: np.ndarray) -> float:
+        if self.heatmap_scale() == "fixed":
+            return HEATMAP_FIXED_VMAX
+        top = float(arr.max())
+        return top if top > 0 else 1.0
+
+    def heatmap_vmax(self) -> float:
+        return self._heatmap_vmax
+
+    def heatmap_peak(self) -> float | None:
+        return None if self._heatmap is None else float(self._heatmap.max())
+
+    def set_heatmap_status(self, status: str) -> None:
+        """Say what the shown map is ("" = complete; e.g. "cancelled at 8/32 samples: partial")."""
+        self._heatmap_status = str(status)
+        self._refresh_visibility()
+
+    def heatmap_status(self) -> str:
+        return self._heatmap_status
+
+    def heatmap_caption(self) -> str:
+        """The caption under the preview as plain text (tests, screenshots)."""
+        return self._info.text() if not self._info.isHidden() else ""
+
+    def set_heatmap_scale(self, mode: str) -> None:
+        if mode not in HEATMAP_SCALES:
+            raise ValueError(f"heatmap scale must be one of {HEATMAP_SCALES}, got {mode!r}")
+        self._scale_combo.setCurrentIndex(self._scale_combo.findData(mode))
+
+    def heatmap_scale(self) -> str:
+        return self._scale_combo.currentData()
+
+    def _on_scale_index(self, _index: int) -> None:
+        if self._heatmap is not None and not self._heatmap_explicit_vmax:
+            vmax = self._default_vmax(self._heatmap)
+            self._heatmap_vmax = vmax
+            self._heatmap_item.setLevels((0.0, vmax))
+            self._colorbar.setLevels((0.0, vmax))
+            self._refresh_visibility()
+        self.heatmapScaleChanged.emit(self.heatmap_scale())
+
+    def set_magnification(self, mode: str) -> None:
+        if mode not in MAGNIFICATIONS:
+            raise ValueError(f"magnification must be one of {MAGNIFICATIONS}, got {mode!r}")
+        self._mag_combo.setCurrentIndex(self._mag_combo.findData(mode))
+
+    def magnification(self) -> str:
+        return self._mag_combo.currentData()
+
+    def _on_mag_index(self, _index: int) -> None:
+        from PySide6.QtGui import QPainter
+
+        smooth = self.magnification() == "smooth"
+        self._glw.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+        self._glw.viewport().update()
+        self.magnificationChanged.emit(self.magnification())
 
     # ----------------------------------------------------------------- masks
     def set_masks(self, labels: np.ndarray | None, names: list[str], colours: np.ndarray | None = None) -> None:
@@ -561,6 +652,7 @@ class PreviewWidget(QWidget):
         self._masks_item.setVisible(show_masks)
         self._set_colorbar_shown(show_heat)
         self._heatmap_combo.setEnabled(mode == "heatmap")
+        self._scale_combo.setEnabled(mode == "heatmap")
         self._opacity_slider.setEnabled(mode != "none")
         comparing = self.compare_enabled()
         self._compare_item.setVisible(comparing and self._compare_rgb is not None)
@@ -597,9 +689,14 @@ class PreviewWidget(QWidget):
         elif show_heat:
             base = "fixed base (Fig. 11)" if self.heatmap_mode() == "fixed" else "random base (Fig. 10)"
             title = html.escape(self._heatmap_title) if self._heatmap_title else "Locality heatmap"
+            scale = "fixed" if self.heatmap_scale() == "fixed" and not self._heatmap_explicit_vmax else "per map"
+            status = (f"&nbsp;&nbsp;·&nbsp;&nbsp;<b style='color:#e8a33d'>{html.escape(self._heatmap_status)}</b>"
+                      if self._heatmap_status else "")
             self._info.setText(
                 f"<b>{title}</b>&nbsp;&nbsp;·&nbsp;&nbsp;{base}&nbsp;&nbsp;·&nbsp;&nbsp;"
-                f"scale&nbsp;0&nbsp;–&nbsp;{self._heatmap_vmax:.3g}&nbsp;{html.escape(HEATMAP_LABEL).replace(' ', '&nbsp;')}"
+                f"peak&nbsp;{float(self._heatmap.max()):.3g}&nbsp;&nbsp;·&nbsp;&nbsp;"
+                f"scale&nbsp;0&nbsp;–&nbsp;{self._heatmap_vmax:.3g}&nbsp;({scale})&nbsp;"
+                f"{html.escape(HEATMAP_LABEL).replace(' ', '&nbsp;')}{status}"
             )
             self._info.show()
         else:

@@ -9,13 +9,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+import numpy as np
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QImageReader, QPixmap
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout,
                                QLabel, QPushButton, QVBoxLayout, QWidget)
 
 __all__ = ["PhotoSlot", "TransferDialog", "IMAGE_FILTER"]
 
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)"
+THUMB_PX = 160          # the slots' thumbnails (issue 39: the dialog showed file names only)
+
+
+def photo_thumbnail(path: str, size: int = THUMB_PX) -> tuple[QPixmap | None, str]:
+    """A thumbnail of the image file at ``path`` decoded at most ``size`` px (the reader scales while
+    decoding, so a huge photo is never held at full size), or (None, why it cannot be shown)."""
+    p = Path(path)
+    if not p.is_file():
+        return None, "not a regular file" if p.exists() else "no such file"
+    reader = QImageReader(str(p))
+    reader.setAutoTransform(True)
+    full = reader.size()
+    if not full.isValid() or full.isEmpty():
+        return None, f"not a readable image ({reader.errorString()})"
+    reader.setScaledSize(full.scaled(QSize(size, size), Qt.AspectRatioMode.KeepAspectRatio))
+    img = reader.read()
+    if img.isNull():
+        return None, f"not a readable image ({reader.errorString()})"
+    return QPixmap.fromImage(img), f"{full.width()}×{full.height()}"
 
 
 class PhotoSlot(QFrame):
@@ -30,12 +51,17 @@ class PhotoSlot(QFrame):
         self.setMinimumSize(180, 120)
         self.path: str | None = None
         self.allow_current = allow_current
+        self.current_image: np.ndarray | None = None       # the composition's frame, for "Use current"
         lay = QVBoxLayout(self)
         self.title = QLabel(f"<b>{title}</b>")
+        self.thumb = QLabel()
+        self.thumb.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.thumb.setFixedSize(THUMB_PX + 4, THUMB_PX + 4)
         self.label = QLabel()
         self.label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.label.setWordWrap(True)
         lay.addWidget(self.title)
+        lay.addWidget(self.thumb, 0, Qt.AlignmentFlag.AlignHCenter)
         lay.addWidget(self.label, 1)
         row = QHBoxLayout()
         self.browse = QPushButton("Browse…")
@@ -50,13 +76,30 @@ class PhotoSlot(QFrame):
 
     def set_path(self, path: str | None) -> None:
         self.path = path
+        pm = None
         if path:
-            self.label.setText(Path(path).name)
+            pm, note = photo_thumbnail(path)
+            self.label.setText(f"{Path(path).name}\n{note}")
             self.setToolTip(path)
         else:
             self.label.setText("the composition being edited" if self.allow_current
                                else "drop a photo here or browse")
+            if self.allow_current and self.current_image is not None:
+                from .pixmaps import rgb_pixmap
+
+                pm = rgb_pixmap(self.current_image, "current frame", THUMB_PX)
+        self.thumb.setPixmap(pm if pm is not None else QPixmap())
         self.changed.emit()
+
+    def set_current_image(self, rgb: np.ndarray | None) -> None:
+        """The frame shown for "the composition being edited"."""
+        self.current_image = rgb
+        if self.path is None:
+            self.set_path(None)
+
+    def thumbnail(self) -> QPixmap | None:
+        pm = self.thumb.pixmap()
+        return None if pm is None or pm.isNull() else pm
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a photo", "", IMAGE_FILTER)
@@ -77,7 +120,8 @@ class PhotoSlot(QFrame):
 class TransferDialog(QDialog):
     """Target + reference + region -> :meth:`choice`."""
 
-    def __init__(self, regions: list[str], default: str = "hair", parent: QWidget | None = None):
+    def __init__(self, regions: list[str], default: str = "hair", parent: QWidget | None = None, *,
+                 current_image: np.ndarray | None = None):
         super().__init__(parent)
         self.setWindowTitle("Region transfer (hair transfer, Sec. 6.2)")
         lay = QVBoxLayout(self)
@@ -86,6 +130,7 @@ class TransferDialog(QDialog):
         slots = QHBoxLayout()
         self.target = PhotoSlot("Target", allow_current=True)
         self.reference = PhotoSlot("Reference")
+        self.target.set_current_image(current_image)
         slots.addWidget(self.target)
         slots.addWidget(self.reference)
         lay.addLayout(slots)

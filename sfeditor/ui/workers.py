@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import queue
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
@@ -127,6 +128,7 @@ class Job(QObject):
         self._thread: threading.Thread | None = None
         self.result: Any = None
         self.error: str | None = None
+        self._first: tuple[int, float] | None = None     # (step, time) of the first progress report
 
     def start(self) -> "Job":
         self._thread = threading.Thread(target=self._run, name=f"sfeditor-{self.name}", daemon=True)
@@ -145,8 +147,17 @@ class Job(QObject):
         return not self.is_running()
 
     def _report(self, step: int, total: int, info=None) -> None:
-        """Progress in the core's forms: ``(step, total, {metrics})`` or ``(done, total, "stage")``."""
+        """Progress in the core's forms: ``(step, total, {metrics})`` or ``(done, total, "stage")``.
+
+        Adds ``eta_s`` (seconds left at the rate seen since the first report) once a few steps
+        have passed; the rate is measured, so the estimate is honest on a busy machine."""
         info = dict(info) if isinstance(info, dict) else ({"stage": str(info)} if info else {})
+        now = time.monotonic()
+        if self._first is None or step < self._first[0]:
+            self._first = (step, now)
+        s0, t0 = self._first
+        if total > 0 and step > s0 and now - t0 > 0.5:
+            info.setdefault("eta_s", (now - t0) / (step - s0) * max(0, total - step))
         self._post(self._emit, "progress", int(step), int(total), info)
 
     def _emit(self, which: str, *args) -> None:   # GUI thread

@@ -179,3 +179,56 @@ def test_redo_cleared_by_new_edit_and_clean_state(stack):
     unsubscribe = stack.subscribe(lambda e: pytest.fail("unsubscribed observer called"))
     unsubscribe()
     stack.undo()
+
+
+def test_undo_cap_reports_dropped_entries_and_stays_modified_past_it():
+    """Issue 39: after more edits than the cap, undoing to the end is NOT the saved state."""
+    s = UndoStack(composition(), limit=5)
+    events = []
+    s.subscribe(events.append)
+    start = s.composition.snapshot()
+    assert s.is_clean
+    for i in range(7):
+        assert s.push(SetSeed("a", 100 + i))
+    assert len(s) == 5 and s.dropped == 2
+    assert [e.dropped for e in events] == [0, 0, 0, 0, 0, 1, 1]
+    while s.undo():
+        pass
+    assert not s.composition.same_as(start)          # the two oldest steps cannot be undone
+    assert not s.is_clean                            # so the document is modified
+    while s.redo():
+        pass
+    s.set_clean()
+    assert s.is_clean
+    s.undo()
+    assert not s.is_clean
+    s.redo()
+    assert s.is_clean
+
+
+def test_undo_cap_saved_state_at_the_bottom_is_still_clean():
+    s = UndoStack(composition(), limit=3)
+    s.push(SetSeed("a", 1))
+    s.set_clean()                                    # saved after one edit
+    saved = s.composition.snapshot()
+    for i in range(3):
+        s.push(SetSeed("a", 10 + i))                 # the saved entry falls off the bottom
+    assert s.dropped == 1 and not s.is_clean
+    while s.undo():
+        pass
+    assert s.composition.same_as(saved) and s.is_clean
+    s.push(SetSeed("b", 5))                          # a new branch at the same depth is not the save
+    s.undo()
+    assert s.is_clean
+    s.redo()
+    assert not s.is_clean
+
+
+def test_undo_cap_applies_to_macros():
+    s = UndoStack(composition(), limit=2)
+    events = []
+    s.subscribe(events.append)
+    for i in range(3):
+        with s.macro(f"m{i}"):
+            s.push(SetSeed("a", 50 + i))
+    assert s.dropped == 1 and events[-1].dropped == 1 and len(s) == 2

@@ -38,7 +38,8 @@ def make_window(qtbot, tmp_path, bundle, **kw):
     win = MainWindow(bundle, settings=settings, autosave_folder=tmp_path / "autosave", check_recovery=False, **kw)
     qtbot.addWidget(win)
     win.session.rng = random.Random(0)
-    win._confirm_discard = lambda: True
+    win.ask_unsaved = lambda action: "discard"     # never block on a message box (tests of asking patch it)
+    win.confirm_off_domain = lambda what, messages: True
     qtbot.waitUntil(lambda: win.frames_shown >= 1, timeout=WAIT)
     return win
 

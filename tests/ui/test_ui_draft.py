@@ -53,7 +53,7 @@ def open_window(qtbot, tmp_path, faithful: bool = True) -> MainWindow:
     w = MainWindow(bundle, settings=settings, autosave_folder=tmp_path / "autosave", check_recovery=False)
     qtbot.addWidget(w)
     w.session.rng = random.Random(0)
-    w._confirm_discard = lambda: True
+    w.ask_unsaved = lambda action: "discard"
     qtbot.waitUntil(lambda: w.frames_shown >= 1, timeout=WAIT)
     return w
 
@@ -108,6 +108,10 @@ def test_export_waits_for_the_full_frame(qtbot, win, tmp_path):
 
 
 def test_heatmap_of_a_large_model_is_computed_on_drafts(qtbot, win):
+    # the draft check runs after the first frame is delivered: wait until it has settled (on a busy
+    # machine the heatmap could otherwise start before it and rightly fall back to full size)
+    qtbot.waitUntil(lambda: win.bridge.service.low_resolution_ok(HEATMAP_RESOLUTION) is not None, timeout=WAIT)
+    assert win.bridge.service.low_resolution_ok(HEATMAP_RESOLUTION) is True
     win.preview.set_overlay_mode("heatmap")
     win.show_heatmap_for(win.session.composition.leaves[0])
     qtbot.waitUntil(lambda: win.preview._heatmap is not None, timeout=WAIT)

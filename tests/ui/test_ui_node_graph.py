@@ -437,3 +437,42 @@ def test_theme(view, qtbot):
     qtbot.waitUntil(lambda: not view.theme().dark, timeout=1000)
     with pytest.raises(ValueError):
         view.set_theme("purple")
+
+
+def test_names_become_readable_captions_when_zoomed_out(qtbot, faces):
+    """Issue 39: fitted into a narrow pane the cards' own text is a few pixels tall; each name is then
+    drawn above its card at READABLE_PX (9 pt) on screen, and not at a zoom where the title is readable."""
+    from PySide6.QtCore import QRectF
+    from PySide6.QtGui import QColor
+
+    from sfeditor.ui.node_graph import CARD_W, READABLE_PX, NodeItem
+
+    v = NodeGraphView()
+    qtbot.addWidget(v)
+    v.resize(360, 700)
+    v.set_tree(faces)
+    v.update_nodes(Composition(faces))
+    v.show()
+    qtbot.waitExposed(v)
+    v.fit()
+    z = v.zoom_level()
+    assert 12.5 * z < READABLE_PX
+    px = NodeItem.caption_font_px(z)
+    assert px * z == pytest.approx(READABLE_PX)
+    assert NodeItem.caption_font_px(1.0) is None
+
+    def ink_above(name: str) -> int:
+        item = v.node_item(name)
+        above = item.mapRectToScene(QRectF(10, -READABLE_PX * 1.3 / v.zoom_level() - 3, CARD_W - 20,
+                                           READABLE_PX * 1.3 / v.zoom_level()))
+        r = v.mapFromScene(above).boundingRect()
+        img = v.viewport().grab().toImage()
+        ink = QColor(v.scene().theme.text)
+        return sum(1 for x in range(max(r.left(), 0), min(r.right(), img.width()))
+                   for y in range(max(r.top(), 0), min(r.bottom(), img.height()))
+                   if sum(abs(a - b) for a, b in zip(QColor(img.pixel(x, y)).getRgb()[:3], ink.getRgb()[:3])) < 60)
+
+    assert ink_above("hair") > 10                      # the caption's text (the theme's text colour)
+    v.zoom_by(1.0 / z)                                    # 100 %: the card's own title is readable
+    v.centerOn(v.node_item("hair"))
+    assert v.zoom_level() == pytest.approx(1.0) and ink_above("hair") == 0

@@ -117,6 +117,7 @@ def test_colorbar_levels_follow_values_and_vmax(w):
     w.set_frame(np.zeros((32, 32, 3), np.uint8))
     vals = np.zeros((16, 16), np.float32)
     vals[3, 4] = 3.5
+    w.set_heatmap_scale("per map")
     w.set_heatmap(vals, title="eyes")
     assert w.colorbar.levels() == pytest.approx((0.0, 3.5))
     assert list(w.heatmap_item.getLevels()) == pytest.approx([0.0, 3.5])
@@ -133,6 +134,7 @@ def test_heatmap_nan_sanitised_and_invalid_rejected(w):
     vals = np.ones((8, 8), np.float64)
     vals[0, 0] = np.nan
     vals[1, 1] = np.inf
+    w.set_heatmap_scale("per map")   # the scale follows the finite peak (inf is not the peak)
     w.set_heatmap(vals)  # documented: non-finite -> 0
     hm = w.heatmap()
     assert np.isfinite(hm).all() and hm[0, 0] == 0 and hm[1, 1] == 0 and hm[2, 2] == 1
@@ -369,3 +371,50 @@ def test_overlays_without_frame_use_own_extent(w):
     assert _view_rect(w.heatmap_item) == QRectF(0, 0, 30, 20)
     w.set_masks(_labels(20, 30), ["a", "b", "c", "d"])
     assert _view_rect(w.masks_item) == QRectF(0, 0, 30, 20)
+
+
+def test_heatmap_scale_fixed_by_default_with_the_peak_shown(w):
+    """Issue 39: a weak code looks weak (fixed scale across nodes); the caption gives the peak."""
+    from sfeditor.ui.preview import HEATMAP_FIXED_VMAX
+
+    w.set_frame(np.zeros((32, 32, 3), np.uint8))
+    w.set_overlay_mode("heatmap")
+    weak = np.full((16, 16), 0.01, np.float32)
+    weak[2, 2] = 0.05
+    assert w.heatmap_scale() == "fixed"
+    w.set_heatmap(weak, title="eyes")
+    assert w.colorbar.levels() == pytest.approx((0.0, HEATMAP_FIXED_VMAX))
+    assert "peak 0.05" in w.heatmap_caption().replace("&nbsp;", " ") and "(fixed)" in w.heatmap_caption()
+    got = _collect(w.heatmapScaleChanged)
+    w.set_heatmap_scale("per map")                       # the option: stretch to the map's peak
+    assert got == ["per map"] and w.colorbar.levels() == pytest.approx((0.0, 0.05))
+    assert "(per map)" in w.heatmap_caption()
+    with pytest.raises(ValueError):
+        w.set_heatmap_scale("log")
+
+
+def test_heatmap_status_says_partial(w):
+    w.set_overlay_mode("heatmap")
+    w.set_heatmap(np.ones((8, 8)), title="hair", status="cancelled at 8/32 samples: partial")
+    assert "cancelled at 8/32 samples: partial" in w.heatmap_caption()
+    w.set_heatmap_status("")
+    assert "partial" not in w.heatmap_caption()
+
+
+def test_magnification_option_sets_smooth_pixmap_transform(w):
+    from PySide6.QtGui import QPainter
+
+    hint = QPainter.RenderHint.SmoothPixmapTransform
+    assert w.magnification() == "pixels" and not (w.graphics_widget.renderHints() & hint)
+    got = _collect(w.magnificationChanged)
+    w.set_magnification("smooth")
+    assert got == ["smooth"] and (w.graphics_widget.renderHints() & hint)
+    # what is drawn differs: a 2x2 checker enlarged with pixels keeps hard edges, smooth blends them
+    w.set_frame(np.array([[[255] * 3, [0] * 3], [[0] * 3, [255] * 3]], np.uint8))
+    w.fit()
+    smooth = w.graphics_widget.grab().toImage()
+    w.set_magnification("pixels")
+    sharp = w.graphics_widget.grab().toImage()
+    grey = lambda img: sum(1 for x in range(0, img.width(), 7) for y in range(0, img.height(), 7)
+                           if 40 < QColor(img.pixel(x, y)).red() < 215)
+    assert grey(smooth) > grey(sharp)
