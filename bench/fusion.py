@@ -11,8 +11,13 @@ Side by side in ONE run (rounds interleave the methods, so a busy machine slows 
 ``fast``       what users get: ``load_hierarchy(weights.json)`` + ``hierarchy(codes)`` with
                FRESH codes every call (no cache hit), folded contiguous weights; bf16 weights
                where the CPU runs bf16 natively (``--precision auto``).
+``gemm only``  just the fast path's matrix products (the same folded weights, inputs of the same
+               row counts, nothing else): what is left once every overhead is gone.
 ``floor fp32`` / ``floor bf16``  reading every weight once (a sum over all weight tensors):
                the memory-bandwidth floor of any method that must read the weights.
+``compute floor``  the fast path's FLOPs at the float32 GEMM rate this CPU reaches on a well-shaped
+               product ([512, 2560] x [2560, 2560], measured in the same rounds).  At batch 1 the
+               fast path is compute-bound (20-26 rows per blender), not bandwidth-bound.
 
 Also checks that ``fast`` and ``official`` agree (max |diff| of the fused S code).
 
@@ -195,8 +200,26 @@ def main() -> None:
             fn()
             times.setdefault(name, []).append(time.perf_counter() - t0)
 
+        # the fast path's matrix products alone: rows per blender = 2B x coarse layers (LB_align on s1, s2),
+        # B x all layers (LB_fuse)
+        gemm_in, flops = [], 0
+        for net in fast.nets.values():
+            for blender, rows in ((net.blender_common, 2 * batch * len(net.coarse_layers(layout))),
+                                  (net.blender_segments, batch * layout.n_layers)):
+                layers = blender.folded_layers()
+                gemm_in.append((torch.randn(rows, layers[0][0].shape[1]).to(layers[0][0].dtype), layers))
+                flops += 2 * rows * sum(w.numel() for w, _, _ in layers)
+        peak_x, peak_w = torch.randn(512, 2560), torch.randn(2560, 2560)
+
+        def gemm_only():
+            for x, layers in gemm_in:
+                for w, _, _ in layers:
+                    x = F.linear(x, w)
+
         methods = {
             "fast": lambda: fast(next(it)),
+            "gemm only": gemm_only,
+            "peak gemm": lambda: F.linear(peak_x, peak_w),
             "module": lambda: module(next(it), use_cache=False),
             "floor fp32": lambda: [w.sum() for w in weights32],
             "floor bf16": lambda: [w.sum() for w in weights16],
@@ -215,19 +238,26 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, fn in methods.items():
                     run(name, fn)
+        peak_flops = 2 * 512 * 2560 * 2560
+        rate = {k: peak_flops / min(v) for k, v in times.items() if k == "peak gemm"}["peak gemm"]
+        times["compute floor"] = [flops / (peak_flops / t) for t in times.pop("peak gemm")]
         best = {k: min(v) for k, v in times.items()}
         med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"\nbatch {batch}: fast path = {flops / 1e9:.2f} GFLOP per call; fp32 GEMM peak here "
+              f"{rate / 1e9:.1f} GFLOP/s; fast runs at {flops / best['fast'] / 1e9:.1f} GFLOP/s, "
+              f"its products alone at {flops / best['gemm only'] / 1e9:.1f}")
         floor = best["floor bf16"] if dtype == torch.bfloat16 else best["floor fp32"]
         print(f"\nbatch {batch}, {args.rounds} interleaved rounds (best / median ms; ratios from the best)")
         print(f"| {'method':<11} | {'best ms':>8} | {'median ms':>9} | {'official / this':>15} | {'this / floor':>12} |")
         print(f"|{'-' * 13}|{'-' * 10}|{'-' * 11}|{'-' * 17}|{'-' * 14}|")
-        for name in ("official", "module", "fast", "floor fp32", "floor bf16"):
+        for name in ("official", "module", "fast", "gemm only", "compute floor", "floor fp32", "floor bf16"):
             if name not in best:
                 continue
             sp = f"{best['official'] / best[name]:.1f}x" if "official" in best else "-"
             print(f"| {name:<11} | {1000 * best[name]:>8.1f} | {1000 * med[name]:>9.1f} | {sp:>15} | "
                   f"{best[name] / floor:>11.2f}x |", flush=True)
-        print(f"(floor = the {'bf16' if dtype == torch.bfloat16 else 'fp32'} read, the precision the fast path uses)")
+        print(f"(this / floor: against the {'bf16' if dtype == torch.bfloat16 else 'fp32'} weight read, the precision "
+              f"the fast path uses)")
 
 
 if __name__ == "__main__":
