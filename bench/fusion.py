@@ -15,6 +15,8 @@ Side by side in ONE run (rounds interleave the methods, so a busy machine slows 
                row counts, nothing else): what is left once every overhead is gone.
 ``floor fp32`` / ``floor bf16``  reading every weight once (a sum over all weight tensors):
                the memory-bandwidth floor of any method that must read the weights.
+``gemm oneDNN``  the same products through oneDNN with pre-packed weights (private torch ops, not
+               bit-identical to the BLAS path: measured only, to show how much the GEMM kernel decides).
 ``compute floor``  the fast path's FLOPs at the float32 GEMM rate this CPU reaches on a well-shaped
                product ([512, 2560] x [2560, 2560], measured in the same rounds).  At batch 1 the
                fast path is compute-bound (20-26 rows per blender), not bandwidth-bound.
@@ -191,7 +193,7 @@ def main() -> None:
     print(f"load_hierarchy(json): {load_s:.2f} s; fast path weights: {dtype}; {mb32:.0f} MB of fp32 weights")
 
     for batch in [int(b) for b in args.batches.split(",")]:
-        sets = fresh_codes(layout, fast.node_map, batch, 2 * args.rounds + 4, seed=batch)
+        sets = fresh_codes(layout, fast.node_map, batch, 3 * args.rounds + 1, seed=batch)   # fresh per call
         it = iter(sets)
         times: dict[str, list[float]] = {}
 
@@ -216,6 +218,21 @@ def main() -> None:
                 for w, _, _ in layers:
                     x = F.linear(x, w)
 
+        mk = getattr(torch.ops, "mkldnn", None)
+        onednn = None
+        if dtype == torch.float32 and mk is not None and hasattr(mk, "_linear_pointwise"):
+            try:    # the same products through oneDNN with pre-packed weights (private torch ops; not
+                    # bit-identical to the BLAS path, so only measured here, to show the GEMM kernel's share)
+                packed = [(x, [mk._reorder_linear_weight(w) for w, _, _ in layers]) for x, layers in gemm_in]
+                mk._linear_pointwise(packed[0][0], packed[0][1][0], None, "none", [], "")
+
+                def onednn():
+                    for x, ws in packed:
+                        for w in ws:
+                            x = mk._linear_pointwise(x, w, None, "none", [], "")
+            except (RuntimeError, AttributeError):
+                onednn = None
+
         methods = {
             "fast": lambda: fast(next(it)),
             "gemm only": gemm_only,
@@ -224,6 +241,8 @@ def main() -> None:
             "floor fp32": lambda: [w.sum() for w in weights32],
             "floor bf16": lambda: [w.sum() for w in weights16],
         }
+        if onednn is not None:
+            methods["gemm oneDNN"] = onednn
         if not args.skip_official:
             methods["official"] = lambda: official_call(
                 root, official, {k: [v.conv, v.rgb] for k, v in next(it).items()})
@@ -248,13 +267,14 @@ def main() -> None:
               f"its products alone at {flops / best['gemm only'] / 1e9:.1f}")
         floor = best["floor bf16"] if dtype == torch.bfloat16 else best["floor fp32"]
         print(f"\nbatch {batch}, {args.rounds} interleaved rounds (best / median ms; ratios from the best)")
-        print(f"| {'method':<11} | {'best ms':>8} | {'median ms':>9} | {'official / this':>15} | {'this / floor':>12} |")
-        print(f"|{'-' * 13}|{'-' * 10}|{'-' * 11}|{'-' * 17}|{'-' * 14}|")
-        for name in ("official", "module", "fast", "gemm only", "compute floor", "floor fp32", "floor bf16"):
+        print(f"| {'method':<13} | {'best ms':>8} | {'median ms':>9} | {'official / this':>15} | {'this / floor':>12} |")
+        print(f"|{'-' * 15}|{'-' * 10}|{'-' * 11}|{'-' * 17}|{'-' * 14}|")
+        for name in ("official", "module", "fast", "gemm only", "gemm oneDNN", "compute floor",
+                     "floor fp32", "floor bf16"):
             if name not in best:
                 continue
             sp = f"{best['official'] / best[name]:.1f}x" if "official" in best else "-"
-            print(f"| {name:<11} | {1000 * best[name]:>8.1f} | {1000 * med[name]:>9.1f} | {sp:>15} | "
+            print(f"| {name:<13} | {1000 * best[name]:>8.1f} | {1000 * med[name]:>9.1f} | {sp:>15} | "
                   f"{best[name] / floor:>11.2f}x |", flush=True)
         print(f"(this / floor: against the {'bf16' if dtype == torch.bfloat16 else 'fp32'} weight read, the precision "
               f"the fast path uses)")
