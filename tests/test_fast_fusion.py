@@ -238,3 +238,21 @@ def test_precision_choice(monkeypatch):
         resolve_precision("auto", "cpu")
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("half", "cpu")
+
+
+def test_editor_render_path_uses_the_fast_path():
+    """The editor's render service fuses compositions through the folded weights, same numbers."""
+    from editor_core_helpers import TREE2, composition, tiny_generator, tiny_hierarchy
+
+    from sfeditor.render_service import fuse_composition
+
+    G = tiny_generator()
+    H = tiny_hierarchy(G, TREE2, seed=41)
+    randomize(H, 42)
+    comp = composition(TREE2)
+    calls = module_calls(H)
+    fused, recomputed, used, _ = fuse_composition(G, H, comp)
+    assert used and recomputed and not calls
+    H.set_fast_inference(False)
+    ref, _, _, _ = fuse_composition(G, H, comp)
+    assert calls and torch.equal(fused.flat(), ref.flat())
