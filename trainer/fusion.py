@@ -332,7 +332,7 @@ def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionN
     path = Path(path)
     root = RegionNode.parse(tree)
     if path.exists():
-        h = load_hierarchy(path)
+        h = load_hierarchy(path, precision=None)      # edited and saved, not run: fold lazily
         if h.root != root:
             raise ValueError(f"{path}: holds a hierarchy for another region tree")
     else:

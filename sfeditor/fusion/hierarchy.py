@@ -23,6 +23,13 @@ skipped (and nothing is stored) while autograd would record the computation
 (grad enabled and a net parameter or an input requires grad), so training
 graphs are never reused.
 
+Inference speed: a call made without autograd recording runs every
+FusionNet from folded weights (equalised-LR scales multiplied in once,
+contiguous; :meth:`sfeditor.fusion.latent_blender.LatentBlender.mlp`); float32 results
+are bit-identical to the module path.  :meth:`FusionHierarchy.prepare_inference`
+folds up front and picks bf16 weights where the CPU runs bf16 natively
+(:func:`load_hierarchy` does this with ``precision="auto"``).
+
 Files: :func:`load_hierarchy` reads an official-style weights JSON (node ->
 weight file) or the project's own single-file format (see
 :meth:`FusionHierarchy.save`).
@@ -187,6 +194,44 @@ class FusionHierarchy(nn.Module):
         entry = self._cache.get(name)
         return None if entry is None else entry[1]
 
+    # ---------------------------------------------------- inference speed
+    def blenders(self) -> list:
+        return [b for net in self.nets.values() for b in (net.blender_common, net.blender_segments)]
+
+    @property
+    def inference_dtype(self) -> torch.dtype:
+        """Precision of the folded inference weights (float32 unless bf16 was chosen)."""
+        ds = {b.inference_dtype for b in self.blenders()}
+        return ds.pop() if len(ds) == 1 else torch.float32
+
+    def set_fast_inference(self, enabled: bool) -> None:
+        """``False``: no-grad calls run the modules (the reference path; for checks and benchmarks)."""
+        for b in self.blenders():
+            b.fast_inference = bool(enabled)
+            if not enabled:
+                b.drop_folded()
+        self._cache.clear()
+
+    def prepare_inference(self, precision: str = "auto") -> torch.dtype:
+        """Fold every net's weights now (instead of on the first call) and choose their precision.
+
+        precision: ``"float32"``, ``"bfloat16"``, or ``"auto"`` = bf16 on a CPU that runs bf16
+        natively (AVX512-BF16 / AMX, :func:`sfeditor.model.device.bf16_is_fast`), else float32;
+        the environment variable ``SFEDITOR_FUSION_PRECISION`` overrides ``"auto"``.
+        Costs one extra copy of the weights in memory (half of it in bf16).  Returns the dtype.
+        """
+        dtype = resolve_precision(precision, self._device())
+        for b in self.blenders():
+            b.set_inference_dtype(dtype)
+            b.fast_inference = True
+            b.folded_layers()
+        self._cache.clear()
+        return dtype
+
+    def _device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return torch.device("cpu") if p is None else p.device
+
     # -------------------------------------------------------------- forward
     def forward(self, codes: Mapping[str, StyleCode], collapsed: Iterable[str] | None = None, *,
                 use_cache: bool = True) -> StyleCode:
@@ -261,6 +306,25 @@ class FusionHierarchy(nn.Module):
     def save(self, path: str | os.PathLike, half: bool = False) -> None:
         """Atomic single-file save (loads with ``torch.load(weights_only=True)``); ``half`` stores fp16."""
         atomic_torch_save(self.to_state(half), path)
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str | None, device) -> torch.dtype:
+    """``"auto"`` -> bfloat16 on a CPU with native bf16, else float32 (``SFEDITOR_FUSION_PRECISION`` overrides)."""
+    if precision in (None, "auto"):
+        precision = os.environ.get("SFEDITOR_FUSION_PRECISION", "auto").strip().lower() or "auto"
+        if precision not in PRECISIONS:
+            raise ValueError(f"SFEDITOR_FUSION_PRECISION must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        from ..model.device import bf16_is_fast
+
+        dev = torch.device(device)
+        return torch.bfloat16 if dev.type == "cpu" and bf16_is_fast(dev) else torch.float32
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
 # ------------------------------------------------------------------ loading
@@ -344,7 +408,7 @@ def _from_state(state: dict, where: str, map_location) -> FusionHierarchy:
         raise ValueError(f"{where}: {e}") from None
 
 
-def load_hierarchy(spec, *, tree=None, map_location="cpu") -> FusionHierarchy:
+def load_hierarchy(spec, *, tree=None, map_location="cpu", precision: str | None = "auto") -> FusionHierarchy:
     """Load a FusionNet hierarchy.
 
     spec: a path to the project's own file (:meth:`FusionHierarchy.save`) or to an
@@ -352,7 +416,17 @@ def load_hierarchy(spec, *, tree=None, map_location="cpu") -> FusionHierarchy:
     relative to the JSON's folder, or to its parent folder as in the official
     repository), or an already-read own-format dict.  The tree of an official
     JSON is inferred from its node names (FFHQ, car, church) unless ``tree`` is given.
+    precision: folds the nets for inference at load (:meth:`FusionHierarchy.prepare_inference`;
+    ``"auto"`` = bf16 weights where the CPU runs bf16 natively); ``None`` folds lazily on the
+    first no-grad call, in float32.
     """
+    h = _load_hierarchy(spec, tree, map_location)
+    if precision is not None:
+        h.prepare_inference(precision)
+    return h
+
+
+def _load_hierarchy(spec, tree, map_location) -> FusionHierarchy:
     if isinstance(spec, Mapping):
         if spec.get("format") != HIERARCHY_FORMAT:
             raise ValueError("not an sfeditor hierarchy (format key missing)")

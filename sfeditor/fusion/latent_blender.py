@@ -34,6 +34,21 @@ Two conventions (``BlenderConfig.convention``):
 
 Layer widths must divide ``W``.  How widths scale with the generator is
 decided by :class:`sfeditor.fusion.fusion_net.FusionNetConfig` (``for_layout``).
+
+Inference fast path (``LatentBlender.mlp``): whenever autograd is not
+recording, D runs from a folded copy of its weights: the equalised-LR scale
+is multiplied into each weight matrix once (``w * lr_mul / sqrt(in)``, the
+very product ``EqualLinear`` forms on every call), stored contiguous in the
+layout ``F.linear`` reads (``[out, in]``; a transposed copy is not bit-identical);
+the bias is pre-multiplied by ``lr_mul``.  The copy is rebuilt whenever a
+parameter changes (in-place version counters), so a trained or re-loaded net
+is never served stale weights; the training path (autograd recording) always
+runs the modules themselves.  In float32 the result is bit-identical to the
+module path (same products, same summation: ``tests/test_fast_fusion.py``).
+``set_inference_dtype(torch.bfloat16)`` keeps the folded copy in bf16 (half
+the bytes to read; use only where the CPU runs bf16 natively, see
+:func:`sfeditor.model.device.bf16_is_fast`); q is then computed from bf16
+matrix products and differs from float32 by ~1e-2 at most.
 """
 from __future__ import annotations
 
@@ -42,8 +57,9 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ..model.generator import EqualLinear
+from ..model.generator import SQRT2, EqualLinear
 from ..model.style_code import StyleCode, StyleLayout
 
 CONVENTIONS = ("paper", "official")
@@ -166,6 +182,73 @@ class LatentBlender(nn.Module):
             EqualLinear(d[i], d[i + 1], lr_mul=config.lr_mul, activation=(i < last or config.final_activation))
             for i in range(len(d) - 1)])
         self._enc_cache: dict[tuple, torch.Tensor] = {}
+        self._folded: tuple | None = None          # (key, [(w, bias, act), ...]) for mlp()
+        self.inference_dtype = torch.float32
+        self.fast_inference = True                 # False: no-grad calls run the modules too (reference)
+
+    # ------------------------------------------------------ fast inference
+    def set_inference_dtype(self, dtype: torch.dtype) -> None:
+        """Precision of the folded inference weights (float32, or bfloat16 where bf16 is native)."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError("inference dtype must be torch.float32 or torch.bfloat16")
+        if dtype != self.inference_dtype:
+            self.inference_dtype = dtype
+            self._folded = None
+
+    def drop_folded(self) -> None:
+        """Free the folded inference copy (it is rebuilt on the next no-grad call)."""
+        self._folded = None
+
+    def folded_layers(self) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """``[(w [out, in], bias [out], activation), ...]``: D with the equalised-LR scales folded in.
+
+        Built once per parameter version; ``w = weight * scale`` (contiguous) and
+        ``bias * lr_mul`` are the exact products ``EqualLinear.forward`` forms on each call.
+        """
+        mods = list(self.disentangle_net)
+        params = [t for m in mods for t in (m.weight, m.bias)]
+        key = (tuple((id(t), t._version, t.device, t.dtype) for t in params), self.inference_dtype)
+        if self._folded is not None and self._folded[0] == key:
+            return self._folded[1]
+        self._folded = None                       # free the stale copy before building the new one
+        layers = []
+        with torch.no_grad():
+            for m in mods:
+                w = (m.weight * m.scale).to(self.inference_dtype).contiguous()
+                b = (m.bias * m.lr_mul).to(self.inference_dtype)
+                layers.append((w, b, bool(m.activation)))
+        self._folded = (key, layers)
+        return layers
+
+    def _fast_ok(self, x: torch.Tensor) -> bool:
+        if not self.fast_inference:
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not x.requires_grad and not any(p.requires_grad for p in self.parameters())
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x) for ``x = [rows, in_dim]`` (before the sigmoid).
+
+        No autograd recording: one chain of matrix products over the folded weights
+        (:meth:`folded_layers`), activations in place.  Otherwise the modules themselves.
+        """
+        if not self._fast_ok(x):
+            return self.disentangle_net(x)
+        layers = self.folded_layers()
+        out_dtype = x.dtype
+        h = x.to(self.inference_dtype)
+        for w, b, act in layers:
+            h = F.linear(h, w)                    # the product EqualLinear forms, without its weight * scale
+            h.add_(b)
+            if act:
+                F.leaky_relu_(h, 0.2)
+                h.mul_(SQRT2)
+        return h.to(out_dtype)
+
+    def _apply(self, fn, *args, **kwargs):   # .to() / .half(): the folded copy is stale
+        self._folded = None
+        return super()._apply(fn, *args, **kwargs)
 
     # ----------------------------------------------------------- encodings
     def encoding(self, slots: Sequence[tuple[int, bool]], rgb_flag: bool, device, dtype) -> torch.Tensor:
@@ -241,7 +324,7 @@ class LatentBlender(nn.Module):
             stash.append((ch, ks, rep, au, bu))
         x = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]          # [B, L, in_dim]
         n_rows = x.shape[1]
-        q_all = torch.sigmoid(self.disentangle_net(x.reshape(bsz * n_rows, c.in_dim))).view(bsz, n_rows, W)
+        q_all = torch.sigmoid(self.mlp(x.reshape(bsz * n_rows, c.in_dim))).view(bsz, n_rows, W)
 
         out: list[torch.Tensor | None] = [None] * n
         qs: list[torch.Tensor | None] = [None] * n

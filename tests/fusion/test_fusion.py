@@ -139,6 +139,16 @@ def max_diff(a: StyleCode, b: StyleCode) -> float:
     return (a.flat() - b.flat()).abs().max().item()
 
 
+def spy_mlp(blender: LatentBlender, record) -> None:
+    """Records every call of the blender's MLP D (``mlp``: folded fast path or the modules)."""
+    orig = blender.mlp
+
+    def wrapped(x):
+        record(x)
+        return orig(x)
+    blender.mlp = wrapped
+
+
 # ---------------------------------------------------------------- blender
 def test_widths_follow_paper_and_official():
     lay = StyleLayout.for_channels(default_channels(1024))
@@ -157,7 +167,7 @@ def test_blender_batched_equals_per_layer_loop():
     randomize(lb, 1)
     a, b = rand_code(3, 1), rand_code(3, 2)
     calls = []
-    lb.disentangle_net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    spy_mlp(lb, lambda x: calls.append(x.shape))
     with torch.no_grad():
         s, q = lb(a, b)
     assert len(calls) == 1 and calls[0][0] == 3 * LAYOUT.n_layers   # one MLP call for everything
@@ -215,7 +225,7 @@ def test_fusionnet_two_mlp_calls_and_modes():
     net = FusionNet(FusionNetConfig.for_layout(LAYOUT, "paper"))
     calls = []
     for blender in (net.lb_align, net.lb_fuse):
-        blender.disentangle_net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+        spy_mlp(blender, lambda x: calls.append(x.shape[0]))
     s1, s2, sa = rand_code(4, 1), rand_code(4, 2), rand_code(1, 3)     # s_align broadcasts
     with torch.no_grad():
         out = net(s1, s2, sa)
