@@ -43,7 +43,8 @@ from sfeditor import StyleCode, StyleLayout
 from sfeditor.model.device import bf16_is_fast
 from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.model.generator import default_channels
-from sfeditor.fusion.hierarchy import OFFICIAL_TREES, load_hierarchy, parse_tree
+from sfeditor.fusion.hierarchy import load_hierarchy
+from sfeditor.regions.tree import paper_tree
 
 MAX_LAYERS = 18
 
@@ -135,7 +136,7 @@ def write_official_files(folder: Path, layout: StyleLayout, seed: int = 0) -> Pa
     cfg = FusionNetConfig.for_layout(layout, "official")
     spec = {}
     (folder / "weights" / "ffhq").mkdir(parents=True, exist_ok=True)
-    tree = parse_tree(OFFICIAL_TREES["ffhq"])
+    tree = paper_tree("faces")
     for node in tree.walk():
         if node.is_leaf:
             continue
@@ -182,7 +183,7 @@ def main() -> None:
         load_s = time.perf_counter() - t
         module = load_hierarchy(js, precision="float32")
         module.set_fast_inference(False)
-        root = parse_tree(OFFICIAL_TREES["ffhq"])
+        root = paper_tree("faces")
         official = {name: OfficialFusionNet(torch.load(Path(tmp) / "weights" / "ffhq" / f"{name}.pt",
                                                        weights_only=True)["state_dict"])
                     for name in fast.internal_nodes}

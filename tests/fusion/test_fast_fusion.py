@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from sfeditor import StyleCode, StyleLayout
 from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.model.generator import default_channels
-from sfeditor.fusion.hierarchy import OFFICIAL_TREES, FusionHierarchy, load_hierarchy, resolve_precision
+from sfeditor.fusion.hierarchy import FusionHierarchy, load_hierarchy, resolve_precision
+from sfeditor.regions.tree import paper_tree
 
 torch.set_num_threads(1)
 
@@ -43,7 +44,7 @@ def randomize(module: torch.nn.Module, seed: int) -> None:
 
 def make(layout: StyleLayout, variant: str, seed: int, **cfg) -> FusionHierarchy:
     torch.manual_seed(seed)
-    h = FusionHierarchy.with_random_nets(OFFICIAL_TREES["ffhq"], FusionNetConfig.for_layout(layout, variant, **cfg),
+    h = FusionHierarchy.with_random_nets(paper_tree("faces"), FusionNetConfig.for_layout(layout, variant, **cfg),
                                          layout=layout)
     randomize(h, seed + 1)
     return h.eval()
