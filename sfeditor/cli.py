@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_images import add_parsers as _add_image_parsers   # invert, edit, transfer
 
     _add_image_parsers(sub)
+
+    from .cli_models import add_parser as _add_models_parser   # models
+
+    _add_models_parser(sub)
     return p
 
 
