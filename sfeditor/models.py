@@ -43,7 +43,7 @@ from .jobs import Cancelled
 
 __all__ = ["KnownModel", "KNOWN", "ModelError", "LicenceNotAccepted", "cache_dir", "models_dir", "Registry",
            "download", "register", "installed_path", "remove", "registered_encoder", "domain_of_file",
-           "entry_for", "sha256_of", "human_size", "status_rows", "BASE_URL_ENV"]
+           "entry_for", "sha256_of", "human_size", "status_rows", "encoder_domain", "open_spec", "BASE_URL_ENV"]
 
 BASE_URL_ENV = "SFEDITOR_MODELS_URL"     # replaces the folder of every direct link (tests, mirrors)
 KINDS = ("generator", "fusion", "encoder")
@@ -229,10 +229,11 @@ def _fetch(url: str, part: Path, known_size: int | None, progress, cancel, timeo
     try:
         resp = urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and have and known_size == have:          # nothing left to fetch
-            return have
-        if e.code == 416:                                         # the .part does not fit this file: start over
-            part.unlink()
+        if e.code == 416 and have:
+            total = (e.headers.get("Content-Range") or "").rsplit("/", 1)[-1]
+            if have == (int(total) if total.isdigit() else known_size):      # nothing left to fetch
+                return have
+            part.unlink()                                         # the .part does not fit this file: start over
             return _fetch(url, part, known_size, progress, cancel, timeout)
         raise ModelError(f"{url}: the server answered HTTP {e.code} ({e.reason})") from None
     except (urllib.error.URLError, OSError) as e:
@@ -271,7 +272,7 @@ def _fetch(url: str, part: Path, known_size: int | None, progress, cancel, timeo
                     f.flush()
                     raise Cancelled(f"download cancelled at {done} bytes; run it again to resume")
                 try:
-                    chunk = resp.read(_CHUNK)
+                    chunk = resp.read1(_CHUNK)                     # what has arrived (up to 1 MiB)
                 except (OSError, ValueError, http.client.HTTPException) as e:   # reset / timed out mid-file
                     f.flush()
                     raise ModelError(f"{url}: the transfer broke off at {done} of {total or '?'} bytes ({e}); "
@@ -421,7 +422,7 @@ def _convert(m: KnownModel, original: Path, folder: Path, cancel) -> tuple[Path,
         h.save(out)
         return out, "sfeditor-hierarchy", {"nodes": ", ".join(h.internal_nodes)}
     # encoder: an e4e/pSp checkpoint, or a toy encoder; validated by building it, stored as it is
-    from .inversion import E4EUnsupported, load_e4e, read_e4e
+    from .inversion import E4EUnsupported, load_e4e
     from .toy_encoder import LooksLikeE4E, load_toy_encoder
 
     try:
@@ -429,11 +430,12 @@ def _convert(m: KnownModel, original: Path, folder: Path, cancel) -> tuple[Path,
             load_toy_encoder(original)
             fmt, info = "sfeditor-toy-encoder", {}
         except LooksLikeE4E:
-            e4 = read_e4e(original)
-            load_e4e(original)
-            if m.resolution and e4.resolution != m.resolution:
-                raise ValueError(f"an encoder for a {e4.resolution} px generator, {m.name} needs {m.resolution} px")
-            fmt, info = "e4e", {"resolution": e4.resolution, "encoder_type": e4.encoder_type}
+            enc = load_e4e(original)                  # validated by read_e4e, built with strict key matching
+            res = 2 ** ((enc.net.n_styles + 2) // 2)
+            if m.resolution and res != m.resolution:
+                raise ValueError(f"an encoder for a {res} px generator, {m.name} needs {m.resolution} px")
+            del enc
+            fmt, info = "e4e", {"resolution": res}
     except (E4EUnsupported, ValueError, OSError) as e:
         raise ModelError(f"{original.name}: failed the load check ({_strip(e, original)})") from None
     out = folder / (m.filename if original.parent != folder else original.name)
@@ -544,3 +546,24 @@ def status_rows(registry: Registry | None = None) -> list[dict]:
                            Path(rec.get("file", "")).name, None, rec.get("licence", "?"), rec.get("source", "?"))
             rows.append({**asdict(m), "installed": True, "record": rec, "size_text": human_size(rec.get("size"))})
     return rows
+
+
+def encoder_domain(domain: str | None, generator_source: str | os.PathLike | None = None,
+                   registry: Registry | None = None) -> str | None:
+    """The domain whose encoder fits a model: that of its installed generator file if it is one, else ``domain``."""
+    return domain_of_file(generator_source, registry) or domain
+
+
+def open_spec(name: str, registry: Registry | None = None) -> dict:
+    """``{"generator", "hierarchy", "domain"}`` paths (checksum-verified) to open the installed generator ``name``
+    in the editor, with the domain's installed FusionNet hierarchy when there is one."""
+    reg = registry or Registry()
+    rec = reg.models.get(name)
+    if rec is not None and rec.get("kind") != "generator":
+        raise ModelError(f"{name} is a {rec.get('kind')}, not a generator")
+    gen = installed_path(name, registry=reg)
+    dom = rec.get("domain")
+    fus = [n for n, r in reg.models.items() if r.get("kind") == "fusion" and r.get("domain") == dom]
+    fus.sort(key=lambda n: (n != f"stylefusion-{dom}", n))
+    return {"generator": str(gen), "hierarchy": str(installed_path(fus[0], registry=reg)) if fus else None,
+            "domain": dom}
