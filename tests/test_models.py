@@ -342,3 +342,13 @@ def test_register_e4e_encoder_checks_domain_resolution(cache, tmp_path):
     with pytest.raises(M.ModelError, match="failed the load check"):
         M.register("other-e4e", tmp_path / "half.pt", kind="encoder", domain="tiny")
     assert not (cache / "models" / "other-e4e").exists()
+
+
+def test_module_fingerprint_reads_zero_dim_buffers():
+    """e4e's BatchNorm layers carry a 0-d `num_batches_tracked`; the fingerprint (cache key) must hash it."""
+    from sfeditor.inversion import module_fingerprint
+
+    a, b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    assert module_fingerprint(a) == module_fingerprint(b)
+    b.num_batches_tracked += 1
+    assert module_fingerprint(a) != module_fingerprint(b)
