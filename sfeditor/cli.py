@@ -35,15 +35,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoints import load_generator, pick_device
-    from .domains import SHIPPED
     from .imageio import make_grid, save_png, to_uint8
     from .style_code import StyleCode
 
     device = pick_device(args.device)
     G = load_generator(args.model, device=device)
     psi = args.truncation
-    if psi is None:
-        psi = SHIPPED[args.model].truncation if args.model in SHIPPED else 1.0
+    if psi is None and (args.seeds or not args.codes):
+        from .truncation import truncation_for
+
+        psi, why = truncation_for(args.model, args.model)
+        print(f"truncation psi = {psi:g} ({why}; --truncation to change)", file=sys.stderr)
     codes, names = [], []
     with torch.no_grad():
         for path in args.codes or []:
@@ -119,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", "-m", default="toy-faces", help="checkpoint path or shipped domain (default toy-faces)")
     r.add_argument("--seeds", "-s", type=parse_seeds, help="seed list, e.g. '0-7,12' (default 0-7)")
     r.add_argument("--codes", nargs="*", help="saved style-code files (.pt) to render")
-    r.add_argument("--truncation", "-t", type=float, help="psi (default: the domain's, paper A.6; 1.0 for files)")
+    r.add_argument("--truncation", "-t", type=float, help="psi (default: the domain's, paper A.6: faces 0.7, cars and churches 0.5, also for files installed "
+                        "with `sfeditor models`; 1.0 for other files)")
     r.add_argument("--out", "-o", default="render.png", help="PNG grid path, or a folder for one PNG per image")
     r.add_argument("--separate", action="store_true", help="one PNG per image (out is a folder)")
     r.add_argument("--cols", type=int, help="grid columns")

@@ -212,8 +212,13 @@ def load_bundle(domain: str | None = None, *, generator: str | os.PathLike | Non
     G.eval()
     notes = []
     name = domain or Path(str(generator)).stem
-    b = ModelBundle(name, G, truncation=truncation if truncation is not None else (dom.truncation if dom else 0.7),
-                    generator_source=source, notes=notes)
+    if truncation is None:
+        from .truncation import truncation_for
+
+        truncation, why = truncation_for(domain or name, source, default=0.7)
+        if dom is None:
+            notes.append(f"truncation ψ {truncation:g} ({why}); change it in the inspector")
+    b = ModelBundle(name, G, truncation=truncation, generator_source=source, notes=notes)
     if regions is None and dom is not None and dom.regions_file:
         p = resources_dir() / dom.regions_file
         regions = p if p.is_file() else None

@@ -902,7 +902,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dev = pick_device(args.device)
     G = load_generator(args.generator or args.domain, device=dev).eval().requires_grad_(False)
     regions = load_regions(args.regions or args.domain)
-    truncation = args.truncation if args.truncation is not None else domain_truncation(args.domain)
+    truncation = args.truncation if args.truncation is not None else domain_truncation(args.domain, args.generator)
     judge = _judge_for(args.domain, args.judge, G, regions, dev)
     out = Path(args.out or f"runs/fusion-eval-{args.domain}")
     out.mkdir(parents=True, exist_ok=True)
