@@ -345,12 +345,33 @@ class FusionHierarchy(nn.Module):
 
 
 # ------------------------------------------------------------------ loading
-def _infer_official_tree(names: set[str]) -> TreeNode:
-    for key, spec in OFFICIAL_TREES.items():
-        root = parse_tree(spec)
-        if {n.name for n in root.walk() if not n.is_leaf} == names:
-            return root
+def _infer_official_tree(names: set[str], hint: str | None = None) -> TreeNode:
+    """The paper's tree (A.1) whose internal nodes include ``names`` (a JSON may list only some nets).
+
+    ``hint`` (the domain named by the JSON's file name or its weight folders, as in the official
+    repository's ``weights/ffhq_weights.json`` -> ``weights/ffhq/all.pt``) decides when the names fit
+    several trees (e.g. only ``all``); without it such a JSON is an error, never a silent guess.
+    """
+    fits = {key: parse_tree(spec) for key, spec in OFFICIAL_TREES.items()
+            if names <= {n.name for n in parse_tree(spec).walk() if not n.is_leaf}}
+    if hint in fits:
+        return fits[hint]
+    if len(fits) == 1:
+        return next(iter(fits.values()))
+    if fits:
+        raise ValueError(f"nodes {sorted(names)} fit the {', '.join(fits)} hierarchies; name the file "
+                         f"<domain>_weights.json (e.g. {next(iter(fits))}_weights.json) or pass tree=")
     raise ValueError(f"nodes {sorted(names)} match no official hierarchy; pass tree=")
+
+
+def _domain_hint(path: Path, spec: Mapping[str, str]) -> str | None:
+    """An official domain named by ``<domain>_weights.json`` or, failing that, by the weight files' folder."""
+    aliases = {"faces": "ffhq", "face": "ffhq", "cars": "car", "churches": "church"}
+    for word in [path.stem.lower().split("_")[0]] + [Path(v).parent.name.lower() for v in spec.values()]:
+        word = aliases.get(word, word)
+        if word in OFFICIAL_TREES:
+            return word
+    return None
 
 
 def _resolve(json_path: Path, rel: str) -> Path:
@@ -377,7 +398,7 @@ def _from_json(path: Path, tree, map_location) -> FusionHierarchy:
         spec = spec["nets"]
     if not spec or not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.items()):
         raise ValueError(f"{path}: expected a non-empty object of node name -> weight file path")
-    root = parse_tree(tree) if tree is not None else _infer_official_tree(set(spec))
+    root = parse_tree(tree) if tree is not None else _infer_official_tree(set(spec), _domain_hint(path, spec))
     nodes = {n.name: n for n in root.walk()}
     bad = sorted(k for k in spec if k not in nodes or nodes[k].is_leaf)
     if bad:

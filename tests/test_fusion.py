@@ -422,12 +422,24 @@ def test_load_official_json(tmp_path):
     (tmp_path / "church.json").write_text(json.dumps({"all": "weights/ffhq/all.pt"}))
     hc = load_hierarchy(tmp_path / "church.json")
     assert hc.root == official_tree("church")
+    # a partial JSON gets the paper tree (A.1) its nodes fit; names that fit several trees need the domain
     (tmp_path / "partial.json").write_text(json.dumps({"face": "weights/ffhq/face.pt"}))
-    with pytest.raises(ValueError, match="tree="):
-        load_hierarchy(tmp_path / "partial.json")
+    assert load_hierarchy(tmp_path / "partial.json").root == official_tree("ffhq")
+    (tmp_path / "ffhq_weights.json").write_text(json.dumps({"all": "weights/ffhq/all.pt"}))
+    assert load_hierarchy(tmp_path / "ffhq_weights.json").root == official_tree("ffhq")
+    (tmp_path / "only_all.json").write_text(json.dumps({"all": str(tmp_path / "weights" / "ffhq" / "all.pt")}))
+    assert load_hierarchy(tmp_path / "only_all.json").root == official_tree("ffhq")     # by the weights' folder
+    (tmp_path / "x" / "nets").mkdir(parents=True)
+    _save_official(sds["all"], tmp_path / "x" / "nets" / "all.pt", wrap=False)
+    (tmp_path / "x" / "mine.json").write_text(json.dumps({"all": "nets/all.pt"}))
+    with pytest.raises(ValueError, match="fit the ffhq, car, church hierarchies.*tree="):
+        load_hierarchy(tmp_path / "x" / "mine.json")
+    (tmp_path / "odd.json").write_text(json.dumps({"face": "weights/ffhq/face.pt", "car": "weights/ffhq/all.pt"}))
+    with pytest.raises(ValueError, match="match no official hierarchy"):
+        load_hierarchy(tmp_path / "odd.json")
     hp = load_hierarchy(tmp_path / "partial.json", tree=OFFICIAL_TREES["ffhq"])
     assert list(hp.nets) == ["face"] and hp.active_parts()[0] == "all"
-    (tmp_path / "missing.json").write_text(json.dumps({"all": "nope.pt"}))
+    (tmp_path / "missing.json").write_text(json.dumps({"all": "weights/church/nope.pt"}))
     with pytest.raises(FileNotFoundError):
         load_hierarchy(tmp_path / "missing.json")
     (tmp_path / "leaf.json").write_text(json.dumps({"eyes": "weights/ffhq/all.pt"}))
