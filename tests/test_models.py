@@ -352,3 +352,49 @@ def test_module_fingerprint_reads_zero_dim_buffers():
     assert module_fingerprint(a) == module_fingerprint(b)
     b.num_batches_tracked += 1
     assert module_fingerprint(a) != module_fingerprint(b)
+
+
+class TrainingOptions:                  # metadata a training script might save beside the weights
+    def __init__(self):
+        self.lr = 0.1
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_fusion_weight_files_with_metadata_are_read_safely(cache, tmp_path, monkeypatch):
+    """Official-layout net files that also pickle option objects (or worse) load their tensors only;
+    nothing in the file runs."""
+    import argparse
+    import sys
+    import types
+
+    from sfeditor.fusion_net import read_weight_file
+    from sfeditor.hierarchy import load_hierarchy
+
+    mod = types.ModuleType("stylefusion_train_opts")
+    mod.TrainingOptions = TrainingOptions
+    monkeypatch.setattr(TrainingOptions, "__module__", "stylefusion_train_opts")
+    monkeypatch.setitem(sys.modules, "stylefusion_train_opts", mod)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights" / "church").mkdir(parents=True)
+    sd = _official_fusion_sd(7)
+    torch.save({"state_dict": sd, "opts": TrainingOptions(), "args": argparse.Namespace(batch=4), "step": 10,
+                "evil": RunsCode()}, tmp_path / "weights" / "church" / "all.pt")
+    torch.save({**sd, "opts": TrainingOptions()}, tmp_path / "raw.pt")        # metadata beside a raw state dict
+    monkeypatch.delitem(sys.modules, "stylefusion_train_opts")                 # the class is not importable here
+    got = read_weight_file(tmp_path / "weights" / "church" / "all.pt")
+    assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+    raw = read_weight_file(tmp_path / "raw.pt")
+    assert set(raw) == set(sd)
+    assert not (tmp_path / "PWNED").exists()
+    spec = tmp_path / "weights" / "church_weights.json"
+    spec.write_text(json.dumps({"all": "weights/church/all.pt"}))
+    assert load_hierarchy(spec).root.children[0].name == "church"
+    M.register("stylefusion-church", spec)
+    assert not (tmp_path / "PWNED").exists()
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04junk")
+    with pytest.raises(ValueError, match=r"junk.pt: not a readable FusionNet weight file \(\w+: [^\n]+\)$"):
+        read_weight_file(tmp_path / "junk.pt")
