@@ -272,8 +272,10 @@ def test_official_load_errors(tmp_path):
     with pytest.raises(ValueError, match="not a readable"):
         load_fusion_net(tmp_path / "garbage.pt")
     torch.save({"state_dict": sd, "opts": BlenderConfig()}, tmp_path / "pickled.pt")   # needs a global
-    with pytest.raises(ValueError):
-        load_fusion_net(tmp_path / "pickled.pt")
+    net = load_fusion_net(tmp_path / "pickled.pt")          # issue 40: read safely, tensors only
+    _save_official(sd, tmp_path / "clean.pt", False)
+    ref = load_fusion_net(tmp_path / "clean.pt").state_dict()
+    assert set(net.state_dict()) == set(ref) and all(torch.equal(net.state_dict()[k], ref[k]) for k in ref)
     _save_official(sd, tmp_path / "ok.pt", False)
     with pytest.raises(ValueError, match="official"):
         load_fusion_net(tmp_path / "ok.pt", variant="paper")
