@@ -238,7 +238,15 @@ def load_bundle(domain: str | None = None, *, generator: str | os.PathLike | Non
         from .hierarchy import load_hierarchy
 
         try:
-            h = load_hierarchy(hierarchy, map_location=dev)
+            tree = None
+            if str(hierarchy).lower().endswith(".json"):      # an official weights JSON: the domain's paper tree
+                from .hierarchy import official_tree
+                from .models import domain_of_file
+                from .truncation import paper_domain
+
+                paper = paper_domain(domain) or paper_domain(domain_of_file(source))
+                tree = official_tree(paper) if paper else None
+            h = load_hierarchy(hierarchy, tree=tree, map_location=dev)
         except (ValueError, OSError, KeyError) as e:
             raise SessionError(f"{hierarchy}: {e}") from None
         h.eval()

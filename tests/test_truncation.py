@@ -85,3 +85,25 @@ def test_editor_bundle_takes_the_paper_psi_and_says_so(cache, tmp_path):
     b = load_bundle(generator=plain, device="cpu")
     assert b.truncation == 0.7 and any("no paper value" in n for n in b.notes)
     assert load_bundle(generator=church, device="cpu", truncation=0.9).truncation == 0.9
+
+
+def test_editor_opens_a_partial_weights_json_with_the_domains_paper_tree(cache, tmp_path):
+    """`sfeditor gui --generator <installed church> --hierarchy nets.json` where the JSON lists only `all`
+    (which fits every paper tree): the generator's domain picks the tree (A.1)."""
+    import json
+
+    from sfeditor.fusion_net import FusionNet, FusionNetConfig
+    from sfeditor.hierarchy import official_tree
+    from sfeditor.session import SessionError, load_bundle
+
+    church = _install(tmp_path, "my-church", "church")
+    G = random_generator(4, **TINY)
+    net = FusionNet(FusionNetConfig.for_layout(G.layout, "paper"))
+    torch.save(net.state_dict(), tmp_path / "all.pt")
+    (tmp_path / "nets.json").write_text(json.dumps({"all": "all.pt"}))
+    b = load_bundle(generator=church, hierarchy=tmp_path / "nets.json", device="cpu")
+    assert b.hierarchy.root == official_tree("church")
+    plain = tmp_path / "plain.pt"
+    write_rosinality(G, plain)
+    with pytest.raises(SessionError, match="fit the ffhq, car, church hierarchies"):
+        load_bundle(generator=plain, hierarchy=tmp_path / "nets.json", device="cpu")
