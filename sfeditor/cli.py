@@ -43,8 +43,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     G = load_generator(args.model, device=device)
     psi = args.truncation
-    if psi is None:
-        psi = SHIPPED[args.model].truncation if args.model in SHIPPED else 1.0
+    if psi is None and (args.seeds or not args.codes):
+        from .model.truncation import truncation_for
+
+        psi, why = truncation_for(args.model, args.model)
+        print(f"truncation psi = {psi:g} ({why}; --truncation to change)", file=sys.stderr)
     codes, names = [], []
     with torch.no_grad():
         for path in args.codes or []:
@@ -120,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", "-m", default="toy-faces", help="checkpoint path or shipped domain (default toy-faces)")
     r.add_argument("--seeds", "-s", type=parse_seeds, help="seed list, e.g. '0-7,12' (default 0-7)")
     r.add_argument("--codes", nargs="*", help="saved style-code files (.pt) to render")
-    r.add_argument("--truncation", "-t", type=float, help="psi (default: the domain's, paper A.6; 1.0 for files)")
+    r.add_argument("--truncation", "-t", type=float, help="psi (default: the domain's, paper A.6: faces 0.7, cars and churches 0.5, also for files installed "
+                        "with `sfeditor models`; 1.0 for other files)")
     r.add_argument("--out", "-o", default="render.png", help="PNG grid path, or a folder for one PNG per image")
     r.add_argument("--separate", action="store_true", help="one PNG per image (out is a folder)")
     r.add_argument("--cols", type=int, help="grid columns")
@@ -144,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_images import add_parsers as _add_image_parsers   # invert, edit, transfer
 
     _add_image_parsers(sub)
+
+    from .cli_models import add_parser as _add_models_parser   # models
+
+    _add_models_parser(sub)
     return p
 
 

@@ -63,25 +63,18 @@ def _settings(args, G):
 
 
 def _encoder(args, G):
-    """The initial-guess encoder: --encoder (a toy encoder or an official e4e/pSp checkpoint), else the domain's."""
-    from .images.toy_encoder import LooksLikeE4E, default_encoder_path, load_toy_encoder
+    """The initial-guess encoder: --encoder (a toy encoder or an official e4e/pSp checkpoint), else the e4e
+    installed for the domain with `sfeditor models`, else the shipped domain's toy encoder."""
+    from .images.inversion import load_encoder, photo_encoder_path
 
     if args.no_encoder:
         return None
-    path = args.encoder
+    path, how = photo_encoder_path(_domain(args), args.model, args.encoder)
     if path is None:
-        dom = _domain(args)
-        path = default_encoder_path(dom) if dom else None
-        if path is None:
-            return None
+        return None
     if not args.quiet:
-        print(f"initial guesses from the encoder {path}", file=sys.stderr)
-    try:
-        return load_toy_encoder(path, map_location=G.device, G=G)
-    except LooksLikeE4E:
-        from .images.inversion import load_e4e
-
-        return load_e4e(path, G=G, map_location=G.device)
+        print(f"initial guesses from the encoder {path}" + (f" ({how})" if how != "given" else ""), file=sys.stderr)
+    return load_encoder(path, G=G, map_location=G.device)
 
 
 def _projector(args, G):

@@ -470,3 +470,22 @@ def ada_reference_images(p: dict, z: torch.Tensor) -> torch.Tensor:
         x = layer(x, f"synthesis.b{r}.conv1")
         img = _skip_up(img) + torgb(x, f"synthesis.b{r}.torgb")
     return img
+
+
+def tiny_e4e_checkpoint(path, n_styles: int, resolution: int, seed: int = 0) -> None:
+    """An e4e-format checkpoint (full IR-SE-50 key layout) whose tensors share one storage (a small file)."""
+    from sfeditor.images.e4e import Encoder4Editing
+
+    with torch.device("meta"):                                 # shapes only
+        want = Encoder4Editing(n_styles).state_dict()
+    base = torch.randn(max(v.numel() for v in want.values()), generator=torch.Generator().manual_seed(seed)) * 0.05
+    sd = {}
+    for k, v in want.items():
+        if k.endswith("num_batches_tracked"):
+            sd[f"encoder.{k}"] = torch.zeros((), dtype=torch.long)
+        elif k.endswith("running_var") or k.endswith("res_layer.0.weight") or k.endswith("res_layer.4.weight"):
+            sd[f"encoder.{k}"] = torch.ones(v.shape)
+        else:
+            sd[f"encoder.{k}"] = base[:v.numel()].view(v.shape)
+    torch.save({"state_dict": sd, "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": resolution},
+                "latent_avg": torch.randn(n_styles, 512, generator=torch.Generator().manual_seed(seed + 1))}, path)

@@ -22,6 +22,8 @@ MOVES = {
     "sfeditor.safe_pickle": "sfeditor.model.safe_pickle",
     "sfeditor.upfirdn": "sfeditor.model.upfirdn",
     "sfeditor.latent_prior": "sfeditor.model.latent_prior",
+    "sfeditor.truncation": "sfeditor.model.truncation",
+    "sfeditor.models": "sfeditor.model.registry",
     # regions: DeepPixels, clustering, masks, M and w_R, regions files
     "sfeditor.clustering": "sfeditor.regions.clustering",
     "sfeditor.masks": "sfeditor.regions.masks",
@@ -290,7 +292,7 @@ def main():
     if left:
         print("tests left at tests/ (add them to TEST_DIRS):", ", ".join(left))
     stray = sorted(p.name for p in (ROOT / "sfeditor").glob("*.py")
-                   if p.stem not in {"__init__", "atomic", "cli", "cli_images", "domains", "jobs", "validate", "models", "device", "identity", "metrics", "tree"})
+                   if p.stem not in {"__init__", "atomic", "cli", "cli_images", "domains", "jobs", "validate", "cli_models", "device", "identity", "metrics", "tree"})
     if stray:
         print("modules left at sfeditor/ (decide where they live):", ", ".join(stray))
     print(f"moved {len(moved)} modules")

@@ -198,10 +198,11 @@ def _runs_stage3(stages) -> bool:
     return any(st.stage == 3 and st.steps > 0 for st in stages)
 
 
-def domain_truncation(domain: str) -> float:
-    from sfeditor.domains import SHIPPED
+def domain_truncation(domain: str, generator: str | None = None) -> float:
+    """The domain's ψ (paper A.6: faces 0.7, cars and churches 0.5; 1.0 for other domains)."""
+    from sfeditor.model.truncation import domain_truncation as _psi
 
-    return SHIPPED[domain].truncation if domain in SHIPPED else 1.0
+    return _psi(domain, generator or None)
 
 
 # -------------------------------------------------------------- distributed
@@ -415,7 +416,14 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     tc = tc.with_stage3(recipe.stage3_target, recipe.align_reg3, recipe.local_scale,
                         local_pair(nr, recipe.local_lambdas))
     stages, align = plan_stages(tc, recipe.ablation)
-    truncation = recipe.truncation if recipe.truncation is not None else domain_truncation(recipe.domain)
+    if recipe.truncation is not None:
+        truncation, why = recipe.truncation, "--truncation"
+    else:
+        from sfeditor.model.truncation import truncation_for
+
+        truncation, why = truncation_for(recipe.domain, recipe.generator or None)
+    if info.is_main:
+        log(f"truncation psi = {truncation:g} ({why})")
     ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature)
 
     torch.manual_seed(recipe.seed)
@@ -711,7 +719,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
                         "At 1024 px 5 tRGB layers reach 64 px; a 64 px generator has only 5 tRGB layers in all")
     add_stage3_args(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--truncation", type=float, default=None, help="psi (default: the domain's, A.6)")
+    p.add_argument("--truncation", type=float, default=None, help="psi (default: the domain's, paper A.6: faces 0.7, cars and churches 0.5; else 1.0)")
     p.add_argument("--temperature", type=float, default=None, help="soft-mask temperature (default: the file's)")
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=100)

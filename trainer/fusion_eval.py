@@ -1016,7 +1016,7 @@ def eval_context(args: argparse.Namespace, command: str) -> EvalContext:
     dev = pick_device(args.device)
     G = load_generator(args.generator or args.domain, device=dev).eval().requires_grad_(False)
     regions = load_regions(args.regions or args.domain)
-    truncation = args.truncation if args.truncation is not None else domain_truncation(args.domain)
+    truncation = args.truncation if args.truncation is not None else domain_truncation(args.domain, args.generator)
     judge = _judge_for(args.domain, args.judge, G, regions, dev)
     out = Path(args.out or f"runs/fusion-{command}-{args.domain}")
     out.mkdir(parents=True, exist_ok=True)

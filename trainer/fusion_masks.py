@@ -12,6 +12,9 @@ of a stage-2 step on toy-faces).  Two facts give the same masks much cheaper:
 * the resize (bilinear, antialiased when shrinking) is linear and acts on every
   channel alike, so ``resize(x_l) . c = resize(x_l . c)``: the dot product can be
   taken per layer at the layer's own resolution and only the K score maps resized;
+* a layer larger than the DeepPixel size is shrunk before its dot product when it has fewer
+  channels than there are clusters, so no K-map is ever made above the DeepPixel size (masks at a
+  bounded resolution whatever the generator size, issue 40);
 * layers a regions file weighs ~0 (``min_resolution``: the shipped toy files use
   the 32- and 64-px layers only) are skipped, as in RegionModel.
 
@@ -75,7 +78,13 @@ class RegionScorer:
         acc = None
         for i, idx, w in self.layers:
             f = conv[i] if isinstance(idx, slice) else conv[i][:, idx.to(conv[i].device)]
-            d = resize_features(torch.einsum("bchw,kc->bkhw", f.float(), w.to(f.device)), self.size)
+            if f.shape[-1] > self.size and f.shape[1] <= w.shape[0]:
+                # a layer larger than the DeepPixel size with fewer channels than clusters (the 256-1024 px
+                # layers of a config-f generator): shrink its C_l maps first, never make K maps at full size
+                # (resize and dot product commute; [B, K, 1024, 1024] would be ~3 GB at K = 100, batch 8)
+                d = torch.einsum("bchw,kc->bkhw", resize_features(f.float(), self.size), w.to(f.device))
+            else:
+                d = resize_features(torch.einsum("bchw,kc->bkhw", f.float(), w.to(f.device)), self.size)
             acc = d if acc is None else acc + d
         return self.cc.to(acc.device)[None, :, None, None] - 2 * acc
 

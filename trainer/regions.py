@@ -46,11 +46,14 @@ def _setup(args: argparse.Namespace):
 
 
 def _truncation(args: argparse.Namespace, domain: str) -> float:
+    """--truncation, else the domain's ψ (paper A.6: faces 0.7, cars and churches 0.5; 1.0 otherwise)."""
     if args.truncation is not None:
         return args.truncation
-    from sfeditor.domains import SHIPPED
+    from sfeditor.model.truncation import truncation_for
 
-    return SHIPPED[domain].truncation if domain in SHIPPED else 1.0
+    psi, why = truncation_for(domain, getattr(args, "generator", None) or None)
+    print(f"truncation psi = {psi:g} ({why})", file=sys.stderr)
+    return psi
 
 
 def _progress_fn(label: str):

@@ -212,8 +212,13 @@ def load_bundle(domain: str | None = None, *, generator: str | os.PathLike | Non
     G.eval()
     notes = []
     name = domain or Path(str(generator)).stem
-    b = ModelBundle(name, G, truncation=truncation if truncation is not None else (dom.truncation if dom else 0.7),
-                    generator_source=source, notes=notes)
+    if truncation is None:
+        from ..model.truncation import truncation_for
+
+        truncation, why = truncation_for(domain or name, source, default=0.7)
+        if dom is None:
+            notes.append(f"truncation ψ {truncation:g} ({why}); change it in the inspector")
+    b = ModelBundle(name, G, truncation=truncation, generator_source=source, notes=notes)
     if regions is None and dom is not None and dom.regions_file:
         p = resources_dir() / dom.regions_file
         regions = p if p.is_file() else None
@@ -233,7 +238,15 @@ def load_bundle(domain: str | None = None, *, generator: str | os.PathLike | Non
         from ..fusion.hierarchy import load_hierarchy
 
         try:
-            h = load_hierarchy(hierarchy, map_location=dev)
+            tree = None
+            if str(hierarchy).lower().endswith(".json"):      # an official weights JSON: the domain's paper tree
+                from ..regions.tree import paper_tree as official_tree
+                from ..model.registry import domain_of_file
+                from ..model.truncation import paper_domain
+
+                paper = paper_domain(domain) or paper_domain(domain_of_file(source))
+                tree = official_tree(paper) if paper else None
+            h = load_hierarchy(hierarchy, tree=tree, map_location=dev)
         except (ValueError, OSError, KeyError) as e:
             raise SessionError(f"{hierarchy}: {e}") from None
         h.eval()

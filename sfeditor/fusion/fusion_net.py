@@ -39,6 +39,7 @@ Variants (:class:`FusionNetConfig`):
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping
@@ -281,14 +282,29 @@ def clean_state_dict(sd) -> dict[str, torch.Tensor]:
 
 
 def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a FusionNet weight file (raw state dict or ``{"state_dict": ...}``) with ``weights_only=True``."""
+    """Read a FusionNet weight file (raw state dict or ``{"state_dict": ...}``) with ``weights_only=True``.
+
+    A file whose metadata names classes torch does not allow (saved training options...) is read with
+    those turned into inert records (:func:`sfeditor.model.safe_pickle.torch_load_inert`): tensors only,
+    nothing from the file is executed.
+    """
+    from ..model.safe_pickle import torch_load_inert
+
     path = os.fspath(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Unsupported global" not in str(e):
+                raise
+            data = torch_load_inert(path)
+            if isinstance(data, Mapping) and not isinstance(data.get("state_dict"), Mapping):
+                data = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}     # tensors only
     except FileNotFoundError:
         raise
-    except Exception as e:  # garbage, truncated, or a pickle needing globals
-        raise ValueError(f"{path}: not a readable FusionNet weight file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # garbage, truncated
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise ValueError(f"{path}: not a readable FusionNet weight file ({type(e).__name__}: {msg})") from None
     try:
         return clean_state_dict(data)
     except ValueError as e:

@@ -48,7 +48,7 @@ import torch.nn as nn
 from ..atomic import atomic_torch_save
 from .fusion_net import FusionNet, FusionNetConfig, read_weight_file
 from ..model.style_code import StyleCode, StyleLayout
-from ..regions.tree import PAPER_TREES, RegionNode
+from ..regions.tree import DOMAIN_TREES, PAPER_TREES, RegionNode
 
 HIERARCHY_FORMAT = "sfeditor-hierarchy"
 HIERARCHY_VERSION = 1
@@ -328,11 +328,32 @@ def resolve_precision(precision: str | None, device) -> torch.dtype:
 
 
 # ------------------------------------------------------------------ loading
-def _infer_paper_tree(names: set[str]) -> RegionNode:
-    for root in PAPER_TREES.values():
-        if {n.name for n in root.walk() if not n.is_leaf} == names:
-            return root
+def _infer_paper_tree(names: set[str], hint: str | None = None) -> RegionNode:
+    """The paper's tree (A.1) whose internal nodes include ``names`` (a JSON may list only some nets).
+
+    ``hint`` (the tree named by the JSON's file name or its weight folders, as in the official
+    repository's ``weights/ffhq_weights.json`` -> ``weights/ffhq/all.pt``) decides when the names fit
+    several trees (e.g. only ``all``); without it such a JSON is an error, never a silent guess.
+    """
+    fits = {key: root for key, root in PAPER_TREES.items()
+            if names <= {n.name for n in root.walk() if not n.is_leaf}}
+    if hint in fits:
+        return fits[hint]
+    if len(fits) == 1:
+        return next(iter(fits.values()))
+    if fits:
+        raise ValueError(f"nodes {sorted(names)} fit the {', '.join(fits)} hierarchies; name the file "
+                         f"<domain>_weights.json (e.g. ffhq_weights.json) or pass tree=")
     raise ValueError(f"nodes {sorted(names)} match no official hierarchy; pass tree=")
+
+
+def _domain_hint(path: Path, spec: Mapping[str, str]) -> str | None:
+    """The paper tree named by ``<domain>_weights.json`` or, failing that, by the weight files' folder."""
+    for word in [path.stem.lower().split("_")[0]] + [Path(v).parent.name.lower() for v in spec.values()]:
+        word = DOMAIN_TREES.get(word, word)
+        if word in PAPER_TREES:
+            return word
+    return None
 
 
 def _resolve(json_path: Path, rel: str) -> Path:
@@ -359,7 +380,7 @@ def _from_json(path: Path, tree, map_location) -> FusionHierarchy:
         spec = spec["nets"]
     if not spec or not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.items()):
         raise ValueError(f"{path}: expected a non-empty object of node name -> weight file path")
-    root = RegionNode.parse(tree) if tree is not None else _infer_paper_tree(set(spec))
+    root = RegionNode.parse(tree) if tree is not None else _infer_paper_tree(set(spec), _domain_hint(path, spec))
     nodes = {n.name: n for n in root.walk()}
     bad = sorted(k for k in spec if k not in nodes or nodes[k].is_leaf)
     if bad:

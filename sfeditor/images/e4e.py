@@ -153,11 +153,12 @@ class E4EEncoder(nn.Module):
         """Build from a checkpoint's ``encoder.*`` tensors (strict: a missing or extra key is an error,
         except BatchNorm's ``num_batches_tracked`` counters, which older files lack)."""
         enc = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
-        net = Encoder4Editing(n_styles, deltas=deltas)
+        with torch.device("meta"):       # no random init of ~100M parameters: every tensor comes from the file
+            net = Encoder4Editing(n_styles, deltas=deltas)
         want = net.state_dict()
         for k in want:
             if k.endswith("num_batches_tracked") and k not in enc:
-                enc[k] = want[k]
+                enc[k] = torch.zeros((), dtype=torch.long)
         missing = sorted(set(want) - set(enc))
         extra = sorted(set(enc) - set(want))
         if missing or extra:
@@ -168,7 +169,9 @@ class E4EEncoder(nn.Module):
             k = bad[0]
             raise ValueError(f"{source}: tensor encoder.{k} has shape {tuple(enc[k].shape)}, expected "
                              f"{tuple(want[k].shape)} ({len(bad)} mismatched)")
-        if not all(torch.isfinite(v).all() for v in enc.values() if v.is_floating_point()):
+        # a NaN or inf makes the sum non-finite; only then (or on overflow) is every element checked
+        if not all(bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all())
+                   for v in enc.values() if v.is_floating_point()):
             raise ValueError(f"{source}: the encoder weights hold NaN or infinite values")
-        net.load_state_dict(enc)
+        net.load_state_dict({k: v.to(want[k].dtype) for k, v in enc.items()}, assign=True)
         return cls(net.eval(), latent_avg).eval()

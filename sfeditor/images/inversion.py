@@ -46,7 +46,7 @@ from ..model.style_code import StyleCode
 __all__ = ["InversionSettings", "InversionResult", "Projector", "InversionCache", "invert", "ssim", "ms_ssim",
            "noise_regularization", "normalize_noise_", "lr_schedule",
            "default_cache_dir", "lpips_loss", "read_e4e", "E4EInfo", "E4EUnsupported", "image_to_tensor",
-           "save_latents", "load_latents", "load_e4e"]
+           "module_fingerprint", "save_latents", "load_latents", "load_e4e", "load_encoder", "photo_encoder_path"]
 
 CACHE_FORMAT = "sfeditor-inversion"
 CACHE_VERSION = 1
@@ -768,6 +768,38 @@ def load_e4e(path: str | os.PathLike, G=None, map_location="cpu"):
     enc = E4EEncoder.from_state_dict(obj["state_dict"], info.n_styles, obj.get("latent_avg"), info.path,
                                      deltas=E4E_TYPES[info.encoder_type])
     return enc.to(map_location)
+
+
+def load_encoder(path: str | os.PathLike, G=None, map_location="cpu"):
+    """An initial-guess encoder file of either kind: an sfeditor toy encoder or an official e4e/pSp checkpoint."""
+    from .toy_encoder import LooksLikeE4E, load_toy_encoder
+
+    try:
+        return load_toy_encoder(path, map_location=map_location, G=G)
+    except LooksLikeE4E:
+        return load_e4e(path, G=G, map_location=map_location)
+
+
+def photo_encoder_path(domain: str | None, generator_source: str | os.PathLike | None = None,
+                       explicit: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """Which encoder starts the projector for a model -> (path or None, where it came from).
+
+    ``explicit`` (``--encoder`` or the editor's setting) first; then the e4e encoder
+    installed for the model's domain with ``sfeditor models`` (its checksum verified;
+    the domain of an installed generator file is known from the registry); then a
+    shipped domain's toy encoder; else None (the projector starts from the mean w).
+    """
+    from ..model.registry import encoder_domain, registered_encoder
+    from .toy_encoder import default_encoder_path
+
+    if explicit:
+        return Path(os.fspath(explicit)), "given"
+    dom = encoder_domain(domain, generator_source)
+    path = registered_encoder(dom)
+    if path is not None:
+        return path, f"installed for {dom}"
+    path = default_encoder_path(domain) if domain else None
+    return (path, "shipped") if path is not None else (None, "none")
 
 
 # ============================================================ w+ files

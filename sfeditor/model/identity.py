@@ -123,5 +123,6 @@ def module_fingerprint(module: torch.nn.Module) -> str:
         t = t.detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        t = t.reshape(-1)                     # a 0-d buffer (BatchNorm's counter) cannot be viewed as bytes
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "sha256:" + h.hexdigest()

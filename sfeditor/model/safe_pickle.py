@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 __all__ = ["SafeUnpickler", "UnsafePickleError", "EasyDict", "PickledModule", "PersistentRecord",
-           "TorchModuleRecord", "TFNetworkRecord", "safe_load"]
+           "TorchModuleRecord", "TFNetworkRecord", "safe_load", "InertRecord", "torch_load_inert"]
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -290,3 +290,34 @@ class SafeUnpickler(pickle.Unpickler):
 def safe_load(f: BinaryIO) -> Any:
     """Read one pickled object from ``f`` with :class:`SafeUnpickler`."""
     return SafeUnpickler(f).load()
+
+
+class InertRecord(_Inert):
+    """Stand-in for a class a weights file names in its metadata; keeps its pickled state as data."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["pickled_state"] = state
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def torch_load_inert(path, max_globals: int = 64) -> Any:
+    """``torch.load(weights_only=True)`` of a file whose metadata names classes or functions torch does
+    not allow (training options, ``argparse.Namespace``, ...): each such global becomes an
+    :class:`InertRecord` subclass of that name (the module is never imported, nothing is called with
+    the file's arguments), so the tensors come out and the metadata stays inert data."""
+    stubs: list[type] = []
+    for _ in range(max_globals + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.serialization.safe_globals(stubs):
+                    return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            m = _UNSUPPORTED_GLOBAL.search(str(e))
+            if not m or len(stubs) >= max_globals:
+                raise
+            module, _, name = m[1].rpartition(".")
+            stubs.append(type(name, (InertRecord,), {"__module__": module or "builtins", "__qualname__": name}))
+    raise pickle.UnpicklingError("too many foreign globals")  # pragma: no cover - the loop returns or raises

@@ -11,12 +11,28 @@ __all__ = ["run_app", "add_gui_arguments", "display_problem"]
 def add_gui_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", help="a composition (.sfcomp.json) or a PNG exported by sfeditor to open")
     p.add_argument("--domain", default=None, help="shipped domain to start with (default toy-faces, or the file's)")
-    p.add_argument("--generator", help="a StyleGAN2 checkpoint instead of a shipped domain")
+    p.add_argument("--generator", help="a StyleGAN2 checkpoint instead of a shipped domain, or the name of one "
+                                       "installed with `sfeditor models` (its FusionNets come with it)")
     p.add_argument("--hierarchy", help="FusionNet hierarchy for --generator (own .pt or official weights JSON)")
     p.add_argument("--regions", help="regions file for --generator")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--light", action="store_true", help="light theme")
     p.add_argument("--no-recovery", action="store_true", help="do not offer to restore autosaved work")
+    p.add_argument("--encoder", help="photo encoder for this run (an e4e/pSp checkpoint or a toy encoder); default: "
+                                     "the editor's setting, else the e4e installed for the domain")
+
+
+def _installed_generator(args: argparse.Namespace) -> None:
+    """``--generator stylegan2-ffhq`` (an installed model's name): its file, domain and FusionNets (issue 40)."""
+    if not args.generator or Path(args.generator).exists():
+        return
+    from ..model.registry import KNOWN, Registry, open_spec
+
+    if args.generator in KNOWN or args.generator in Registry().models:
+        spec = open_spec(args.generator)
+        args.generator = spec["generator"]
+        args.hierarchy = args.hierarchy or spec["hierarchy"]
+        args.domain = args.domain or spec["domain"]
 
 
 def display_problem(env=None, platform: str | None = None) -> str | None:
@@ -54,6 +70,11 @@ def run_app(args: argparse.Namespace | None = None, argv: list[str] | None = Non
     app.setApplicationName("sfeditor")
     app.setOrganizationName("sfeditor")
     apply_theme(app, dark=not args.light)
+    try:
+        _installed_generator(args)
+    except ValueError as e:          # not installed / checksum mismatch: one line
+        print(f"sfeditor: {e}", file=sys.stderr)
+        return 2
     domain = args.domain
     comp = None
     if args.file:
@@ -73,6 +94,7 @@ def run_app(args: argparse.Namespace | None = None, argv: list[str] | None = Non
             return 2
     win = MainWindow(bundle, domain=domain or "toy-faces", device=args.device, dark=not args.light,
                      check_recovery=not args.no_recovery)
+    win.encoder_override = args.encoder or None
     if comp is not None:
         win.apply_composition(comp, Path(args.file), as_edit=False)
     win.show()

@@ -286,6 +286,8 @@ class MainWindow(QMainWindow):
         f.addSeparator()
         self._action(f, "Open &model…", self.open_model_dialog, "Ctrl+Shift+O",
                      "A StyleGAN2 checkpoint with an optional hierarchy and regions file")
+        self._action(f, "&Get models…", self.get_models_dialog, tip="Download or register the official StyleGAN2, "
+                     "FusionNet and e4e files (sfeditor models)")                       # issue 40
         f.addSeparator()
         self._action(f, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         e = mb.addMenu("&Edit")
@@ -301,6 +303,8 @@ class MainWindow(QMainWindow):
         self.theme_action.setChecked(not self.dark)
         t = mb.addMenu("&Tools")
         self._action(t, "Invert &photo into all nodes…", lambda: self.choose_photo_for(""))
+        self._action(t, "Photo &encoder…", self.choose_photo_encoder,
+                     tip="The e4e encoder that starts photo inversions for this model's domain")   # issue 40
         self._action(t, "&Hair / region transfer…", self.transfer_dialog, "Ctrl+T")
         self._action(t, "&GANSpace directions", self.compute_pca)
         self._action(t, "Region &labelling tool…", self.labelling_tool)
@@ -875,16 +879,14 @@ class MainWindow(QMainWindow):
         from ..images.alignment import prepare_image
         from ..images.intake import read_image
         from ..images.inversion import InversionCache, InversionSettings, Projector
-        from ..images.toy_encoder import default_encoder_path, load_toy_encoder
 
         b = self.session.bundle
 
         def work(report, cancel):
             img = read_image(path)
             prep = prepare_image(img, b.G.size, b.domain)
-            if self._encoder is None or self._encoder[0] is not b:      # read once per model
-                enc_path = default_encoder_path(b.domain)
-                self._encoder = (b, load_toy_encoder(enc_path, map_location=b.device, G=b.G) if enc_path else None)
+            if self._encoder is None or self._encoder[0] is not b:      # read once per model (and choice)
+                self._encoder = (b, self._load_photo_encoder(b))
             proj = Projector(b.G, InversionSettings.for_generator(b.G, b.domain), encoder=self._encoder[1],
                              cache=InversionCache())
             res = proj.invert(prep.image, progress=report, cancel=cancel)
@@ -1307,6 +1309,58 @@ class MainWindow(QMainWindow):
 
         self.start_job("sheets", work, "Rendering cluster contact sheets…", done=show,
                        failed=lambda m: self.show_error("Region labelling", m))
+
+    # ====================================================== real models (issue 40)
+    encoder_override: str | None = None      # `sfeditor gui --encoder FILE`: this run only
+
+    def photo_encoder_key(self, b: ModelBundle | None = None) -> str:
+        from ..model.registry import encoder_domain
+
+        b = b or self.session.bundle
+        return f"photo-encoder/{encoder_domain(b.domain, b.generator_source) or b.domain}"
+
+    def photo_encoder_path(self, b: ModelBundle | None = None):
+        """(path or None, where from): --encoder, else this domain's setting, else the e4e installed for it
+        (``sfeditor models``), else the shipped toy encoder."""
+        from ..images.inversion import photo_encoder_path
+
+        b = b or self.session.bundle
+        chosen = self.encoder_override or self.settings.value(self.photo_encoder_key(b), "", type=str) or None
+        return photo_encoder_path(b.domain, b.generator_source, chosen)
+
+    def _load_photo_encoder(self, b: ModelBundle):       # on the job's thread
+        from ..images.inversion import load_encoder
+
+        path, _how = self.photo_encoder_path(b)
+        return load_encoder(path, G=b.G, map_location=b.device) if path is not None else None
+
+    def set_photo_encoder(self, path: str | None) -> None:
+        """Remember ``path`` as the photo encoder of the current model's domain (None: back to the default)."""
+        key = self.photo_encoder_key()
+        if path:
+            self.settings.setValue(key, str(path))
+        else:
+            self.settings.remove(key)
+        self._encoder = None                  # read again on the next photo
+        found, how = self.photo_encoder_path()
+        self.statusBar().showMessage(f"Photo encoder: {found.name if found else 'none (mean w start)'} ({how})", 6000)
+
+    def choose_photo_encoder(self) -> None:
+        current, how = self.photo_encoder_path()
+        path, _ = QFileDialog.getOpenFileName(
+            self, f"Photo encoder (now: {current.name if current else 'none'}, {how}); cancel keeps it",
+            str(current.parent) if current else "", "Encoders (*.pt *.pth);;All files (*)")
+        if path:
+            self.set_photo_encoder(path)
+
+    def get_models_dialog(self):
+        from .models_dialog import ModelsDialog
+
+        d = ModelsDialog(self, dispatcher=self.dispatcher)
+        d.openRequested.connect(lambda spec: self.load_model_async(**spec))
+        d.show()
+        self._models_dialog = d
+        return d
 
     # ============================================================= close
     def showEvent(self, event) -> None:  # noqa: N802 (Qt naming)

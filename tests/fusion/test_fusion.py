@@ -282,8 +282,10 @@ def test_official_load_errors(tmp_path):
     with pytest.raises(ValueError, match="not a readable"):
         load_fusion_net(tmp_path / "garbage.pt")
     torch.save({"state_dict": sd, "opts": BlenderConfig()}, tmp_path / "pickled.pt")   # needs a global
-    with pytest.raises(ValueError):
-        load_fusion_net(tmp_path / "pickled.pt")
+    net = load_fusion_net(tmp_path / "pickled.pt")          # issue 40: read safely, tensors only
+    _save_official(sd, tmp_path / "clean.pt", False)
+    ref = load_fusion_net(tmp_path / "clean.pt").state_dict()
+    assert set(net.state_dict()) == set(ref) and all(torch.equal(net.state_dict()[k], ref[k]) for k in ref)
     _save_official(sd, tmp_path / "ok.pt", False)
     with pytest.raises(ValueError, match="official"):
         load_fusion_net(tmp_path / "ok.pt", variant="paper")
@@ -429,12 +431,24 @@ def test_load_official_json(tmp_path):
     (tmp_path / "church.json").write_text(json.dumps({"all": "weights/ffhq/all.pt"}))
     hc = load_hierarchy(tmp_path / "church.json")
     assert hc.root == paper_tree("church")
+    # a partial JSON gets the paper tree (A.1) its nodes fit; names that fit several trees need the domain
     (tmp_path / "partial.json").write_text(json.dumps({"face": "weights/ffhq/face.pt"}))
-    with pytest.raises(ValueError, match="tree="):
-        load_hierarchy(tmp_path / "partial.json")
+    assert load_hierarchy(tmp_path / "partial.json").root == paper_tree("faces")
+    (tmp_path / "ffhq_weights.json").write_text(json.dumps({"all": "weights/ffhq/all.pt"}))
+    assert load_hierarchy(tmp_path / "ffhq_weights.json").root == paper_tree("faces")
+    (tmp_path / "only_all.json").write_text(json.dumps({"all": str(tmp_path / "weights" / "ffhq" / "all.pt")}))
+    assert load_hierarchy(tmp_path / "only_all.json").root == paper_tree("faces")     # by the weights' folder
+    (tmp_path / "x" / "nets").mkdir(parents=True)
+    _save_official(sds["all"], tmp_path / "x" / "nets" / "all.pt", wrap=False)
+    (tmp_path / "x" / "mine.json").write_text(json.dumps({"all": "nets/all.pt"}))
+    with pytest.raises(ValueError, match="fit the faces, cars, churches hierarchies.*tree="):
+        load_hierarchy(tmp_path / "x" / "mine.json")
+    (tmp_path / "odd.json").write_text(json.dumps({"face": "weights/ffhq/face.pt", "car": "weights/ffhq/all.pt"}))
+    with pytest.raises(ValueError, match="match no official hierarchy"):
+        load_hierarchy(tmp_path / "odd.json")
     hp = load_hierarchy(tmp_path / "partial.json", tree=PAPER_TREES["faces"])
     assert list(hp.nets) == ["face"] and hp.active_parts()[0] == "all"
-    (tmp_path / "missing.json").write_text(json.dumps({"all": "nope.pt"}))
+    (tmp_path / "missing.json").write_text(json.dumps({"all": "weights/church/nope.pt"}))
     with pytest.raises(FileNotFoundError):
         load_hierarchy(tmp_path / "missing.json")
     (tmp_path / "leaf.json").write_text(json.dumps({"eyes": "weights/ffhq/all.pt"}))

@@ -903,3 +903,35 @@ def test_train_ablation_trains_no_stage3_first_and_the_full_model_from_it(tiny, 
     table = (tmp_path / "eval" / "ablation.md").read_text()
     titles = [t for t in ("StyleFusion (full)", "No Global", "No Stage 1", "No Stage 2", "No Stage 3") if t in table]
     assert len(titles) == 5 and table.index("StyleFusion (full)") < table.index("No Stage 3")
+
+
+def test_region_scores_stay_at_the_deep_pixel_size_on_a_large_generator(monkeypatch):
+    """A generator larger than its DeepPixel size (config-f: 1024 px, DeepPixels at 64): the per-layer path
+    shrinks thin high-resolution layers before scoring them, so no K-map is made at the layer's size, and the
+    masks still equal RegionModel's."""
+    torch.manual_seed(0)
+    G = Generator(size=64, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 8, 64: 4}).eval()
+    G.requires_grad_(False)
+    with torch.no_grad():
+        dp = G.deep_pixels(G.random_styles(4, seed=3), size=16)
+    x = dp.permute(0, 2, 3, 1).reshape(-1, dp.shape[1])
+    cent = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:12]]
+    rf = RegionsFile(domain="tiny", generator=generator_identity(G), centroids=cent.numpy(),
+                     clusters={i: "abcd"[i % 4] for i in range(12)}, tree=TREE, deep_pixel_size=16, temperature=0.5)
+    model = RegionModel(G, rf)
+    assert model.size == 16
+    with torch.no_grad():
+        _, feats = G.synthesis(G.random_styles(2, seed=4), return_features=True)
+    seen = []
+    real = torch.einsum
+    monkeypatch.setattr(torch, "einsum", lambda eq, *ops: seen.append((eq, ops[0].shape)) or real(eq, *ops))
+    scorer = RegionScorer(model, ["ab", "c"], dense=False)
+    soft = scorer.soft_masks(feats)
+    monkeypatch.setattr(torch, "einsum", real)
+    per_layer = [shape for eq, shape in seen if eq == "bchw,kc->bkhw"]
+    assert len(per_layer) == len(G.layout.conv_dims)
+    assert max(s[-1] for s in per_layer) == 16                    # 32- and 64-px layers (8 and 4 channels < 12 K)
+    torch.testing.assert_close(soft, model.soft_masks(regions=["ab", "c"], size=16, features=feats),
+                               atol=2e-5, rtol=1e-4)
+    hard = scorer.hard_labels(feats, size=64)
+    assert (hard == model.hard_labels(size=64, features=feats)).float().mean() > 0.999
