@@ -54,3 +54,32 @@ def no_leaks():
             problems.append(f"worker thread still running: {t.name}")
     if problems:
         pytest.fail("; ".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def _no_unanswered_message_box(monkeypatch):
+    """A test that opens a QMessageBox it did not answer fails (instead of hanging on a modal dialog
+    offscreen, or crashing when the box outlives its window). Tests answer one by patching
+    ``QMessageBox.warning`` & co., ``QMessageBox.exec`` or the window's ``ask_*`` hooks themselves."""
+    widgets = sys.modules.get("PySide6.QtWidgets")
+    if widgets is None:
+        yield
+        return
+    box, calls = widgets.QMessageBox, []
+
+    def unanswered(kind):
+        def ask(parent, title, text, *args, **kwargs):
+            calls.append(f"{kind} {title!r}")
+            return box.StandardButton.Cancel
+        return staticmethod(ask)
+
+    for kind in ("warning", "question", "critical", "information"):
+        monkeypatch.setattr(box, kind, unanswered(kind))
+
+    def exec_(self, *args):
+        calls.append(f"message box {self.windowTitle()!r}")
+        return int(box.StandardButton.Cancel.value)
+    monkeypatch.setattr(box, "exec", exec_)
+    yield
+    if calls:
+        pytest.fail("the test left a message box unanswered: " + "; ".join(calls))

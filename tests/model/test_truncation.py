@@ -105,5 +105,5 @@ def test_editor_opens_a_partial_weights_json_with_the_domains_paper_tree(cache, 
     assert b.hierarchy.root == official_tree("church")
     plain = tmp_path / "plain.pt"
     write_rosinality(G, plain)
-    with pytest.raises(SessionError, match="fit the ffhq, car, church hierarchies"):
+    with pytest.raises(SessionError, match="fit the faces, cars, churches hierarchies"):
         load_bundle(generator=plain, hierarchy=tmp_path / "nets.json", device="cpu")
