@@ -80,6 +80,12 @@ class FusionNetConfig:
             object.__setattr__(self, "hidden", (3 if self.variant == "paper" else 5) * self.width)
         if self.n_common < 0:
             raise ValueError("n_common must be >= 0")
+        # sane bounds before any weight is allocated (a file may declare any width)
+        for name, value, hi in (("width", self.width, 8192), ("hidden", self.hidden, 16 * max(self.width, 1)),
+                                ("n_slots", self.n_slots, 1024), ("index_repeat", self.index_repeat, 256),
+                                ("n_common", self.n_common, 1024)):
+            if not isinstance(value, int) or isinstance(value, bool) or value > hi or (value < 1 and name != "n_common"):
+                raise ValueError(f"{name} {value!r} is outside 1..{hi}")
 
     @classmethod
     def for_layout(cls, layout: StyleLayout, variant: str = "paper", **overrides) -> "FusionNetConfig":
@@ -282,9 +288,11 @@ def clean_state_dict(sd) -> dict[str, torch.Tensor]:
 
 def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a FusionNet weight file (raw state dict or ``{"state_dict": ...}``) with ``weights_only=True``."""
+    from .safe_torch import safe_torch_load
+
     path = os.fspath(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = safe_torch_load(path)    # CRCs and declared sizes checked first (sfeditor.safe_torch)
     except FileNotFoundError:
         raise
     except Exception as e:  # garbage, truncated, or a pickle needing globals
