@@ -48,7 +48,6 @@ import torch
 from .atomic import atomic_torch_save
 from .generator import Generator, GeneratorConfig
 from .latent_prior import MixturePrior, PriorError, split_prior_state
-from .integrity import IntegrityError, verify_shipped
 from .safe_pickle import PickledModule, SafeUnpickler, TFNetworkRecord, UnsafePickleError
 from .safe_torch import TorchFileError, inspect_torch_file
 from .upfirdn import make_kernel
@@ -320,6 +319,8 @@ def _read_file(path: str) -> tuple[Any, str]:
         raise CheckpointError("is not a regular file (a device, pipe or socket)")
     if os.path.getsize(path) == 0:
         raise CheckpointError("file is empty")
+    from .integrity import IntegrityError, verify_shipped
+
     try:
         verify_shipped(path)               # shipped resources: SHA-256 against resources/MANIFEST.json
     except IntegrityError as e:

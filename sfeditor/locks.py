@@ -29,14 +29,18 @@ _held: dict[str, list] = {}          # real lock path -> [fd, count]
 _mutex = threading.Lock()
 
 
-class LockedError(RuntimeError):
+class LockedError(OSError):
     """Another process holds the lock; the message names it."""
 
     def __init__(self, what: str, holder: dict | None):
         self.holder = holder or {}
         who = describe(self.holder)
-        super().__init__(f"{what} is in use by {who}; wait for it to finish or stop it "
-                         f"(a lock of a process that died is taken over automatically)")
+        self.message = (f"{what} is in use by {who}; wait for it to finish or stop it "
+                        f"(a lock of a process that died is taken over automatically)")
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def describe(h: dict) -> str:

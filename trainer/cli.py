@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sfeditor.validate import device_arg
+
 
 def cmd_generator(args: argparse.Namespace) -> int:
     from .common import run_cancellable
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-from", help="start from another generator run's weights (a run folder or checkpoint)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--device", default="auto", type=device_arg)
     g.add_argument("--data-workers", type=int, default=1,
                    help="processes that render the training batches (1 = one background thread); on a GPU "
                         "the renderer is the bottleneck: e.g. 4")
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:      # OSError: includes sfeditor.locks.LockedError (run folder in use)
         print(f"sfeditor-train {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from sfeditor.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
+from sfeditor.validate import device_arg
 
 from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, run_cancellable, set_rng_state
 from .generator import HELDOUT_SEED_OFFSET, psnr, recon_loss, rendered_batch
@@ -216,7 +217,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--warmup", type=int, default=EncoderRecipe.warmup, help="lr warm-up steps")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", type=device_arg)
     e.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     e.add_argument("--install", action="store_true", help="copy the result into resources/encoders/<domain>.pt")
     e.set_defaults(func=cmd_encoder)

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from sfeditor.atomic import atomic_write_text
+from sfeditor.validate import device_arg
 from sfeditor.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy, TreeNode, load_hierarchy, parse_tree
@@ -1114,7 +1115,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--coarse-layers", type=int, default=5, help="LB_align layers of the ablation runs (as trained)")
     add_stage3_args(e)
     e.add_argument("--threads", type=int, default=0)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", type=device_arg)
     e.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on where the CPU/GPU runs bf16 natively)")
     e.set_defaults(func=cmd_evaluate)

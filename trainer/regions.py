@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sfeditor.validate import device_arg
+
 from sfeditor.cluster_sheets import (banner as _banner, colours as _colours, contact_sheet, label_overview,
                                      legend as _legend, outline as _outline, upscale as _upscale)
 
@@ -353,7 +355,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", help="generator checkpoint (default: the domain's shipped generator)")
     p.add_argument("--truncation", type=float, help="psi (default: the domain's, paper A.6; 1.0 otherwise)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=device_arg)
 
 
 def add_parsers(subparsers) -> None:
