@@ -825,10 +825,12 @@ def save_latents(path: str | os.PathLike, w_plus: torch.Tensor, noise: Sequence[
 def load_latents(path: str | os.PathLike, G=None) -> tuple[torch.Tensor, list[torch.Tensor] | None, dict]:
     """Read a w+ file -> (w_plus, noise or None, meta); checks the shapes against ``G`` if given."""
     p = Path(os.fspath(path))
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"no latent file at {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+    from .safe_torch import safe_torch_load
+
+    try:   # sizes and CRCs checked before anything is allocated (sfeditor.safe_torch)
+        obj = safe_torch_load(p)
     except Exception as e:
         raise ValueError(f"{p}: not a readable w+ file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None
@@ -854,6 +856,6 @@ def load_latents(path: str | os.PathLike, G=None) -> tuple[torch.Tensor, list[to
             raise ValueError(f"{p}: noise maps do not fit the generator")
     try:
         meta = json.loads(obj.get("meta") or "{}")
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, json.JSONDecodeError, RecursionError):
         meta = {}
     return w.float(), noise, meta if isinstance(meta, dict) else {}
