@@ -402,6 +402,10 @@ def _chunk(ctype: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", crc)
 
 
+class _TooLarge(ValueError):
+    """A chunk that would inflate past the limit: refused, not skipped as damage."""
+
+
 def _our_text(ctype: bytes, payload: bytes) -> str | None:
     """The text of a tEXt / iTXt chunk with our keyword (None: other chunk); ValueError if malformed."""
     key = PNG_KEYWORD.encode("latin-1") + b"\x00"
@@ -423,7 +427,8 @@ def _our_text(ctype: bytes, payload: bytes) -> str | None:
         d = zlib.decompressobj()
         text = d.decompress(text, _MAX_PNG_TEXT)
         if d.unconsumed_tail:
-            raise ValueError("embedded composition is too large")
+            raise _TooLarge(f"the embedded composition inflates to more than {_MAX_PNG_TEXT >> 20} MiB; "
+                            "refusing it (a compression bomb, not a composition)")
     elif flag != 0:
         raise ValueError(f"iTXt compression flag {flag} is invalid")
     return text.decode("utf-8")
@@ -465,6 +470,8 @@ def extract_from_png(data: bytes) -> Composition | None:
             continue
         try:
             text = _our_text(ctype, payload)
+        except _TooLarge:
+            raise
         except (ValueError, zlib.error, UnicodeDecodeError):
             continue
         if text is None:

@@ -380,7 +380,9 @@ class InversionCache:
         if not p.is_file():
             return None
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            from .safe_torch import safe_torch_load
+
+            obj = safe_torch_load(p)
             if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT or obj.get("key") != key:
                 return None
             if int(obj.get("version", 0)) > CACHE_VERSION:
@@ -722,9 +724,10 @@ def _load_e4e_file(p: Path):
     """torch.load with ``weights_only`` (argparse.Namespace allowed for ``opts``): no code from the file runs."""
     import argparse
 
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(p, map_location="cpu", weights_only=True)
+    from .safe_torch import safe_torch_load
+
+    try:   # sizes and CRCs checked before anything is allocated (sfeditor.safe_torch)
+        return safe_torch_load(p, safe_globals=[argparse.Namespace])
     except Exception as e:
         raise ValueError(f"{p}: not a readable e4e checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None

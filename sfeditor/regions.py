@@ -560,6 +560,9 @@ class RegionsFile:
 
         path = os.fspath(path)
         check_regular_file(path, 1 << 30, "regions file")
+        from .integrity import verify_shipped
+
+        verify_shipped(path)           # shipped resources: SHA-256 against resources/MANIFEST.json
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)

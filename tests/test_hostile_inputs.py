@@ -538,3 +538,364 @@ def test_damaged_jpeg_decodes_with_a_warning(tmp_path, capsys):
     with pytest.warns(DamagedImageWarning, match="bad.jpg: damaged JPEG"):
         rgb, info = read_image(bad, return_info=True)
     assert rgb.shape == (128, 128, 3) and info.warnings
+
+
+# ------------------------------------------- more loaders: encoders, oracles, directions
+def _encoder(p):
+    from sfeditor.toy_encoder import load_toy_encoder
+
+    load_toy_encoder(p)
+
+
+def _e4e(p):
+    from sfeditor.inversion import read_e4e
+
+    read_e4e(p)
+
+
+def _oracle(p):
+    from sfeditor.toy.oracle import load_oracle
+
+    load_oracle("toy-faces", path=p)
+
+
+def _node_net(p):
+    from trainer.fusion_eval import load_node_net
+
+    load_node_net(p)
+
+
+MORE_LOADERS = {"encoder": _encoder, "e4e": _e4e, "oracle": _oracle, "node_net": _node_net}
+
+
+@pytest.mark.parametrize("loader", sorted(MORE_LOADERS))
+@pytest.mark.parametrize("kind", ["expanded_view", "storage_lie", "bytearray_pickle", "bytearray_zip",
+                                  "crc_generator", "dev_zero", "fifo", "folder"])
+def test_encoder_oracle_and_node_net_loaders_refuse_hostile_binaries(files, kind, loader):
+    with pytest.raises((ValueError, FileNotFoundError)) as ei:
+        MORE_LOADERS[loader](files[kind])
+    msg = str(ei.value)
+    assert "\n" not in msg.strip() and len(msg) < 600, msg
+    if kind in ("expanded_view", "storage_lie", "bytearray_zip", "crc_generator"):
+        assert isinstance(ei.value, ValueError)
+
+
+def _npy(shape, payload: bytes, dtype="<f4") -> bytes:
+    from numpy.lib import format as npf
+
+    buf = io.BytesIO()
+    npf.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + payload
+
+
+@pytest.mark.parametrize("name,data,expect", [
+    ("bomb.npy", _npy((65536, 65536), b"\0" * 16), "header declares shape"),
+    ("short.npy", _npy((512,), b"\0" * 100), "header declares shape"),
+    ("object.npy", _npy((1,), b"\0" * 8, dtype="|O"), "pickled Python objects"),
+    ("deep.npy", b"\x93NUMPY\x01\x00" + (8 + 4 * 5000).to_bytes(2, "little") + b"[" * 5000 + b"\n", "not a readable"),
+    ("zip.npy", b"PK\x03\x04" + b"\0" * 64, ".npz archive"),
+    ("text.npy", b"hello world", "no NumPy header"),
+])
+def test_direction_files_are_checked_before_numpy_allocates(tmp_path, name, data, expect):
+    from sfeditor.directions import DirectionError, load_direction
+
+    p = tmp_path / name
+    p.write_bytes(data)
+    with pytest.raises(DirectionError, match=expect) as ei:
+        load_direction(p, w_dim=512)
+    assert "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("kind", ["dev_zero", "fifo", "folder"])
+def test_direction_loader_refuses_devices_fifos_and_folders(files, kind):
+    from sfeditor.directions import load_direction
+
+    with pytest.raises((ValueError, FileNotFoundError)):
+        load_direction(files[kind], w_dim=512)
+
+
+def _first_encoded_array(obj):
+    if isinstance(obj, dict):
+        if {"dtype", "shape", "base64"} <= set(obj):
+            return obj
+        for v in obj.values():
+            found = _first_encoded_array(v)
+            if found is not None:
+                return found
+    elif isinstance(obj, list):
+        for v in obj:
+            found = _first_encoded_array(v)
+            if found is not None:
+                return found
+    return None
+
+
+def test_regions_file_with_a_huge_declared_array_is_refused(tmp_path):
+    d = json.loads((ROOT / "resources" / "regions" / "toy-faces.json").read_text())
+    arr = _first_encoded_array(d)
+    assert arr is not None
+    arr["shape"] = [65536, 65536, 64]
+    p = tmp_path / "regions.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="do not hold an array of shape") as ei:
+        RegionsFile.load(p)
+    assert "\n" not in str(ei.value)
+
+
+def test_composition_with_a_huge_declared_code_is_refused(tmp_path):
+    from tests.editor_core_helpers import composition
+
+    d = composition().to_dict()
+    leaf = next(iter(d["nodes"]))
+    d["nodes"][leaf]["code"] = {"dtype": "float32", "shape": [65536, 65536], "base64": "AAAAAA=="}
+    p = tmp_path / "c.sfcomp.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="do not hold an array of shape"):
+        Composition.load(p)
+    png = tmp_path / "c.png"
+    png.write_bytes(_png_with_text(json.dumps(d)))
+    with pytest.raises(SessionError, match="do not hold an array of shape"):
+        EditorSession.read_composition(png)
+
+
+def test_composition_png_compression_bomb_is_refused_not_inflated(tmp_path):
+    """An iTXt chunk of ~100 KB that would inflate to 100 MiB: refused at the 64 MiB limit."""
+    import zlib
+
+    from sfeditor import composition as C
+
+    payload = (C.PNG_KEYWORD.encode("latin-1") + b"\x00" + b"\x01\x00" + b"\x00\x00"
+               + zlib.compress(b" " * (100 << 20), 9))
+    assert len(payload) < 200_000
+    png = encode_png(np.zeros((8, 8, 3), np.uint8))
+    png = png[:-12] + C._chunk(b"iTXt", payload) + png[-12:]
+    p = tmp_path / "bomb.png"
+    p.write_bytes(png)
+    with pytest.raises(SessionError, match="compression bomb"):
+        EditorSession.read_composition(p)
+
+
+# --------------------------------------------- shipped encoders, oracles, regions
+@pytest.mark.parametrize("rel,load", [
+    ("encoders/toy-faces.pt", lambda p: _encoder(p)),
+    ("oracles/toy-faces.pt", lambda p: _oracle(p)),
+    ("regions/toy-faces.json", lambda p: RegionsFile.load(p)),
+    ("hierarchies/toy-faces.pt", lambda p: load_hierarchy(p)),
+])
+def test_every_corrupted_shipped_file_is_refused_and_named(tmp_path, monkeypatch, rel, load):
+    from sfeditor import integrity
+
+    root = tmp_path / "resources"
+    target = root / rel
+    target.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "resources" / rel, target)
+    shutil.copy(ROOT / "resources" / "MANIFEST.json", root / "MANIFEST.json")
+    monkeypatch.setattr(integrity, "resources_dir", lambda: root)
+    monkeypatch.setattr(integrity, "_verified", {})
+    load(target)                                                        # intact: loads
+    data = bytearray(target.read_bytes())
+    mid = len(data) // 2
+    if rel.endswith(".json"):                                           # still valid JSON: a digit changed
+        mid = next(i for i in range(mid, len(data)) if chr(data[i]).isdigit())
+        data[mid] = ord("7") if data[mid] != ord("7") else ord("3")
+    else:
+        flip = flip_middle
+        target.write_bytes(bytes(data))
+        flip(target)
+        data = bytearray(target.read_bytes())
+    target.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"{Path(rel).name}: content differs from resources/MANIFEST\.json") as ei:
+        load(target)
+    assert "\n" not in str(ei.value)
+
+
+# ------------------------------------------------------------------ gui entry point
+@pytest.mark.parametrize("kind", ["dev_zero", "fifo", "folder"])
+def test_gui_refuses_devices_fifos_and_folders_before_opening_a_window(files, kind, capsys, monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    code, err = run_cli(["gui", "--no-recovery", files[kind]], capsys)
+    assert code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(files[kind]) in err
+
+
+def test_gui_refuses_an_unknown_device(capsys, monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    code, err = run_cli(["gui", "--device", "nosuchdevice"], capsys)
+    assert code == 2 and "unknown device" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------- other sfeditor commands' devices
+DEVICE_CASES = [(cmd, dev) for cmd in (["invert", "x.png"], ["edit", "x.pt", "--pca", "0", "-s", "1"],
+                                       ["transfer", "a.pt", "b.pt"])
+                for dev in ("nosuchdevice", *(() if torch.cuda.is_available() else ("cuda",)))]
+
+
+@pytest.mark.parametrize("argv,dev", DEVICE_CASES, ids=[f"{a[0]}-{d}" for a, d in DEVICE_CASES])
+def test_every_command_validates_its_device(argv, dev, capsys):
+    code, err = run_cli([*argv, "--device", dev], capsys)
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "error: argument --device" in last, err
+
+
+# ------------------------------------------------------------------ trainer
+def run_train(argv, capsys):
+    from trainer import cli as tcli
+
+    try:
+        code = tcli.main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+TRAIN_CASES = [
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--checkpoint-every", "0"], "out of range"),
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--sample-every", "0"], "out of range"),
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--steps-scale", "nan"], "not a finite number"),
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--lr", "nan"], "not a finite number"),
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--batch", "0"], "out of range"),
+    (["generator", "--domain", "toy-faces", "--steps-scale", "-1"], "out of range"),
+    (["generator", "--domain", "toy-faces", "--steps-scale", "nan"], "not a finite number"),
+    (["generator", "--domain", "toy-faces", "--batch", "0"], "out of range"),
+    (["encoder", "--domain", "toy-faces", "--lr", "-1"], "out of range"),
+    (["oracle", "--domain", "toy-faces", "--batch", "-5"], "out of range"),
+    (["generator", "--domain", "toy-faces", "--device", "nosuchdevice"], "unknown device"),
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--device", "nosuchdevice"], "unknown device"),
+]
+if not torch.cuda.is_available():
+    TRAIN_CASES.append((["fusion", "--domain", "toy-faces", "--node", "all", "--device", "cuda"],
+                        "CUDA is not available"))
+
+
+@pytest.mark.parametrize("argv,expect", TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
+def test_trainer_bad_arguments_are_one_line_errors(argv, expect, capsys):
+    code, err = run_train(argv, capsys)
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and expect in last, err
+
+
+def test_trainer_unknown_node_names_the_tree(capsys, tmp_path):
+    code, err = run_train(["fusion", "--domain", "toy-faces", "--node", "nosuch", "--out", tmp_path / "r",
+                           "--device", "cpu"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "'nosuch'" in err and "hair" in err
+
+
+HOLDER = ("import sys\n"
+          "from sfeditor.locks import acquire\n"
+          "lock = acquire(sys.argv[1], 'test holder')\n"
+          "print('ready', flush=True)\n"
+          "sys.stdin.read()\n")
+
+
+@pytest.fixture
+def held(tmp_path):
+    """Another process holding the lock of a path (released when the test ends)."""
+    procs = []
+
+    def hold(path):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "ready"
+        return p
+
+    yield hold
+    for p in procs:
+        p.stdin.close()
+        p.wait(timeout=120)
+
+
+@pytest.mark.parametrize("argv", [
+    ["generator", "--domain", "toy-faces", "--device", "cpu", "--steps-scale", "0.001"],
+    ["fusion", "--domain", "toy-faces", "--node", "all", "--device", "cpu", "--steps-scale", "0.001"],
+], ids=["generator", "fusion"])
+def test_a_second_trainer_on_the_same_out_is_refused_naming_the_first(argv, held, capsys, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = held(out)
+    code, err = run_train([*argv, "--out", out], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"pid {holder.pid}" in err and "in use" in err
+    assert sorted(q.name for q in out.iterdir()) == [".lock"]              # nothing written by the second run
+
+
+UPDATER = ("import sys, torch\n"
+           "from tests.editor_core_helpers import tiny_generator, tiny_hierarchy\n"
+           "from trainer.fusion import update_hierarchy_file\n"
+           "path, node, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+           "torch.set_num_threads(1)\n"
+           "G = tiny_generator(0)\n"
+           "h = tiny_hierarchy(G, seed=seed)\n"
+           "print('ready', flush=True)\n"
+           "update_hierarchy_file(path, h.root, node, h.nets[node], layout=G.layout)\n")
+
+
+def test_two_node_runs_into_one_hierarchy_keep_both_nets(G, held, tmp_path):
+    """Both writers wait on the file's lock, then each adds its net: none is lost (it was 6 of 6 tries)."""
+    path = tmp_path / "hierarchy.pt"
+    nodes = [n for n in tiny_hierarchy(G).nets][:2]
+    assert len(nodes) == 2
+    holder = held(path)                       # both writers start while the file is locked
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    writers = [subprocess.Popen([sys.executable, "-c", UPDATER, str(path), node, str(i + 1)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i, node in enumerate(nodes)]
+    for w in writers:
+        assert w.stdout.readline().strip() == "ready"
+    assert not path.exists()                  # neither wrote past the lock
+    holder.stdin.close()
+    holder.wait(timeout=120)
+    for w in writers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+    h = load_hierarchy(path)
+    for i, node in enumerate(nodes):
+        want = tiny_hierarchy(G, seed=i + 1).nets[node].state_dict()
+        got = h.nets[node].state_dict()
+        assert all(torch.equal(want[k], got[k]) for k in want), node
+
+
+# ------------------------------------------------------------------ memory
+MEMORY_PROBE = """
+import resource, sys
+from pathlib import Path
+from sfeditor.checkpoints import read_checkpoint
+from sfeditor.fusion_net import load_fusion_net
+from sfeditor.hierarchy import load_hierarchy
+from sfeditor.toy_encoder import load_toy_encoder
+from sfeditor.inversion import load_latents, read_e4e
+from sfeditor.style_code import StyleCode
+from sfeditor.directions import load_direction
+from sfeditor.regions import RegionsFile
+from sfeditor.composition import Composition
+from sfeditor.session import EditorSession
+loaders = [read_checkpoint, load_fusion_net, load_hierarchy, load_toy_encoder, load_latents, read_e4e, StyleCode.load,
+           lambda p: load_direction(p, w_dim=512), RegionsFile.load, Composition.load, EditorSession.read_composition]
+refused = 0
+for p in sys.argv[1:]:
+    for f in loaders:
+        try:
+            f(p)
+        except Exception:
+            refused += 1
+print(refused, len(loaders) * (len(sys.argv) - 1), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_every_loader_stays_within_bounded_memory_on_every_bomb(files, tmp_path):
+    """Every loader on every bomb in one child process: its peak RSS stays far below what they declare."""
+    npy = tmp_path / "bomb.npy"
+    npy.write_bytes(_npy((65536, 65536), b"\0" * 16))
+    paths = [str(files[k]) for k in ("expanded_view", "storage_lie", "bytearray_pickle", "bytearray_zip")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *paths, str(npy)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    refused, tried, peak_kib = map(int, out.stdout.split())
+    assert refused == tried
+    assert peak_kib < 1_500_000, f"peak RSS {peak_kib / 1024:.0f} MiB"        # the bombs declare 16-64 GiB

@@ -75,7 +75,7 @@ from sfeditor.imageio import make_grid, save_png, to_uint8
 from sfeditor.regions import find_node, internal_nodes
 from sfeditor.style_code import StyleCode
 
-from sfeditor.validate import device_arg, positive_int
+from sfeditor.validate import device_arg, float_in, int_in, positive_int
 
 from .common import CancelToken, Cancelled, Progress, RunDir, load_checked_state, run_cancellable
 from .fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,
@@ -714,9 +714,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", required=True, help="shipped domain (toy-faces, toy-cars) or a name for --generator")
     p.add_argument("--generator", help="generator checkpoint (default: the domain's)")
     p.add_argument("--regions", help="regions file (default: the domain's)")
-    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (quick trials)")
-    p.add_argument("--batch", type=int, default=4, help="codes per step (per process under torchrun)")
-    p.add_argument("--lr", type=float, default=0.5, help="Adam learning rate (EqualLinear, lr_mul 0.01)")
+    p.add_argument("--steps-scale", type=float_in(0, 1000, open_lo=True), default=1.0, help="multiply every stage's steps (quick trials)")
+    p.add_argument("--batch", type=int_in(1, 4096), default=4, help="codes per step (per process under torchrun)")
+    p.add_argument("--lr", type=float_in(0, 100, open_lo=True), default=0.5, help="Adam learning rate (EqualLinear, lr_mul 0.01)")
     p.add_argument("--variant", default="paper", choices=["paper", "official"])
     p.add_argument("--hidden", type=int, default=0,
                    help="FusionNet MLP width (default: 3x the widest S layer, paper; 5x official)")

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from sfeditor.atomic import atomic_write_text
-from sfeditor.validate import device_arg
+from sfeditor.validate import device_arg, float_in, int_in
 from sfeditor.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
 from sfeditor.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.hierarchy import FusionHierarchy, TreeNode, load_hierarchy, parse_tree
@@ -665,7 +665,9 @@ def ceiling_markdown(ceiling: Mapping[str, float], measured: Mapping[str, Mappin
 # ----------------------------------------------------------------- ablation
 def load_node_net(path: str | os.PathLike) -> FusionNet:
     """A ``net.pt`` written by :func:`trainer.fusion.train_node`."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from sfeditor.safe_torch import safe_torch_load
+
+    obj = safe_torch_load(path)
     net = FusionNet(FusionNetConfig.from_dict(obj["config"]))
     net.load_checked(obj["state_dict"])
     return net.eval().requires_grad_(False)
@@ -1093,7 +1095,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--regions", help="regions file (default: the domain's)")
     e.add_argument("--out", help="output folder (default runs/fusion-eval-<domain>)")
     e.add_argument("--samples", type=int, default=200, help="edits per code and mode (the paper uses 500)")
-    e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--batch", type=int_in(1, 4096), default=16)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--truncation", type=float, default=None)
     e.add_argument("--judge", default="auto", choices=["auto", "oracle", "clusters"],
@@ -1106,7 +1108,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--ablation-node", default="all")
     e.add_argument("--ablation-dir", help="variant runs (default runs/fusion-<domain>-ablation/<variant>)")
     e.add_argument("--train-ablation", action="store_true", help="train (or resume) the missing variants first")
-    e.add_argument("--ablation-steps-scale", type=float, default=1.0)
+    e.add_argument("--ablation-steps-scale", type=float_in(0, 1000, open_lo=True), default=1.0)
     e.add_argument("--ablation-seeds", type=int, nargs="+", metavar="SEED",
                    help="training draws of every variant (default: one, seed 0, in ABLATION_DIR/VARIANT; seed S > 0 "
                         "in ABLATION_DIR/seed-S/VARIANT): the table adds each variant's difference to the full model "

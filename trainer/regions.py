@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sfeditor.validate import device_arg
+from sfeditor.validate import device_arg, int_in
 
 from sfeditor.cluster_sheets import (banner as _banner, colours as _colours, contact_sheet, label_overview,
                                      legend as _legend, outline as _outline, upscale as _upscale)
@@ -375,7 +375,7 @@ def add_parsers(subparsers) -> None:
     r.add_argument("--min-resolution", type=int, default=0,
                    help="leave out layers whose feature maps are coarser (0 = all layers, as the paper)")
     r.add_argument("--pca", type=int, default=64, help="PCA dimensions for Ward (0 = all channels)")
-    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--batch", type=int_in(1, 4096), default=8)
     r.add_argument("--out", help="output folder (default runs/regions-<domain>)")
     r.add_argument("--recluster", action="store_true", help="ignore a saved Ward tree in --out")
     r.add_argument("--auto-label", action="store_true",
