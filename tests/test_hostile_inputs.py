@@ -899,3 +899,51 @@ def test_every_loader_stays_within_bounded_memory_on_every_bomb(files, tmp_path)
     refused, tried, peak_kib = map(int, out.stdout.split())
     assert refused == tried
     assert peak_kib < 1_500_000, f"peak RSS {peak_kib / 1024:.0f} MiB"        # the bombs declare 16-64 GiB
+
+
+# ------------------------------------------------------------------ atomic writes
+KILLED_SAVER = ("import sys\n"
+                "from sfeditor.atomic import atomic_path\n"
+                "with atomic_path(sys.argv[1]) as tmp:\n"
+                "    open(tmp, 'wb').write(b'half a file')\n"
+                "    print(tmp, flush=True)\n"
+                "    sys.stdin.read()\n")
+
+
+def test_a_save_killed_midway_leaves_the_old_file_and_its_temp_is_cleaned_later(tmp_path):
+    import signal
+
+    from sfeditor.atomic import STALE_SECONDS, atomic_write_bytes
+
+    target = tmp_path / "c.sfcomp.json"
+    target.write_bytes(b"old")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    temps = []
+    for _ in range(2):
+        p = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(target)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+        temps.append(Path(p.stdout.readline().strip()))
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=120)
+    assert target.read_bytes() == b"old" and all(t.is_file() for t in temps)
+    old = temps[0].stat().st_mtime - STALE_SECONDS - 60
+    os.utime(temps[0], (old, old))                       # one killed an hour ago, one just now
+    atomic_write_bytes(tmp_path / "other.json", b"new")
+    assert not temps[0].exists()                         # litter of the old kill removed
+    assert temps[1].exists()                             # a young one may be another process's save in progress
+    assert target.read_bytes() == b"old"
+
+
+def test_atomic_write_fsyncs_the_data_before_the_rename(tmp_path, monkeypatch):
+    from sfeditor import atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_size)),
+                                                       real_fsync(fd))[1])
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append(("replace", None)), real_replace(a, b))[1])
+    atomic.atomic_write_bytes(tmp_path / "f.bin", b"x" * 1000)
+    i = events.index(("replace", None))
+    assert ("fsync", 1000) in events[:i]                  # the temp file's data reached the disk first
+    assert any(e[0] == "fsync" for e in events[i + 1:])   # then the folder, so the rename is durable
+    assert (tmp_path / "f.bin").read_bytes() == b"x" * 1000
