@@ -727,7 +727,9 @@ def _load_e4e_file(p: Path):
     from .safe_torch import safe_torch_load
 
     try:   # sizes and CRCs checked before anything is allocated (sfeditor.safe_torch)
-        return safe_torch_load(p, safe_globals=[argparse.Namespace])
+        # an official e4e file (IR-SE-50 + a 1024 px decoder) holds ~1.1 GB of float32; 2 GiB bounds what
+        # a small file of aliased views may declare
+        return safe_torch_load(p, safe_globals=[argparse.Namespace], declared_limit=2 << 30)
     except Exception as e:
         raise ValueError(f"{p}: not a readable e4e checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None

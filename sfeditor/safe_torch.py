@@ -24,6 +24,7 @@ then calls ``torch.load(weights_only=True)``.  Errors are :class:`TorchFileError
 """
 from __future__ import annotations
 
+import contextvars
 import io
 import math
 import os
@@ -40,6 +41,8 @@ __all__ = ["TorchFileError", "inspect_torch_file", "inspect_legacy_bytes", "insp
 ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 EXPANDED_VIEW_LIMIT = 1 << 20      # bytes an overlapping (expanded) view may declare
+# a caller that knows its architecture may allow more declared (aliased) tensor bytes than 4 x file + 64 MiB
+_declared_floor: contextvars.ContextVar[int] = contextvars.ContextVar("declared_floor", default=0)
 MAX_DIM = 1 << 40                  # no real tensor has a dimension this long
 
 
@@ -117,7 +120,7 @@ class _Scanner(pickle.Unpickler):
                 raise TorchFileError(f"a tensor of shape {size} is an expanded view of {storage.numel} stored "
                                      f"elements ({nbytes / 2 ** 20:.0f} MiB once copied): refusing")
             self.tensor_bytes += nbytes
-            if self.tensor_bytes > self.budget * 4 + (64 << 20):
+            if self.tensor_bytes > max(self.budget * 4 + (64 << 20), _declared_floor.get()):
                 raise TorchFileError(f"the tensors declare {self.tensor_bytes / 2 ** 20:.0f} MiB, far more than "
                                      f"the file's {self.budget / 2 ** 20:.1f} MiB: refusing")
         return _Stub()
@@ -322,17 +325,22 @@ inspect_legacy_bytes = inspect_torch_bytes
 
 
 def safe_torch_load(path: str | os.PathLike, *, safe_globals: Iterable = (), mmap: bool = False,
-                    map_location="cpu") -> Any:
+                    map_location="cpu", declared_limit: int = 0) -> Any:
     """``torch.load(weights_only=True)`` after :func:`inspect_torch_file`; errors name ``path``.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`TorchFileError`
-    (``"<path>: <reason>"``) for anything else.
+    (``"<path>: <reason>"``) for anything else.  ``declared_limit``: tensor bytes the
+    file may declare in all (views of shared storages counted each time) when that is
+    more than ``4 x file size + 64 MiB``; a caller sets it from its architecture's size.
     """
     p = os.fspath(path)
+    token = _declared_floor.set(int(declared_limit))
     try:
         kind = inspect_torch_file(p)
     except TorchFileError as e:
         raise TorchFileError(f"{p}: {e}") from None
+    finally:
+        _declared_floor.reset(token)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
