@@ -693,17 +693,13 @@ def test_every_corrupted_shipped_file_is_refused_and_named(tmp_path, monkeypatch
     monkeypatch.setattr(integrity, "resources_dir", lambda: root)
     monkeypatch.setattr(integrity, "_verified", {})
     load(target)                                                        # intact: loads
-    data = bytearray(target.read_bytes())
-    mid = len(data) // 2
-    if rel.endswith(".json"):                                           # still valid JSON: a digit changed
-        mid = next(i for i in range(mid, len(data)) if chr(data[i]).isdigit())
-        data[mid] = ord("7") if data[mid] != ord("7") else ord("3")
-    else:
-        flip = flip_middle
-        target.write_bytes(bytes(data))
-        flip(target)
+    if rel.endswith(".json"):                                           # still valid JSON: one digit changed
         data = bytearray(target.read_bytes())
-    target.write_bytes(bytes(data))
+        mid = next(i for i in range(len(data) // 2, len(data)) if chr(data[i]).isdigit())
+        data[mid] = ord("7") if data[mid] != ord("7") else ord("3")
+        target.write_bytes(bytes(data))
+    else:
+        flip_middle(target)                                             # the 16 flipped bytes
     with pytest.raises(ValueError, match=rf"{Path(rel).name}: content differs from resources/MANIFEST\.json") as ei:
         load(target)
     assert "\n" not in str(ei.value)
