@@ -6,8 +6,13 @@ import sys
 from pathlib import Path
 
 
+MAX_SCALE = 16            # --scale: nearest-neighbour upscale of a grid or comparison picture
+MAX_OUTPUT_BYTES = 4 << 30  # pixels one render command may hold in memory
+MAX_SEEDS = 10_000        # images per command: more is a typo (0-1000000000), not a render job
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (at most :data:`MAX_SEEDS`)."""
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()
@@ -19,6 +24,9 @@ def parse_seeds(text: str) -> list[int]:
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise ValueError
+                if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+                    raise argparse.ArgumentTypeError(f"seed list {text!r} names more than {MAX_SEEDS} images; "
+                                                     f"render them in several commands")
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
@@ -26,6 +34,8 @@ def parse_seeds(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"bad seed list {text!r}: use e.g. '0-7,12'") from None
     if not seeds:
         raise argparse.ArgumentTypeError("empty seed list")
+    if len(seeds) > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"seed list {text!r} names more than {MAX_SEEDS} images")
     if any(s < 0 or s >= 2 ** 32 for s in seeds):
         raise argparse.ArgumentTypeError("seeds must be in [0, 2**32)")
     return seeds
@@ -37,11 +47,23 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .model.checkpoints import load_generator
     from .model.device import pick_device
     from .domains import SHIPPED
-    from .images.imageio import make_grid, save_png, to_uint8
+    from .images.imageio import make_grid, save_image, save_png, to_uint8
     from .model.style_code import StyleCode
+    from .validate import image_extension
 
+    out = Path(args.out)
+    grid = not (args.separate or out.suffix == "")
+    if grid:
+        image_extension(out)          # an unknown extension is an error before anything is rendered
     device = pick_device(args.device)
     G = load_generator(args.model, device=device)
+    n_images = (len(args.seeds or []) if (args.seeds or not args.codes) else 0) or (0 if args.codes else 8)
+    need = n_images * G.size * G.size * 3 * (args.scale ** 2 if grid else 1)
+    if need > MAX_OUTPUT_BYTES:
+        raise ValueError(f"{n_images} images of {G.size}x{G.size} pixels"
+                         f"{f' at --scale {args.scale}' if grid and args.scale > 1 else ''} need "
+                         f"{need / 2 ** 30:.1f} GiB; render fewer per command (at most "
+                         f"{MAX_OUTPUT_BYTES / 2 ** 30:.0f} GiB)")
     psi = args.truncation
     if psi is None and (args.seeds or not args.codes):
         from .model.truncation import truncation_for
@@ -69,14 +91,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     import numpy as np
 
     images = np.concatenate(images)
-    out = Path(args.out)
-    if args.separate or out.suffix == "":
+    if not grid:
         out.mkdir(parents=True, exist_ok=True)
         for name, img in zip(names, images):
             save_png(out / f"{name}.png", img)
         print(f"wrote {len(images)} images to {out}/")
     else:
-        save_png(out, make_grid(images, cols=args.cols, scale=args.scale))
+        save_image(out, make_grid(images, cols=args.cols, scale=args.scale))
         print(f"wrote {len(images)} images as a grid to {out}")
     if args.save_codes:
         code.detach().to("cpu").save(args.save_codes)
@@ -115,6 +136,8 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .validate import device_arg, float_in, int_in
+
     p = argparse.ArgumentParser(prog="sfeditor", description="StyleFusion editor. Without a subcommand: opens the desktop window.")
     p.add_argument("--version", action="version", version=f"sfeditor {__import__('sfeditor').__version__}")
     sub = p.add_subparsers(dest="command")
@@ -123,15 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", "-m", default="toy-faces", help="checkpoint path or shipped domain (default toy-faces)")
     r.add_argument("--seeds", "-s", type=parse_seeds, help="seed list, e.g. '0-7,12' (default 0-7)")
     r.add_argument("--codes", nargs="*", help="saved style-code files (.pt) to render")
-    r.add_argument("--truncation", "-t", type=float, help="psi (default: the domain's, paper A.6: faces 0.7, cars and churches 0.5, also for files installed "
-                        "with `sfeditor models`; 1.0 for other files)")
-    r.add_argument("--out", "-o", default="render.png", help="PNG grid path, or a folder for one PNG per image")
+    r.add_argument("--truncation", "-t", type=float_in(-10, 10),
+                   help="psi (default: the domain's, paper A.6; 1.0 for files)")
+    r.add_argument("--out", "-o", default="render.png",
+                   help="grid picture (format from the extension: .png, .jpg, .webp, .bmp, .tif), or a folder for "
+                        "one PNG per image")
     r.add_argument("--separate", action="store_true", help="one PNG per image (out is a folder)")
-    r.add_argument("--cols", type=int, help="grid columns")
-    r.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscale of the grid")
-    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--cols", type=int_in(1, MAX_SEEDS), help="grid columns")
+    r.add_argument("--scale", type=int_in(1, MAX_SCALE), default=1, help="nearest-neighbour upscale of the grid")
+    r.add_argument("--batch", type=int_in(1, 4096), default=8)
     r.add_argument("--noise-mode", default="const", choices=["const", "random", "none"])
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    r.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, cuda:1, ...")
     r.add_argument("--save-codes", help="also save the rendered style codes to this file")
     r.set_defaults(func=cmd_render)
 
@@ -155,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:2000]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -163,7 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"sfeditor {args.command}: error: {e}", file=sys.stderr)
+        print(f"sfeditor {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print(f"sfeditor {args.command}: error: an input file is nested too deeply to be real", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"sfeditor {args.command}: error: out of memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -107,7 +107,15 @@ def _prepare(args, G, path: str):
     from .images.alignment import prepare_image
     from .images.intake import read_image
 
-    rgb = read_image(path, alpha=args.alpha)
+    import warnings
+
+    from .images.intake import DamagedImageWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DamagedImageWarning)
+        rgb, info = read_image(path, alpha=args.alpha, return_info=True)
+    for note in info.warnings:
+        print(f"warning: {note}", file=sys.stderr)
     return prepare_image(rgb, G.size, _domain(args), args.align, rect=args.rect)
 
 
@@ -160,13 +168,39 @@ def _load_hierarchy(path: str, G):
 def _save_image(path: str | Path, images, cols: int | None = None, scale: int = 1) -> None:
     import numpy as np
 
-    from .images.imageio import make_grid, save_png, to_uint8
+    from .images.imageio import make_grid, save_image, to_uint8
 
     arr = to_uint8(images)
-    save_png(path, arr[0] if len(arr) == 1 and scale == 1 else make_grid(np.asarray(arr), cols=cols, scale=scale))
+    save_image(path, arr[0] if len(arr) == 1 and scale == 1 else make_grid(np.asarray(arr), cols=cols, scale=scale))
 
 
 # --------------------------------------------------------------- invert
+def _unique_stems(paths: list[str]) -> dict[str, str]:
+    """Output name per input: its stem, with -2, -3 ... when two inputs share one (a/ok.jpg, b/ok.png).
+
+    The same file given twice is refused (it would be inverted twice into one name)."""
+    import os
+
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    seen: dict[str, str] = {}
+    for p in paths:
+        real = os.path.realpath(p)
+        if real in seen:
+            raise ValueError(f"{p} is given twice (also as {seen[real]})")
+        seen[real] = p
+        stem = base = Path(p).stem
+        n = 1
+        while stem.lower() in used:
+            n += 1
+            stem = f"{base}-{n}"
+        used.add(stem.lower())
+        out[p] = stem
+        if stem != base:
+            print(f"{p}: another input is also named {base}; writing it as {stem}.*", file=sys.stderr)
+    return out
+
+
 def cmd_invert(args: argparse.Namespace) -> int:
     import torch
 
@@ -182,8 +216,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
     cancel = CancelToken()
     cancel.install_signal_handlers()
     failures = 0
+    stems = _unique_stems(args.images)
     for path in args.images:
-        stem = Path(path).stem
+        stem = stems[path]
         try:
             prepared, res = _invert_one(args, G, projector, path, cancel)
         except Cancelled as e:
@@ -215,6 +250,9 @@ def _direction(args, G):
         raise ValueError("give exactly one of --direction FILE.npy or --pca INDEX")
     if args.direction:
         return load_direction(args.direction, G, normalize=args.normalize)
+    if not 0 <= args.pca < G.style_dim:
+        raise ValueError(f"--pca {args.pca}: this generator's w has {G.style_dim} dimensions, so components "
+                         f"0 to {G.style_dim - 1}")
     k = max(args.pca + 1, args.pca_components)
     pcs = pca_directions(G, n_components=min(k, G.style_dim), n_samples=args.pca_samples,
                          cache_dir=args.cache_dir_directions)
@@ -228,6 +266,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .images.editing import composition_from, edit_regions, edit_whole, fuse, render
     from .images.inversion import load_latents, save_latents
 
+    from .validate import image_extension
+
+    image_extension(args.out)
     G = _load_G(args)
     w, noise, meta = load_latents(args.latents, G)
     w = w[:1].to(G.device)
@@ -267,6 +308,9 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from .images.editing import hair_transfer, render
     from .jobs import Cancelled, CancelToken
 
+    from .validate import image_extension
+
+    image_extension(args.out)
     G = _load_G(args)
     h = _load_hierarchy(_hierarchy_path(args), G)
     projector = _projector(args, G)
@@ -293,12 +337,15 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------- parsers
 def _model_args(p: argparse.ArgumentParser) -> None:
+    from .validate import device_arg
+
     p.add_argument("--model", "-m", default="toy-faces", help="checkpoint path or shipped domain (default toy-faces)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda, cuda:1, ...")
 
 
 def _invert_args(p: argparse.ArgumentParser) -> None:
     from .images.inversion import InversionSettings as D
+    from .validate import float_in, int_in
 
     g = p.add_argument_group("photo intake and inversion")
     g.add_argument("--domain", help="domain for alignment (default: the shipped model's name); faces get "
@@ -313,19 +360,19 @@ def _invert_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-encoder", action="store_true", help="start from the mean w instead of an encoder")
     preset = ("defaults: the domain's measured preset for generators of 128 px or less "
               "(toy-faces 300 steps, toy-cars 500), else")
-    g.add_argument("--steps", type=int, help=f"optimisation steps ({preset} {D.steps})")
-    g.add_argument("--lr", type=float, help=f"peak learning rate (small generators 0.1, else {D.lr})")
+    g.add_argument("--steps", type=int_in(1, 1_000_000), help=f"optimisation steps ({preset} {D.steps})")
+    g.add_argument("--lr", type=float_in(0, 100, open_lo=True), help=f"peak learning rate (small generators 0.1, else {D.lr})")
     g.add_argument("--space", default="w+", choices=["w+", "w"])
-    g.add_argument("--w-phase", type=float,
+    g.add_argument("--w-phase", type=float_in(0, 1),
                    help=f"w+: fraction of steps moving one shared w first (small generators 0, else {D.w_phase})")
-    g.add_argument("--msssim", type=float,
+    g.add_argument("--msssim", type=float_in(0, 1000),
                    help=f"weight of 1 - MS-SSIM (small generators 0, else {D.msssim_weight})")
     g.add_argument("--l1", action="store_true", help="L1 pixel loss instead of MSE")
     g.add_argument("--noise", action="store_true", help="also optimise the noise maps (regularised)")
-    g.add_argument("--loss-size", type=int, default=0, help="compare images at this size (0 = full)")
+    g.add_argument("--loss-size", type=int_in(0, 4096), default=0, help="compare images at this size (0 = full)")
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on for small generators where the CPU/GPU runs bf16 natively)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int_in(0, 2 ** 32 - 1), default=0)
     g.add_argument("--cache-dir", help="inversion cache folder (default ~/.cache/sfeditor/inversions)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the inversion cache")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress line")
@@ -333,6 +380,8 @@ def _invert_args(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub) -> None:
     """Register ``invert``, ``edit`` and ``transfer`` on an argparse subparsers object."""
+    from .cli import MAX_SCALE
+    from .validate import float_in, int_in
     i = sub.add_parser("invert", help="invert photos into the generator (w+), write reconstructions and codes")
     i.add_argument("images", nargs="+", help="photo files (PNG, JPEG, WebP, BMP, TIFF)")
     _model_args(i)
@@ -345,19 +394,20 @@ def add_parsers(sub) -> None:
     _model_args(e)
     e.add_argument("--direction", help="InterFaceGAN-style direction .npy ([w_dim], [1, w_dim] or [n_latent, w_dim])")
     e.add_argument("--normalize", action="store_true", help="scale the direction file to unit length")
-    e.add_argument("--pca", type=int, help="GANSpace: use principal component INDEX of w (strength in std devs)")
-    e.add_argument("--pca-components", type=int, default=32)
-    e.add_argument("--pca-samples", type=int, default=20000)
+    e.add_argument("--pca", type=int_in(0, 4095), help="GANSpace: use principal component INDEX of w (strength in std devs)")
+    e.add_argument("--pca-components", type=int_in(1, 4096), default=32)
+    e.add_argument("--pca-samples", type=int_in(2, 10_000_000), default=20000)
     e.add_argument("--cache-dir-directions", help="PCA cache folder (default ~/.cache/sfeditor/directions)")
-    e.add_argument("--strength", "-s", type=float, required=True)
+    e.add_argument("--strength", "-s", type=float_in(-1000, 1000), required=True,
+                   help="how far to move (finite; with --pca in standard deviations)")
     e.add_argument("--regions", help="comma-separated hierarchy nodes to edit (e.g. hair or face,eyes); "
                                      "default: the whole image")
     e.add_argument("--hierarchy", help="trained FusionNet hierarchy for --regions (default: the shipped "
                    "domain's)")
     e.add_argument("--layers", help="w+ entries to move, e.g. 0-5 (default all)")
-    e.add_argument("--out", "-o", default="edit.png")
+    e.add_argument("--out", "-o", default="edit.png", help="result picture (format from the extension)")
     e.add_argument("--compare", action="store_true", help="also write <out>-compare.png: original | whole | regions")
-    e.add_argument("--scale", type=int, default=1, help="upscale of the comparison picture")
+    e.add_argument("--scale", type=int_in(1, MAX_SCALE), default=1, help="upscale of the comparison picture")
     e.add_argument("--save-latents", help="whole-image edits: also save the edited w+ here")
     e.set_defaults(func=cmd_edit)
 
@@ -367,8 +417,8 @@ def add_parsers(sub) -> None:
     _model_args(t)
     t.add_argument("--hierarchy", help="trained FusionNet hierarchy (default: the shipped domain's)")
     t.add_argument("--region", default="hair", help="hierarchy node to take from the reference (default hair)")
-    t.add_argument("--out", "-o", default="transfer.png")
+    t.add_argument("--out", "-o", default="transfer.png", help="result picture (format from the extension)")
     t.add_argument("--compare", action="store_true", help="also write <out>-compare.png: target | reference | result")
-    t.add_argument("--scale", type=int, default=1)
+    t.add_argument("--scale", type=int_in(1, MAX_SCALE), default=1)
     _invert_args(t)
     t.set_defaults(func=cmd_transfer)

@@ -20,6 +20,7 @@ MOVES = {
     "sfeditor.style_code": "sfeditor.model.style_code",
     "sfeditor.checkpoints": "sfeditor.model.checkpoints",
     "sfeditor.safe_pickle": "sfeditor.model.safe_pickle",
+    "sfeditor.safe_torch": "sfeditor.model.safe_torch",
     "sfeditor.upfirdn": "sfeditor.model.upfirdn",
     "sfeditor.latent_prior": "sfeditor.model.latent_prior",
     "sfeditor.truncation": "sfeditor.model.truncation",
@@ -70,7 +71,7 @@ PACKAGE_DOCS = {
 
 # tests/<file> -> tests/<subdir>/<file>
 TEST_DIRS = {
-    "model": ["test_generator", "test_checkpoints", "test_hostile_inputs", "test_models",
+    "model": ["test_generator", "test_checkpoints", "test_models",
               "test_fullsize_smoke"],
     "regions": ["test_regions", "test_masks", "test_correlation", "test_cluster_sheets"],
     "fusion": ["test_fusion", "test_blend_stats", "test_swap_fidelity"],
@@ -292,7 +293,7 @@ def main():
     if left:
         print("tests left at tests/ (add them to TEST_DIRS):", ", ".join(left))
     stray = sorted(p.name for p in (ROOT / "sfeditor").glob("*.py")
-                   if p.stem not in {"__init__", "atomic", "cli", "cli_images", "domains", "jobs", "validate", "cli_models", "device", "identity", "metrics", "tree"})
+                   if p.stem not in {"__init__", "atomic", "cli", "cli_images", "domains", "jobs", "validate", "cli_models", "integrity", "locks", "device", "identity", "metrics", "tree"})
     if stray:
         print("modules left at sfeditor/ (decide where they live):", ", ".join(stray))
     print(f"moved {len(moved)} modules")

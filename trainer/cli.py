@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sfeditor.validate import device_arg, float_in, int_in
+
 
 def cmd_generator(args: argparse.Namespace) -> int:
     from .common import run_cancellable
@@ -124,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ae-steps", type=int, default=8000)
     g.add_argument("--mapping-steps", type=int, default=3000)
     g.add_argument("--mix-steps", type=int, default=1500)
-    g.add_argument("--steps-scale", type=float, default=1.0, help="multiply every phase's steps (quick trials)")
-    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--steps-scale", type=float_in(0, 1000, open_lo=True), default=1.0, help="multiply every phase's steps (quick trials)")
+    g.add_argument("--batch", type=int_in(1, 4096), default=16)
     g.add_argument("--region-weight", type=float, default=1.0,
                    help="reconstruction weight of small regions' pixels (eyes, mouth; wheels), e.g. 4")
     g.add_argument("--ae-lr", type=float, default=None, help="autoencoder learning rate (default 0.0015)")
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-from", help="start from another generator run's weights (a run folder or checkpoint)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--device", default="auto", type=device_arg)
     g.add_argument("--data-workers", type=int, default=1,
                    help="processes that render the training batches (1 = one background thread); on a GPU "
                         "the renderer is the bottleneck: e.g. 4")
@@ -222,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--domain", required=True, choices=["toy-faces", "toy-cars"])
     o.add_argument("--out")
     o.add_argument("--steps", type=int, default=3000)
-    o.add_argument("--batch", type=int, default=32)
+    o.add_argument("--batch", type=int_in(1, 4096), default=32)
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--restart", action="store_true")
     o.set_defaults(func=cmd_oracle)
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:      # OSError: includes sfeditor.locks.LockedError (run folder in use)
         print(f"sfeditor-train {args.command}: error: {e}", file=sys.stderr)
         return 2
 

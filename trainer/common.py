@@ -69,12 +69,30 @@ class Progress:
 
 
 class RunDir:
-    """A training run folder: ``options.json``, ``stats.jsonl``, ``checkpoint.pt``, ``samples/``."""
+    """A training run folder: ``options.json``, ``stats.jsonl``, ``checkpoint.pt``, ``samples/``.
 
-    def __init__(self, path: str | os.PathLike):
+    Creating one locks the folder (:mod:`sfeditor.locks`, ``<run>/.lock``) for
+    as long as the object lives: a second trainer on the same ``--out`` stops
+    with :class:`sfeditor.locks.LockedError` naming the first (pid, host,
+    start time); the lock of a run that was killed is taken over.  Checkpoints
+    carry a SHA-256 of their content (key ``sha256``), checked by :meth:`load`.
+    """
+
+    def __init__(self, path: str | os.PathLike, lock: bool = True):
+        from sfeditor.locks import acquire
+
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path}: run folder path is a file")
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = acquire(self.path, f"run folder {self.path}") if lock else None
         (self.path / "samples").mkdir(exist_ok=True)
+
+    def close(self) -> None:
+        """Release the folder's lock (also done when the object is garbage-collected or the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def checkpoint(self) -> Path:
@@ -84,8 +102,10 @@ class RunDir:
         atomic_write_text(self.path / "options.json", json.dumps(options, indent=2, sort_keys=True) + "\n")
 
     def read_options(self) -> dict | None:
+        from sfeditor.validate import load_json_file
+
         p = self.path / "options.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        return load_json_file(p, "run options file") if p.exists() else None
 
     def log(self, record: dict) -> None:
         record = {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in record.items()}
@@ -112,12 +132,34 @@ class RunDir:
         atomic_write_text(p, "".join(k + "\n" for k in lines))
 
     def save(self, state: dict) -> None:
-        atomic_torch_save(state, self.checkpoint)
+        from sfeditor.integrity import DIGEST_KEY, state_digest
+
+        atomic_torch_save({**state, DIGEST_KEY: state_digest(state)}, self.checkpoint)
 
     def load(self) -> dict | None:
+        """The last checkpoint (its CRCs, sizes and SHA-256 checked), or None when there is none."""
         if not self.checkpoint.exists():
             return None
-        return torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        return load_checked_state(self.checkpoint)
+
+
+def load_checked_state(path: str | os.PathLike) -> dict:
+    """A checkpoint written by :meth:`RunDir.save` (or any ``torch.save`` dict), verified before use.
+
+    ``sfeditor.model.safe_torch`` checks the zip CRCs and declared sizes; a stored
+    ``sha256`` must match the content.  Raises ValueError naming the file.
+    """
+    from sfeditor.integrity import DIGEST_KEY, state_digest
+    from sfeditor.model.safe_torch import safe_torch_load
+
+    state = safe_torch_load(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a training checkpoint (holds a {type(state).__name__})")
+    stored = state.pop(DIGEST_KEY, None)
+    if stored is not None and stored != state_digest(state):
+        raise ValueError(f"{path}: the checkpoint's content hash does not match (the file is corrupt); "
+                         f"delete it to restart the run, or restore it")
+    return state
 
 
 def rng_state() -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from sfeditor.images.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
+from sfeditor.validate import device_arg, float_in, int_in
 
 from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, run_cancellable, set_rng_state
 from .generator import HELDOUT_SEED_OFFSET, recon_loss, rendered_batch
@@ -210,14 +211,14 @@ def add_parsers(sub) -> None:
                                                    "runs/generator-<domain>/encoder.pt if present) or 'none'")
     e.add_argument("--out", help="run folder (default runs/encoder-<domain>)")
     e.add_argument("--steps", type=int, default=2000)
-    e.add_argument("--batch", type=int, default=16)
-    e.add_argument("--lr", type=float, default=EncoderRecipe.lr)
+    e.add_argument("--batch", type=int_in(1, 4096), default=16)
+    e.add_argument("--lr", type=float_in(0, 100, open_lo=True), default=EncoderRecipe.lr)
     e.add_argument("--latent-weight", type=float, default=EncoderRecipe.latent_weight,
                    help="weight of the E(G(w)) = w term on generator samples")
     e.add_argument("--warmup", type=int, default=EncoderRecipe.warmup, help="lr warm-up steps")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", type=device_arg)
     e.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     e.add_argument("--install", action="store_true", help="copy the result into resources/encoders/<domain>.pt")
     e.set_defaults(func=cmd_encoder)

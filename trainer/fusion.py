@@ -76,7 +76,9 @@ from sfeditor.images.imageio import make_grid, save_png, to_uint8
 from sfeditor.regions.tree import find_node, internal_nodes
 from sfeditor.model.style_code import StyleCode
 
-from .common import CancelToken, Cancelled, Progress, RunDir, run_cancellable
+from sfeditor.validate import device_arg, float_in, int_in, positive_int
+
+from .common import CancelToken, Cancelled, Progress, RunDir, load_checked_state, run_cancellable
 from .fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,
                             trained_blenders)
 
@@ -329,8 +331,21 @@ def update_hierarchy_file(path: str | os.PathLike, tree, node: str, net: FusionN
                           half: bool = False, generator_fingerprint: str | None = None,
                           synthesis_fingerprint: str | None = None,
                           deep_pixel_fingerprint: str | None = None) -> FusionHierarchy:
-    """Put ``net`` at ``node`` of the hierarchy file at ``path`` (created when missing); atomic."""
+    """Put ``net`` at ``node`` of the hierarchy file at ``path`` (created when missing); atomic.
+
+    The read-modify-write holds ``path``'s lock (:mod:`sfeditor.locks`), so node runs finishing
+    together each add their net; one waiting longer than 10 minutes stops, naming the holder.
+    """
+    from sfeditor.locks import acquire
+
     path = Path(path)
+    with acquire(path, f"hierarchy file {path}", timeout=600.0):
+        return _update_hierarchy_file_locked(path, tree, node, net, layout, half, generator_fingerprint,
+                                             synthesis_fingerprint, deep_pixel_fingerprint)
+
+
+def _update_hierarchy_file_locked(path: Path, tree, node: str, net: FusionNet, layout, half: bool,
+                                  generator_fingerprint, synthesis_fingerprint, deep_pixel_fingerprint):
     root = RegionNode.parse(tree)
     if path.exists():
         h = load_hierarchy(path, precision=None)      # edited and saved, not run: fold lazily
@@ -436,7 +451,7 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     stage_no, step, done, opt_state = stages[0].stage, 0, False, None
     state = None
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = load_checked_state(ckpt_path)     # CRCs, sizes and content hash checked first
     elif stage3_from is not None:
         state = stage3_start(stage3_from, recipe, stages)
         if run is not None and (Path(stage3_from) / "stats.jsonl").exists():
@@ -561,7 +576,7 @@ def stage3_start(source: str | os.PathLike, recipe: FusionRecipe, stages) -> dic
     path = Path(source) / "checkpoint.pt"
     if not path.exists():
         raise ValueError(f"--stage3-from {source}: no checkpoint.pt there")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checked_state(path)
     if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
         raise ValueError(f"{path}: not a FusionNet training checkpoint")
     old = state.get("recipe", {})
@@ -708,9 +723,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", required=True, help="shipped domain (toy-faces, toy-cars) or a name for --generator")
     p.add_argument("--generator", help="generator checkpoint (default: the domain's)")
     p.add_argument("--regions", help="regions file (default: the domain's)")
-    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (quick trials)")
-    p.add_argument("--batch", type=int, default=4, help="codes per step (per process under torchrun)")
-    p.add_argument("--lr", type=float, default=0.5, help="Adam learning rate (EqualLinear, lr_mul 0.01)")
+    p.add_argument("--steps-scale", type=float_in(0, 1000, open_lo=True), default=1.0, help="multiply every stage's steps (quick trials)")
+    p.add_argument("--batch", type=int_in(1, 4096), default=4, help="codes per step (per process under torchrun)")
+    p.add_argument("--lr", type=float_in(0, 100, open_lo=True), default=0.5, help="Adam learning rate (EqualLinear, lr_mul 0.01)")
     p.add_argument("--variant", default="paper", choices=["paper", "official"])
     p.add_argument("--hidden", type=int, default=0,
                    help="FusionNet MLP width (default: 3x the widest S layer, paper; 5x official)")
@@ -721,10 +736,10 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=None, help="psi (default: the domain's, paper A.6: faces 0.7, cars and churches 0.5; else 1.0)")
     p.add_argument("--temperature", type=float, default=None, help="soft-mask temperature (default: the file's)")
-    p.add_argument("--sample-every", type=int, default=500)
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--sample-every", type=positive_int, default=500, help="steps between sample grids (>= 1)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints (>= 1)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=device_arg)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast for the generator passes (default: on where the CPU/GPU runs bf16 "
                         "natively, off where it is emulated and slower)")

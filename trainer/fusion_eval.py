@@ -63,6 +63,7 @@ import numpy as np
 import torch
 
 from sfeditor.atomic import atomic_write_text
+from sfeditor.validate import device_arg, float_in, int_in
 from sfeditor.fusion.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
 from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.fusion.hierarchy import FusionHierarchy, load_hierarchy
@@ -764,7 +765,9 @@ def ceiling_markdown(ceiling: Mapping[str, float], measured: Mapping[str, Mappin
 # ----------------------------------------------------------------- ablation
 def load_node_net(path: str | os.PathLike) -> FusionNet:
     """A ``net.pt`` written by :func:`trainer.fusion.train_node`."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from sfeditor.model.safe_torch import safe_torch_load
+
+    obj = safe_torch_load(path)
     net = FusionNet(FusionNetConfig.from_dict(obj["config"]))
     net.load_checked(obj["state_dict"])
     return net.eval().requires_grad_(False)
@@ -1192,13 +1195,13 @@ def add_judge_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--generator", help="generator checkpoint (default: the domain's)")
     e.add_argument("--regions", help="regions file (default: the domain's)")
     e.add_argument("--samples", type=int, default=200, help="edits per code and mode (the paper uses 500)")
-    e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--batch", type=int_in(1, 4096), default=16)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--truncation", type=float, default=None)
     e.add_argument("--judge", default="auto", choices=["auto", "oracle", "clusters"],
                    help="who labels regions: the toy oracle (auto when available) or the regions file")
     e.add_argument("--threads", type=int, default=0)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--device", default="auto", type=device_arg)
     e.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on where the CPU/GPU runs bf16 natively)")
 

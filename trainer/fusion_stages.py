@@ -62,8 +62,11 @@ class NodeRegions:
 
 
 def node_regions(tree, node: str) -> NodeRegions:
-    """R1, R2 of ``node`` in a regions tree (:class:`sfeditor.regions.regions_file.RegionNode`)."""
-    n = find_node(tree, node)
+    """R1, R2 of ``node`` in a regions tree (:class:`sfeditor.regions.tree.RegionNode`)."""
+    try:
+        n = find_node(tree, node)
+    except KeyError as e:      # a mistyped --node: say which nodes exist
+        raise ValueError(e.args[0]) from None
     if n.is_leaf:
         raise ValueError(f"{node!r} is a leaf region; FusionNets are trained for internal nodes only")
     c1, c2 = n.children

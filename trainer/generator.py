@@ -567,7 +567,9 @@ def load_init_weights(source: str | Path) -> tuple[dict, dict]:
     src = Path(source)
     ck = src / "checkpoint.pt" if src.is_dir() else src
     if ck.is_file():
-        state = torch.load(ck, map_location="cpu", weights_only=True)
+        from .common import load_checked_state
+
+        state = load_checked_state(ck)
         if isinstance(state, dict) and "G" in state and "E" in state:
             return state["G"], state["E"]
     if src.is_dir() and (src / "generator.pt").is_file() and (src / "encoder.pt").is_file():

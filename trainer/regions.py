@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from sfeditor.model.device import pick_device
+from sfeditor.validate import device_arg, int_in
 from sfeditor.regions.cluster_sheets import (banner as _banner, colours as _colours, contact_sheet, label_overview,
                                      legend as _legend, outline as _outline, upscale as _upscale)
 
@@ -356,7 +357,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", help="generator checkpoint (default: the domain's shipped generator)")
     p.add_argument("--truncation", type=float, help="psi (default: the domain's, paper A.6; 1.0 otherwise)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=device_arg)
 
 
 def add_parsers(subparsers) -> None:
@@ -377,7 +378,7 @@ def add_parsers(subparsers) -> None:
     r.add_argument("--min-resolution", type=int, default=0,
                    help="leave out layers whose feature maps are coarser (0 = all layers, as the paper)")
     r.add_argument("--pca", type=int, default=64, help="PCA dimensions for Ward (0 = all channels)")
-    r.add_argument("--batch", type=int, default=8)
+    r.add_argument("--batch", type=int_in(1, 4096), default=8)
     r.add_argument("--out", help="output folder (default runs/regions-<domain>)")
     r.add_argument("--recluster", action="store_true", help="ignore a saved Ward tree in --out")
     r.add_argument("--auto-label", action="store_true",

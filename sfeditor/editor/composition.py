@@ -53,6 +53,7 @@ PNG_KEYWORD = "sfeditor-composition"
 SEED_LIMIT = 2 ** 32            # seeds are 0 .. 2**32 - 1
 TRUNCATION_RANGE = (0.0, 2.0)
 _MAX_PNG_TEXT = 64 * 1024 * 1024  # refuse to inflate more than this from a PNG chunk
+MAX_COMPOSITION_BYTES = 64 << 20     # a composition is a few KB; its PNG a few MB
 
 __all__ = ["FORMAT", "VERSION", "NodeState", "Composition", "canonical_code", "embed_in_png",
            "extract_from_png", "PNG_KEYWORD"]
@@ -337,7 +338,12 @@ class Composition:
             d = json.loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"composition: not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        except RecursionError:
+            raise ValueError("composition: the JSON is nested too deeply to be a composition") from None
+        try:
+            return cls.from_dict(d)
+        except RecursionError:
+            raise ValueError("composition: nested too deeply to be a composition") from None
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomic write (a crash leaves any previous file intact)."""
@@ -345,9 +351,10 @@ class Composition:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Composition":
+        from ..validate import read_limited
+
         path = os.fspath(path)
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_limited(path, MAX_COMPOSITION_BYTES, "composition file")
         try:
             return cls.from_json(data)
         except ValueError as e:
@@ -392,6 +399,10 @@ def _chunk(ctype: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", crc)
 
 
+class _TooLarge(ValueError):
+    """A chunk that would inflate past the limit: refused, not skipped as damage."""
+
+
 def _our_text(ctype: bytes, payload: bytes) -> str | None:
     """The text of a tEXt / iTXt chunk with our keyword (None: other chunk); ValueError if malformed."""
     key = PNG_KEYWORD.encode("latin-1") + b"\x00"
@@ -413,7 +424,8 @@ def _our_text(ctype: bytes, payload: bytes) -> str | None:
         d = zlib.decompressobj()
         text = d.decompress(text, _MAX_PNG_TEXT)
         if d.unconsumed_tail:
-            raise ValueError("embedded composition is too large")
+            raise _TooLarge(f"the embedded composition inflates to more than {_MAX_PNG_TEXT >> 20} MiB; "
+                            "refusing it (a compression bomb, not a composition)")
     elif flag != 0:
         raise ValueError(f"iTXt compression flag {flag} is invalid")
     return text.decode("utf-8")
@@ -455,6 +467,8 @@ def extract_from_png(data: bytes) -> Composition | None:
             continue
         try:
             text = _our_text(ctype, payload)
+        except _TooLarge:
+            raise
         except (ValueError, zlib.error, UnicodeDecodeError):
             continue
         if text is None:
@@ -463,5 +477,10 @@ def extract_from_png(data: bytes) -> Composition | None:
             d = json.loads(text)
         except json.JSONDecodeError:
             continue
-        return Composition.from_dict(d)
+        except RecursionError:
+            raise ValueError("the embedded composition is nested too deeply to be one") from None
+        try:
+            return Composition.from_dict(d)
+        except RecursionError:
+            raise ValueError("the embedded composition is nested too deeply to be one") from None
     return None

@@ -487,11 +487,14 @@ class EditorSession:
         """A composition file, or a PNG with one embedded; None for a PNG without one.
 
         Raises SessionError for unreadable or invalid files."""
+        from .composition import MAX_COMPOSITION_BYTES
+        from ..validate import read_limited
+
         p = Path(path)
-        try:
-            data = p.read_bytes()
-        except OSError as e:
-            raise SessionError(f"{p}: cannot read ({e.strerror or e})") from None
+        try:   # a regular file of sane size: /dev/zero or a FIFO would never finish reading
+            data = read_limited(p, MAX_COMPOSITION_BYTES, "composition file")
+        except (OSError, ValueError) as e:
+            raise SessionError(str(e) if isinstance(e, ValueError) else f"{p}: cannot read ({e.strerror or e})") from None
         try:
             if data.startswith(b"\x89PNG"):
                 return extract_from_png(data)

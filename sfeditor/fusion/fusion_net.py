@@ -81,6 +81,12 @@ class FusionNetConfig:
             object.__setattr__(self, "hidden", (3 if self.variant == "paper" else 5) * self.width)
         if self.n_common < 0:
             raise ValueError("n_common must be >= 0")
+        # sane bounds before any weight is allocated (a file may declare any width)
+        for name, value, hi in (("width", self.width, 8192), ("hidden", self.hidden, 16 * max(self.width, 1)),
+                                ("n_slots", self.n_slots, 1024), ("index_repeat", self.index_repeat, 256),
+                                ("n_common", self.n_common, 1024)):
+            if not isinstance(value, int) or isinstance(value, bool) or value > hi or (value < 1 and name != "n_common"):
+                raise ValueError(f"{name} {value!r} is outside 1..{hi}")
 
     @classmethod
     def for_layout(cls, layout: StyleLayout, variant: str = "paper", **overrides) -> "FusionNetConfig":
@@ -284,20 +290,22 @@ def clean_state_dict(sd) -> dict[str, torch.Tensor]:
 def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a FusionNet weight file (raw state dict or ``{"state_dict": ...}``) with ``weights_only=True``.
 
+    The file is inspected first (CRCs and declared sizes, :func:`sfeditor.model.safe_torch.safe_torch_load`).
     A file whose metadata names classes torch does not allow (saved training options...) is read with
     those turned into inert records (:func:`sfeditor.model.safe_pickle.torch_load_inert`): tensors only,
     nothing from the file is executed.
     """
     from ..model.safe_pickle import torch_load_inert
+    from ..model.safe_torch import safe_torch_load
 
     path = os.fspath(path)
     try:
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
+            data = safe_torch_load(path)
+        except ValueError as e:
             if "Unsupported global" not in str(e):
                 raise
-            data = torch_load_inert(path)
+            data = torch_load_inert(path)     # sizes already checked by safe_torch_load's inspection
             if isinstance(data, Mapping) and not isinstance(data.get("state_dict"), Mapping):
                 data = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}     # tensors only
     except FileNotFoundError:

@@ -305,7 +305,11 @@ class FusionHierarchy(nn.Module):
 
     def save(self, path: str | os.PathLike, half: bool = False) -> None:
         """Atomic single-file save (loads with ``torch.load(weights_only=True)``); ``half`` stores fp16."""
-        atomic_torch_save(self.to_state(half), path)
+        from ..integrity import DIGEST_KEY, state_digest
+
+        state = self.to_state(half)
+        state[DIGEST_KEY] = state_digest(state)     # checked by load_hierarchy: flipped bytes are refused
+        atomic_torch_save(state, path)
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -369,10 +373,12 @@ def _resolve(json_path: Path, rel: str) -> Path:
 
 
 def _from_json(path: Path, tree, map_location) -> FusionHierarchy:
+    from ..validate import load_json_file
+
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a hierarchy weights JSON ({e})") from None
+        spec = load_json_file(path, "hierarchy weights JSON", max_bytes=16 << 20)
+    except ValueError as e:
+        raise ValueError(f"not a hierarchy weights JSON ({e})") from None
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: expected a JSON object mapping node names to weight files")
     if "nets" in spec and isinstance(spec["nets"], dict):      # {"tree": ..., "nets": {...}}
@@ -452,18 +458,30 @@ def _load_hierarchy(spec, tree, map_location) -> FusionHierarchy:
         if spec.get("format") != HIERARCHY_FORMAT:
             raise ValueError("not an sfeditor hierarchy (format key missing)")
         return _from_state(dict(spec), "<dict>", map_location)
+    from ..integrity import DIGEST_KEY, IntegrityError, state_digest, verify_shipped
+    from ..model.safe_torch import TorchFileError, safe_torch_load
+    from ..validate import check_regular_file
+
     path = Path(os.fspath(spec))
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no hierarchy file at {path}")
-    head = path.read_bytes()[:64].lstrip()
+    check_regular_file(path, None, "hierarchy file")
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
     if path.suffix.lower() == ".json" or head.startswith(b"{"):
         return _from_json(path, tree, map_location)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        verify_shipped(path)
+        state = safe_torch_load(path)        # CRCs and declared sizes checked before anything is allocated
+    except (TorchFileError, IntegrityError) as e:
+        raise ValueError(f"not a readable hierarchy file: {e}") from None
     except Exception as e:  # garbage / truncated / needs globals
         raise ValueError(f"{path}: not a readable hierarchy file ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or state.get("format") != HIERARCHY_FORMAT:
         raise ValueError(f"{path}: not an sfeditor hierarchy file (use a weights JSON for official nets)")
+    stored = state.get(DIGEST_KEY)
+    if stored is not None and stored != state_digest(state):
+        raise ValueError(f"{path}: the hierarchy's content hash does not match its weights (the file is corrupt)")
     h = _from_state(state, str(path), map_location)
     if tree is not None and RegionNode.parse(tree) != h.root:
         raise ValueError(f"{path}: stored tree differs from the tree given")

@@ -190,6 +190,33 @@ def validate_direction(arr, w_dim: int, n_latent: int | None = None, name: str =
     return a
 
 
+def _check_npy_header(p: Path) -> None:
+    """The shape an ``.npy`` header declares must fit in the file, before NumPy allocates it."""
+    from numpy.lib import format as npf
+
+    try:
+        with open(p, "rb") as f:
+            version = npf.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = npf.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = npf.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            offset = f.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, RecursionError) as e:
+        raise DirectionError(f"{p}: not a readable .npy array ({str(e).splitlines()[0][:200] if str(e) else e})") \
+            from None
+    if dtype.hasobject:
+        raise DirectionError(f"{p}: the file holds pickled Python objects, which are not loaded for safety; "
+                             "save the direction as a plain numeric array (np.save)")
+    need = int(np.prod([int(s) for s in shape], dtype=object)) * dtype.itemsize
+    have = p.stat().st_size - offset
+    if need != have:
+        raise DirectionError(f"{p}: the header declares shape {tuple(shape)} ({need} bytes) but the file holds "
+                             f"{have} bytes of data")
+
+
 def load_direction(path: str | os.PathLike, G=None, *, w_dim: int | None = None, n_latent: int | None = None,
                    normalize: bool = False) -> np.ndarray:
     """Read a direction ``.npy`` (``allow_pickle=False``) and validate it against ``G`` (or the
@@ -209,6 +236,7 @@ def load_direction(path: str | os.PathLike, G=None, *, w_dim: int | None = None,
         raise DirectionError(f"{p}: an .npz archive; save one direction as .npy (np.save)")
     if magic != b"\x93NUMPY":
         raise DirectionError(f"{p}: not a readable .npy array (no NumPy header)")
+    _check_npy_header(p)
     try:
         a = np.load(p, allow_pickle=False)
     except ValueError as e:

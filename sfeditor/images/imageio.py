@@ -58,3 +58,29 @@ def encode_png(rgb: np.ndarray) -> bytes:
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     """Write an RGB (or grey) uint8 array to ``path`` atomically."""
     atomic_write_bytes(path, encode_png(rgb))
+
+
+def encode_image(rgb: np.ndarray, ext: str) -> bytes:
+    """Encode for a file extension (``.png``, ``.jpg``/``.jpeg`` quality 95, ``.webp``, ``.bmp``, ``.tif``)."""
+    import cv2
+
+    from ..validate import image_extension
+
+    ext = image_extension("x" + ext)
+    if ext == ".png":
+        return encode_png(rgb)
+    rgb = np.asarray(rgb)
+    if rgb.ndim == 3 and rgb.shape[2] == 3:
+        rgb = rgb[..., ::-1]
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(rgb), params)
+    if not ok:
+        raise ValueError(f"could not encode {ext} image")
+    return buf.tobytes()
+
+
+def save_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 array atomically in the format its extension names (ValueError if unknown)."""
+    from ..validate import image_extension
+
+    atomic_write_bytes(path, encode_image(rgb, image_extension(path)))

@@ -32,10 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageError", "ImageInfo", "read_image", "decode_image", "probe_header", "SUPPORTED_FORMATS",
+__all__ = ["ImageError", "DamagedImageWarning", "ImageInfo", "read_image", "decode_image", "probe_header", "SUPPORTED_FORMATS",
            "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_BYTES", "DEFAULT_MIN_SIDE", "apply_orientation"]
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WebP", "BMP", "TIFF")
+
+
+class DamagedImageWarning(UserWarning):
+    """The file decoded, but its data is damaged (e.g. a JPEG whose lost part shows as a grey band)."""
 DEFAULT_MAX_PIXELS = 50_000_000          # 50 megapixels
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024    # 100 MiB
 DEFAULT_MIN_SIDE = 16                    # smaller pictures carry no usable content
@@ -59,6 +63,7 @@ class ImageInfo:
     bit_depth: int = 8     # 8, 16 or 32 (float)
     had_alpha: bool = False
     source: str = ""
+    warnings: tuple = ()   # decoder complaints about damaged data (the picture decoded anyway)
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -146,7 +151,10 @@ def decode_image(data: bytes, *, alpha: str = "white", max_pixels: int = DEFAULT
     import cv2
 
     try:
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if head.format == "JPEG":
+            arr, complaints = _decode_jpeg_noting_damage(data)
+        else:
+            arr, complaints = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), []
     except cv2.error as e:
         raise ImageError(f"{where}: OpenCV could not decode the {head.format} data ({str(e).strip()[:200]})") from None
     if arr is None or arr.size == 0:
@@ -157,11 +165,59 @@ def decode_image(data: bytes, *, alpha: str = "white", max_pixels: int = DEFAULT
     depth = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16, np.dtype(np.float32): 32}.get(arr.dtype)
     if depth is None:
         raise ImageError(f"{where}: unsupported sample type {arr.dtype} in the {head.format} data")
+    if head.format == "JPEG" and not complaints and _grey_band(arr):
+        complaints.append("the bottom rows are flat grey (128), what libjpeg fills in for lost data")
+    notes = tuple(f"{where}: damaged {head.format} data ({c}); the picture may show a grey or smeared band"
+                  for c in complaints[:1])
+    for note in notes:
+        import warnings
+
+        warnings.warn(DamagedImageWarning(note), stacklevel=3)
     rgb, had_alpha = _to_rgb8(arr, alpha, where)
     rgb = np.ascontiguousarray(apply_orientation(rgb, head.orientation))
     if not return_info:
         return rgb
-    return rgb, ImageInfo(head.format, w, h, head.orientation, channels, depth, had_alpha, source)
+    return rgb, ImageInfo(head.format, w, h, head.orientation, channels, depth, had_alpha, source, notes)
+
+
+_stderr_lock = __import__("threading").Lock()
+
+
+def _decode_jpeg_noting_damage(data: bytes):
+    """``cv2.imdecode`` with libjpeg's warnings ("Corrupt JPEG data: ...") captured from file descriptor 2."""
+    import sys
+    import tempfile
+
+    import cv2
+
+    with _stderr_lock:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):    # no real stderr: decode without listening
+            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), []
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            tmp.seek(0)
+            text = tmp.read(8192).decode("utf-8", "replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    damage = [ln for ln in lines if "jpeg" in ln.lower() or "corrupt" in ln.lower() or "premature" in ln.lower()]
+    other = [ln for ln in lines if ln not in damage]
+    if other:                                           # not ours: give it back to stderr
+        sys.stderr.write("\n".join(other) + "\n")
+    return arr, damage
+
+
+def _grey_band(arr: np.ndarray, rows: int = 8) -> bool:
+    """True when the last ``rows`` (>= 8) rows are exactly 128 everywhere: libjpeg's fill for missing data."""
+    if arr is None or arr.ndim < 2 or arr.shape[0] < 4 * rows or arr.dtype != np.uint8:
+        return False
+    return bool((arr[-rows:] == 128).all())
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:

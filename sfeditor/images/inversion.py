@@ -345,7 +345,9 @@ class InversionCache:
         if not p.is_file():
             return None
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            from ..model.safe_torch import safe_torch_load
+
+            obj = safe_torch_load(p)
             if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT or obj.get("key") != key:
                 return None
             if int(obj.get("version", 0)) > CACHE_VERSION:
@@ -687,9 +689,12 @@ def _load_e4e_file(p: Path):
     """torch.load with ``weights_only`` (argparse.Namespace allowed for ``opts``): no code from the file runs."""
     import argparse
 
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(p, map_location="cpu", weights_only=True)
+    from ..model.safe_torch import safe_torch_load
+
+    try:   # sizes and CRCs checked before anything is allocated (sfeditor.model.safe_torch)
+        # an official e4e file (IR-SE-50 + a 1024 px decoder) holds ~1.1 GB of float32; 2 GiB bounds what
+        # a small file of aliased views may declare
+        return safe_torch_load(p, safe_globals=[argparse.Namespace], declared_limit=2 << 30)
     except Exception as e:
         raise ValueError(f"{p}: not a readable e4e checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None
@@ -822,10 +827,12 @@ def save_latents(path: str | os.PathLike, w_plus: torch.Tensor, noise: Sequence[
 def load_latents(path: str | os.PathLike, G=None) -> tuple[torch.Tensor, list[torch.Tensor] | None, dict]:
     """Read a w+ file -> (w_plus, noise or None, meta); checks the shapes against ``G`` if given."""
     p = Path(os.fspath(path))
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"no latent file at {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+    from ..model.safe_torch import safe_torch_load
+
+    try:   # sizes and CRCs checked before anything is allocated (sfeditor.model.safe_torch)
+        obj = safe_torch_load(p)
     except Exception as e:
         raise ValueError(f"{p}: not a readable w+ file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None
@@ -851,6 +858,6 @@ def load_latents(path: str | os.PathLike, G=None) -> tuple[torch.Tensor, list[to
             raise ValueError(f"{p}: noise maps do not fit the generator")
     try:
         meta = json.loads(obj.get("meta") or "{}")
-    except (TypeError, json.JSONDecodeError):
+    except (TypeError, json.JSONDecodeError, RecursionError):
         meta = {}
     return w.float(), noise, meta if isinstance(meta, dict) else {}

@@ -104,10 +104,17 @@ def load_toy_encoder(path: str | os.PathLike, map_location="cpu", G=None) -> Toy
     path = Path(os.fspath(path))
     if not path.is_file():
         raise FileNotFoundError(f"no encoder file at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    from ..integrity import verify_shipped
+    from ..model.safe_torch import TorchFileError, safe_torch_load
+
+    verify_shipped(path)               # shipped resources: SHA-256 against resources/MANIFEST.json
+    try:   # sizes and CRCs checked before anything is allocated (sfeditor.model.safe_torch)
+        obj = safe_torch_load(path)
+    except TorchFileError as e:
+        raise ValueError(f"not a readable encoder file: {e}") from None
     except Exception as e:  # truncated, foreign, or needs globals
-        raise ValueError(f"{path}: not a readable encoder file ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable encoder file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+            from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not an encoder file")
     if obj.get("format") == ENCODER_FORMAT:

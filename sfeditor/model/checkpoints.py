@@ -49,6 +49,7 @@ from ..atomic import atomic_torch_save
 from .generator import Generator, GeneratorConfig
 from .latent_prior import MixturePrior, PriorError, split_prior_state
 from .safe_pickle import PickledModule, SafeUnpickler, TFNetworkRecord, UnsafePickleError
+from .safe_torch import TorchFileError, inspect_torch_file
 from .upfirdn import make_kernel
 
 __all__ = ["CheckpointError", "CheckpointData", "load_generator",
@@ -272,8 +273,16 @@ def _read_file(path: str) -> tuple[Any, str]:
         raise FileNotFoundError(errno.ENOENT, "checkpoint not found", path)
     if os.path.isdir(path):
         raise CheckpointError("is a folder, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise CheckpointError("is not a regular file (a device, pipe or socket)")
     if os.path.getsize(path) == 0:
         raise CheckpointError("file is empty")
+    from ..integrity import IntegrityError, verify_shipped
+
+    try:
+        verify_shipped(path)               # shipped resources: SHA-256 against resources/MANIFEST.json
+    except IntegrityError as e:
+        raise CheckpointError(str(e)) from None
     with open(path, "rb") as f:
         head = f.read(64)
     if head.startswith(b"PK\x03\x04"):
@@ -310,6 +319,8 @@ def _safe_unpickle(f) -> Any:
         raise CheckpointError(f"not a readable pickle ({msg})") from None
     except RecursionError:
         raise CheckpointError("pickle is nested too deeply") from None
+    except MemoryError:
+        raise CheckpointError("the pickle needs more memory than its size allows: refusing") from None
     except CheckpointError:
         raise
     except Exception as e:  # a stand-in called with arguments no real checkpoint uses
@@ -317,6 +328,10 @@ def _safe_unpickle(f) -> Any:
 
 
 def _torch_load(path: str, mmap: bool) -> Any:
+    try:   # CRCs, declared storage sizes and views before anything is allocated
+        inspect_torch_file(path)
+    except TorchFileError as e:
+        raise CheckpointError(str(e)) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -26,6 +26,8 @@ import codecs
 import collections
 import importlib
 import io
+import math
+import os
 import pickle
 import re
 import warnings
@@ -144,9 +146,19 @@ def _torch_module_record(module: str, name: str) -> type:
 
 # ------------------------------------------------------- tensor/numpy helpers
 def _load_storage_bytes(data: Any):
-    """``torch.storage._load_from_bytes`` with ``weights_only=True`` (no code runs)."""
+    """``torch.storage._load_from_bytes`` with ``weights_only=True`` (no code runs).
+
+    The blob is a legacy ``torch.save``; its declared sizes are checked against
+    its length first (:func:`sfeditor.model.safe_torch.inspect_legacy_bytes`).
+    """
+    from .safe_torch import TorchFileError, inspect_legacy_bytes
+
     if not isinstance(data, (bytes, bytearray)):
         raise pickle.UnpicklingError("tensor storage is not a byte string")
+    try:
+        inspect_legacy_bytes(bytes(data))
+    except TorchFileError as e:
+        raise pickle.UnpicklingError(f"bad tensor storage: {e}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TypedStorage deprecation chatter
         return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
@@ -170,6 +182,11 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         need = 0 if 0 in size else offset + 1 + sum((n - 1) * st for n, st in zip(size, stride))
         if need > storage.size():
             raise pickle.UnpicklingError("tensor extends past the end of its storage (corrupt file)")
+        numel = math.prod(size)
+        if numel > storage.size() and numel * storage.element_size() > _EXPANDED_VIEW_LIMIT:
+            raise pickle.UnpicklingError(f"a tensor of shape {list(size)} is an expanded view of {storage.size()} "
+                                         f"stored elements: refusing (it would need "
+                                         f"{numel * storage.element_size() / 2 ** 20:.0f} MiB)")
         return torch._utils._rebuild_tensor(storage, offset, size, stride)
 
 
@@ -221,6 +238,23 @@ _NP_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
 _NP_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
 
 # (module, name) -> object.  Everything the supported checkpoint formats use.
+_EXPANDED_VIEW_LIMIT = 1 << 20      # bytes an overlapping (stride-0) view may declare
+
+
+class _Refused:
+    """A class the file may name as a type marker but never call (calling could allocate any size)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError(f"the pickle calls {self.name} directly, which no checkpoint does")
+
+
+_TENSOR_MARKER = _Refused("torch.Tensor")
+_PARAMETER_MARKER = _Refused("torch.nn.Parameter")
+_NDARRAY_MARKER = _Refused("numpy.ndarray")
+
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
@@ -246,9 +280,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch.storage", "_load_from_bytes"): _load_storage_bytes,
     ("torch", "Size"): torch.Size,
     ("torch", "device"): torch.device,
-    ("torch", "Tensor"): torch.Tensor,
-    ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
-    ("numpy", "ndarray"): np.ndarray,
+    ("torch", "Tensor"): _TENSOR_MARKER,
+    ("torch.nn.parameter", "Parameter"): _PARAMETER_MARKER,
+    ("numpy", "ndarray"): _NDARRAY_MARKER,
     ("numpy", "dtype"): np.dtype,
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("dnnlib", "EasyDict"): EasyDict,
@@ -260,10 +294,84 @@ _NUMPY_FUNCS = {("multiarray", "_reconstruct"): _NP_MULTIARRAY, ("multiarray", "
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _file_size(f: Any) -> int | None:
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        pass
+    if isinstance(f, io.BytesIO):
+        return len(f.getbuffer())
+    return None
+
+
 class SafeUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` whose ``find_class`` only returns allow-listed objects."""
+    """``pickle.Unpickler`` whose ``find_class`` only returns allow-listed objects.
+
+    Calls that could allocate more than the file holds are bounded by its size
+    (``budget``; from the open file when not given): ``bytes(n)`` /
+    ``bytearray(n)``, numpy's ``_reconstruct`` / ``scalar`` / ``_frombuffer``.
+    ``torch.Tensor``, ``Parameter`` and ``numpy.ndarray`` are type markers only.
+    """
+
+    def __init__(self, file: BinaryIO, *args, budget: int | None = None, **kwargs):
+        super().__init__(file, *args, **kwargs)
+        size = budget if budget is not None else _file_size(file)
+        self.budget = size if size is not None else 1 << 30
+
+    def _check_bytes(self, n: int, what: str) -> None:
+        if n > self.budget:
+            raise pickle.UnpicklingError(f"{what} of {n} bytes in a {self.budget}-byte file: refusing")
+
+    def _bytes_like(self, cls):
+        def build(*args):
+            if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+                self._check_bytes(args[0], f"a {cls.__name__}")
+            return cls(*args)
+        return build
+
+    def _np_reconstruct(self, real):
+        def build(subtype, shape, dtype, *rest):
+            if subtype is not _NDARRAY_MARKER:
+                raise pickle.UnpicklingError("numpy array of an unsupported subtype")
+            self._check_array(shape, np.dtype("b"))
+            return real(np.ndarray, shape, dtype, *rest)
+        return build
+
+    def _check_array(self, shape, dtype) -> None:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise pickle.UnpicklingError("malformed numpy shape")
+        self._check_bytes(math.prod(shape) * np.dtype(dtype).itemsize, "a numpy array")
+
+    def _np_scalar(self, real):
+        def build(dtype, *rest):
+            if not isinstance(dtype, np.dtype):
+                raise pickle.UnpicklingError("malformed numpy scalar")
+            self._check_bytes(dtype.itemsize, "a numpy scalar")
+            return real(dtype, *rest)
+        return build
+
+    def _np_frombuffer(self, real):
+        def build(buf, dtype, shape, order, *rest):
+            if not isinstance(dtype, np.dtype):
+                raise pickle.UnpicklingError("malformed numpy buffer")
+            self._check_array(shape, dtype)
+            return real(buf, dtype, shape, order, *rest)
+        return build
 
     def find_class(self, module: str, name: str) -> Any:
+        obj = self._find_class(module, name)
+        if obj is bytes or obj is bytearray:
+            return self._bytes_like(obj)
+        if name == "_reconstruct" and "multiarray" in module:
+            return self._np_reconstruct(obj)
+        if name == "scalar" and "multiarray" in module:
+            return self._np_scalar(obj)
+        if name == "_frombuffer":
+            return self._np_frombuffer(obj)
+        return obj
+
+    def _find_class(self, module: str, name: str) -> Any:
         # protocol 0-2 pickles written by Python 3 use Python 2 names (__builtin__, copy_reg)
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]

@@ -244,8 +244,10 @@ class StyleCode:
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu") -> "StyleCode":
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
+        from .safe_torch import safe_torch_load
+
+        try:   # sizes and CRCs checked before anything is allocated (sfeditor.model.safe_torch)
+            state = safe_torch_load(path, map_location=map_location)
         except FileNotFoundError:
             raise
         except Exception as e:  # truncated / foreign / pickled code

@@ -351,7 +351,13 @@ class RegionsFile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RegionsFile":
+        from ..validate import check_regular_file
+
         path = os.fspath(path)
+        check_regular_file(path, 1 << 30, "regions file")
+        from ..integrity import verify_shipped
+
+        verify_shipped(path)           # shipped resources: SHA-256 against resources/MANIFEST.json
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
@@ -359,10 +365,14 @@ class RegionsFile:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         except UnicodeDecodeError:
             raise ValueError(f"{path}: not a text (UTF-8 JSON) file") from None
+        except RecursionError:
+            raise ValueError(f"{path}: the JSON is nested too deeply to be a regions file") from None
         try:
             return cls.from_dict(d)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+        except RecursionError:
+            raise ValueError(f"{path}: nested too deeply to be a regions file") from None
 
     def relabelled(self, clusters: dict[int, str], tree: RegionNode) -> "RegionsFile":
         """A copy with new cluster labels and hierarchy (validated)."""

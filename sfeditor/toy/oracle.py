@@ -201,8 +201,12 @@ def load_oracle(domain: str, device=None, path=None) -> RegionOracle:
     path = Path(path) if path is not None else default_path(domain)
     if not path.is_file():
         raise FileNotFoundError(f"oracle weights not found: {path} (train them with trainer.oracle.train_oracle)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    from ..integrity import verify_shipped
+    from ..model.safe_torch import safe_torch_load
+
+    verify_shipped(path)               # shipped resources: SHA-256 against resources/MANIFEST.json
+    try:   # sizes and CRCs checked before anything is allocated (sfeditor.model.safe_torch)
+        obj = safe_torch_load(path)
     except Exception as e:  # garbage bytes, truncated file, disallowed pickle content
         raise ValueError(f"{path} is not a readable sfeditor oracle file: {type(e).__name__}: {e}") from e
     obj = _check_payload(obj, str(path))

@@ -60,9 +60,27 @@ def run_app(args: argparse.Namespace | None = None, argv: list[str] | None = Non
     if problem:
         print(f"sfeditor: {problem}", file=sys.stderr)
         return 2
+    from ..editor.session import EditorSession, SessionError, load_bundle
+    from ..validate import check_device
+
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        print(f"sfeditor: {e}", file=sys.stderr)
+        return 2
+    domain = args.domain
+    comp = None
+    if args.file:   # read before any window opens: /dev/zero, a FIFO or a folder is a one-line error, exit 2
+        try:
+            comp = EditorSession.read_composition(args.file)
+        except SessionError as e:
+            print(f"sfeditor: {e}", file=sys.stderr)
+            return 2
+        if comp is not None and domain is None and not args.generator:
+            domain = comp.domain or None
+
     from PySide6.QtWidgets import QApplication
 
-    from ..editor.session import EditorSession, SessionError, load_bundle
     from .main_window import MainWindow
     from .theme import apply_theme
 
@@ -70,20 +88,6 @@ def run_app(args: argparse.Namespace | None = None, argv: list[str] | None = Non
     app.setApplicationName("sfeditor")
     app.setOrganizationName("sfeditor")
     apply_theme(app, dark=not args.light)
-    try:
-        _installed_generator(args)
-    except ValueError as e:          # not installed / checksum mismatch: one line
-        print(f"sfeditor: {e}", file=sys.stderr)
-        return 2
-    domain = args.domain
-    comp = None
-    if args.file:
-        try:
-            comp = EditorSession.read_composition(args.file)
-        except SessionError as e:
-            print(f"sfeditor: {e}", file=sys.stderr)
-        if comp is not None and domain is None and not args.generator:
-            domain = comp.domain or None
     bundle = None
     if args.generator:
         try:

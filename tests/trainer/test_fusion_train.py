@@ -760,6 +760,9 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     obj = torch.load(tmp_path / "h.pt", weights_only=True)      # the same nets under another tree
     obj["tree"] = {"name": "all", "children": [{"name": "ab", "children": ["a", "c"]},
                                                {"name": "cd", "children": ["b", "d"]}]}
+    from sfeditor.integrity import DIGEST_KEY, state_digest
+
+    obj[DIGEST_KEY] = state_digest({k: v for k, v in obj.items() if k != DIGEST_KEY})   # a valid file, not a corrupt one
     torch.save(obj, tmp_path / "other-tree.pt")
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "other-tree.pt"),
                "--judge", "clusters", "--samples", "2", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "c3")])
