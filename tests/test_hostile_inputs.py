@@ -30,7 +30,7 @@ from sfeditor.editor.composition import Composition, embed_in_png
 from sfeditor.fusion.fusion_net import FusionNetConfig, load_fusion_net, read_weight_file
 from sfeditor.fusion.hierarchy import HIERARCHY_FORMAT, load_hierarchy
 from sfeditor.images.imageio import encode_png
-from sfeditor.regions import RegionsFile
+from sfeditor.regions.regions_file import RegionsFile
 from sfeditor.model.safe_pickle import SafeUnpickler
 from sfeditor.model.safe_torch import TorchFileError, safe_torch_load
 from sfeditor.editor.session import EditorSession, SessionError
@@ -867,7 +867,7 @@ from sfeditor.images.toy_encoder import load_toy_encoder
 from sfeditor.images.inversion import load_latents, read_e4e
 from sfeditor.model.style_code import StyleCode
 from sfeditor.images.directions import load_direction
-from sfeditor.regions import RegionsFile
+from sfeditor.regions.regions_file import RegionsFile
 from sfeditor.editor.composition import Composition
 from sfeditor.editor.session import EditorSession
 loaders = [read_checkpoint, load_fusion_net, load_hierarchy, load_toy_encoder, load_latents, read_e4e, StyleCode.load,
