@@ -32,10 +32,10 @@ def shipped_recipe(name: str) -> Path:
     p = RECIPES_DIR / name
     if p.suffix in (".json", ".toml"):
         return p
-    for suffix in (".json", ".toml"):
-        if p.with_suffix(suffix).is_file():
-            return p.with_suffix(suffix)
-    return p.with_suffix(".json")
+    for suffix in (".json", ".toml"):           # appended: "generator-toy-faces-v4.2" has a dot of its own
+        if (RECIPES_DIR / f"{name}{suffix}").is_file():
+            return RECIPES_DIR / f"{name}{suffix}"
+    return RECIPES_DIR / f"{name}.json"
 
 
 def resolve_recipe_path(path: str | Path) -> Path:
@@ -196,9 +196,8 @@ def add_run_flags(p, *, domains=None, domain_required: bool = True, out: str = "
                   what: str = "") -> None:
     """The day-to-day flags every training command shares; each overrides its recipe's value."""
     add_recipe_flag(p, what)
-    if domains is not None or domain_required:
-        p.add_argument("--domain", required=domain_required, choices=domains,
-                       help="domain (overrides the recipe's)" if not domain_required else None)
+    p.add_argument("--domain", required=domain_required, choices=domains,
+                   help=None if domain_required else "domain (default: the recipe's)")
     if out:
         p.add_argument("--out", help=out)
     if device:
