@@ -33,14 +33,14 @@ def cmd_generator(args: argparse.Namespace) -> int:
     from .common import run_cancellable
     from .generator_loop import train_generator
     from .generator_recipe import GeneratorRecipe
-    from .recipe import check_steps_scale, load_recipe
+    from .recipe import RecipeError, check_steps_scale, load_recipe
 
     recipe = load_recipe(args.recipe, GeneratorRecipe,
                          overrides={**flag_overrides(args), "bf16": args.bf16, "data_workers": args.data_workers})
     try:
         recipe = recipe.validate().scaled(check_steps_scale(args.steps_scale))
     except ValueError as e:
-        raise SystemExit(f"sfeditor-train generator: {args.recipe or 'recipe defaults'}: {e}") from None
+        raise RecipeError(f"{args.recipe or 'recipe defaults'}: {e}") from None
     out = args.out or f"runs/generator-{recipe.domain}"
     path, rc = run_cancellable(lambda cancel: train_generator(recipe, out, resume=not args.restart, cancel=cancel,
                                                               from_phase=args.from_phase))
