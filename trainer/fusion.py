@@ -164,7 +164,7 @@ def training_config(domain: str, tree, node: str, config: str = "", favor: str =
         return short(steps_scale)
     fav = favor or children[0]
     if fav not in children:
-        raise ValueError(f"--favor must name a child of {node!r} ({', '.join(children)}), got {fav!r}")
+        raise ValueError(f"favor must name a child of {node!r} ({', '.join(children)}), got {fav!r}")
     return favored(children.index(fav), fav, steps_scale)
 
 
@@ -175,7 +175,7 @@ def local_pair(nr, local_lambdas: dict) -> tuple[float | None, float | None] | N
     children = (nr.child1, nr.child2)
     unknown = sorted(set(local_lambdas) - set(children))
     if unknown:
-        raise ValueError(f"--lambda-local names {', '.join(unknown)}: not a child of the node "
+        raise ValueError(f"local_lambdas names {', '.join(unknown)}: not a child of the node "
                          f"(children: {', '.join(children)})")
     return tuple(local_lambdas.get(c) for c in children)
 
@@ -551,21 +551,21 @@ def stage3_start(source: str | os.PathLike, recipe: FusionRecipe, stages) -> dic
     """
     path = Path(source) / "checkpoint.pt"
     if not path.exists():
-        raise ValueError(f"--stage3-from {source}: no checkpoint.pt there")
+        raise ValueError(f"stage3_from {source}: no checkpoint.pt there")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
         raise ValueError(f"{path}: not a FusionNet training checkpoint")
     old = state.get("recipe", {})
     if old.get("ablation") != "no_stage3" or not state.get("done") or (state.get("stage"), state.get("step")) != (3, 0):
-        raise ValueError(f"--stage3-from {source}: not a finished No Stage 3 run (ablation "
+        raise ValueError(f"stage3_from {source}: not a finished No Stage 3 run (ablation "
                          f"{old.get('ablation')!r}, stage {state.get('stage')}, step {state.get('step')}, "
                          f"done {state.get('done')})")
     if recipe.ablation != "full" or not _runs_stage3(stages):
-        raise ValueError("--stage3-from needs a run with a stage 3 (the full model, not Short or an ablation)")
+        raise ValueError("stage3_from needs a run with a stage 3 (the full model, not Short or an ablation)")
     defaults, new = _recipe_dict(FusionRecipe()), _recipe_dict(recipe)
     diff = [k for k in STAGE12_KEYS if old.get(k, defaults.get(k)) != new.get(k)]
     if diff:
-        raise ValueError(f"--stage3-from {source}: its stages 1-2 ran with other settings ({', '.join(diff)})")
+        raise ValueError(f"stage3_from {source}: its stages 1-2 ran with other settings ({', '.join(diff)})")
     return {**state, "recipe": new, "done": False, "opt": None}
 
 
@@ -591,12 +591,12 @@ def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes:
     node_configs = dict(node_configs or {})
     unknown = sorted(set(node_configs) - {n.name for n in internal_nodes(regions.tree)})
     if unknown:
-        raise ValueError(f"--node-config names nodes that are not internal nodes of the tree: {unknown}")
+        raise ValueError(f"node_configs names nodes that are not internal nodes of the tree: {unknown}")
     # a child names its node (region names are unique in the tree): each node takes its children's lambda_local
     children = {name: {c.name for c in find_node(regions.tree, name).children} for name in order}
     unknown = sorted(set(recipe.local_lambdas) - set().union(*children.values()))
     if unknown:
-        raise ValueError(f"--lambda-local names {', '.join(unknown)}: not a child of a node being trained "
+        raise ValueError(f"local_lambdas names {', '.join(unknown)}: not a child of a node being trained "
                          f"({', '.join(order)})")
     out_root = Path(out_root)
     hierarchy = Path(hierarchy) if hierarchy is not None else out_root / "hierarchy.pt"
