@@ -109,7 +109,8 @@ class FusionRecipe:
     stage3_target: str = "inputs"     # stage 3's L_fusion against s1, s2 ("inputs", Eq. 7) or s'1, s'2 ("aligned")
     align_reg3: float | None = None   # stage 3's lambda_alignReg (None = A.2's 1)
     local_scale: float = 1.0          # factor on A.2's lambda_local
-    local_lambdas: dict = field(default_factory=dict)   # child -> lambda_local replacing A.2's (before local_scale)
+    local_lambdas: dict[str, float] = field(default_factory=dict)   # child -> lambda_local, replaces A.2's
+    #                                                                  (before local_scale)
     batch: int = 4                # per process
     lr: float = 0.5               # Adam; EqualLinear lr_mul 0.01 scales the effective step by 0.01
     betas: tuple[float, float] = (0.9, 0.999)

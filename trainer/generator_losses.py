@@ -164,7 +164,7 @@ def load_seg_critic(domain: str, path: str | Path, device) -> nn.Module:
     if judge.is_file() and path.is_file() and \
             hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(judge.read_bytes()).digest():
         raise ValueError(f"{path} is the shipped region oracle, the judge of generated images; train a "
-                         f"separate critic: sfeditor-train oracle --domain {domain} --seed 1 --out critic.pt")
+                         f"separate critic: sfeditor-train oracle --recipe oracle-critic-{domain} --out critic.pt")
     critic = load_oracle(domain, path=path).to(device).eval()
     for p in critic.parameters():
         p.requires_grad_(False)

@@ -8,8 +8,10 @@ the file.  Keys a recipe leaves out keep the dataclass defaults.  The shipped re
 ``trainer/recipes/`` and reproduce the shipped artifacts (``docs/notes/recipes.md``); a run
 records the recipe it ran in its ``options.json``.
 
-A few command-line flags (domain, output, device, threads, seed, steps scale, resume) override a
-recipe's values: what users change day to day; the rest is the recipe's.
+A few command-line flags (domain, output, device, threads, steps scale, resume) override a
+recipe's values: what users change day to day.  The rest, the seed included, is the recipe's: a
+variant is a new recipe file (copy a shipped one and change it), so every run's settings are one
+file that its ``options.json`` repeats.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def read_recipe_file(path: str | Path) -> dict:
         else:
             data = json.loads(text)
     except ValueError as e:         # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
-        raise RecipeError(f"{p}: not a valid {p.suffix.lstrip('.') or 'JSON'} recipe ({e})") from None
+        raise RecipeError(f"{p}: not a valid {'TOML' if p.suffix == '.toml' else 'JSON'} recipe ({e})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{p}: a recipe is a table of settings, not a {type(data).__name__}")
     data.pop("comment", None)
@@ -192,8 +194,7 @@ __all__ = ["RecipeError", "RECIPES_DIR", "shipped_recipe", "resolve_recipe_path"
 
 # ------------------------------------------------------------------ CLI
 def add_run_flags(p, *, domains=None, domain_required: bool = True, out: str = "", steps: bool = True,
-                  resume: bool = True, device: bool = True, threads: bool = True, seed: bool = True,
-                  what: str = "") -> None:
+                  resume: bool = True, device: bool = True, threads: bool = True, what: str = "") -> None:
     """The day-to-day flags every training command shares; each overrides its recipe's value."""
     add_recipe_flag(p, what)
     p.add_argument("--domain", required=domain_required, choices=domains,
@@ -204,8 +205,6 @@ def add_run_flags(p, *, domains=None, domain_required: bool = True, out: str = "
         p.add_argument("--device", help="cpu, cuda, auto (default: the recipe's)")
     if threads:
         p.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's; 0 = torch's)")
-    if seed:
-        p.add_argument("--seed", type=int, help="random seed (default: the recipe's)")
     if steps:
         p.add_argument("--steps-scale", type=float, default=1.0,
                        help="multiply the recipe's steps (quick trials), e.g. 0.01")

@@ -443,7 +443,6 @@ def _common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--generator", help="generator checkpoint (default: the domain's shipped generator)")
     p.add_argument("--device", help="cpu, cuda, auto (default: the recipe's)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's; 0 = torch's)")
-    p.add_argument("--seed", type=int, help="seed (default: the recipe's)")
 
 
 def add_parsers(subparsers) -> None:
