@@ -29,6 +29,23 @@ class OracleRecipe:
             raise ValueError("steps, batch and lr must be positive")
 
 
+@dataclass
+class EvaluateGeneratorRecipe:
+    """``sfeditor-train evaluate-generator``'s measurement settings (the numbers: :mod:`trainer.evaluate_generator`)."""
+
+    domain: str = ""                  # "" = give --domain
+    project: int = 50                 # held-out images to project (coverage)
+    project_steps: int | None = None  # projector steps per image (None: the domain's inversion preset, as the editor)
+    samples: int = 500                # samples for realism and diversity
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.domain not in ("", *DOMAINS):
+            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {self.domain!r}")
+        if self.project < 1 or self.samples < 1 or (self.project_steps is not None and self.project_steps < 1):
+            raise ValueError("project, project_steps and samples must be >= 1")
+
+
 def cmd_generator(args: argparse.Namespace) -> int:
     from .common import run_cancellable
     from .generator_loop import train_generator
@@ -91,13 +108,17 @@ def cmd_evaluate_generator(args: argparse.Namespace) -> int:
     from sfeditor.toy_encoder import load_toy_encoder
 
     from .evaluate_generator import evaluate_generator
+    from .recipe import load_recipe
 
-    torch.set_num_threads(args.threads) if args.threads else None
-    G = load_generator(args.model or args.domain, device="cpu")
+    r = load_recipe(args.recipe, EvaluateGeneratorRecipe, overrides=flag_overrides(args, ("domain", "threads")))
+    if not r.domain:
+        raise ValueError("give --domain (or a recipe with a domain)")
+    torch.set_num_threads(r.threads) if r.threads else None
+    G = load_generator(args.model or r.domain, device="cpu")
     encoder = load_toy_encoder(args.encoder, G=G) if args.encoder else None
-    out = args.out or f"runs/eval-generator-{args.domain}"
-    m = evaluate_generator(G, args.domain, out, encoder=encoder, n_project=args.project,
-                           project_steps=args.project_steps, n_samples=args.samples)
+    out = args.out or f"runs/eval-generator-{r.domain}"
+    m = evaluate_generator(G, r.domain, out, encoder=encoder, n_project=r.project,
+                           project_steps=r.project_steps, n_samples=r.samples)
     print(f"wrote {out}/metrics.json and PNGs; coverage {m['coverage']['w_plus_psnr_db']:.2f} dB")
     return 0
 
@@ -118,16 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--install", action="store_true", help="copy the result (fp16) into resources/ when done")
     g.set_defaults(func=cmd_generator)
 
-    e = sub.add_parser("evaluate-generator", help="coverage (W+ projection PSNR), oracle realism, sample grids")
-    e.add_argument("--domain", required=True, choices=["toy-faces", "toy-cars"])
+    e = sub.add_parser("evaluate-generator", help="coverage (W+ projection PSNR), oracle realism, sample grids",
+                       description="Measure a generator; the measurement settings (images to project, projector "
+                                   "steps, samples) are a recipe's (trainer/recipes/evaluate-generator.json; keys: "
+                                   "EvaluateGeneratorRecipe in trainer/cli.py).")
+    add_run_flags(e, domains=DOMAINS, domain_required=False, out="output folder (default runs/eval-generator-<domain>)",
+                  steps=False, resume=False, device=False, what="measurement")
     e.add_argument("--model", help="generator file (default: the shipped domain)")
     e.add_argument("--encoder", help="toy encoder weights to start projections from")
-    e.add_argument("--out")
-    e.add_argument("--project", type=int, default=50, help="held-out images to project")
-    e.add_argument("--project-steps", type=int, default=None,
-                   help="projector steps per image (default: the domain's inversion preset, as in the editor)")
-    e.add_argument("--samples", type=int, default=500)
-    e.add_argument("--threads", type=int, default=0)
     e.set_defaults(func=cmd_evaluate_generator)
 
     o = sub.add_parser("oracle", help="train a toy domain's region oracle on renderer images",
