@@ -1,13 +1,13 @@
 """``sfeditor-train regions`` / ``regions-eval``: a domain's semantic regions from its generator.
 
 ``regions`` (paper Sec. 4.2): sample DeepPixels, build the full Ward tree
-(saved as ``ward-tree.npz``: a later run with another ``--clusters`` recuts it
+(saved as ``ward-tree.npz``: a later run with another ``clusters`` in its recipe recuts it
 without re-clustering), cut it into K clusters and write
 
 * ``regions.json``: the regions file (:mod:`sfeditor.regions`).  Unlabelled,
   its leaves are ``cluster_<id>`` under the Ward hierarchy: rename them to
   region names (several clusters may share one) and give the region tree;
-  or, for a toy domain, ``--auto-label`` names every cluster by the majority
+  or, for a toy domain, ``auto_label = true`` names every cluster by the majority
   label of the domain's region *oracle* (a segmentation net trained on
   renderer labels) and uses the paper tree (Appendix A.1);
 * ``clusters/cluster_<id>.png``: one contact sheet per cluster (sample
@@ -203,7 +203,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         regions = regions.relabelled(labels, tree)
         regions.clustering["auto_label"] = {"method": "majority vote of the region oracle", **label_report}
     elif args.tree:
-        print("--tree is used with --auto-label; an unlabelled file keeps the Ward hierarchy", file=sys.stderr)
+        print("tree is used with auto_label; an unlabelled file keeps the Ward hierarchy", file=sys.stderr)
     kept = list(range(K))
     if args.prune:
         from sfeditor.centroid_pruning import prune_regions
