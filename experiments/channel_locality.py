@@ -9,7 +9,7 @@ reconstructions, this prints per region:
 
 - ``w>0``: channels per image with ``M[R, c] > 0.5`` (a nonzero fusion weight);
 - ``group M``: mean M of the region's swap group (``trainer.generator.swap_channel_groups``) on
-  layers at least ``--min-res`` wide (what ``--channel-local`` trains);
+  layers at least ``--min-res`` wide (what the dropped ``--channel-local`` loss trained; :func:`group_m`);
 - ``swap loc``: locality of swapping that group from image B into A (share of the mean absolute
   change inside A's region, oracle labels of A's reconstruction: the formula of
   ``sfeditor-train evaluate``), and the reconstructions' PSNR.
@@ -28,13 +28,35 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from experiments.ae_regions import load_run  # noqa: E402
-from sfeditor.regions.correlation import correlation  # noqa: E402
+from sfeditor.regions.correlation import correlation, layer_correlation, resize_regions  # noqa: E402
 from sfeditor.images.imageio import from_uint8  # noqa: E402
 from sfeditor.model.style_code import StyleCode  # noqa: E402
 from sfeditor.toy import region_names, render, swap_groups  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
-from trainer.generator import HELDOUT_SEED_OFFSET, channel_locality_loss, swap_channel_groups
+from trainer.generator import HELDOUT_SEED_OFFSET, swap_channel_groups
 from sfeditor.images.metrics import psnr
+
+
+def group_m(features: dict, labels: torch.Tensor, groups: torch.Tensor, layout, n_regions: int,
+            min_res: int) -> torch.Tensor:
+    """Mean over images and channels of M[k, c] (Eq. 1) for region k's swap group (group k + 1), on the
+    style layers at least ``min_res`` px wide: ``[n_regions]``."""
+    U = torch.nn.functional.one_hot(labels.long(), n_regions).permute(0, 3, 1, 2).float()
+    maps = list(features["conv"]) + list(features["rgb"])
+    res = list(layout.conv_res) + list(layout.rgb_res)
+    total, count = torch.zeros(n_regions), torch.zeros(n_regions)
+    for A, r, g in zip(maps, res, torch.split(groups, list(layout.dims))):
+        keep = g >= 1
+        if r < min_res or not bool(keep.any()):
+            continue
+        M = layer_correlation(A.float(), resize_regions(U, A.shape[-1]))                   # [B, R, C]
+        k = (g[keep] - 1).long()
+        own = M[:, :, keep].gather(1, k[None, None, :].expand(M.shape[0], 1, -1))[:, 0]     # [B, C_kept]
+        total.index_add_(0, k, own.mean(0))
+        count.index_add_(0, k, torch.ones_like(k, dtype=count.dtype))
+    if not bool(count.any()):
+        raise ValueError(f"no style layer of at least {min_res} px holds a region group's channel")
+    return total / count.clamp_min(1)
 
 
 @torch.no_grad()
@@ -52,7 +74,7 @@ def run_stats(G, E, domain: str, images: int, min_res: int, oracle) -> dict:
     U = torch.stack([(lab == onames.index(n)) for n in names], 1).float()    # [B, R, H, W] in `names` order
     M = correlation(feats, U)                                                 # [B, R, |S|]
     w = 2 * M.clamp(min=0.5) - 1
-    _, group_m = channel_locality_loss(feats, U.argmax(1), groups, G.layout, len(names), min_res)
+    group_ms = group_m(feats, U.argmax(1), groups, G.layout, len(names), min_res)
     out = {"psnr": float(psnr(rec, xa).mean()), "regions": {}}
     for r, n in enumerate(names):
         take = (groups == r + 1).float()[None]
@@ -61,7 +83,7 @@ def run_stats(G, E, domain: str, images: int, min_res: int, oracle) -> dict:
         inside = U[:, r]
         loc = float((change * inside).sum() / change.sum().clamp_min(1e-12))
         out["regions"][n] = {"w_pos": float((w[:, r] > 0).float().sum(1).mean()), "w_sum": float(w[:, r].sum(1).mean()),
-                             "group_m": float(group_m[r]), "swap_loc": loc, "area": float(inside.mean())}
+                             "group_m": float(group_ms[r]), "swap_loc": loc, "area": float(inside.mean())}
     return out
 
 

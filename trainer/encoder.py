@@ -33,8 +33,8 @@ from sfeditor.images.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_e
 from sfeditor.validate import device_arg, float_in, int_in
 
 from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, run_cancellable, set_rng_state
-from .generator import HELDOUT_SEED_OFFSET, recon_loss, rendered_batch
-from sfeditor.images.metrics import psnr
+from .generator_data import HELDOUT_SEED_OFFSET, rendered_batch
+from .generator_losses import psnr, recon_loss
 
 ENCODER_SEED_OFFSET = 5_000_000      # training renders: seeds from here (below the held-out range)
 
@@ -60,6 +60,12 @@ class EncoderRecipe:
     eval_images: int = 32
     threads: int = 0
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.domain not in ("toy-faces", "toy-cars"):
+            raise ValueError(f"domain must be toy-faces or toy-cars, not {self.domain!r}")
+        if self.steps < 0 or self.batch < 1 or self.latent_batch < 1 or not self.lr > 0:
+            raise ValueError("steps must be >= 0, batch and latent_batch >= 1, lr > 0")
 
 
 def _default_generator(domain: str) -> str:
@@ -183,11 +189,16 @@ def train_encoder(recipe: EncoderRecipe, out: str | Path, resume: bool = True, c
 
 # ------------------------------------------------------------------ CLI
 def cmd_encoder(args: argparse.Namespace) -> int:
-    recipe = EncoderRecipe(domain=args.domain, generator=args.generator or "", init=args.init,
-                           steps=args.steps, batch=args.batch, lr=args.lr, latent_weight=args.latent_weight,
-                           warmup=args.warmup,
-                           seed=args.seed, threads=args.threads, device=args.device)
-    out = args.out or f"runs/encoder-{args.domain}"
+    from dataclasses import replace
+
+    from .recipe import check_steps_scale, flag_overrides, load_recipe
+
+    recipe = load_recipe(args.recipe, EncoderRecipe,
+                         overrides={**flag_overrides(args), "generator": args.generator, "init": args.init})
+    scale = check_steps_scale(args.steps_scale)
+    if scale != 1.0:
+        recipe = replace(recipe, steps=max(1, int(recipe.steps * scale)))
+    out = args.out or f"runs/encoder-{recipe.domain}"
     path, rc = run_cancellable(lambda cancel: train_encoder(recipe, out, resume=not args.restart, cancel=cancel))
     if rc:
         return rc
@@ -195,30 +206,24 @@ def cmd_encoder(args: argparse.Namespace) -> int:
         from sfeditor.domains import resources_dir
         from sfeditor.images.toy_encoder import load_toy_encoder as _load
 
-        dest = resources_dir() / "encoders" / f"{args.domain}.pt"
-        save_toy_encoder(_load(path), dest, meta={"domain": args.domain, "source_run": str(out)})
+        dest = resources_dir() / "encoders" / f"{recipe.domain}.pt"
+        save_toy_encoder(_load(path), dest, meta={"domain": recipe.domain, "source_run": str(out)})
         print(f"installed the encoder to {dest}")
     return 0
 
 
 def add_parsers(sub) -> None:
     """Register ``encoder`` on ``sfeditor-train``'s subparsers."""
-    e = sub.add_parser("encoder", help="train / fine-tune a toy image encoder (initial guesses for inversion)")
-    e.add_argument("--domain", required=True, choices=["toy-faces", "toy-cars"])
+    from .recipe import add_run_flags
+
+    e = sub.add_parser("encoder", help="train / fine-tune a toy image encoder (initial guesses for inversion)",
+                       description="Train or fine-tune a toy encoder from a recipe (trainer/recipes/encoder-*.json; "
+                                   "keys: EncoderRecipe in trainer/encoder.py). The flags override the recipe.")
+    add_run_flags(e, domains=["toy-faces", "toy-cars"], domain_required=False,
+                  out="run folder (default runs/encoder-<domain>)")
     e.add_argument("--generator", help="generator checkpoint (default runs/generator-<domain>/generator.pt, "
                                        "else the shipped domain)")
-    e.add_argument("--init", default="auto", help="encoder to fine-tune: a file, 'auto' (default: "
-                                                   "runs/generator-<domain>/encoder.pt if present) or 'none'")
-    e.add_argument("--out", help="run folder (default runs/encoder-<domain>)")
-    e.add_argument("--steps", type=int, default=2000)
-    e.add_argument("--batch", type=int_in(1, 4096), default=16)
-    e.add_argument("--lr", type=float_in(0, 100, open_lo=True), default=EncoderRecipe.lr)
-    e.add_argument("--latent-weight", type=float, default=EncoderRecipe.latent_weight,
-                   help="weight of the E(G(w)) = w term on generator samples")
-    e.add_argument("--warmup", type=int, default=EncoderRecipe.warmup, help="lr warm-up steps")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    e.add_argument("--device", default="cpu", type=device_arg)
-    e.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    e.add_argument("--init", help="encoder to fine-tune: a file, 'auto' (runs/generator-<domain>/encoder.pt "
+                                  "if present) or 'none' (default: the recipe's)")
     e.add_argument("--install", action="store_true", help="copy the result into resources/encoders/<domain>.pt")
     e.set_defaults(func=cmd_encoder)

@@ -112,7 +112,8 @@ class FusionRecipe:
     stage3_target: str = "inputs"     # stage 3's L_fusion against s1, s2 ("inputs", Eq. 7) or s'1, s'2 ("aligned")
     align_reg3: float | None = None   # stage 3's lambda_alignReg (None = A.2's 1)
     local_scale: float = 1.0          # factor on A.2's lambda_local
-    local_lambdas: dict = field(default_factory=dict)   # child -> lambda_local replacing A.2's (before local_scale)
+    local_lambdas: dict[str, float] = field(default_factory=dict)   # child -> lambda_local, replaces A.2's
+    #                                                                  (before local_scale)
     batch: int = 4                # per process
     lr: float = 0.5               # Adam; EqualLinear lr_mul 0.01 scales the effective step by 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -167,7 +168,7 @@ def training_config(domain: str, tree, node: str, config: str = "", favor: str =
         return short(steps_scale)
     fav = favor or children[0]
     if fav not in children:
-        raise ValueError(f"--favor must name a child of {node!r} ({', '.join(children)}), got {fav!r}")
+        raise ValueError(f"favor must name a child of {node!r} ({', '.join(children)}), got {fav!r}")
     return favored(children.index(fav), fav, steps_scale)
 
 
@@ -178,7 +179,7 @@ def local_pair(nr, local_lambdas: dict) -> tuple[float | None, float | None] | N
     children = (nr.child1, nr.child2)
     unknown = sorted(set(local_lambdas) - set(children))
     if unknown:
-        raise ValueError(f"--lambda-local names {', '.join(unknown)}: not a child of the node "
+        raise ValueError(f"local_lambdas names {', '.join(unknown)}: not a child of the node "
                          f"(children: {', '.join(children)})")
     return tuple(local_lambdas.get(c) for c in children)
 
@@ -575,21 +576,21 @@ def stage3_start(source: str | os.PathLike, recipe: FusionRecipe, stages) -> dic
     """
     path = Path(source) / "checkpoint.pt"
     if not path.exists():
-        raise ValueError(f"--stage3-from {source}: no checkpoint.pt there")
+        raise ValueError(f"stage3_from {source}: no checkpoint.pt there")
     state = load_checked_state(path)
     if not isinstance(state, dict) or state.get("format") != RUN_FORMAT:
         raise ValueError(f"{path}: not a FusionNet training checkpoint")
     old = state.get("recipe", {})
     if old.get("ablation") != "no_stage3" or not state.get("done") or (state.get("stage"), state.get("step")) != (3, 0):
-        raise ValueError(f"--stage3-from {source}: not a finished No Stage 3 run (ablation "
+        raise ValueError(f"stage3_from {source}: not a finished No Stage 3 run (ablation "
                          f"{old.get('ablation')!r}, stage {state.get('stage')}, step {state.get('step')}, "
                          f"done {state.get('done')})")
     if recipe.ablation != "full" or not _runs_stage3(stages):
-        raise ValueError("--stage3-from needs a run with a stage 3 (the full model, not Short or an ablation)")
+        raise ValueError("stage3_from needs a run with a stage 3 (the full model, not Short or an ablation)")
     defaults, new = _recipe_dict(FusionRecipe()), _recipe_dict(recipe)
     diff = [k for k in STAGE12_KEYS if old.get(k, defaults.get(k)) != new.get(k)]
     if diff:
-        raise ValueError(f"--stage3-from {source}: its stages 1-2 ran with other settings ({', '.join(diff)})")
+        raise ValueError(f"stage3_from {source}: its stages 1-2 ran with other settings ({', '.join(diff)})")
     return {**state, "recipe": new, "done": False, "opt": None}
 
 
@@ -615,12 +616,12 @@ def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes:
     node_configs = dict(node_configs or {})
     unknown = sorted(set(node_configs) - {n.name for n in internal_nodes(regions.tree)})
     if unknown:
-        raise ValueError(f"--node-config names nodes that are not internal nodes of the tree: {unknown}")
+        raise ValueError(f"node_configs names nodes that are not internal nodes of the tree: {unknown}")
     # a child names its node (region names are unique in the tree): each node takes its children's lambda_local
     children = {name: {c.name for c in find_node(regions.tree, name).children} for name in order}
     unknown = sorted(set(recipe.local_lambdas) - set().union(*children.values()))
     if unknown:
-        raise ValueError(f"--lambda-local names {', '.join(unknown)}: not a child of a node being trained "
+        raise ValueError(f"local_lambdas names {', '.join(unknown)}: not a child of a node being trained "
                          f"({', '.join(order)})")
     out_root = Path(out_root)
     hierarchy = Path(hierarchy) if hierarchy is not None else out_root / "hierarchy.pt"
@@ -640,31 +641,67 @@ def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes:
 
 
 # --------------------------------------------------------------------- CLI
+@dataclass
+class FusionJob:
+    """``sfeditor-train fusion``'s recipe keys beside :class:`FusionRecipe`'s."""
+
+    half: bool = False            # store the hierarchy file in float16
+    stage3_from: str = ""         # start stage 3 from a finished no_stage3 run of the same stage 1-2 settings
+
+
+@dataclass
+class HierarchyJob:
+    """``sfeditor-train hierarchy``'s recipe keys beside :class:`FusionRecipe`'s."""
+
+    half: bool = False                                   # store the hierarchy file in float16
+    nodes: list[str] = field(default_factory=list)       # only these internal nodes (still parents first)
+    node_configs: dict[str, str] = field(default_factory=dict)   # node -> "short" | "favored:hair" | ...
+
+    def __post_init__(self) -> None:
+        for node, text in self.node_configs.items():
+            _node_config_arg(f"{node}={text}")          # raises ValueError naming the entry
+
+    def configs(self) -> dict[str, tuple[str, str]]:
+        return dict(_node_config_arg(f"{n}={t}") for n, t in self.node_configs.items())
+
+
+def _fusion_recipe(args: argparse.Namespace, job_cls, node: str | None):
+    """The command's FusionRecipe and job settings: ``--recipe`` with the run flags on top."""
+    from .recipe import RecipeError, flag_overrides, load_recipe, read_recipe_file
+
+    raw = read_recipe_file(args.recipe) if args.recipe else {}
+    overrides = {**flag_overrides(args), "generator": args.generator, "regions": args.regions, "node": node}
+    recipe, job = load_recipe(args.recipe, FusionRecipe, job_cls, overrides=overrides)
+    if args.domain is None and "domain" not in raw:
+        raise RecipeError("give --domain (or a recipe with a domain)")
+    if args.steps_scale != 1.0:
+        from .recipe import check_steps_scale
+
+        recipe = replace(recipe, steps_scale=recipe.steps_scale * check_steps_scale(args.steps_scale))
+    bf16 = args.bf16 if args.bf16 is not None else raw.get("bf16")
+    return replace(recipe, bf16=choose_bf16(bf16, pick_device(recipe.device))[0]), job
+
+
 def _recipe_from_args(args: argparse.Namespace, node: str) -> FusionRecipe:
-    return FusionRecipe(domain=args.domain, node=node, config=getattr(args, "config", "") or "",
-                        favor=getattr(args, "favor", "") or "", steps_scale=args.steps_scale,
-                        ablation=getattr(args, "ablation", "full"), variant=args.variant,
-                        hidden=getattr(args, "hidden", 0) or 0, coarse_layers=args.coarse_layers, batch=args.batch,
-                        **stage3_recipe_args(args),
-                        lr=args.lr, seed=args.seed, truncation=args.truncation, temperature=args.temperature,
-                        generator=args.generator or "", regions=args.regions or "", sample_every=args.sample_every,
-                        checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device,
-                        bf16=choose_bf16(args.bf16, pick_device(args.device))[0])
+    """The FusionRecipe a ``fusion`` / ``hierarchy`` command line asks for (recipe file + flags)."""
+    return _fusion_recipe(args, FusionJob if getattr(args, "command", "") == "fusion" else HierarchyJob, node)[0]
 
 
 def cmd_fusion(args: argparse.Namespace) -> int:
-    recipe = _recipe_from_args(args, args.node)
-    root = Path(f"runs/fusion-{args.domain}")
+    recipe, job = _fusion_recipe(args, FusionJob, args.node)
+    if not recipe.node:
+        raise ValueError("give --node (or a recipe with a node)")
+    root = Path(f"runs/fusion-{recipe.domain}")
     if recipe.ablation != "full":
-        out = Path(args.out) if args.out else Path(f"runs/fusion-{args.domain}-ablation") / recipe.ablation
+        out = Path(args.out) if args.out else Path(f"runs/fusion-{recipe.domain}-ablation") / recipe.ablation
         hierarchy = args.hierarchy
     else:
-        out = Path(args.out) if args.out else root / args.node
+        out = Path(args.out) if args.out else root / recipe.node
         hierarchy = args.hierarchy or root / "hierarchy.pt"
     try:
         return run_cancellable(lambda cancel: train_node(recipe, out, resume=not args.restart, cancel=cancel,
-                                                         hierarchy=hierarchy, half=args.half,
-                                                         stage3_from=args.stage3_from))[1]
+                                                         hierarchy=hierarchy, half=job.half,
+                                                         stage3_from=job.stage3_from or None))[1]
     finally:
         dist_shutdown()
 
@@ -673,19 +710,19 @@ def _node_config_arg(text: str) -> tuple[str, tuple[str, str]]:
     node, sep, rest = text.partition("=")
     config, _, favor = rest.partition(":")
     if not sep or not node or config not in CONFIGS or (favor and config != "favored"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NODE=CONFIG or NODE=favored:CHILD "
-                                         f"(CONFIG one of {', '.join(CONFIGS)})")
+        raise ValueError(f"{text!r}: expected NODE=CONFIG or NODE=favored:CHILD "
+                         f"(CONFIG one of {', '.join(CONFIGS)})")
     return node, (config, favor)
 
 
 def cmd_hierarchy(args: argparse.Namespace) -> int:
-    recipe = _recipe_from_args(args, "all")
-    out = Path(args.out) if args.out else Path(f"runs/fusion-{args.domain}")
+    recipe, job = _fusion_recipe(args, HierarchyJob, "all")
+    out = Path(args.out) if args.out else Path(f"runs/fusion-{recipe.domain}")
     try:
-        return run_cancellable(lambda cancel: train_hierarchy(recipe, out, nodes=args.nodes, resume=not args.restart,
-                                                              cancel=cancel, half=args.half,
+        return run_cancellable(lambda cancel: train_hierarchy(recipe, out, nodes=job.nodes or None,
+                                                              resume=not args.restart, cancel=cancel, half=job.half,
                                                               hierarchy=args.hierarchy,
-                                                              node_configs=dict(args.node_config or [])))[1]
+                                                              node_configs=job.configs()))[1]
     finally:
         dist_shutdown()
 
@@ -719,61 +756,39 @@ def add_stage3_args(p: argparse.ArgumentParser) -> None:
                         "child's code is perturbed, Eq. 5), before --local-scale; repeatable")
 
 
-def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--domain", required=True, help="shipped domain (toy-faces, toy-cars) or a name for --generator")
-    p.add_argument("--generator", help="generator checkpoint (default: the domain's)")
-    p.add_argument("--regions", help="regions file (default: the domain's)")
-    p.add_argument("--steps-scale", type=float_in(0, 1000, open_lo=True), default=1.0, help="multiply every stage's steps (quick trials)")
-    p.add_argument("--batch", type=int_in(1, 4096), default=4, help="codes per step (per process under torchrun)")
-    p.add_argument("--lr", type=float_in(0, 100, open_lo=True), default=0.5, help="Adam learning rate (EqualLinear, lr_mul 0.01)")
-    p.add_argument("--variant", default="paper", choices=["paper", "official"])
-    p.add_argument("--hidden", type=int, default=0,
-                   help="FusionNet MLP width (default: 3x the widest S layer, paper; 5x official)")
-    p.add_argument("--coarse-layers", type=int, default=5,
-                   help="layers LB_align blends in each list, conv and tRGB (A.4; default 5 as the official code). "
-                        "At 1024 px 5 tRGB layers reach 64 px; a 64 px generator has only 5 tRGB layers in all")
-    add_stage3_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--truncation", type=float, default=None, help="psi (default: the domain's, paper A.6: faces 0.7, cars and churches 0.5; else 1.0)")
-    p.add_argument("--temperature", type=float, default=None, help="soft-mask temperature (default: the file's)")
-    p.add_argument("--sample-every", type=positive_int, default=500, help="steps between sample grids (>= 1)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints (>= 1)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--device", default="auto", type=device_arg)
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """The day-to-day flags of ``fusion`` and ``hierarchy``; every other setting is the recipe's."""
+    from .recipe import add_run_flags
+
+    add_run_flags(p, domain_required=False, what="FusionNet")
+    p.add_argument("--generator", help="generator checkpoint (default: the recipe's, else the domain's)")
+    p.add_argument("--regions", help="regions file (default: the recipe's, else the domain's)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast for the generator passes (default: on where the CPU/GPU runs bf16 "
-                        "natively, off where it is emulated and slower)")
-    p.add_argument("--half", action="store_true", help="store the hierarchy file in float16")
+                   help="bfloat16 autocast for the generator passes (default: the recipe's, else on where the "
+                        "CPU/GPU runs bf16 natively)")
     p.add_argument("--hierarchy", help="hierarchy file to collect the nets in "
                                        "(default runs/fusion-<domain>/hierarchy.pt)")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
 
 
 def add_parsers(sub) -> None:
     """Register ``fusion`` and ``hierarchy`` (``evaluate`` is :mod:`trainer.fusion_eval`'s, ``ablation``
     :mod:`trainer.fusion_ablation`'s)."""
-    f = sub.add_parser("fusion", help="train one node's FusionNet (Sec. 4.4 stages, A.2 configs; resumable)")
-    _common_args(f)
-    f.add_argument("--node", required=True, help="internal node of the region tree (e.g. all, face, car)")
-    f.add_argument("--config", choices=CONFIGS, help="A.2 configuration (default: the paper's table for the node)")
-    f.add_argument("--favor", help="favoured child for --config favored (default: the table's, else child 1)")
-    f.add_argument("--ablation", default="full", choices=ABLATIONS, help="Sec. 7 variant")
+    f = sub.add_parser("fusion", help="train one node's FusionNet (Sec. 4.4 stages, A.2 configs; resumable)",
+                       description="Train one node's FusionNet from a recipe (trainer/recipes/hierarchy-*.json; "
+                                   "keys: FusionRecipe and FusionJob in trainer/fusion.py). The flags override it.")
+    _run_args(f)
+    f.add_argument("--node", help="internal node of the region tree, e.g. all, face, car (default: the recipe's)")
     f.add_argument("--out", help="run folder (default runs/fusion-<domain>/<node>)")
-    f.add_argument("--stage3-from", metavar="RUN",
-                   help="start a new run's stage 3 from a finished --ablation no_stage3 run of the same settings "
-                        "(stage 3's may differ: --local-scale, --lambda-local, --align-reg-stage3, --stage3-target), "
-                        "instead of repeating stages 1-2: the same net, at the cost of stage 3 alone")
     f.set_defaults(func=cmd_fusion)
 
-    h = sub.add_parser("hierarchy", help="train every FusionNet of the region tree, parents first (Sec. 4.5)")
-    _common_args(h)
-    h.add_argument("--nodes", nargs="+", help="only these internal nodes (still parents first)")
-    h.add_argument("--node-config", action="append", type=_node_config_arg, metavar="NODE=CONFIG[:FAVOR]",
-                   help="train NODE with another A.2 configuration, e.g. bg_hair_clothes=favored:hair "
-                        "(repeatable)")
+    h = sub.add_parser("hierarchy", help="train every FusionNet of the region tree, parents first (Sec. 4.5)",
+                       description="Train every FusionNet of the tree, parents first, from a recipe "
+                                   "(trainer/recipes/hierarchy-*.json; keys: FusionRecipe and HierarchyJob in "
+                                   "trainer/fusion.py). The flags override it.")
+    _run_args(h)
     h.add_argument("--out", help="root folder (default runs/fusion-<domain>); one run folder per node")
     h.set_defaults(func=cmd_hierarchy)
 
 
-__all__ = ["FusionRecipe", "train_node", "train_hierarchy", "training_config", "plan_stages", "update_hierarchy_file",
+__all__ = ["FusionRecipe", "FusionJob", "HierarchyJob", "train_node", "train_hierarchy", "training_config", "plan_stages", "update_hierarchy_file",
            "sample_grid", "dist_setup", "dist_shutdown", "sync_step", "add_parsers", "ABLATIONS", "CONFIGS"]

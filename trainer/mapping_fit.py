@@ -1,4 +1,4 @@
-"""The codes a toy mapping network learns to sample (``--mapping-fit``; phase 2 of ``trainer.generator``).
+"""The codes a toy mapping network learns to sample (recipe key ``mapping_fit``; phase 2 of ``trainer.generator_loop``).
 
 The toy recipe's mapping network regresses z onto a Gaussian fitted to latent codes of rendered
 images.  Fitted to the *encoder's* codes (``"encoder"``, the original recipe), the samples inherit
@@ -30,8 +30,8 @@ import torch
 from sfeditor.atomic import atomic_torch_save
 from sfeditor.jobs import Cancelled
 
+from .generator_data import rendered_batch
 from sfeditor.images.metrics import psnr
-from .generator import rendered_batch
 
 FIT_SEED_OFFSET = 100_000      # the renders the mapping is fitted to: rendered_batch(domain, 100_000 + i, 64)
 FIT_BATCH = 64

@@ -1,13 +1,13 @@
 """``sfeditor-train regions`` / ``regions-eval``: a domain's semantic regions from its generator.
 
 ``regions`` (paper Sec. 4.2): sample DeepPixels, build the full Ward tree
-(saved as ``ward-tree.npz``: a later run with another ``--clusters`` recuts it
+(saved as ``ward-tree.npz``: a later run with another ``clusters`` in its recipe recuts it
 without re-clustering), cut it into K clusters and write
 
 * ``regions.json``: the regions file (:mod:`sfeditor.regions.regions_file`).  Unlabelled,
   its leaves are ``cluster_<id>`` under the Ward hierarchy: rename them to
   region names (several clusters may share one) and give the region tree;
-  or, for a toy domain, ``--auto-label`` names every cluster by the majority
+  or, for a toy domain, ``auto_label = true`` names every cluster by the majority
   label of the domain's region *oracle* (a segmentation net trained on
   renderer labels) and uses the paper tree (Appendix A.1);
 * ``clusters/cluster_<id>.png``: one contact sheet per cluster (sample
@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,13 +157,18 @@ def cmd_regions(args: argparse.Namespace) -> int:
 
     from .common import CancelToken
 
-    if args.prune and not args.auto_label:           # said before the clustering, not after
-        raise ValueError("--prune needs labelled clusters: pass --auto-label, or label the file and run "
-                         "`sfeditor-train regions-prune`")
     device = _setup(args)
     G = load_generator(args.generator or args.domain, device=device)
     out = Path(args.out or f"runs/regions-{args.domain}")
     out.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "recipe_used", None) is not None:
+        from sfeditor.atomic import atomic_write_text
+
+        from .recipe import recipe_dict
+
+        atomic_write_text(out / "options.json", json.dumps({"recipe": recipe_dict(args.recipe_used),
+                                                            "generator": args.generator or args.domain},
+                                                           indent=2, sort_keys=True) + "\n")
     options = ClusteringOptions(samples=args.samples, pixels=args.pixels, size=args.size,
                                 truncation=_truncation(args, args.domain), seed=args.seed,
                                 normalization=args.normalization, min_resolution=args.min_resolution,
@@ -201,7 +207,7 @@ def cmd_regions(args: argparse.Namespace) -> int:
         regions = regions.relabelled(labels, tree)
         regions.clustering["auto_label"] = {"method": "majority vote of the region oracle", **label_report}
     elif args.tree:
-        print("--tree is used with --auto-label; an unlabelled file keeps the Ward hierarchy", file=sys.stderr)
+        print("tree is used with auto_label; an unlabelled file keeps the Ward hierarchy", file=sys.stderr)
     kept = list(range(K))
     if args.prune:
         from trainer.centroid_pruning import prune_regions
@@ -352,58 +358,121 @@ def cmd_regions_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- recipes
+@dataclass
+class RegionsRecipe:
+    """``sfeditor-train regions``'s recipe: the clustering (sfeditor.regions.clustering.ClusteringOptions),
+    the oracle labelling and the pruning of a regions file."""
+
+    domain: str = ""              # a shipped domain, or any name with --generator ("" = give --domain)
+    clusters: int = 12            # K: clusters to cut the Ward tree into
+    samples: int = 256            # N generated images to sample DeepPixels from
+    pixels: int = 6000            # DeepPixels kept for Ward (memory ~ pixels^2)
+    size: int = 64                # DeepPixel resolution
+    seed: int = 0
+    truncation: float | None = None   # psi (None = the domain's, paper A.6; 1.0 otherwise)
+    normalization: str = "layer"  # channel weighting of distances (sfeditor.regions.clustering)
+    min_resolution: int = 0       # leave out layers whose feature maps are coarser (0 = all, as the paper)
+    pca: int = 64                 # PCA dimensions for Ward (0 = all channels)
+    batch: int = 8
+    auto_label: bool = False      # toy domains: name clusters by the region oracle's majority label, paper tree
+    label_images: int = 64        # images the oracle labels for auto_label
+    tree: str = ""                # paper tree for the labels ("" = the domain's)
+    prune: bool = False           # after auto_label, drop the centroids that never decide a region
+    prune_images: int = 128       # pool images for prune
+    sheet_images: int = 16        # images per contact sheet
+    threads: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from sfeditor.regions.regions_file import NORMALIZATIONS
+        from sfeditor.regions.tree import PAPER_TREES
+
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {self.normalization!r}")
+        if self.tree and self.tree not in PAPER_TREES:
+            raise ValueError(f"tree must be one of {', '.join(sorted(PAPER_TREES))}, not {self.tree!r}")
+        for k in ("clusters", "samples", "pixels", "size", "batch", "label_images", "prune_images", "sheet_images"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, not {getattr(self, k)}")
+        if self.prune and not self.auto_label:
+            raise ValueError("prune needs labelled clusters: set auto_label, or label the file and run "
+                             "`sfeditor-train regions-prune`")
+
+
+@dataclass
+class RegionsEvalRecipe:
+    """``sfeditor-train regions-eval``'s settings."""
+
+    samples: int = 128            # generated images to score
+    seed: int = 1000              # seed of the evaluation codes (not the clustering's)
+    m_images: int = 32            # images the M heatmap averages over
+    truncation: float | None = None
+    threads: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class RegionsPruneRecipe:
+    """``sfeditor-train regions-prune``'s settings (trainer.centroid_pruning)."""
+
+    images: int = 128             # pool images (generated; seed)
+    seed: int = 2                 # seed of the pool codes (not the clustering's or labelling's)
+    top: int = 64                 # nearest centroids remembered per pool pixel
+    truncation: float | None = None
+    threads: int = 0
+    device: str = "auto"
+
+
+def _with_recipe(cls, command):
+    """Wrap a command: its recipe (``--recipe``, the run flags on top) fills ``args`` before it runs."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from .recipe import apply_recipe
+
+        recipe = apply_recipe(args, cls, names=[n for n in ("domain", "device", "threads", "seed")
+                                                 if n in cls.__dataclass_fields__])
+        if cls is RegionsRecipe and not args.domain:
+            raise ValueError("give --domain (or a recipe with a domain)")
+        args.recipe_used = recipe
+        return command(args)
+
+    return run
+
+
 # ---------------------------------------------------------------- parsers
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, what: str) -> None:
+    from .recipe import add_recipe_flag
+
+    add_recipe_flag(p, what)
     p.add_argument("--generator", help="generator checkpoint (default: the domain's shipped generator)")
-    p.add_argument("--truncation", type=float, help="psi (default: the domain's, paper A.6; 1.0 otherwise)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--device", default="auto", type=device_arg)
+    p.add_argument("--truncation", type=float, help="psi (default: the recipe's, else the domain's, paper A.6; 1.0 otherwise)")
+    p.add_argument("--device", type=device_arg, help="cpu, cuda, auto (default: the recipe's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's; 0 = torch's)")
 
 
 def add_parsers(subparsers) -> None:
     """Register ``regions``, ``regions-eval`` and ``regions-prune`` on an ``add_subparsers()`` object."""
-    from sfeditor.regions.regions_file import NORMALIZATIONS
-    from sfeditor.regions.tree import PAPER_TREES
-
     r = subparsers.add_parser("regions", help="discover a domain's regions: DeepPixel Ward clustering (Sec. 4.2)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--domain", required=True, help="domain name (a shipped one, or any name with --generator)")
-    r.add_argument("--clusters", "-k", type=int, default=12, help="K: clusters to cut the Ward tree into")
-    r.add_argument("--samples", type=int, default=256, help="N generated images to sample DeepPixels from")
-    r.add_argument("--pixels", type=int, default=6000, help="DeepPixels kept for Ward (memory ~ pixels^2)")
-    r.add_argument("--size", type=int, default=64, help="DeepPixel resolution")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--normalization", choices=NORMALIZATIONS, default="layer",
-                   help="channel weighting of distances (see sfeditor.regions.clustering)")
-    r.add_argument("--min-resolution", type=int, default=0,
-                   help="leave out layers whose feature maps are coarser (0 = all layers, as the paper)")
-    r.add_argument("--pca", type=int, default=64, help="PCA dimensions for Ward (0 = all channels)")
-    r.add_argument("--batch", type=int_in(1, 4096), default=8)
+                              description="Cluster a generator's DeepPixels into a regions file (Sec. 4.2) from a "
+                                          "recipe (trainer/recipes/regions-*.json; keys: RegionsRecipe in "
+                                          "trainer/regions.py); writes regions.json, contact sheets and "
+                                          "options.json in --out. The flags override the recipe.")
+    _common(r, "clustering")
+    r.add_argument("--domain", help="domain name (a shipped one, or any name with --generator)")
     r.add_argument("--out", help="output folder (default runs/regions-<domain>)")
     r.add_argument("--recluster", action="store_true", help="ignore a saved Ward tree in --out")
-    r.add_argument("--auto-label", action="store_true",
-                   help="toy domains: name clusters by the majority label of the region ORACLE, use the paper tree")
-    r.add_argument("--label-images", type=int, default=64, help="images the oracle labels for --auto-label")
-    r.add_argument("--tree", choices=sorted(PAPER_TREES), help="paper tree for the labels (default: the domain's)")
-    r.add_argument("--prune", action="store_true",
-                   help="after --auto-label, drop the centroids that never decide a region (trainer.centroid_pruning)")
-    r.add_argument("--prune-images", type=int, default=128, help="pool images for --prune")
-    r.add_argument("--sheet-images", type=int, default=16, help="images per contact sheet")
     r.add_argument("--install", action="store_true", help="also write resources/regions/<domain>.json")
-    _common(r)
-    r.set_defaults(func=cmd_regions)
+    r.set_defaults(func=_with_recipe(RegionsRecipe, cmd_regions))
 
     e = subparsers.add_parser("regions-eval", help="mIoU of a regions file vs the toy oracle, overlays and M heatmap")
+    _common(e, "evaluation")
     e.add_argument("--regions", required=True, help="regions file, or a shipped domain name")
     e.add_argument("--domain", help="domain (default: the regions file's)")
-    e.add_argument("--samples", type=int, default=128, help="generated images to score")
-    e.add_argument("--seed", type=int, default=1000, help="seed of the evaluation codes (not the clustering's)")
-    e.add_argument("--m-images", type=int, default=32, help="images the M heatmap averages over")
     e.add_argument("--out", help="folder for the PNGs (default: beside the regions file)")
     e.add_argument("--prefix", help="PNG name prefix (default: the domain)")
     e.add_argument("--no-card", action="store_true", help="do not write the numbers into the regions file")
-    _common(e)
-    e.set_defaults(func=cmd_regions_eval)
+    e.set_defaults(func=_with_recipe(RegionsEvalRecipe, cmd_regions_eval))
     _add_prune_parser(subparsers)
 
 
@@ -411,14 +480,11 @@ def _add_prune_parser(subparsers) -> None:
     p = subparsers.add_parser("regions-prune", help="drop a labelled regions file's centroids that never decide a region",
                               description="Keep only the centroids that decide some pool pixel's region "
                               "(trainer.centroid_pruning): the same masks on the pool, fewer distances per mask.")
+    _common(p, "pruning")
     p.add_argument("--regions", required=True, help="labelled regions file, or a shipped domain name (with --out)")
     p.add_argument("--domain", help="domain (default: the regions file's)")
-    p.add_argument("--images", type=int, default=128, help="pool images (generated; seed --seed)")
-    p.add_argument("--seed", type=int, default=2, help="seed of the pool codes (not the clustering's or labelling's)")
-    p.add_argument("--top", type=int, default=64, help="nearest centroids remembered per pool pixel")
     p.add_argument("--out", help="where to write the pruned file (default: overwrite --regions)")
-    _common(p)
-    p.set_defaults(func=cmd_regions_prune)
+    p.set_defaults(func=_with_recipe(RegionsPruneRecipe, cmd_regions_prune))
 
 
 def main(argv: list[str] | None = None) -> int:

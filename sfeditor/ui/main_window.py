@@ -1292,8 +1292,8 @@ class MainWindow(QMainWindow):
         b = self.session.bundle
         if b.regions is None:
             self.show_error("Region labelling", "this model has no regions file: run "
-                            "`sfeditor-train regions --generator <checkpoint> --clusters K` first, then open it "
-                            "with File ▸ Open model…")
+                            "`sfeditor-train regions --generator <checkpoint> --domain NAME` (K and the rest: "
+                            "--recipe FILE) first, then open it with File ▸ Open model…")
             return
 
         def work(report, cancel):

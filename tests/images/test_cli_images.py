@@ -135,8 +135,13 @@ def test_train_encoder_resumes(files, tmp_path, monkeypatch):
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")
     add_trainer_parsers(sub)
-    args = p.parse_args(["encoder", "--domain", "toy-cars", "--steps", "7"])
-    assert args.steps == 7 and callable(args.func)
+    args = p.parse_args(["encoder", "--recipe", "encoder-finetune", "--domain", "toy-cars", "--steps-scale", "0.5"])
+    assert args.steps_scale == 0.5 and callable(args.func)
+    from trainer.recipe import flag_overrides, load_recipe
+
+    shipped = load_recipe(args.recipe, EncoderRecipe)                 # the shipped TOML recipe, by name
+    mine = load_recipe(args.recipe, EncoderRecipe, overrides=flag_overrides(args))
+    assert mine.domain == "toy-cars" and mine.steps == shipped.steps and mine.lr == shipped.lr
 
 
 def test_region_edit_defaults_to_the_shipped_hierarchy(tmp_path):

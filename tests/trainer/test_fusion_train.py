@@ -335,7 +335,7 @@ def test_hierarchy_parents_first_and_locality_evaluation(tiny, tmp_path):
     opts = {n: json.loads((tmp_path / "fus" / n / "options.json").read_text())["recipe"] for n in ("ab", "cd")}
     assert (opts["ab"]["config"], opts["cd"]["config"], opts["cd"]["favor"]) == ("short", "favored", "d")
     assert (opts["ab"]["local_lambdas"], opts["cd"]["local_lambdas"]) == ({}, {"d": 7.0})     # a child names its node
-    with pytest.raises(ValueError, match="--lambda-local names all, zz: not a child"):
+    with pytest.raises(ValueError, match="local_lambdas names all, zz: not a child"):
         train_hierarchy(recipe(config="short", local_lambdas={"zz": 1.0, "all": 1.0}), tmp_path / "y", G=G,
                         regions=regions)
     with pytest.raises(ValueError, match="not internal nodes"):
@@ -623,48 +623,39 @@ def test_renderer_ceiling_scores_the_ideal_edit_with_the_same_formula():
     assert "| 0.25 | " in table and table.splitlines()[2].endswith(f"| {ratio:.2f} |")
 
 
-def test_swap_leak_ratio_is_the_share_of_change_outside_the_swapped_pixels():
-    from trainer.generator import swap_leak_ratio
-
-    g = torch.Generator().manual_seed(0)
-    rec = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
-    changed = torch.zeros(2, 1, 16, 16)
-    changed[:, :, 4:8, 4:8] = 1
-    inside_only = rec + 0.5 * changed
-    assert torch.allclose(swap_leak_ratio(inside_only, rec, changed), torch.zeros(2), atol=1e-6)
-    outside_only = rec + 0.5 * (1 - changed)
-    assert torch.all(swap_leak_ratio(outside_only, rec, changed) > 0.99)
-    half = rec + 0.5 * changed + (0.5 * 16 / 240) * (1 - changed)   # equal total change in and out
-    assert torch.allclose(swap_leak_ratio(half, rec, changed, floor=0.0), torch.full((2,), 0.5), atol=1e-5)
-    assert torch.allclose(swap_leak_ratio(rec, rec, changed), torch.zeros(2))   # no change: 0, not NaN
-    out = outside_only.clone().requires_grad_(True)
-    reca = rec.clone().requires_grad_(True)
-    swap_leak_ratio(out, reca, changed).sum().backward()
-    assert out.grad is not None and reca.grad is None                 # A's reconstruction is a fixed anchor
-
-
-def test_cli_registers_fusion_commands_and_keeps_the_others():
+def test_cli_registers_fusion_commands_and_keeps_the_others(tmp_path):
     from trainer.cli import build_parser
+    from trainer.recipe import RecipeError
+
+    def recipe_file(name, **keys):
+        (tmp_path / name).write_text(json.dumps(keys))
+        return str(tmp_path / name)
 
     p = build_parser()
-    a = p.parse_args(["fusion", "--domain", "toy-faces", "--node", "face", "--config", "short", "--steps-scale", "0.1"])
-    assert (a.node, a.config, a.steps_scale, a.func.__name__) == ("face", "short", 0.1, "cmd_fusion")
-    assert a.stage3_from is None
-    assert p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", "--stage3-from", "runs/x"]).stage3_from == "runs/x"
-    ll = p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", "--lambda-local", "background=2e4",
-                       "--lambda-local", "car=0"])
-    assert _recipe_from_args(ll, "all").local_lambdas == {"background": 20_000.0, "car": 0.0}
-    assert _recipe_from_args(a, "face").local_lambdas == {}
-    for bad in ("background", "background=x", "=3", "car=-1", "car=nan", "car=inf"):
+    short = recipe_file("short.json", domain="toy-faces", config="short", stage3_from="runs/x",
+                        local_lambdas={"background": 2e4, "car": 0})
+    a = p.parse_args(["fusion", "--recipe", short, "--node", "face", "--steps-scale", "0.1"])
+    assert (a.node, a.steps_scale, a.func.__name__) == ("face", 0.1, "cmd_fusion")
+    r = _recipe_from_args(a, "face")
+    assert (r.domain, r.node, r.config, r.steps_scale) == ("toy-faces", "face", "short", pytest.approx(0.1))
+    assert r.local_lambdas == {"background": 20_000.0, "car": 0.0}
+    # the flags override the recipe; the recipe's own steps_scale is multiplied by --steps-scale
+    scaled = recipe_file("scaled.json", domain="toy-faces", steps_scale=0.5)
+    o = _recipe_from_args(p.parse_args(["fusion", "--recipe", scaled, "--domain", "toy-cars", "--node", "all",
+                                        "--steps-scale", "0.1"]), "all")
+    assert (o.domain, o.steps_scale, o.local_lambdas) == ("toy-cars", pytest.approx(0.05), {})
+    for bad in ({"background": -1}, {"car": float("inf")}):
+        with pytest.raises(RecipeError, match="local_lambdas must be finite"):
+            _recipe_from_args(p.parse_args(["fusion", "--recipe", recipe_file("bad.json", domain="toy-cars",
+                                                                               local_lambdas=bad)]), "all")
+    with pytest.raises(RecipeError, match="unknown recipe key 'node_configs'"):     # a hierarchy key
+        _recipe_from_args(p.parse_args(["fusion", "--recipe", recipe_file("h.json", node_configs={})]), "all")
+    with pytest.raises(RecipeError, match="give --domain"):
+        _recipe_from_args(p.parse_args(["fusion", "--node", "all"]), "all")
+    for gone in ("--config", "--stage3-from", "--lambda-local", "--batch", "--truncation"):   # recipe keys now
         with pytest.raises(SystemExit):
-            p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", "--lambda-local", bad])
+            p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", gone, "1"])
     assert p.parse_args(["hierarchy", "--domain", "toy-cars"]).func.__name__ == "cmd_hierarchy"
-    hc = p.parse_args(["hierarchy", "--domain", "toy-faces", "--node-config", "bg_hair_clothes=favored:hair",
-                       "--node-config", "face=regular"])
-    assert dict(hc.node_config) == {"bg_hair_clothes": ("favored", "hair"), "face": ("regular", "")}
-    for bad in ("face", "face=fast", "face=short:hair"):
-        with pytest.raises(SystemExit):
-            p.parse_args(["hierarchy", "--domain", "toy-faces", "--node-config", bad])
     e = p.parse_args(["evaluate", "--domain", "toy-cars", "--hierarchy", "h.pt", "--swap-pairs", "3"])
     assert e.hierarchy == "h.pt" and e.swap_pairs == 3 and e.func.__name__ == "cmd_evaluate"
     for training_flag in ("--ablation", "--train-ablation", "--ablation-seeds", "--local-scale"):
@@ -674,6 +665,22 @@ def test_cli_registers_fusion_commands_and_keeps_the_others():
     assert (a.train, a.seeds, a.local_scale, a.node, a.func.__name__) == (True, [0, 2], 3.0, "all", "cmd_ablation")
     assert p.parse_args(["generator", "--domain", "toy-faces"]).func.__name__ == "cmd_generator"
     assert p.parse_args(["oracle", "--domain", "toy-cars"]).func.__name__ == "cmd_oracle"
+
+
+def test_hierarchy_recipe_node_configs_are_checked(tmp_path):
+    from trainer.fusion import HierarchyJob
+    from trainer.recipe import RecipeError, load_recipe
+
+    path = tmp_path / "h.toml"
+    path.write_text('domain = "toy-faces"\nnodes = ["all", "face"]\n'
+                    '[node_configs]\nbg_hair_clothes = "favored:hair"\nface = "regular"\n')
+    recipe, job = load_recipe(path, FusionRecipe, HierarchyJob)
+    assert recipe.domain == "toy-faces" and job.nodes == ["all", "face"]
+    assert job.configs() == {"bg_hair_clothes": ("favored", "hair"), "face": ("regular", "")}
+    for bad in ("fast", "short:hair", ""):
+        path.write_text(f'[node_configs]\nface = "{bad}"\n')
+        with pytest.raises(RecipeError, match="expected NODE=CONFIG"):
+            load_recipe(path, FusionRecipe, HierarchyJob)
 
 
 def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
@@ -687,10 +694,12 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     regions.save(tmp_path / "r.json")
     files = ["--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions", str(tmp_path / "r.json"),
              "--truncation", "0.7"]
+    (tmp_path / "short.json").write_text(json.dumps({"config": "short", "batch": 2, "truncation": 0.7}))
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        rc = main(["fusion", *files, "--node", "all", "--config", "short", "--steps-scale", "0.0002", "--batch", "2",
-                   "--device", "cpu", "--out", str(tmp_path / "all"), "--hierarchy", str(tmp_path / "h.pt")])
+        rc = main(["fusion", *files[:-2], "--recipe", str(tmp_path / "short.json"), "--node", "all",
+                   "--steps-scale", "0.0002", "--device", "cpu", "--out", str(tmp_path / "all"),
+                   "--hierarchy", str(tmp_path / "h.pt")])
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)

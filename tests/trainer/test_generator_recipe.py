@@ -1,4 +1,4 @@
-"""The toy generator recipe (trainer/generator.py): losses, schedule, a tiny run and its exact resume."""
+"""The toy generator recipe (trainer/generator_*.py): losses, schedule, a tiny run and its exact resume."""
 from __future__ import annotations
 
 import json
@@ -237,13 +237,23 @@ def test_feature_loss_alone_runs_without_the_semantic_loss(tmp_path):
     assert len(ae) == 4 and all(r["feat"] > 0 and "seg" not in r for r in ae)
 
 
-def test_generator_cli_checks_the_feature_loss_flags():
+def generator_cli_error(tmp_path, capsys, **recipe) -> str:
+    """Run ``sfeditor-train generator --recipe FILE`` on a toy-cars recipe with ``recipe``'s keys;
+    it must refuse (exit status 2) with one line on stderr, which is returned."""
     from trainer.cli import main
 
-    with pytest.raises(SystemExit, match="--seg-critic"):
-        main(["generator", "--domain", "toy-cars", "--feat-weight", "0.02"])
-    with pytest.raises(SystemExit, match="must be >= 0"):
-        main(["generator", "--domain", "toy-cars", "--feat-weight", "-1"])
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({"domain": "toy-cars", **recipe}))
+    capsys.readouterr()
+    assert main(["generator", "--recipe", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sfeditor-train generator: error: ") and str(path) in err and len(err.splitlines()) == 1
+    return err
+
+
+def test_generator_cli_checks_the_feature_loss_settings(tmp_path, capsys):
+    assert "seg_critic" in generator_cli_error(tmp_path, capsys, feat_weight=0.02)
+    assert "must be >= 0" in generator_cli_error(tmp_path, capsys, feat_weight=-1)
 
 
 def test_swap_channel_groups_split_every_layer_evenly():
@@ -344,23 +354,17 @@ def test_swap_focus_and_anchor_change_the_loss_and_need_the_a_renders():
     assert not torch.isclose(anchored_x, plain)
     with pytest.raises(ValueError, match="x_a"):
         region_swap_loss(*args, rec_a=y)
-    # anchor=False: rec_a only feeds the leak ratio; the target stays the render
-    stats = {}
-    unanchored, _ = region_swap_loss(*args, rendered=rendered, x_a=x_a, rec_a=x_a + 0.5, anchor=False, stats=stats)
-    assert torch.isclose(unanchored, plain) and 0.0 <= stats["leak"] <= 1.0
-    leaky, _ = region_swap_loss(*args, rendered=rendered, x_a=x_a, rec_a=x_a + 0.5, anchor=False, leak=2.0)
-    assert torch.isclose(leaky, plain + 2.0 * stats["leak"], atol=1e-5)
-    with pytest.raises(ValueError, match="rec_a"):
-        region_swap_loss(*args, rendered=rendered, x_a=x_a, leak=1.0)
+    # anchor=False: the target stays the render
+    unanchored, _ = region_swap_loss(*args, rendered=rendered, x_a=x_a, rec_a=x_a + 0.5, anchor=False)
+    assert torch.isclose(unanchored, plain)
 
 
-def test_generator_cli_checks_the_swap_flags():
-    from trainer.cli import main
-
-    with pytest.raises(SystemExit, match="--swap-leak"):
-        main(["generator", "--domain", "toy-cars", "--swap-leak", "0.2"])
-    with pytest.raises(SystemExit, match="must be >= 0"):
-        main(["generator", "--domain", "toy-cars", "--swap-weight", "1", "--swap-leak", "-1"])
+def test_generator_cli_checks_the_swap_settings(tmp_path, capsys):
+    assert "swap_weight and swap_focus must be >= 0" in generator_cli_error(tmp_path, capsys, swap_weight=1,
+                                                                            swap_focus=-1)
+    # the dropped experiments' keys are refused by name, not ignored
+    for key in ("swap_leak", "channel_local", "mapping_mode"):
+        assert f"unknown recipe key '{key}'" in generator_cli_error(tmp_path, capsys, swap_weight=1, **{key: 1})
 
 
 def test_prefetcher_returns_each_step_in_order_and_skips_ahead():
@@ -433,98 +437,6 @@ def test_sharpness_measure_falls_with_blur():
     assert float(gradient_magnitude(torch.zeros(2, 3, 8, 8) + 0.3)) == 0.0
     assert 0.3 < float(gradient_magnitude(blurred) / gradient_magnitude(x)) < 0.9
     assert float(gradient_magnitude(x.flip(-1))) == pytest.approx(float(gradient_magnitude(x)))
-
-
-def _layout_features(G, fill):
-    """Synthetic synthesis features shaped like ``G``'s: ``fill(res, n_channels)`` -> [1, C, res, res]."""
-    lay = G.layout
-    return {"conv": [fill(r, d) for r, d in zip(lay.conv_res, lay.conv_dims)],
-            "rgb": [fill(r, d) for r, d in zip(lay.rgb_res, lay.rgb_dims)]}
-
-
-def test_channel_locality_loss_is_zero_for_local_groups_and_one_minus_area_for_spread_ones():
-    """The loss is Eq. 1's M of each region group's channels, read on the groups' own regions."""
-    import torch.nn.functional as F
-
-    from sfeditor.model.generator import Generator
-    from trainer.generator import channel_locality_loss, swap_channel_groups
-
-    G = Generator(tiny_recipe().generator_config())
-    n_reg = 3
-    groups = swap_channel_groups(G.layout, n_reg + 1)
-    labels = torch.zeros(1, 64, 64, dtype=torch.long)
-    labels[:, :, 32:] = 1                                  # region 1: right half
-    labels[:, 48:, :32] = 2                                # region 2: a bottom-left quarter-strip (1/8)
-    U = F.one_hot(labels, n_reg).permute(0, 3, 1, 2).float()
-
-    def local(res, d):
-        u = F.adaptive_avg_pool2d(U, res)[0]                                  # [R, res, res]
-        gid = torch.arange(d) % (n_reg + 1)                                   # the groups of this layer
-        a = torch.ones(d, res, res)
-        for c in range(d):
-            if gid[c] >= 1:
-                a[c] = (u[gid[c] - 1] > 0.999).float()                       # only wholly inside cells
-        return a[None]
-
-    perfect = -math.log(1.01)                              # -log(M + eps) at M = 1
-    loss, per = channel_locality_loss(_layout_features(G, local), labels, groups, G.layout, n_reg, min_res=16)
-    assert float(loss) == pytest.approx(perfect, abs=1e-6) and torch.allclose(per, torch.ones(n_reg))
-
-    spread = _layout_features(G, lambda res, d: torch.ones(1, d, res, res))
-    loss, per = channel_locality_loss(spread, labels, groups, G.layout, n_reg, min_res=16)
-    area = U.mean((0, 2, 3))
-    assert torch.allclose(per, area, atol=1e-5)
-    # every region gets (nearly) the same number of counted channels: the loss is ~ the mean of -log(area + eps),
-    # dominated by the smallest region
-    assert float(loss) == pytest.approx(float(-torch.log(area + 0.01).mean()), rel=0.05)
-
-    # layers narrower than min_res are not counted: an 8x8 spread layer changes nothing at min_res 16
-    def spread_coarse(res, d):
-        return torch.ones(1, d, res, res) if res < 16 else local(res, d)
-    loss, _ = channel_locality_loss(_layout_features(G, spread_coarse), labels, groups, G.layout, n_reg, 16)
-    assert float(loss) == pytest.approx(perfect, abs=1e-6)
-    with pytest.raises(ValueError, match="at least 128 px"):
-        channel_locality_loss(spread, labels, groups, G.layout, n_reg, min_res=128)
-
-
-def test_channel_locality_loss_gradient_moves_activation_into_the_region():
-    from sfeditor.model.generator import Generator
-    from trainer.generator import channel_locality_loss, swap_channel_groups
-
-    G = Generator(tiny_recipe().generator_config())
-    groups = swap_channel_groups(G.layout, 2)               # one region group (region 0) and the pose group
-    labels = torch.ones(1, 64, 64, dtype=torch.long)
-    labels[:, 16:48, 16:48] = 0
-    params = _layout_features(G, lambda res, d: torch.rand(1, d, res, res, generator=torch.Generator().manual_seed(res)))
-    params = {k: [p.requires_grad_() for p in v] for k, v in params.items()}
-    opt = torch.optim.Adam([p for v in params.values() for p in v], lr=0.05)
-    first = None
-    for _ in range(60):
-        loss, _ = channel_locality_loss(params, labels, groups, G.layout, 2, min_res=16)
-        first = float(loss.detach()) if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert float(loss.detach()) < 0.2 * first
-
-
-def test_generator_cli_checks_the_channel_locality_flags():
-    from trainer.cli import main
-
-    with pytest.raises(SystemExit, match="--channel-local"):
-        main(["generator", "--domain", "toy-cars", "--channel-local", "-1"])
-    with pytest.raises(SystemExit, match="--channel-local-res"):
-        main(["generator", "--domain", "toy-cars", "--channel-local", "1", "--channel-local-res", "2"])
-
-
-def test_channel_locality_loss_in_a_tiny_run_is_logged_per_region(tmp_path):
-    train_generator(tiny_recipe(channel_local=1.0, mix_steps=0), tmp_path / "run", log=lambda *a: None)
-    ae = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
-    ae = [r for r in ae if r.get("phase") == "ae" and "loss" in r]
-    assert len(ae) == 4
-    for r in ae:
-        assert 0 < r["chan_local"] <= -math.log(0.01)
-        assert all(0 <= r[f"M_{n}"] <= 1 for n in region_names("toy-cars"))
 
 
 def test_diversity_measures_see_a_collapsed_sampler():

@@ -1,0 +1,125 @@
+"""The toy generator's recipe (``sfeditor-train generator --recipe FILE``): every setting of a run.
+
+The fields are the recipe file's keys (:mod:`trainer.recipe` loads and checks them); a run records
+its recipe in ``options.json`` and in ``generator.pt``'s metadata.  The three phases they drive are
+described in :mod:`trainer.generator_loop`; the losses in :mod:`trainer.generator_losses`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sfeditor.model.generator import GeneratorConfig
+
+DOMAINS = ("toy-faces", "toy-cars")
+MAPPING_FITS = ("encoder", "projected", "projected-mean", "mixture")
+
+
+@dataclass
+class GeneratorRecipe:
+    domain: str = "toy-faces"
+    # architecture
+    size: int = 64
+    style_dim: int = 256
+    n_mlp: int = 4
+    channels: dict = field(default_factory=lambda: {4: 256, 8: 256, 16: 128, 32: 64, 64: 32})
+    # phase 1: autoencoder
+    batch: int = 16
+    ae_steps: int = 8000
+    ae_lr: float = 0.0015
+    clip_grad: float = 2.0
+    grad_weight: float = 1.0
+    region_weight: float = 1.0      # reconstruction-loss weight of the small regions' pixels (renderer labels)
+    weighted_regions: tuple = ()    # () = the domain's small regions (generator_losses.SMALL_REGIONS)
+    ae_adv_weight: float = 0.0      # patch-discriminator term on the autoencoder's reconstructions (0 = off)
+    ae_adv_start: int = 0           # autoencoder step from which the discriminator is used
+    ae_adv_ramp: int = 500          # steps over which its (adaptive) weight ramps from 0 to ae_adv_weight
+    r1_gamma: float = 0.05          # R1 weight of the patch discriminator (lazy, every r1_every steps;
+                                    # StyleGAN2's heuristic 0.0002 * res^2 / batch)
+    r1_every: int = 4
+    init_from: str = ""             # start G and E from another run's weights (fine-tuning); "" = random
+    seg_weight: float = 0.0         # semantic loss: a frozen segmentation critic on the reconstructions
+    seg_critic: str = ""            # its weights (trained on renders with another seed; never the judge)
+    feat_weight: float = 0.0        # perceptual loss on the critic's features (critic_feature_loss)
+    swap_weight: float = 0.0        # region-swap loss (0 = off): see swap_channel_groups
+    swap_focus: float = 0.0         # extra loss weight of the pixels a swap changes (see region_swap_loss)
+    swap_anchor: bool = False       # pixels a swap leaves alone must match A's reconstruction (region_swap_loss)
+    ae_trainable: tuple = ()        # () = train G and E; else only G's parameters whose names start with
+                                    # one of these prefixes (E frozen): see trainable_parameters
+    # phase 2: mapping z -> w (a Gaussian fit regressed into the mapping MLP, or a mixture prior)
+    mapping_steps: int = 3000
+    mapping_batch: int = 256
+    mapping_fit_images: int = 4096  # codes the Gaussian is fitted to (whole batches of 64 renders)
+    mapping_fit: str = "encoder"    # their source: "encoder" codes, "projected" into W, or "projected-mean"
+                                    # (projected codes' mean, encoder codes' covariance): trainer.mapping_fit;
+                                    # "mixture": no regression, a Gaussian-mixture prior over the encoder codes
+                                    # replaces the mapping MLP (trainer.mapping_fit.fit_mixture)
+    mapping_components: int = 64    # "mixture": Gaussians in the prior (sfeditor.model.latent_prior)
+    mapping_rank: int = 64          # "mixture": principal directions kept per component
+    mapping_project_steps: int = 100  # projected fits: Adam steps per batch of 64 (~1.1 s each on 2 cores)
+    mapping_project_lr: float = 0.0   # projected fits: their learning rate (0 = the domain's inversion preset)
+    mapping_fit_lr: float = 5.0     # Adam lr of that regression (EqualLinear lr_mul 0.01 and 1/sqrt(fan-in)
+                                    # scale it down ~1600x; at 0.01 only the mean was learnt)
+    # phase 3: style-mixing fine-tune
+    mix_steps: int = 1500
+    mix_lr: float = 0.0005
+    adv_weight: float = 0.05
+    # run
+    seed: int = 0
+    sample_every: int = 250
+    checkpoint_every: int = 100
+    threads: int = 0
+    data_workers: int = 1           # processes rendering the training batches (1 = a background thread)
+    device: str = "auto"
+    bf16: bool | None = None        # bfloat16 autocast; None: where it is native (4.4x faster), not where emulated
+
+    def __post_init__(self) -> None:
+        self.channels = {int(k): int(v) for k, v in dict(self.channels).items()}
+        self.weighted_regions = tuple(self.weighted_regions)
+        self.ae_trainable = tuple(self.ae_trainable)
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(size=self.size, style_dim=self.style_dim, n_mlp=self.n_mlp,
+                               channels={int(k): int(v) for k, v in self.channels.items()}, lr_mlp=0.01)
+
+    def validate(self) -> "GeneratorRecipe":
+        """Refuse settings that cannot run, with the recipe key named (ValueError); returns self."""
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {', '.join(DOMAINS)}, not {self.domain!r}")
+        if self.mapping_fit not in MAPPING_FITS:
+            raise ValueError(f"mapping_fit must be one of {', '.join(MAPPING_FITS)}, not {self.mapping_fit!r}")
+        for k in ("ae_steps", "mapping_steps", "mix_steps", "ae_adv_start"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must be >= 0, not {getattr(self, k)}")
+        if self.batch < 1 or self.mapping_batch < 1:
+            raise ValueError("batch and mapping_batch must be >= 1")
+        if self.mapping_fit_images < 64:
+            raise ValueError(f"mapping_fit_images must be >= 64 (whole batches of 64), not {self.mapping_fit_images}")
+        if self.mapping_components < 1 or self.mapping_rank < 1:
+            raise ValueError("mapping_components and mapping_rank must be >= 1")
+        if self.mapping_fit == "mixture" and self.mapping_fit_images < 16 * self.mapping_components:
+            raise ValueError(f"mapping_fit mixture with {self.mapping_components} components needs at least "
+                             f"{16 * self.mapping_components} mapping_fit_images")
+        if self.mapping_project_steps < 1 or self.mapping_project_lr < 0:
+            raise ValueError("mapping_project_steps must be >= 1 and mapping_project_lr >= 0")
+        if self.data_workers < 1:
+            raise ValueError(f"data_workers must be >= 1, not {self.data_workers}")
+        if self.swap_weight < 0 or self.swap_focus < 0:
+            raise ValueError(f"swap_weight and swap_focus must be >= 0, not {self.swap_weight}, {self.swap_focus}")
+        if self.feat_weight < 0:
+            raise ValueError(f"feat_weight must be >= 0, not {self.feat_weight}")
+        if self.feat_weight > 0 and not self.seg_critic:
+            raise ValueError("feat_weight needs seg_critic (its features are the perceptual loss's)")
+        if self.seg_weight > 0 and not self.seg_critic:
+            raise ValueError("seg_weight needs seg_critic (sfeditor-train oracle --recipe oracle-critic-D --out FILE)")
+        return self
+
+    def scaled(self, factor: float) -> "GeneratorRecipe":
+        """The same recipe with every phase's steps multiplied by ``factor`` (``--steps-scale``)."""
+        if factor == 1.0:
+            return self
+        from dataclasses import replace
+
+        return replace(self, ae_steps=max(1, int(self.ae_steps * factor)) if self.ae_steps else 0,
+                       ae_adv_start=int(self.ae_adv_start * factor),
+                       mapping_steps=max(1, int(self.mapping_steps * factor)) if self.mapping_steps else 0,
+                       mix_steps=int(self.mix_steps * factor))
