@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 
-MAX_SCALE = 16            # --scale: nearest-neighbour upscale of a grid or comparison picture
 MAX_OUTPUT_BYTES = 4 << 30  # pixels one render command may hold in memory
 MAX_SEEDS = 10_000        # images per command: more is a typo (0-1000000000), not a render job
 
@@ -56,7 +55,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     if grid:
         image_extension(out)          # an unknown extension is an error before anything is rendered
     device = pick_device(args.device)
-    G = load_generator(args.model, device=device)
+    from .model.registry import resolve_model
+
+    G = load_generator(resolve_model(args.model), device=device)
     n_images = (len(args.seeds or []) if (args.seeds or not args.codes) else 0) or (0 if args.codes else 8)
     need = n_images * G.size * G.size * 3 * (args.scale ** 2 if grid else 1)
     if need > MAX_OUTPUT_BYTES:
@@ -108,7 +109,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .model.checkpoints import read_checkpoint, resolve_source
 
-    path = resolve_source(args.model)
+    from .model.registry import resolve_model
+
+    path = resolve_source(resolve_model(args.model))
     data = read_checkpoint(path)
     cfg = data.config
     from .model.style_code import StyleLayout
@@ -136,7 +139,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .validate import device_arg, float_in, int_in
+    from .validate import MAX_SCALE, device_arg, float_in, int_in
 
     p = argparse.ArgumentParser(prog="sfeditor", description="StyleFusion editor. Without a subcommand: opens the desktop window.")
     p.add_argument("--version", action="version", version=f"sfeditor {__import__('sfeditor').__version__}")

@@ -25,7 +25,9 @@ def _load_G(args):
     from .model.checkpoints import load_generator
     from .model.device import pick_device
 
-    G = load_generator(args.model, device=pick_device(args.device))
+    from .model.registry import resolve_model
+
+    G = load_generator(resolve_model(args.model), device=pick_device(args.device))
     G.eval()
     return G
 
@@ -65,7 +67,7 @@ def _settings(args, G):
 def _encoder(args, G):
     """The initial-guess encoder: --encoder (a toy encoder or an official e4e/pSp checkpoint), else the e4e
     installed for the domain with `sfeditor models`, else the shipped domain's toy encoder."""
-    from .images.inversion import load_encoder, photo_encoder_path
+    from .images.encoders import load_encoder, photo_encoder_path
 
     if args.no_encoder:
         return None
@@ -380,7 +382,7 @@ def _invert_args(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub) -> None:
     """Register ``invert``, ``edit`` and ``transfer`` on an argparse subparsers object."""
-    from .cli import MAX_SCALE
+    from .validate import MAX_SCALE
     from .validate import float_in, int_in
     i = sub.add_parser("invert", help="invert photos into the generator (w+), write reconstructions and codes")
     i.add_argument("images", nargs="+", help="photo files (PNG, JPEG, WebP, BMP, TIFF)")

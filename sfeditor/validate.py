@@ -27,6 +27,9 @@ class InputError(ValueError):
 
 
 # ------------------------------------------------------------- numbers
+MAX_SCALE = 16            # --scale: nearest-neighbour upscale of a grid or comparison picture
+
+
 def int_in(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
     """argparse ``type=``: an integer in [lo, hi]."""
     def parse(text: str) -> int:

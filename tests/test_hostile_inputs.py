@@ -548,7 +548,7 @@ def _encoder(p):
 
 
 def _e4e(p):
-    from sfeditor.images.inversion import read_e4e
+    from sfeditor.images.e4e import read_e4e
 
     read_e4e(p)
 
@@ -746,31 +746,37 @@ def run_train(argv, capsys):
     return code, capsys.readouterr().err
 
 
-TRAIN_CASES = [
-    (["fusion", "--domain", "toy-faces", "--node", "all", "--checkpoint-every", "0"], "out of range"),
-    (["fusion", "--domain", "toy-faces", "--node", "all", "--sample-every", "0"], "out of range"),
-    (["fusion", "--domain", "toy-faces", "--node", "all", "--steps-scale", "nan"], "not a finite number"),
-    (["fusion", "--domain", "toy-faces", "--node", "all", "--lr", "nan"], "not a finite number"),
-    (["fusion", "--domain", "toy-faces", "--node", "all", "--batch", "0"], "out of range"),
-    (["generator", "--domain", "toy-faces", "--steps-scale", "-1"], "out of range"),
-    (["generator", "--domain", "toy-faces", "--steps-scale", "nan"], "not a finite number"),
-    (["generator", "--domain", "toy-faces", "--batch", "0"], "out of range"),
-    (["encoder", "--domain", "toy-faces", "--lr", "-1"], "out of range"),
-    (["oracle", "--domain", "toy-faces", "--batch", "-5"], "out of range"),
-    (["generator", "--domain", "toy-faces", "--device", "nosuchdevice"], "unknown device"),
-    (["fusion", "--domain", "toy-faces", "--node", "all", "--device", "nosuchdevice"], "unknown device"),
+TRAIN_CASES = [        # (argv, recipe keys written to a --recipe file or None, expected message)
+    (["fusion", "--domain", "toy-faces", "--node", "all"], {"checkpoint_every": 0}, "must be at least 1"),
+    (["fusion", "--domain", "toy-faces", "--node", "all"], {"sample_every": 0}, "must be at least 1"),
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--steps-scale", "nan"], None, "not a finite number"),
+    (["fusion", "--domain", "toy-faces", "--node", "all"], {"lr": float("nan")}, "must be a finite number"),
+    (["fusion", "--domain", "toy-faces", "--node", "all"], {"batch": 0}, "must be at least 1"),
+    (["generator", "--domain", "toy-faces", "--steps-scale", "-1"], None, "out of range"),
+    (["generator", "--domain", "toy-faces", "--steps-scale", "nan"], None, "not a finite number"),
+    (["generator", "--domain", "toy-faces"], {"batch": 0}, "must be at least 1"),
+    (["encoder", "--domain", "toy-faces"], {"lr": -1}, "must be a positive learning rate"),
+    (["oracle", "--domain", "toy-faces"], {"batch": -5}, "must be at least 1"),
+    (["generator", "--domain", "toy-faces", "--device", "nosuchdevice"], None, "unknown device"),
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--device", "nosuchdevice"], None, "unknown device"),
+    (["fusion", "--domain", "toy-faces", "--node", "all", "--threads", "-1"], None, "out of range"),
 ]
 if not torch.cuda.is_available():
-    TRAIN_CASES.append((["fusion", "--domain", "toy-faces", "--node", "all", "--device", "cuda"],
+    TRAIN_CASES.append((["fusion", "--domain", "toy-faces", "--node", "all", "--device", "cuda"], None,
                         "CUDA is not available"))
 
 
-@pytest.mark.parametrize("argv,expect", TRAIN_CASES, ids=[" ".join(a) for a, _ in TRAIN_CASES])
-def test_trainer_bad_arguments_are_one_line_errors(argv, expect, capsys):
-    code, err = run_train(argv, capsys)
+@pytest.mark.parametrize("argv,recipe,expect", TRAIN_CASES,
+                         ids=[" ".join(a + [f"{k}={v}" for k, v in (r or {}).items()]) for a, r, _ in TRAIN_CASES])
+def test_trainer_bad_arguments_are_one_line_errors(argv, recipe, expect, capsys, tmp_path):
+    if recipe is not None:         # settings that are recipe keys, not flags (trainer/recipes/)
+        (tmp_path / "bad.json").write_text(json.dumps(recipe))
+        argv = [*argv, "--recipe", str(tmp_path / "bad.json")]
+    code, err = run_train([*argv, "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert "error:" in last and expect in last, err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
 def test_trainer_unknown_node_names_the_tree(capsys, tmp_path):
@@ -864,7 +870,8 @@ from sfeditor.model.checkpoints import read_checkpoint
 from sfeditor.fusion.fusion_net import load_fusion_net
 from sfeditor.fusion.hierarchy import load_hierarchy
 from sfeditor.images.toy_encoder import load_toy_encoder
-from sfeditor.images.inversion import load_latents, read_e4e
+from sfeditor.images.e4e import read_e4e
+from sfeditor.images.inversion import load_latents
 from sfeditor.model.style_code import StyleCode
 from sfeditor.images.directions import load_direction
 from sfeditor.regions.regions_file import RegionsFile

@@ -201,13 +201,6 @@ def _runs_stage3(stages) -> bool:
     return any(st.stage == 3 and st.steps > 0 for st in stages)
 
 
-def domain_truncation(domain: str, generator: str | None = None) -> float:
-    """The domain's ψ (paper A.6: faces 0.7, cars and churches 0.5; 1.0 for other domains)."""
-    from sfeditor.model.truncation import domain_truncation as _psi
-
-    return _psi(domain, generator or None)
-
-
 # -------------------------------------------------------------- distributed
 @dataclass
 class DistInfo:

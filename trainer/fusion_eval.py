@@ -64,6 +64,7 @@ import torch
 
 from sfeditor.atomic import atomic_write_text
 from sfeditor.validate import device_arg, float_in, int_in
+from sfeditor.model.truncation import domain_truncation
 from sfeditor.fusion.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
 from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.fusion.hierarchy import FusionHierarchy, load_hierarchy
@@ -985,13 +986,6 @@ def _judge_for(domain: str, kind: str, G, regions, device) -> Judge:
     return ClusterJudge(RegionModel(G, regions))
 
 
-def domain_truncation(domain: str) -> float:
-    """The domain's truncation psi (A.6: faces 0.7, cars 0.5); 1 for a domain that is not shipped."""
-    from sfeditor.domains import SHIPPED
-
-    return SHIPPED[domain].truncation if domain in SHIPPED else 1.0
-
-
 @dataclass
 class EvalContext:
     """What the read-only commands (``evaluate``, the scoring part of ``ablation``) share: the frozen
@@ -1234,4 +1228,4 @@ __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer",
            "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown",
            "ablation_rows", "ablation_markdown", "ablation_figure", "ablation_run_dir", "ablation_draws",
            "ablation_draws_markdown", "load_node_net", "add_parsers", "add_judge_args", "eval_context",
-           "EvalContext", "domain_truncation", "blend_table"]
+           "EvalContext", "blend_table"]

@@ -16,11 +16,14 @@ file that its ``options.json`` repeats.
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import types
 import typing
 from pathlib import Path
 from typing import Any
+
+from sfeditor.validate import device_arg, float_in, int_in
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -107,6 +110,8 @@ def _check(value: Any, hint, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where} must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(f"{where} must be a finite number, not {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -148,6 +153,21 @@ def check_keys(data: dict, allowed: set[str], source: str) -> None:
                           f"{', '.join(repr(k) for k in unknown)} (known: {', '.join(sorted(allowed))})")
 
 
+def _check_range(name: str, value: Any, where: str) -> None:
+    """Ranges every recipe shares by field name: batch sizes and ``*_every`` intervals >= 1, step
+    counts >= 0, the learning rate > 0 (other ``*_lr`` >= 0, 0 meaning the default)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if (name == "batch" or name.endswith("_batch") or name.endswith("_every")) and value < 1:
+        raise RecipeError(f"{where} must be at least 1, not {value!r}")
+    if (name == "steps" or name.endswith("_steps")) and value < 0:
+        raise RecipeError(f"{where} must not be negative, not {value!r}")
+    if name == "lr" and not value > 0:
+        raise RecipeError(f"{where} must be a positive learning rate, not {value!r}")
+    if name.endswith("_lr") and value < 0:       # 0: the command's default rate
+        raise RecipeError(f"{where} must not be negative, not {value!r}")
+
+
 def build(cls, data: dict, source: str, **overrides):
     """An instance of the dataclass ``cls`` from the table ``data`` (already key-checked against it)
     with ``overrides`` (flags; None = not given) on top; values type-checked, ``__post_init__``
@@ -155,6 +175,8 @@ def build(cls, data: dict, source: str, **overrides):
     types_ = fields_of(cls)
     values = {k: _check(v, types_[k], f"{source}: {k}") for k, v in data.items() if k in types_}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in values.items():
+        _check_range(k, v, f"{source}: {k}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
@@ -202,11 +224,11 @@ def add_run_flags(p, *, domains=None, domain_required: bool = True, out: str = "
     if out:
         p.add_argument("--out", help=out)
     if device:
-        p.add_argument("--device", help="cpu, cuda, auto (default: the recipe's)")
+        p.add_argument("--device", type=device_arg, help="cpu, cuda, auto (default: the recipe's)")
     if threads:
-        p.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's; 0 = torch's)")
+        p.add_argument("--threads", type=int_in(0, 1024), help="torch CPU threads (default: the recipe's; 0 = torch's)")
     if steps:
-        p.add_argument("--steps-scale", type=float, default=1.0,
+        p.add_argument("--steps-scale", type=float_in(0, 1000, open_lo=True), default=1.0,
                        help="multiply the recipe's steps (quick trials), e.g. 0.01")
     if resume:
         p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint (default: resume)")

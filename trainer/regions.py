@@ -446,7 +446,6 @@ def _common(p: argparse.ArgumentParser, what: str) -> None:
 
     add_recipe_flag(p, what)
     p.add_argument("--generator", help="generator checkpoint (default: the domain's shipped generator)")
-    p.add_argument("--truncation", type=float, help="psi (default: the recipe's, else the domain's, paper A.6; 1.0 otherwise)")
     p.add_argument("--device", type=device_arg, help="cpu, cuda, auto (default: the recipe's)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's; 0 = torch's)")
 

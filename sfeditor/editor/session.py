@@ -206,7 +206,9 @@ def load_bundle(domain: str | None = None, *, generator: str | os.PathLike | Non
         raise SessionError(f"unknown domain {domain!r}; shipped: {', '.join(SHIPPED)} (or open a checkpoint)")
     source = str(generator) if generator is not None else domain
     try:
-        G = load_generator(source, device=dev)
+        from ..model.registry import resolve_model
+
+        G = load_generator(resolve_model(source), device=dev)
     except (CheckpointError, ValueError, FileNotFoundError, OSError) as e:
         raise SessionError(str(e)) from None
     G.eval()

@@ -45,8 +45,8 @@ from ..model.style_code import StyleCode
 
 __all__ = ["InversionSettings", "InversionResult", "Projector", "InversionCache", "invert", "ssim", "ms_ssim",
            "noise_regularization", "normalize_noise_", "lr_schedule",
-           "default_cache_dir", "lpips_loss", "read_e4e", "E4EInfo", "E4EUnsupported", "image_to_tensor",
-           "module_fingerprint", "save_latents", "load_latents", "load_e4e", "load_encoder", "photo_encoder_path"]
+           "default_cache_dir", "lpips_loss", "image_to_tensor",
+           "module_fingerprint", "save_latents", "load_latents"]
 
 CACHE_FORMAT = "sfeditor-inversion"
 CACHE_VERSION = 1
@@ -667,147 +667,6 @@ def lpips_loss(net: str = "vgg", device=None) -> Callable[[torch.Tensor, torch.T
 
 
 # ================================================================== e4e
-class E4EUnsupported(ValueError):
-    """The file is a valid e4e/pSp checkpoint of an encoder type that is not supported."""
-
-
-@dataclass
-class E4EInfo:
-    """What a valid e4e checkpoint holds."""
-
-    path: str
-    encoder_type: str
-    resolution: int
-    n_styles: int
-    latent_avg_shape: tuple[int, ...] | None
-    encoder_tensors: int
-    decoder_tensors: int
-    opts: dict
-
-
-def _load_e4e_file(p: Path):
-    """torch.load with ``weights_only`` (argparse.Namespace allowed for ``opts``): no code from the file runs."""
-    import argparse
-
-    from ..model.safe_torch import safe_torch_load
-
-    try:   # sizes and CRCs checked before anything is allocated (sfeditor.model.safe_torch)
-        # an official e4e file (IR-SE-50 + a 1024 px decoder) holds ~1.1 GB of float32; 2 GiB bounds what
-        # a small file of aliased views may declare
-        return safe_torch_load(p, safe_globals=[argparse.Namespace], declared_limit=2 << 30)
-    except Exception as e:
-        raise ValueError(f"{p}: not a readable e4e checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
-            from None
-
-
-def read_e4e(path: str | os.PathLike) -> E4EInfo:
-    """Read and validate an official e4e checkpoint safely (``weights_only``; no code runs).
-
-    Expected: ``{"state_dict": {"encoder.*", "decoder.*"}, "opts": {...}, "latent_avg": [n_latent, 512]
-    or [512]}``.  Raises ``ValueError`` for anything else, ``FileNotFoundError`` if missing.
-    """
-    return _read_e4e(path)[0]
-
-
-def _read_e4e(path: str | os.PathLike) -> tuple[E4EInfo, dict]:
-    """:func:`read_e4e`, also returning the loaded checkpoint (read once: e4e files are ~1 GB)."""
-    p = Path(os.fspath(path))
-    if not p.is_file():
-        raise FileNotFoundError(f"no e4e checkpoint at {p}")
-    import argparse
-
-    obj = _load_e4e_file(p)
-    if not isinstance(obj, dict) or "state_dict" not in obj or "opts" not in obj:
-        keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{p}: not an e4e checkpoint (expected keys state_dict, opts, latent_avg; found {keys})")
-    sd, opts = obj["state_dict"], obj["opts"]
-    if isinstance(opts, argparse.Namespace):
-        opts = vars(opts)
-    if not isinstance(sd, dict) or not isinstance(opts, dict):
-        raise ValueError(f"{p}: e4e 'state_dict' and 'opts' must be dictionaries")
-    enc = [k for k in sd if k.startswith("encoder.")]
-    dec = [k for k in sd if k.startswith("decoder.")]
-    if not enc:
-        raise ValueError(f"{p}: the e4e state dict has no encoder.* tensors")
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{p}: the e4e state dict holds non-tensor values")
-    res = int(opts.get("stylegan_size", opts.get("output_size", 1024)) or 1024)
-    if res < 4 or res & (res - 1):
-        raise ValueError(f"{p}: e4e opts give an invalid StyleGAN size {res}")
-    n_styles = int(math.log2(res)) * 2 - 2
-    la = obj.get("latent_avg")
-    la_shape = None
-    if la is not None:
-        if not isinstance(la, torch.Tensor) or not torch.isfinite(la).all():
-            raise ValueError(f"{p}: e4e latent_avg must be a finite tensor")
-        la_shape = tuple(la.shape)
-        if la.ndim not in (1, 2) or la.shape[-1] < 1 or (la.ndim == 2 and la.shape[0] not in (1, n_styles)):
-            raise ValueError(f"{p}: unexpected e4e latent_avg shape {la_shape} (expected [{n_styles}, w_dim] "
-                             "or [w_dim])")
-    info = E4EInfo(str(p), str(opts.get("encoder_type", "?")), res, n_styles, la_shape, len(enc), len(dec),
-                   {k: v for k, v in opts.items() if isinstance(v, (str, int, float, bool)) or v is None})
-    return info, obj
-
-
-#: encoder types of e4e / pSp checkpoints that :func:`load_e4e` runs (-> predicts deltas on one w)
-E4E_TYPES = {"Encoder4Editing": True, "GradualStyleEncoder": False}
-
-
-def load_e4e(path: str | os.PathLike, G=None, map_location="cpu"):
-    """An official e4e (or pSp ``GradualStyleEncoder``) checkpoint as a projector initialiser.
-
-    Validated by :func:`read_e4e` (no code runs), then built as
-    :class:`sfeditor.images.e4e.E4EEncoder` with strict key matching.  With ``G``, the
-    W+ shape must match it ([n_latent, 512]).  Other encoder types raise
-    :class:`E4EUnsupported`.
-    """
-    from .e4e import E4EEncoder
-
-    info, obj = _read_e4e(path)
-    if info.encoder_type not in E4E_TYPES:
-        raise E4EUnsupported(f"{info.path}: encoder type {info.encoder_type!r} is not supported (supported: "
-                             f"{', '.join(E4E_TYPES)}); invert with the optimisation projector instead")
-    if G is not None and (G.n_latent != info.n_styles or G.style_dim != 512):
-        raise ValueError(f"{info.path}: this e4e encoder predicts {info.n_styles} x 512 codes (a "
-                         f"{info.resolution}px StyleGAN2); the generator needs {G.n_latent} x {G.style_dim}")
-    enc = E4EEncoder.from_state_dict(obj["state_dict"], info.n_styles, obj.get("latent_avg"), info.path,
-                                     deltas=E4E_TYPES[info.encoder_type])
-    return enc.to(map_location)
-
-
-def load_encoder(path: str | os.PathLike, G=None, map_location="cpu"):
-    """An initial-guess encoder file of either kind: an sfeditor toy encoder or an official e4e/pSp checkpoint."""
-    from .toy_encoder import LooksLikeE4E, load_toy_encoder
-
-    try:
-        return load_toy_encoder(path, map_location=map_location, G=G)
-    except LooksLikeE4E:
-        return load_e4e(path, G=G, map_location=map_location)
-
-
-def photo_encoder_path(domain: str | None, generator_source: str | os.PathLike | None = None,
-                       explicit: str | os.PathLike | None = None) -> tuple[Path | None, str]:
-    """Which encoder starts the projector for a model -> (path or None, where it came from).
-
-    ``explicit`` (``--encoder`` or the editor's setting) first; then the e4e encoder
-    installed for the model's domain with ``sfeditor models`` (its checksum verified;
-    the domain of an installed generator file is known from the registry); then a
-    shipped domain's toy encoder; else None (the projector starts from the mean w).
-    """
-    from ..model.registry import encoder_domain, registered_encoder
-    from .toy_encoder import default_encoder_path
-
-    if explicit:
-        return Path(os.fspath(explicit)), "given"
-    dom = encoder_domain(domain, generator_source)
-    path = registered_encoder(dom)
-    if path is not None:
-        return path, f"installed for {dom}"
-    path = default_encoder_path(domain) if domain else None
-    return (path, "shipped") if path is not None else (None, "none")
-
-
-# ============================================================ w+ files
 LATENTS_FORMAT = "sfeditor-wplus"
 LATENTS_VERSION = 1
 

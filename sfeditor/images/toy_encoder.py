@@ -96,7 +96,7 @@ def save_toy_encoder(E: ToyEncoder, path: str | os.PathLike, meta: dict | None =
 
 
 class LooksLikeE4E(ValueError):
-    """The file is an e4e/pSp checkpoint, not a toy encoder (:func:`sfeditor.images.inversion.load_e4e` reads it)."""
+    """The file is an e4e/pSp checkpoint, not a toy encoder (:func:`sfeditor.images.e4e.load_e4e` reads it)."""
 
 
 def load_toy_encoder(path: str | os.PathLike, map_location="cpu", G=None) -> ToyEncoder:
@@ -129,7 +129,7 @@ def load_toy_encoder(path: str | os.PathLike, map_location="cpu", G=None) -> Toy
         raise ValueError(f"{path}: no state dict in the encoder file")
     inner = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else {}
     if any(isinstance(k, str) and k.startswith(("encoder.", "decoder.")) for k in (*sd, *inner)):
-        raise LooksLikeE4E(f"{path}: this looks like an e4e/pSp checkpoint; use sfeditor.images.inversion.load_e4e")
+        raise LooksLikeE4E(f"{path}: this looks like an e4e/pSp checkpoint; use sfeditor.images.e4e.load_e4e")
     try:
         cfg = infer_encoder_config(sd)
         E = ToyEncoder(cfg.size, cfg.style_dim, cfg.width)

@@ -258,12 +258,9 @@ def resolve_source(source: str | os.PathLike) -> str:
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a path or a domain name, got {type(source).__name__}")
     path = os.fspath(source)
-    if not os.path.exists(path):
-        from .registry import KNOWN, Registry, installed_path   # a model installed with `sfeditor models`
-
-        if isinstance(source, str) and (source in KNOWN or source in Registry().models):
-            return os.fspath(installed_path(source))
-        raise FileNotFoundError(errno.ENOENT, f"checkpoint not found (shipped domains: {', '.join(SHIPPED)})", path)
+    if not os.path.exists(path):       # names installed with `sfeditor models`: sfeditor.model.registry.resolve_model
+        raise FileNotFoundError(errno.ENOENT, f"checkpoint not found (shipped domains: {', '.join(SHIPPED)}; "
+                                "installed models: `sfeditor models list`)", path)
     return path
 
 

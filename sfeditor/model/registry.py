@@ -16,7 +16,7 @@ else ``$XDG_CACHE_HOME/sfeditor``, else ``~/.cache/sfeditor``) under
 * renames the finished ``.part`` into place (atomic completion),
 * records its SHA-256 (and checks it against a known one, where known),
 * loads it through the project's safe loaders (:mod:`sfeditor.model.checkpoints`,
-  :func:`sfeditor.fusion.hierarchy.load_hierarchy`, :func:`sfeditor.images.inversion.load_e4e`),
+  :func:`sfeditor.fusion.hierarchy.load_hierarchy`, :func:`sfeditor.images.e4e.load_e4e`),
 * converts it once to the project's own format, whose SHA-256 is recorded too
   and checked every time the file is used (:func:`installed_path`).
 
@@ -42,7 +42,7 @@ from ..atomic import atomic_write_text
 from ..jobs import Cancelled
 
 __all__ = ["KnownModel", "KNOWN", "ModelError", "LicenceNotAccepted", "cache_dir", "models_dir", "Registry",
-           "download", "register", "installed_path", "remove", "registered_encoder", "domain_of_file",
+           "download", "register", "installed_path", "resolve_model", "remove", "registered_encoder", "domain_of_file",
            "entry_for", "sha256_of", "human_size", "status_rows", "encoder_domain", "open_spec", "BASE_URL_ENV"]
 
 BASE_URL_ENV = "SFEDITOR_MODELS_URL"     # replaces the folder of every direct link (tests, mirrors)
@@ -423,11 +423,13 @@ def _convert(m: KnownModel, original: Path, folder: Path, cancel) -> tuple[Path,
         h.save(out)
         return out, "sfeditor-hierarchy", {"nodes": ", ".join(h.internal_nodes)}
     # encoder: an e4e/pSp checkpoint, or a toy encoder; validated by building it, stored as it is
-    from ..images.inversion import E4EUnsupported, load_e4e
+    from ..images.e4e import E4EUnsupported, is_e4e_file, load_e4e
     from ..images.toy_encoder import LooksLikeE4E, load_toy_encoder
 
     try:
         try:
+            if is_e4e_file(original):           # e4e views share storage: the toy reader would refuse it
+                raise LooksLikeE4E(str(original))
             load_toy_encoder(original)
             fmt, info = "sfeditor-toy-encoder", {}
         except LooksLikeE4E:
@@ -467,6 +469,14 @@ def _strip(e: BaseException, path: Path) -> str:
 
 
 # ================================================================= later use
+def resolve_model(source):
+    """``source`` as the loaders take it: the installed file of a model name known to or registered with
+    ``sfeditor models`` (when no file of that name exists); anything else unchanged."""
+    if isinstance(source, str) and not os.path.exists(source) and (source in KNOWN or source in Registry().models):
+        return os.fspath(installed_path(source))
+    return source
+
+
 def installed_path(name: str, *, verify: bool = True, registry: Registry | None = None, cancel=None) -> Path:
     """The installed file of ``name``, its size and SHA-256 checked against the recorded ones."""
     reg = registry or Registry()

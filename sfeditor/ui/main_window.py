@@ -1322,14 +1322,14 @@ class MainWindow(QMainWindow):
     def photo_encoder_path(self, b: ModelBundle | None = None):
         """(path or None, where from): --encoder, else this domain's setting, else the e4e installed for it
         (``sfeditor models``), else the shipped toy encoder."""
-        from ..images.inversion import photo_encoder_path
+        from ..images.encoders import photo_encoder_path
 
         b = b or self.session.bundle
         chosen = self.encoder_override or self.settings.value(self.photo_encoder_key(b), "", type=str) or None
         return photo_encoder_path(b.domain, b.generator_source, chosen)
 
     def _load_photo_encoder(self, b: ModelBundle):       # on the job's thread
-        from ..images.inversion import load_encoder
+        from ..images.encoders import load_encoder
 
         path, _how = self.photo_encoder_path(b)
         return load_encoder(path, G=b.G, map_location=b.device) if path is not None else None

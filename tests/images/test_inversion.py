@@ -9,7 +9,8 @@ import torch
 from editor_core_helpers import small_generator
 
 from sfeditor import Generator
-from sfeditor.images.inversion import E4EUnsupported, InversionCache, InversionSettings, Projector, load_e4e, load_latents, lr_schedule, ms_ssim, noise_regularization, read_e4e, save_latents, ssim
+from sfeditor.images.e4e import E4EUnsupported, load_e4e, read_e4e
+from sfeditor.images.inversion import InversionCache, InversionSettings, Projector, load_latents, lr_schedule, ms_ssim, noise_regularization, save_latents, ssim
 from sfeditor.images.metrics import psnr
 from sfeditor.jobs import Cancelled, CancelToken
 from sfeditor.model.style_code import StyleCode

@@ -178,7 +178,8 @@ def test_photo_drop_starts_from_the_installed_e4e(qtbot, tmp_path):
     from sfeditor.images.alignment import prepare_image
     from sfeditor.images.e4e import E4EEncoder
     from sfeditor.images.intake import read_image
-    from sfeditor.images.inversion import InversionSettings, Projector, load_e4e
+    from sfeditor.images.e4e import load_e4e
+    from sfeditor.images.inversion import InversionSettings, Projector
     from sfeditor.model.identity import module_fingerprint
 
     bundle, G = _e4e_world(tmp_path)
