@@ -103,8 +103,9 @@ def write_sheets(out_dir, size: int = 128, n: int = 64) -> list[str]:
     """docs/images/toy-{domain}-renderer.png, -renderer-labels.png and -renderer-swap.png."""
     import os
 
-    import cv2
+    from ..images.imageio import save_png
 
+    os.makedirs(out_dir, exist_ok=True)
     paths = []
     for dom in DOMAINS:
         imgs, labs = render(dom, np.arange(n), size)
@@ -112,7 +113,7 @@ def write_sheets(out_dir, size: int = 128, n: int = 64) -> list[str]:
         for suffix, pic in (("renderer", tile(imgs, cols)), ("renderer-labels", tile(label_colors(dom, labs), cols)),
                             ("renderer-swap", swap_sheet(dom, size=size))):
             p = os.path.join(out_dir, f"{dom}-{suffix}.png")
-            cv2.imwrite(p, pic[..., ::-1])
+            save_png(p, pic)
             paths.append(p)
     return paths
 
