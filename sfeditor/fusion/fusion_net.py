@@ -302,8 +302,8 @@ def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         try:
             data = safe_torch_load(path)
-        except ValueError as e:
-            if "Unsupported global" not in str(e):
+        except ValueError as e:      # torch refused a global the file's metadata names
+            if "Unsupported global" not in str(e) and "Weights only load failed" not in str(e):
                 raise
             data = torch_load_inert(path)     # sizes already checked by safe_torch_load's inspection
             if isinstance(data, Mapping) and not isinstance(data.get("state_dict"), Mapping):

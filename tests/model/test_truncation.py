@@ -45,7 +45,7 @@ def test_paper_values_and_names():
 
 
 def test_trainer_defaults_follow_the_paper(cache, tmp_path):
-    from trainer.fusion import domain_truncation
+    from sfeditor.model.truncation import domain_truncation
     from trainer.regions import _truncation
 
     church = _install(tmp_path, "my-church", "church")
