@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
         G = load_generator(args.domain, device="cpu").eval().requires_grad_(False)
         rf = load_regions(args.domain)
-    from trainer.fusion import domain_truncation
+    from sfeditor.model.truncation import domain_truncation
 
     trunc = domain_truncation(args.domain)
     model = RegionModel(G, rf)

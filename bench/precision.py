@@ -64,7 +64,7 @@ def fusion_step(device, bf16: bool):
     from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
     from sfeditor.regions.masks import RegionModel
     from sfeditor.regions.regions_file import load_regions
-    from trainer.fusion import domain_truncation
+    from sfeditor.model.truncation import domain_truncation
     from trainer.fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,
                                        trained_blenders)
 

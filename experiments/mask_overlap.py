@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from sfeditor.model.checkpoints import load_generator  # noqa: E402
-from trainer.fusion import domain_truncation  # noqa: E402
+from sfeditor.model.truncation import domain_truncation  # noqa: E402
 from trainer.fusion_eval import load_node_net  # noqa: E402
 
 

@@ -30,7 +30,8 @@ from sfeditor.model.checkpoints import load_generator  # noqa: E402
 from sfeditor.regions.masks import RegionModel  # noqa: E402
 from sfeditor.regions.regions_file import load_regions  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
-from trainer.fusion import domain_truncation, training_config  # noqa: E402
+from sfeditor.model.truncation import domain_truncation  # noqa: E402
+from trainer.fusion import training_config  # noqa: E402
 from trainer.fusion_eval import OracleJudge, ablation_rows, load_node_net  # noqa: E402
 from trainer.fusion_stages import NodeContext, node_regions, sample_codes, set_trainable, stage_loss  # noqa: E402
 

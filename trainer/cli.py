@@ -21,6 +21,7 @@ class OracleRecipe:
     lr: float = 3e-3
     seed: int = 0
     threads: int = 1              # the oracle trains on the CPU (trainer.oracle)
+    init: str | None = None       # warm start from this oracle file (e.g. the previous renderer version's)
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
@@ -97,7 +98,8 @@ def cmd_oracle(args: argparse.Namespace) -> int:
         bar.update(step, **{k: v for k, v in (info or {}).items() if isinstance(v, (int, float))})
     metrics, rc = run_cancellable(lambda cancel: train_oracle(
         recipe.domain, out, steps=recipe.steps, batch=recipe.batch, seed=recipe.seed, lr=recipe.lr,
-        threads=recipe.threads or None, resume=not args.restart, progress=progress, cancel=cancel))
+        threads=recipe.threads or None, resume=not args.restart, progress=progress, cancel=cancel,
+        init=recipe.init))
     if metrics:
         print(f"\nwrote {out}: held-out pixel accuracy {metrics.get('pixel_accuracy', float('nan')):.4f}")
     return rc
