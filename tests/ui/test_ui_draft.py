@@ -16,7 +16,8 @@ from PySide6.QtCore import QSettings  # noqa: E402
 from editor_core_helpers import tiny_hierarchy  # noqa: E402
 from sfeditor import Generator  # noqa: E402
 from sfeditor.editor.session import ModelBundle  # noqa: E402
-from sfeditor.ui.main_window import HEATMAP_RESOLUTION, MainWindow  # noqa: E402
+from sfeditor.ui.main_window import MainWindow  # noqa: E402
+from sfeditor.ui.window_common import HEATMAP_RESOLUTION  # noqa: E402
 
 WAIT = 30_000
 
