@@ -60,6 +60,10 @@ def variant_nets(args: argparse.Namespace, ctx, root: Path, seed: int) -> dict[s
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
+    from .fusion_eval import ScoringRecipe
+    from .recipe import apply_recipe
+
+    apply_recipe(args, ScoringRecipe, names=())
     ctx = eval_context(args, "ablation-eval")
     G, judge, out, truncation, amp = ctx.G, ctx.judge, ctx.out, ctx.truncation, ctx.amp
     node = args.node

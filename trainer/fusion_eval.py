@@ -1073,10 +1073,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained by ``sfeditor-train ablation``)."""
     from sfeditor.editor.session import default_hierarchy_path
 
+    from .recipe import apply_recipe
+
+    apply_recipe(args, EvaluateRecipe, names=())
     if args.hierarchy and not Path(args.hierarchy).exists():
         raise FileNotFoundError(f"no hierarchy file at {args.hierarchy}")
-    if args.swap_pairs < 0 or (args.swap_steps is not None and args.swap_steps < 0):
-        raise ValueError("--swap-pairs and --swap-steps must be >= 0")
     hpath = Path(args.hierarchy or f"runs/fusion-{args.domain}/hierarchy.pt")
     shipped = default_hierarchy_path(args.domain)
     if not args.hierarchy and not hpath.exists() and shipped is not None:
@@ -1183,18 +1184,49 @@ def _toy_regions(domain: str) -> list[str]:
     return region_names(domain)
 
 
+@dataclass
+class ScoringRecipe:
+    """What the read-only scoring (``evaluate``, the scoring part of ``ablation``) reads from a recipe."""
+
+    samples: int = 200                # edits per code and mode (the paper uses 500)
+    batch: int = 16
+    seed: int = 0
+    truncation: float | None = None   # psi (None: the domain's, paper A.6)
+    judge: str = "auto"               # who labels regions: the toy oracle (auto when available) or the regions file
+
+    def __post_init__(self) -> None:
+        if self.judge not in ("auto", "oracle", "clusters"):
+            raise ValueError(f"judge must be auto, oracle or clusters, not {self.judge!r}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be at least 1, not {self.samples}")
+
+
+@dataclass
+class EvaluateRecipe(ScoringRecipe):
+    """``sfeditor-train evaluate``'s recipe (trainer/recipes/evaluate.json)."""
+
+    modes: list[str] = field(default_factory=lambda: ["random", "fixed"])   # Fig. 10 random, Fig. 11 fixed bases
+    swap_pairs: int = 0               # toy domains: swap fidelity on N held-out render pairs (2N inversions)
+    swap_steps: int | None = None     # projector steps per inversion (None: the domain's preset)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.modes or any(m not in ("random", "fixed") for m in self.modes):
+            raise ValueError(f"modes must be a non-empty list of random, fixed; not {self.modes!r}")
+        if self.swap_pairs < 0 or (self.swap_steps is not None and self.swap_steps < 0):
+            raise ValueError("swap_pairs and swap_steps must be >= 0")
+
+
 def add_judge_args(e: argparse.ArgumentParser) -> None:
-    """Flags the read-only scoring shares (``evaluate`` and ``ablation``)."""
+    """Flags the read-only scoring shares (``evaluate`` and ``ablation``); the rest is the recipe's
+    (:class:`ScoringRecipe`)."""
+    from .recipe import add_recipe_flag
+
+    add_recipe_flag(e, "scoring")
     e.add_argument("--domain", required=True)
     e.add_argument("--generator", help="generator checkpoint (default: the domain's)")
     e.add_argument("--regions", help="regions file (default: the domain's)")
-    e.add_argument("--samples", type=int, default=200, help="edits per code and mode (the paper uses 500)")
-    e.add_argument("--batch", type=int_in(1, 4096), default=16)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--truncation", type=float, default=None)
-    e.add_argument("--judge", default="auto", choices=["auto", "oracle", "clusters"],
-                   help="who labels regions: the toy oracle (auto when available) or the regions file")
-    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--threads", type=int_in(0, 1024), default=0, help="torch CPU threads (0 = torch's)")
     e.add_argument("--device", default="auto", type=device_arg)
     e.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bfloat16 autocast (default: on where the CPU/GPU runs bf16 natively)")
@@ -1211,13 +1243,6 @@ def add_parsers(sub) -> None:
     e.add_argument("--against", metavar="HIERARCHY",
                    help="also score this hierarchy (same tree) on the same edits: per code the difference "
                         "with a paired standard error, to tell whether a retrained hierarchy is better")
-    e.add_argument("--modes", nargs="+", choices=["random", "fixed"], default=["random", "fixed"],
-                   help="heatmap bases to score (default both: Fig. 10 random, Fig. 11 fixed)")
-    e.add_argument("--swap-pairs", type=int, default=0, metavar="N",
-                   help="toy domains: swap fidelity on N held-out render pairs (2N inversions; default 0 = off)")
-    e.add_argument("--swap-steps", type=int, default=None, metavar="STEPS",
-                   help="projector steps per inversion for --swap-pairs (default: the domain's preset, as "
-                        "`sfeditor invert`)")
     e.set_defaults(func=cmd_evaluate)
 
 
@@ -1228,4 +1253,4 @@ __all__ = ["change_map", "locality_share", "psnr_outside", "hierarchy_composer",
            "heatmap_figure", "colormap", "paired_difference", "comparison_rows", "comparison_markdown",
            "ablation_rows", "ablation_markdown", "ablation_figure", "ablation_run_dir", "ablation_draws",
            "ablation_draws_markdown", "load_node_net", "add_parsers", "add_judge_args", "eval_context",
-           "EvalContext", "blend_table"]
+           "EvalContext", "blend_table", "ScoringRecipe", "EvaluateRecipe"]

@@ -49,6 +49,13 @@ TRUNC = 0.7
 SCALE = 0.0006
 
 
+
+def scoring(tmp_path, **keys) -> str:
+    """A scoring recipe (``evaluate`` / ``ablation``: trainer.fusion_eval.EvaluateRecipe keys) in ``tmp_path``."""
+    path = tmp_path / f"scoring-{len(list(tmp_path.glob('scoring-*.json')))}.json"
+    path.write_text(json.dumps(keys))
+    return str(path)
+
 def tiny_regions(G) -> RegionsFile:
     with torch.no_grad():
         dp = G.deep_pixels(G.random_styles(4, seed=3), size=G.size)
@@ -656,9 +663,10 @@ def test_cli_registers_fusion_commands_and_keeps_the_others(tmp_path):
         with pytest.raises(SystemExit):
             p.parse_args(["fusion", "--domain", "toy-cars", "--node", "all", gone, "1"])
     assert p.parse_args(["hierarchy", "--domain", "toy-cars"]).func.__name__ == "cmd_hierarchy"
-    e = p.parse_args(["evaluate", "--domain", "toy-cars", "--hierarchy", "h.pt", "--swap-pairs", "3"])
-    assert e.hierarchy == "h.pt" and e.swap_pairs == 3 and e.func.__name__ == "cmd_evaluate"
-    for training_flag in ("--ablation", "--train-ablation", "--ablation-seeds", "--local-scale"):
+    e = p.parse_args(["evaluate", "--domain", "toy-cars", "--hierarchy", "h.pt", "--recipe", "scoring-cards"])
+    assert e.hierarchy == "h.pt" and e.recipe == "scoring-cards" and e.func.__name__ == "cmd_evaluate"
+    for training_flag in ("--ablation", "--train-ablation", "--ablation-seeds", "--local-scale",
+                          "--samples", "--swap-pairs", "--judge"):     # training flags; scoring settings: recipe keys
         with pytest.raises(SystemExit):                   # evaluate only reads: the ablation trains
             p.parse_args(["evaluate", "--domain", "toy-cars", training_flag, "1"])
     a = p.parse_args(["ablation", "--domain", "toy-cars", "--train", "--seeds", "0", "2", "--local-scale", "3"])
@@ -692,12 +700,11 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     G, regions = tiny
     save_generator(G, tmp_path / "g.pt")
     regions.save(tmp_path / "r.json")
-    files = ["--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions", str(tmp_path / "r.json"),
-             "--truncation", "0.7"]
+    files = ["--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions", str(tmp_path / "r.json")]
     (tmp_path / "short.json").write_text(json.dumps({"config": "short", "batch": 2, "truncation": 0.7}))
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        rc = main(["fusion", *files[:-2], "--recipe", str(tmp_path / "short.json"), "--node", "all",
+        rc = main(["fusion", *files, "--recipe", str(tmp_path / "short.json"), "--node", "all",
                    "--steps-scale", "0.0002", "--device", "cpu", "--out", str(tmp_path / "all"),
                    "--hierarchy", str(tmp_path / "h.pt")])
     finally:
@@ -705,8 +712,8 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
             signal.signal(sig, h)
     assert rc == 0 and (tmp_path / "all" / "net.pt").exists()
     assert sorted(load_hierarchy(tmp_path / "h.pt").nets) == ["all"]
-    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--judge", "clusters", "--samples", "2",
-               "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "eval")])
+    rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--recipe", scoring(tmp_path, truncation=0.7, judge="clusters", samples=2, batch=2),
+               "--device", "cpu", "--out", str(tmp_path / "eval")])
     report = (tmp_path / "eval" / "report.md").read_text()
     assert rc == 0 and "| ab | a, b |" in report and "| global:all | a, b, c, d |" in report
     assert "### How strong the edits are" in report
@@ -723,8 +730,8 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     for variant in ("full", "no_stage3"):
         (tmp_path / "abl" / variant).mkdir(parents=True)
         shutil.copy(tmp_path / "all" / "net.pt", tmp_path / "abl" / variant / "net.pt")
-    rc = main(["ablation", *files, "--judge", "clusters", "--samples", "2",
-               "--batch", "2", "--device", "cpu", "--dir", str(tmp_path / "abl"),
+    rc = main(["ablation", *files, "--recipe", scoring(tmp_path, truncation=0.7, judge="clusters", samples=2, batch=2),
+               "--device", "cpu", "--dir", str(tmp_path / "abl"),
                "--out", str(tmp_path / "abl-eval")])
     ablation = (tmp_path / "abl-eval" / "ablation.md").read_text()
     assert rc == 0 and "| No Stage 3 | " in ablation and "change inside ± s.e." in ablation
@@ -737,8 +744,8 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     for variant in ("full", "no_stage3"):
         (tmp_path / "abl" / "seed-3" / variant).mkdir(parents=True)
         shutil.copy(tmp_path / "all" / "net.pt", tmp_path / "abl" / "seed-3" / variant / "net.pt")
-    rc = main(["ablation", *files, "--judge", "clusters", "--samples", "2",
-               "--batch", "2", "--device", "cpu", "--dir", str(tmp_path / "abl"),
+    rc = main(["ablation", *files, "--recipe", scoring(tmp_path, truncation=0.7, judge="clusters", samples=2, batch=2),
+               "--device", "cpu", "--dir", str(tmp_path / "abl"),
                "--seeds", "0", "3", "--out", str(tmp_path / "abl-eval2")])
     ablation = (tmp_path / "abl-eval2" / "ablation.md").read_text()
     assert "## Hierarchy" not in (tmp_path / "abl-eval2" / "report.md").read_text()     # the ablation alone
@@ -749,16 +756,18 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     assert "not trained yet (draw seed 3): no_global, no_stage1, no_stage2" in (
         tmp_path / "abl-eval2" / "report.md").read_text()
     for bad, message in ((["--hierarchy", str(tmp_path / "nowhere.pt")], "no hierarchy file at"),
-                         (["--hierarchy", str(tmp_path / "h.pt"), "--swap-pairs", "2"], "needs a toy domain"),
-                         (["--hierarchy", str(tmp_path / "h.pt"), "--swap-pairs", "-1"], "must be >= 0")):
+                         (["--hierarchy", str(tmp_path / "h.pt"), "--recipe", scoring(tmp_path, truncation=0.7, swap_pairs=2)],
+                          "needs a toy domain"),
+                         (["--hierarchy", str(tmp_path / "h.pt"), "--recipe", scoring(tmp_path, truncation=0.7, swap_pairs=-1)],
+                          "must be >= 0")):
         assert main(["evaluate", *files, *bad, "--device", "cpu", "--out", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bad" / "report.md").exists()
-    assert main(["ablation", *files, "--judge", "clusters", "--samples", "2", "--device", "cpu", "--dir",
+    assert main(["ablation", *files, "--recipe", scoring(tmp_path, truncation=0.7, judge="clusters", samples=2), "--device", "cpu", "--dir",
                  str(tmp_path / "no-runs"), "--out", str(tmp_path / "abl-none")]) == 0
     assert "no finished variant runs" in (tmp_path / "abl-none" / "report.md").read_text()
     # --against: another hierarchy on the same edits; against itself every difference is exactly 0
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "h.pt"),
-               "--judge", "clusters", "--samples", "3", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "cmp")])
+               "--recipe", scoring(tmp_path, truncation=0.7, judge="clusters", samples=3, batch=2), "--device", "cpu", "--out", str(tmp_path / "cmp")])
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert rc == 0 and "## Against" in report
     rows = json.loads((tmp_path / "cmp" / "metrics.json").read_text())["against"]["rows"]
@@ -774,11 +783,11 @@ def test_cli_end_to_end_on_files(tiny, tmp_path, capsys):
     obj[DIGEST_KEY] = state_digest({k: v for k, v in obj.items() if k != DIGEST_KEY})   # a valid file, not a corrupt one
     torch.save(obj, tmp_path / "other-tree.pt")
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "other-tree.pt"),
-               "--judge", "clusters", "--samples", "2", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "c3")])
+               "--recipe", scoring(tmp_path, truncation=0.7, judge="clusters", samples=2, batch=2), "--device", "cpu", "--out", str(tmp_path / "c3")])
     assert rc == 2 and "another tree or another set of nets" in capsys.readouterr().err
     (tmp_path / "bad.pt").write_text("not a hierarchy")
     rc = main(["evaluate", *files, "--hierarchy", str(tmp_path / "h.pt"), "--against", str(tmp_path / "bad.pt"),
-               "--judge", "clusters", "--samples", "2", "--batch", "2", "--device", "cpu", "--out", str(tmp_path / "c2")])
+               "--recipe", scoring(tmp_path, truncation=0.7, judge="clusters", samples=2, batch=2), "--device", "cpu", "--out", str(tmp_path / "c2")])
     assert rc == 2
 
 
@@ -786,7 +795,7 @@ def test_evaluate_falls_back_to_the_shipped_hierarchy(tmp_path, monkeypatch, cap
     from trainer.cli import main
 
     monkeypatch.chdir(tmp_path)          # no runs/fusion-toy-cars here
-    rc = main(["evaluate", "--domain", "toy-cars", "--samples", "2", "--batch", "2", "--device", "cpu",
+    rc = main(["evaluate", "--domain", "toy-cars", "--recipe", scoring(tmp_path, samples=2, batch=2), "--device", "cpu",
                "--out", "out"])
     assert rc == 0 and "evaluating the shipped" in capsys.readouterr().out
     report = (tmp_path / "out" / "report.md").read_text()
@@ -895,7 +904,7 @@ def test_train_ablation_trains_no_stage3_first_and_the_full_model_from_it(tiny, 
     save_generator(G, tmp_path / "g.pt")
     regions.save(tmp_path / "r.json")
     rc = main(["ablation", "--domain", "tiny", "--generator", str(tmp_path / "g.pt"), "--regions",
-               str(tmp_path / "r.json"), "--truncation", "0.7", "--judge", "clusters", "--samples", "2", "--batch", "2",
+               str(tmp_path / "r.json"), "--recipe", scoring(tmp_path, truncation=0.7, judge="clusters", samples=2, batch=2),
                "--device", "cpu", "--train", "--steps-scale", "0.0003",
                "--seeds", "0", "1", "--dir", str(tmp_path / "abl"), "--out", str(tmp_path / "eval")])
     printed = capsys.readouterr().out

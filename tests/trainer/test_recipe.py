@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from trainer.fusion_eval import EvaluateRecipe
 from trainer.cli import EvaluateGeneratorRecipe, OracleRecipe, build_parser, main
 from trainer.encoder import EncoderRecipe
 from trainer.fusion import FusionJob, FusionRecipe, HierarchyJob
@@ -16,7 +17,7 @@ from trainer.regions import RegionsRecipe
 # a shipped recipe's command, by the file name's first word
 CLASSES = {"generator": (GeneratorRecipe,), "oracle": (OracleRecipe,), "regions": (RegionsRecipe,),
            "hierarchy": (FusionRecipe, HierarchyJob), "encoder": (EncoderRecipe,),
-           "evaluate": (EvaluateGeneratorRecipe,)}
+           "evaluate": (EvaluateGeneratorRecipe,), "scoring": (EvaluateRecipe,)}
 SHIPPED = sorted(p.name for p in RECIPES_DIR.iterdir() if p.suffix in (".json", ".toml"))
 
 
