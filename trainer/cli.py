@@ -46,7 +46,6 @@ class EvaluateGeneratorRecipe:
         if self.project < 1 or self.samples < 1 or (self.project_steps is not None and self.project_steps < 1):
             raise ValueError("project, project_steps and samples must be >= 1")
 
-from sfeditor.validate import device_arg, float_in, int_in
 
 
 def cmd_generator(args: argparse.Namespace) -> int:

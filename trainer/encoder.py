@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 
 from sfeditor.images.toy_encoder import ToyEncoder, load_toy_encoder, save_toy_encoder
-from sfeditor.validate import device_arg, float_in, int_in
 
 from .common import CancelToken, Cancelled, Progress, RunDir, rng_state, run_cancellable, set_rng_state
 from .generator_data import HELDOUT_SEED_OFFSET, rendered_batch

@@ -76,7 +76,6 @@ from sfeditor.images.imageio import make_grid, save_png, to_uint8
 from sfeditor.regions.tree import find_node, internal_nodes
 from sfeditor.model.style_code import StyleCode
 
-from sfeditor.validate import device_arg, float_in, int_in, positive_int
 
 from .common import CancelToken, Cancelled, Progress, RunDir, load_checked_state, run_cancellable
 from .fusion_stages import (NodeContext, node_regions, sample_codes, set_trainable, stage_loss,
@@ -718,35 +717,6 @@ def cmd_hierarchy(args: argparse.Namespace) -> int:
                                                               node_configs=job.configs()))[1]
     finally:
         dist_shutdown()
-
-
-def stage3_recipe_args(args: argparse.Namespace) -> dict:
-    return dict(stage3_target=args.stage3_target, align_reg3=args.align_reg_stage3, local_scale=args.local_scale,
-                local_lambdas=dict(getattr(args, "lambda_local", None) or []))
-
-
-def _child_value_arg(text: str) -> tuple[str, float]:
-    child, sep, value = text.partition("=")
-    try:
-        v = float(value)
-    except ValueError:
-        v = -1.0
-    if not sep or not child or not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected CHILD=VALUE with a finite value >= 0, "
-                                         "e.g. background=20000")
-    return child, v
-
-
-def add_stage3_args(p: argparse.ArgumentParser) -> None:
-    """Stage-3 settings (``trainer.fusion_config``: the paper leaves L_fusion's stage-3 target open)."""
-    p.add_argument("--stage3-target", choices=["inputs", "aligned"], default="inputs",
-                   help="stage 3's L_fusion against the inputs s1, s2 (Eq. 7 as written, default) or the aligned "
-                        "codes s'1, s'2 (as stage 2; keeps LB_align's alignment)")
-    p.add_argument("--align-reg-stage3", type=float, default=None, help="stage 3's lambda_alignReg (default A.2's 1)")
-    p.add_argument("--local-scale", type=float, default=1.0, help="multiply A.2's lambda_local (default 1)")
-    p.add_argument("--lambda-local", action="append", type=_child_value_arg, metavar="CHILD=VALUE",
-                   help="replace A.2's lambda_local of one child's term (that region must not change when the other "
-                        "child's code is perturbed, Eq. 5), before --local-scale; repeatable")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ Output folder: ``ablation.md``, ``ablation-fig16a.png``, ``ablation-fig16b.png``
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 import json
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from sfeditor.model.device import choose_bf16
 from sfeditor.fusion.fusion_net import FusionNet
 from sfeditor.images.imageio import save_png
 
-from .fusion import ABLATIONS, FusionRecipe, add_stage3_args, has_stage3, stage3_recipe_args, train_node
+from .fusion_eval import ScoringRecipe
+from sfeditor.validate import float_in
+from .fusion import ABLATIONS, FusionRecipe, has_stage3, train_node
 from .fusion_eval import (ABLATION_TITLES, ablation_draws, ablation_draws_markdown, ablation_figure,
                           ablation_markdown, ablation_rows, ablation_run_dir, add_judge_args, blend_table,
                           eval_context, load_node_net)
@@ -44,7 +47,8 @@ def variant_nets(args: argparse.Namespace, ctx, root: Path, seed: int) -> dict[s
         run = ablation_run_dir(root, variant, seed)
         if args.train:
             recipe = FusionRecipe(domain=args.domain, node=args.node, ablation=variant, hidden=args.hidden,
-                                  coarse_layers=args.coarse_layers, **stage3_recipe_args(args),
+                                  coarse_layers=args.coarse_layers, stage3_target=args.stage3_target, align_reg3=args.align_reg_stage3,
+                                  local_scale=args.local_scale, local_lambdas=dict(args.local_lambdas),
                                   steps_scale=args.steps_scale, generator=args.generator or "",
                                   regions=args.regions or "", device=args.device, bf16=use_bf16,
                                   threads=args.threads, seed=seed)
@@ -59,11 +63,29 @@ def variant_nets(args: argparse.Namespace, ctx, root: Path, seed: int) -> dict[s
     return {v: nets[v] for v in ABLATIONS if v in nets}     # the table's order
 
 
+@dataclass
+class AblationRecipe(ScoringRecipe):
+    """``sfeditor-train ablation``'s recipe: the scoring settings and how the variants are (or were) trained."""
+
+    hidden: int = 0                   # FusionNet MLP width (0: the paper's 3x the widest S layer)
+    coarse_layers: int = 5            # LB_align layers (A.4)
+    stage3_target: str = "inputs"     # stage 3's L_fusion against the inputs (Eq. 7 as written) or the aligned codes
+    align_reg_stage3: float | None = None   # stage 3's lambda_alignReg (None: A.2's 1)
+    local_scale: float = 1.0          # multiplies A.2's lambda_local
+    local_lambdas: dict[str, float] = field(default_factory=dict)   # child -> lambda_local, before local_scale
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stage3_target not in ("inputs", "aligned"):
+            raise ValueError(f"stage3_target must be inputs or aligned, not {self.stage3_target!r}")
+        if self.hidden < 0 or self.coarse_layers < 1 or not self.local_scale >= 0:
+            raise ValueError("hidden >= 0, coarse_layers >= 1 and local_scale >= 0, please")
+
+
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from .fusion_eval import ScoringRecipe
     from .recipe import apply_recipe
 
-    apply_recipe(args, ScoringRecipe, names=())
+    apply_recipe(args, AblationRecipe, names=())
     ctx = eval_context(args, "ablation-eval")
     G, judge, out, truncation, amp = ctx.G, ctx.judge, ctx.out, ctx.truncation, ctx.amp
     node = args.node
@@ -137,12 +159,10 @@ def add_parsers(sub) -> None:
     a.add_argument("--dir", help="variant runs (default runs/fusion-<domain>-ablation/<variant>)")
     a.add_argument("--out", help="output folder (default runs/fusion-ablation-eval-<domain>)")
     a.add_argument("--train", action="store_true", help="train (or resume) the missing variants first")
-    a.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps of the variants")
+    a.add_argument("--steps-scale", type=float_in(0, 1000, open_lo=True), default=1.0,
+                   help="multiply every stage's steps of the variants")
     a.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="training draws of every variant (default: one, seed 0, in DIR/VARIANT; seed S > 0 in "
                         "DIR/seed-S/VARIANT): the table adds each variant's difference to the full model per draw "
                         "and its standard error over draws")
-    a.add_argument("--hidden", type=int, default=0, help="FusionNet MLP width of the variants (as trained)")
-    a.add_argument("--coarse-layers", type=int, default=5, help="LB_align layers of the variants (as trained)")
-    add_stage3_args(a)
     a.set_defaults(func=cmd_ablation)

@@ -63,9 +63,9 @@ import numpy as np
 import torch
 
 from sfeditor.atomic import atomic_write_text
-from sfeditor.validate import device_arg, float_in, int_in
+from sfeditor.validate import device_arg, int_in
 from sfeditor.model.truncation import domain_truncation
-from sfeditor.fusion.blend_stats import BlendStats, hierarchy_blend_stats, sampled_blend_stats
+from sfeditor.fusion.blend_stats import BlendStats, hierarchy_blend_stats
 from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.fusion.hierarchy import FusionHierarchy, load_hierarchy
 from sfeditor.regions.tree import RegionNode

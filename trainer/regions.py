@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sfeditor.model.device import pick_device
-from sfeditor.validate import device_arg, int_in
+from sfeditor.validate import device_arg
 from sfeditor.regions.cluster_sheets import (banner as _banner, colours as _colours, contact_sheet, label_overview,
                                      legend as _legend, outline as _outline, upscale as _upscale)
 

@@ -669,8 +669,11 @@ def test_cli_registers_fusion_commands_and_keeps_the_others(tmp_path):
                           "--samples", "--swap-pairs", "--judge"):     # training flags; scoring settings: recipe keys
         with pytest.raises(SystemExit):                   # evaluate only reads: the ablation trains
             p.parse_args(["evaluate", "--domain", "toy-cars", training_flag, "1"])
-    a = p.parse_args(["ablation", "--domain", "toy-cars", "--train", "--seeds", "0", "2", "--local-scale", "3"])
-    assert (a.train, a.seeds, a.local_scale, a.node, a.func.__name__) == (True, [0, 2], 3.0, "all", "cmd_ablation")
+    a = p.parse_args(["ablation", "--domain", "toy-cars", "--train", "--seeds", "0", "2", "--recipe", "x.json"])
+    assert (a.train, a.seeds, a.recipe, a.node, a.func.__name__) == (True, [0, 2], "x.json", "all", "cmd_ablation")
+    for knob in ("--local-scale", "--hidden", "--stage3-target", "--samples"):     # the ablation recipe's keys
+        with pytest.raises(SystemExit):
+            p.parse_args(["ablation", "--domain", "toy-cars", knob, "1"])
     assert p.parse_args(["generator", "--domain", "toy-faces"]).func.__name__ == "cmd_generator"
     assert p.parse_args(["oracle", "--domain", "toy-cars"]).func.__name__ == "cmd_oracle"
 
