@@ -12,25 +12,11 @@ import torch
 pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings  # noqa: E402
 
-from editor_core_helpers import tiny_generator, tiny_hierarchy  # noqa: E402
 from sfeditor.images.imageio import save_png, to_uint8  # noqa: E402
 from sfeditor.editor.render_service import RenderRequest, render_request  # noqa: E402
-from sfeditor.editor.session import ModelBundle  # noqa: E402
 from sfeditor.ui.main_window import MainWindow  # noqa: E402
 
 WAIT = 30_000
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SFEDITOR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SFEDITOR_AUTOSAVE", str(tmp_path / "autosave"))
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle():
-    G = tiny_generator()
-    return ModelBundle("tiny", G, hierarchy=tiny_hierarchy(G), truncation=0.7)
 
 
 def make_window(qtbot, tmp_path, bundle, **kw):

@@ -22,12 +22,6 @@ from sfeditor.ui.window_common import HEATMAP_RESOLUTION  # noqa: E402
 WAIT = 30_000
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SFEDITOR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SFEDITOR_AUTOSAVE", str(tmp_path / "autosave"))
-
-
 class GatedGenerator(Generator):
     """A 512 px generator (4 channels a layer: cheap) whose full-size synthesis can be held back."""
 

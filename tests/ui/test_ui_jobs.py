@@ -13,25 +13,11 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings  # noqa: E402
 
 import sfeditor.editor.locality as locality  # noqa: E402
-from editor_core_helpers import tiny_generator, tiny_hierarchy  # noqa: E402
 from sfeditor.jobs import check_cancel  # noqa: E402
-from sfeditor.editor.session import ModelBundle  # noqa: E402
 from sfeditor.ui.main_window import MainWindow  # noqa: E402
 
 WAIT = 60_000
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SFEDITOR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SFEDITOR_AUTOSAVE", str(tmp_path / "autosave"))
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle():
-    G = tiny_generator()
-    return ModelBundle("tiny", G, hierarchy=tiny_hierarchy(G), truncation=0.7)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ patched (``QMessageBox.question``), so a test fails if a path discards without g
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,25 +14,12 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QSettings  # noqa: E402
 from PySide6.QtWidgets import QFileDialog, QMessageBox  # noqa: E402
 
-from editor_core_helpers import tiny_generator, tiny_hierarchy  # noqa: E402
-from sfeditor.editor.session import EditorSession, ModelBundle, load_bundle  # noqa: E402
+from sfeditor.editor.session import EditorSession, load_bundle
 from sfeditor.ui.main_window import MainWindow  # noqa: E402
 
 WAIT = 60_000
 B = QMessageBox.StandardButton
 pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SFEDITOR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("SFEDITOR_AUTOSAVE", str(tmp_path / "autosave"))
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle():
-    G = tiny_generator()
-    return ModelBundle("tiny", G, hierarchy=tiny_hierarchy(G), truncation=0.7)
 
 
 @pytest.fixture(scope="module")
