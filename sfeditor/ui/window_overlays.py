@@ -17,6 +17,7 @@ class OverlaysMixin:
 
     def refresh_overlay(self) -> None:
         """(Re)start the overlay job for the current mode, selection and composition."""
+        self._overlay_timer.stop()          # this refresh supersedes a pending debounced one (no second job)
         self.cancel_job("overlay")
         mode = self.preview.overlay_mode()
         if self.session is None or mode == "none":

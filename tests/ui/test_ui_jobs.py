@@ -70,9 +70,11 @@ def test_a_cancelled_heatmap_says_it_is_partial(qtbot, win, monkeypatch):
     monkeypatch.setattr(locality, "locality_heatmap", paced)
     win.graph.heatmapRequested.emit("a")
     qtbot.waitUntil(lambda: win.preview.heatmap() is not None, timeout=WAIT)
+    job = win.jobs["overlay"]
+    qtbot.wait(300)                          # past the overlay's 120 ms debounce: no second job starts
+    assert win.jobs["overlay"] is job        # one request, one heatmap job
     caption = win.preview.heatmap_caption().replace("&nbsp;", " ")
     assert "partial: 8/32 samples" in caption and "peak" in caption
-    job = win.jobs["overlay"]
     win.preview.cancelRequested.emit()       # the preview's Cancel
     qtbot.waitUntil(lambda: not job.is_running() and "cancelled" in win.preview.heatmap_status(), timeout=WAIT)
     assert win.preview.heatmap_status() == "cancelled at 8/32 samples: partial"
