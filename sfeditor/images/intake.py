@@ -95,23 +95,14 @@ def read_image(source, *, alpha: str = "white", max_pixels: int = DEFAULT_MAX_PI
     except TypeError:
         raise ImageError(f"expected a file path or bytes, got {type(source).__name__}") from None
     name = str(path)
-    try:
-        st = path.stat()
+    from ..validate import check_regular_file
+
+    try:   # a folder, device, FIFO, empty or oversized file is refused before it is opened
+        check_regular_file(path, max_bytes, "photo")
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
-    except OSError as e:
-        raise ImageError(f"{name}: cannot access the file ({e.strerror or e})") from None
-    import stat as _stat
-
-    if _stat.S_ISDIR(st.st_mode):
-        raise ImageError(f"{name}: is a folder, not an image file")
-    if not _stat.S_ISREG(st.st_mode):
-        raise ImageError(f"{name}: not a regular file")
-    if st.st_size == 0:
-        raise ImageError(f"{name}: the file is empty (0 bytes)")
-    if st.st_size > max_bytes:
-        raise ImageError(f"{name}: the file is {st.st_size / 2**20:.1f} MiB; the limit is "
-                         f"{max_bytes / 2**20:.0f} MiB")
+    except ValueError as e:
+        raise ImageError(str(e)) from None
     try:
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)
