@@ -31,7 +31,6 @@ sums) with the delta-method standard error.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from .composition import Composition
+from .render_service import private_hierarchy
 from ..jobs import check_cancel
 from ..model.style_code import StyleCode
 
@@ -173,7 +173,7 @@ def locality_heatmap(G, hierarchy, comp: Composition, node: str, mode: str = "fi
     comp.state(node)
     if samples < 1 or batch < 1:
         raise ValueError("samples and batch must be >= 1")
-    h = copy.deepcopy(hierarchy) if hierarchy is not None else None
+    h = private_hierarchy(hierarchy)
     collapsed = comp.collapsed_nodes()
     need = h.required_codes(collapsed) if h is not None else [comp.tree.name]
     note = ""
