@@ -18,10 +18,9 @@ def load_encoder(path: str | os.PathLike, G=None, map_location="cpu"):
         return load_toy_encoder(path, map_location=map_location, G=G)
     except LooksLikeE4E:
         return load_e4e(path, G=G, map_location=map_location)
-    except ValueError as toy_error:
-        if not is_e4e_file(path):
+    except ValueError:
+        if not is_e4e_file(path):      # e4e views share storage: the toy reader's size check refuses them
             raise
-        del toy_error
         return load_e4e(path, G=G, map_location=map_location)
 
 
