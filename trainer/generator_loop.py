@@ -49,10 +49,11 @@ from sfeditor.toy import swap_groups
 from sfeditor.images.toy_encoder import ToyEncoder as Encoder, load_toy_encoder, save_toy_encoder
 
 from .common import CancelToken, Cancelled, Diverged, Progress, RunDir, rng_state, set_rng_state
+from .generator_blocks import affine_masks, apply_affine_masks, block_masks, rescale_masked_init
 from .generator_data import HELDOUT_SEED_OFFSET, Prefetcher, ae_step_data, rendered_batch
 from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscriminator, critic_feature_loss,
                                discriminator_step, gaussian_mapping_target, load_seg_critic, psnr, recon_loss,
-                               region_swap_loss, region_weight_map, seg_loss, swap_channel_groups, synth_w)
+                               pixel_weights, region_swap_loss, seg_loss, swap_channel_groups, synth_w)
 from .generator_recipe import GeneratorRecipe
 from .mapping_fit import (EM_CHUNK, FIT_BATCH, empirical_gaussian, encoder_codes, fit_mixture, projected_codes,
                           projected_mean_gaussian, shrunk_gaussian)
@@ -268,6 +269,12 @@ class GeneratorTraining:
             torch.set_num_threads(recipe.threads)
         torch.manual_seed(recipe.seed)
         self.G = Generator(recipe.generator_config())
+        self.affines, self.blocks = [], None
+        if recipe.factorised:            # v5: w = [w_global | region blocks], block-sparse affines
+            groups = tuple(swap_groups(recipe.domain))
+            self.affines = affine_masks(self.G, groups, recipe.group_shares, recipe.w_global_dim)
+            self.blocks = block_masks(groups, recipe.style_dim, recipe.w_global_dim)
+            rescale_masked_init(self.affines)
         self.E = Encoder(recipe.size, recipe.style_dim)
         self.D_img = ImageDiscriminator(recipe.size)
         _skip_latent_discriminator_init(recipe.style_dim)
@@ -334,6 +341,9 @@ class GeneratorTraining:
                            "generator": G.config.to_dict()})
         if recipe.ae_trainable and self.phase == "ae":
             self.log(describe_trainable(G, tuple(recipe.ae_trainable)))
+        if self.affines:
+            self.blocks = self.blocks.to(self.dev)
+            apply_affine_masks(self.affines)
         self.fixed = rendered_batch(recipe.domain, 0, 16, recipe.size, HELDOUT_SEED_OFFSET).to(self.dev)
 
     def checkpoint(self) -> None:
@@ -396,7 +406,7 @@ class GeneratorTraining:
                 step = self.step
                 seeds_a, images, lab, swap = prefetch.get(step)
                 x = from_uint8(images).to(dev)
-                wmap = region_weight_map(recipe.domain, lab, small, recipe.region_weight)
+                wmap = pixel_weights(recipe, lab, small)
                 wmap = None if wmap is None else wmap.to(dev)
                 with self.amp():
                     w_a = E(x)
@@ -407,7 +417,9 @@ class GeneratorTraining:
                     sw, sw_psnr = region_swap_loss(G, E, recipe.domain, step, seeds_a, w_a, groups, self.amp,
                                                    recipe.grad_weight, small, recipe.region_weight, critic,
                                                    recipe.seg_weight, recipe.seed, rendered=swap, x_a=x,
-                                                   focus=recipe.swap_focus, rec_a=rec, anchor=recipe.swap_anchor)
+                                                   focus=recipe.swap_focus, rec_a=rec, anchor=recipe.swap_anchor,
+                                                   blocks=self.blocks,
+                                                   weights=functools.partial(pixel_weights, recipe, small=small))
                     extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr)
                 if critic is not None and recipe.seg_weight > 0:
                     sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev), wmap)
@@ -432,6 +444,7 @@ class GeneratorTraining:
                 if guard.ok(lv):
                     torch.nn.utils.clip_grad_norm_(ae_params, recipe.clip_grad)
                     opt.step()
+                    apply_affine_masks(self.affines)
                 self.step += 1
                 with torch.no_grad():
                     p = float(psnr(rec, x).mean())
@@ -562,6 +575,7 @@ class GeneratorTraining:
             if guard.ok(float(ae.detach())):
                 torch.nn.utils.clip_grad_norm_(self.syn_params + list(E.parameters()), recipe.clip_grad)
                 self.opts["mix"].step()
+                apply_affine_masks(self.affines)
             self.step += 1
             with torch.no_grad():
                 p = float(psnr(rec, x).mean())

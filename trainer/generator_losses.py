@@ -23,6 +23,7 @@ from sfeditor.images.imageio import from_uint8
 from sfeditor.model.style_code import StyleCode
 from sfeditor.toy import region_names
 
+from .generator_blocks import swap_blocks
 from .generator_data import swap_batch
 
 class ImageDiscriminator(nn.Module):
@@ -140,6 +141,36 @@ def region_weight_map(domain: str, labels: np.ndarray, regions: tuple, factor: f
     return torch.from_numpy(np.where(m, np.float32(factor), np.float32(1.0)))[:, None]
 
 
+def balanced_weight_map(domain: str, labels: np.ndarray, cap: float, crop_weight: float = 0.0,
+                        small: tuple = (), pad: int = 2) -> torch.Tensor:
+    """[B, 1, H, W] region-balanced pixel weights (issue 38): a pixel of region k weighs
+    1 / (K * area_k) (K regions, area as a share of the image), capped at ``cap`` and at least 1/cap,
+    so every region counts about the same in the loss whatever its size; ``crop_weight`` is added
+    inside the bounding box (grown by ``pad`` px) of each of the ``small`` regions: the eye and
+    mouth crops, whose surroundings (lids, lips) are what the balanced weight alone leaves soft."""
+    names = region_names(domain)
+    b, h, w = labels.shape
+    k = len(names)
+    out = np.ones((b, h, w), np.float32)
+    for i in range(b):
+        area = np.bincount(labels[i].ravel(), minlength=k)[:k] / float(h * w)
+        per = np.clip(1.0 / (k * np.maximum(area, 1e-6)), 1.0 / cap, cap).astype(np.float32)
+        out[i] = per[labels[i]]
+        for r in small:
+            ys, xs = np.nonzero(labels[i] == names.index(r))
+            if len(ys):
+                out[i, max(ys.min() - pad, 0):ys.max() + pad + 1, max(xs.min() - pad, 0):xs.max() + pad + 1] += crop_weight
+    return torch.from_numpy(out)[:, None]
+
+
+def pixel_weights(recipe, labels: np.ndarray, small: tuple) -> torch.Tensor | None:
+    """The reconstruction weights a recipe asks for: region-balanced (``balance_cap`` > 0) or the
+    older small-regions factor (``region_weight``)."""
+    if recipe.balance_cap > 0:
+        return balanced_weight_map(recipe.domain, labels, recipe.balance_cap, recipe.crop_weight, small)
+    return region_weight_map(recipe.domain, labels, small, recipe.region_weight)
+
+
 def synth_w(G: Generator, w: torch.Tensor) -> torch.Tensor:
     return G.synthesis(G.styles(w), noise_mode="const")
 
@@ -211,7 +242,8 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
                      region_weight: float, critic=None, seg_weight: float = 0.0,
                      seed: int = 0, rendered: dict | None = None, x_a: torch.Tensor | None = None,
                      focus: float = 0.0, rec_a: torch.Tensor | None = None,
-                     anchor: bool = True) -> tuple[torch.Tensor, float]:
+                     anchor: bool = True, blocks: torch.Tensor | None = None,
+                     weights=None) -> tuple[torch.Tensor, float]:
     """Region-swap reconstruction: A's style code with one group's channels taken from B's must
     synthesise the renderer's A-with-B's-region image (or B's pose: group 0;
     ``sfeditor.toy.render_swap``).  ``w_a`` are the encoder codes of the renders of ``seeds_a`` (the
@@ -222,19 +254,24 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
     anchors the pixels the swap leaves alone to what the model draws for A rather than to the
     render: their loss then measures only what the swapped group leaks outside its region (the
     generator-side counterpart of the localization loss, Eq. 5), not A's reconstruction error;
-    ``anchor=False`` keeps the render as the target there.
+    ``anchor=False`` keeps the render as the target there.  ``blocks`` ([n_groups, style_dim], a
+    factorised code: :mod:`trainer.generator_blocks`) swaps block k of w instead of S group k, so
+    the swapped code is a real code; ``weights(labels)`` replaces the small-regions pixel weights.
     Returns (loss, PSNR of the swaps against the renderer's truth)."""
     dev = groups.device
     n = len(seeds_a)
     r = rendered if rendered is not None else swap_batch(domain, step, seeds_a, G.config.size, seed)
     gi, lab = r["gi"], r["lab"]
     xb, y = from_uint8(r["xb"]).to(dev), from_uint8(r["y"]).to(dev)
-    take = (groups[None, :] == torch.as_tensor(gi, device=dev)[:, None]).float()
     with amp():
-        s = G.styles(torch.cat([w_a, E(xb)])).flat().float()
-        s_mix = StyleCode.from_flat(G, take * s[n:] + (1 - take) * s[:n])
-        out = G.synthesis(s_mix, noise_mode="const").float()
-    wmap = region_weight_map(domain, lab, small, region_weight)
+        if blocks is not None:
+            out = synth_w(G, swap_blocks(w_a, E(xb), blocks, gi)).float()
+        else:
+            take = (groups[None, :] == torch.as_tensor(gi, device=dev)[:, None]).float()
+            s = G.styles(torch.cat([w_a, E(xb)])).flat().float()
+            s_mix = StyleCode.from_flat(G, take * s[n:] + (1 - take) * s[:n])
+            out = G.synthesis(s_mix, noise_mode="const").float()
+    wmap = weights(lab) if weights is not None else region_weight_map(domain, lab, small, region_weight)
     wmap = None if wmap is None else wmap.to(dev)
     if (focus > 0 or rec_a is not None) and x_a is None:
         raise ValueError("region_swap_loss: focus and rec_a need x_a (A's renders)")

@@ -45,6 +45,13 @@ class GeneratorRecipe:
     swap_anchor: bool = False       # pixels a swap leaves alone must match A's reconstruction (region_swap_loss)
     ae_trainable: tuple = ()        # () = train G and E; else only G's parameters whose names start with
                                     # one of these prefixes (E frozen): see trainable_parameters
+    # v5: factorised code and block-sparse affines (trainer.generator_blocks); 0 = a dense affine
+    w_global_dim: int = 0           # width of w_global; the regions share the rest of style_dim evenly
+    group_shares: dict = field(default_factory=dict)  # {res: {group: share}}: each layer's channels per
+                                    # group, by the resolution it draws at (largest key <= res applies)
+    balance_cap: float = 0.0        # region-balanced reconstruction: pixel weight 1/(K * area of its
+                                    # region), capped at this (0 = off; replaces region_weight)
+    crop_weight: float = 0.0        # extra weight inside the small regions' bounding boxes (eye/mouth crops)
     # phase 2: mapping z -> w (a Gaussian fit regressed into the mapping MLP, or a mixture prior)
     mapping_steps: int = 3000
     mapping_batch: int = 256
@@ -76,6 +83,12 @@ class GeneratorRecipe:
         self.channels = {int(k): int(v) for k, v in dict(self.channels).items()}
         self.weighted_regions = tuple(self.weighted_regions)
         self.ae_trainable = tuple(self.ae_trainable)
+        self.group_shares = {str(int(r)): {str(g): float(v) for g, v in dict(t).items()}
+                             for r, t in dict(self.group_shares).items()}
+
+    @property
+    def factorised(self) -> bool:
+        return self.w_global_dim > 0
 
     def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(size=self.size, style_dim=self.style_dim, n_mlp=self.n_mlp,
@@ -105,6 +118,22 @@ class GeneratorRecipe:
             raise ValueError(f"data_workers must be >= 1, not {self.data_workers}")
         if self.swap_weight < 0 or self.swap_focus < 0:
             raise ValueError(f"swap_weight and swap_focus must be >= 0, not {self.swap_weight}, {self.swap_focus}")
+        if self.factorised:
+            from sfeditor.toy import swap_groups
+
+            from .generator_blocks import block_sizes
+
+            groups = tuple(swap_groups(self.domain))
+            block_sizes(groups, self.style_dim, self.w_global_dim)
+            if not self.group_shares or "4" not in self.group_shares:
+                raise ValueError("w_global_dim needs group_shares with an entry for resolution 4")
+            for r, t in self.group_shares.items():
+                bad = set(t) - set(groups)
+                if bad or any(v < 0 for v in t.values()) or not any(v > 0 for v in t.values()):
+                    raise ValueError(f"group_shares[{r}] must give non-negative shares to groups of "
+                                     f"{', '.join(groups)} (some positive)")
+        if self.balance_cap < 0 or self.crop_weight < 0:
+            raise ValueError("balance_cap and crop_weight must be >= 0")
         if self.feat_weight < 0:
             raise ValueError(f"feat_weight must be >= 0, not {self.feat_weight}")
         if self.feat_weight > 0 and not self.seg_critic:
