@@ -9,21 +9,24 @@ into one hierarchy file (:meth:`sfeditor.fusion.hierarchy.FusionHierarchy.save`)
 
 Hierarchical training - what is trained with what
     Sec. 4.5 trains the tree top-down and keeps a parent fixed while its
-    children train; it does not put the parent into the child's losses, and
-    this trainer does not either: every node's FusionNet is trained on its own,
-    with codes sampled for its two sub-regions and its own global code, and the
-    losses look at that node's output image ``G(FN(s1, s2, s_align))``.  Reasons:
-    (1) the losses of Sec. 4.4 are defined on one FusionNet's I_result, I_align
-    and the M of s1, s2; run through a trained parent, the layout of the child's
-    regions would be set by the *parent's* global code (its LB_align re-aligns
-    the child's output), so Eq. 3's target m_i(I_align) with the child's own
-    s_align would be wrong; (2) at inference the parent takes region R1 from
-    whatever code enters its first slot, and a child's output is such a code
-    (its image shows the child's composition of that region), so nets trained
-    separately compose; (3) A.1 gives every node its own global code and A.2 its
-    own configuration and step budget.  Parents are still trained first, nets
+    children train.  Read literally (recipe ``parent_in_loop``, the default),
+    a child's image losses (Eq. 3 in stage 1, Eq. 5 in stage 3) are taken on
+    the image the whole tree makes: the child's output code fills its slot,
+    fresh random codes fill the other branches, each ancestor's trained net
+    (frozen, differentiable) fuses them with its own global code
+    (:mod:`trainer.fusion_parents`); Eq. 3's target I_align is the tree's
+    image with the child's s_align in its slot.  L_fusion (Eq. 7) and Eq. 8's
+    weights stay on the child's own codes.  ``parent_in_loop`` false trains
+    every node on its own output ``G(FN(s1, s2, s_align))`` (how the shipped
+    v4.2 toy hierarchies were trained).  Parents are trained first, nets
     already trained are never touched again, and each node has its own
-    resumable run folder, so a node can be retrained alone.
+    resumable run folder, so a node can be retrained alone once its
+    ancestors are in the hierarchy file.
+
+Eq. 5's normalisation (recipe ``local_norm``): ``"resolution"`` (default)
+scores an edit as if drawn at 1024 px, so A.2's lambda_local means the same
+on a 64 px toy as on FFHQ (literally, the same per-pixel change scores 16x
+higher at 64 px); ``"literal"`` is Eq. 5 as written (:func:`trainer.losses.localization_loss`).
 
 Optimisation: Adam (default lr 0.5: the paper gives none; the blenders' EqualLinear
 layers have lr_mul 0.01, so the effective step is 0.01 x lr, about a plain Adam
@@ -85,11 +88,14 @@ RUN_FORMAT = "sfeditor-fusion-run"
 RUN_VERSION = 1
 CONFIGS = ("regular", "short", "favored")
 ABLATIONS = ("full", "no_global", "no_stage1", "no_stage2", "no_stage3")
+LOCAL_NORMS = ("resolution", "literal")
+#: the image size Eq. 5 is normalised to with local_norm "resolution" (FFHQ's, where A.2's lambdas were set)
+LOCAL_REFERENCE_SIZE = 1024
 #: recipe fields a resumed run must share with the checkpoint
 RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "coarse_layers", "batch", "seed",
-               "lr", "stage3_target", "align_reg3", "local_scale", "local_lambdas")
+               "lr", "stage3_target", "align_reg3", "local_scale", "local_lambdas", "local_norm", "parent_in_loop")
 #: recipe fields that only stage 3 reads: a run may take its stages 1-2 from a run that differs only here
-STAGE3_ONLY_KEYS = ("ablation", "stage3_target", "align_reg3", "local_scale", "local_lambdas")
+STAGE3_ONLY_KEYS = ("ablation", "stage3_target", "align_reg3", "local_scale", "local_lambdas", "local_norm")
 #: recipe fields stages 1-2 depend on (what ``stage3_from`` must share with its source)
 STAGE12_KEYS = tuple(k for k in RESUME_KEYS if k not in STAGE3_ONLY_KEYS) + (
     "steps_scale", "betas", "truncation", "temperature", "generator", "regions")
@@ -113,6 +119,8 @@ class FusionRecipe:
     local_scale: float = 1.0          # factor on A.2's lambda_local
     local_lambdas: dict[str, float] = field(default_factory=dict)   # child -> lambda_local, replaces A.2's
     #                                                                  (before local_scale)
+    local_norm: str = "resolution"    # Eq. 5 scored as if drawn at 1024 px ("resolution") or as written ("literal")
+    parent_in_loop: bool = True       # Sec. 4.5: a child's losses on the whole tree's image, ancestors fixed
     batch: int = 4                # per process
     lr: float = 0.5               # Adam; EqualLinear lr_mul 0.01 scales the effective step by 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -135,6 +143,8 @@ class FusionRecipe:
             raise ValueError(f"ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         if self.batch < 1 or self.steps_scale <= 0 or self.lr <= 0:
             raise ValueError("batch, steps_scale and lr must be positive")
+        if self.local_norm not in LOCAL_NORMS:
+            raise ValueError(f"local_norm must be one of {LOCAL_NORMS}, got {self.local_norm!r}")
         if self.coarse_layers < 0:
             raise ValueError("coarse_layers must be >= 0")
         TrainingConfig().with_stage3(self.stage3_target, self.align_reg3, self.local_scale)   # validates them
@@ -396,7 +406,8 @@ def _recipe_dict(recipe: FusionRecipe) -> dict:
 def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = True,
                cancel: CancelToken | None = None, progress_callback=None, G=None, regions=None,
                hierarchy: str | os.PathLike | None = None, half: bool = False, log=print,
-               progress_stream="stderr", stage3_from: str | os.PathLike | None = None) -> FusionNet:
+               progress_stream="stderr", stage3_from: str | os.PathLike | None = None,
+               parents: dict | None = None) -> FusionNet:
     """Train (or resume, or just reload when finished) the FusionNet of ``recipe.node``.
 
     ``G`` / ``regions`` override the recipe's generator / regions names (tests, notebooks).
@@ -406,6 +417,8 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     ``progress_stream``: where the progress bar goes (``"stderr"``, a file object, or None for none).
     ``stage3_from``: a finished No Stage 3 run of the same recipe (stage 3's settings may differ);
     a new run starts its stage 3 from there instead of repeating stages 1-2 (see :func:`stage3_start`).
+    ``parents``: trained nets by node name, for ``recipe.parent_in_loop`` (Sec. 4.5); the nets in
+    ``hierarchy`` (when it exists) are used too.
     """
     cancel = cancel or CancelToken()
     if progress_stream == "stderr":
@@ -432,7 +445,12 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
         truncation, why = truncation_for(recipe.domain, recipe.generator or None)
     if info.is_main:
         log(f"truncation psi = {truncation:g} ({why})")
-    ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature)
+    chain = parent_chain(recipe, regions.tree, hierarchy, parents, info.device)
+    if chain is not None and info.is_main:
+        log(f"{recipe.node}: trained with its ancestors fixed in the loop "
+            f"({', '.join(a.name for a in chain.ancestors)}; Sec. 4.5)")
+    ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature, chain=chain,
+                      local_reference=LOCAL_REFERENCE_SIZE if recipe.local_norm == "resolution" else None)
 
     torch.manual_seed(recipe.seed)
     net = FusionNet(FusionNetConfig.for_layout(G.layout, recipe.variant, hidden=recipe.hidden,
@@ -515,6 +533,8 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
         while step < st.steps:
             t0 = time.time()
             codes = sample_codes(G, recipe.batch, truncation, sampler)
+            if chain is not None:
+                codes.parents = chain.sample(G, recipe.batch, truncation, sampler)
             loss = stage_loss(st.stage, ctx, net, codes, st, align=align)
             opt.zero_grad(set_to_none=True)
             loss.total.backward()
@@ -555,6 +575,23 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
             log(f"{recipe.node}: net written to {run.path / 'net.pt'} and {hierarchy}")
     barrier(info)
     return net
+
+
+def parent_chain(recipe: FusionRecipe, tree, hierarchy=None, parents: dict | None = None, device=None):
+    """The frozen ancestors of ``recipe.node`` (:class:`trainer.fusion_parents.ParentChain`), or None for
+    the root and for ``parent_in_loop`` false.  Nets come from ``parents`` and the ``hierarchy`` file."""
+    from .fusion_parents import ParentChain, ancestors_of
+
+    if not recipe.parent_in_loop or not ancestors_of(tree, recipe.node):
+        return None
+    nets, where = {}, "this run"
+    if hierarchy is not None and Path(hierarchy).exists():
+        nets, where = dict(load_hierarchy(hierarchy, precision=None).nets), str(hierarchy)
+    nets.update(parents or {})
+    chain = ParentChain.from_nets(tree, recipe.node, nets, where)
+    for a in chain.ancestors:
+        a.net.to(device if device is not None else "cpu")
+    return chain
 
 
 def stage3_start(source: str | os.PathLike, recipe: FusionRecipe, stages) -> dict:
@@ -627,7 +664,7 @@ def train_hierarchy(recipe: FusionRecipe, out_root: str | os.PathLike, *, nodes:
             node_recipe = replace(node_recipe, config=config, favor=favor)
         nets[name] = train_node(node_recipe, out_root / name, resume=resume, cancel=cancel,
                                 progress_callback=progress_callback, G=G, regions=regions, hierarchy=hierarchy,
-                                half=half, log=log)
+                                half=half, log=log, parents=nets)
     cfg = next(iter(nets.values())).config if nets else None
     return FusionHierarchy(regions.tree, nets, config=cfg, layout=G.layout)
 

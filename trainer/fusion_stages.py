@@ -16,10 +16,12 @@ One function per concept:
 
 Hierarchy semantics (Sec. 4.5): the FusionNet of node N fuses ``s1`` (whose image
 provides region R1 = the leaves under N's first child), ``s2`` (R2 = the leaves
-under the second child) and N's own global code ``s_align``.  Every node is
-trained on its own with freshly sampled codes for its two sub-regions; the
-image the mask and localization losses look at is the node's own output
-``G(FN_N(s1, s2, s_align))`` (see ``trainer/fusion.py`` for why).
+under the second child) and N's own global code ``s_align``, with freshly sampled
+codes for its two sub-regions.  The image the mask and localization losses look at
+is the image the whole tree makes with N's output in N's slot and its trained
+ancestors fixed in the loop (``NodeContext.chain``, :mod:`trainer.fusion_parents`),
+or N's own output ``G(FN_N(s1, s2, s_align))`` for the root and for recipes that
+set ``parent_in_loop`` false (the shipped v4.2 hierarchies were trained that way).
 
 Masks: the mask loss needs differentiable masks (A.5): soft masks of the region
 model (soft-min over centroid distances, summed over each region's clusters) at
@@ -82,8 +84,11 @@ class NodeContext:
     """
 
     def __init__(self, G, region_model, regions: NodeRegions, truncation: float = 1.0, bf16: bool = False,
-                 temperature: float | None = None, noise_mode: str = "const", fast_masks: bool = True):
+                 temperature: float | None = None, noise_mode: str = "const", fast_masks: bool = True,
+                 chain=None, local_reference: int | None = None):
         self.G, self.model, self.regions = G, region_model, regions
+        self.chain = chain                        # frozen ancestors (trainer.fusion_parents.ParentChain) or None
+        self.local_reference = local_reference    # Eq. 5 normalised to this image size (None: literal)
         self.truncation, self.bf16, self.temperature, self.noise_mode = float(truncation), bool(bf16), temperature, \
             noise_mode
         self.names = [regions.child1, regions.child2]     # region names the region model understands
@@ -98,6 +103,12 @@ class NodeContext:
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def lift(self, s: StyleCode, codes: "CodeBatch") -> StyleCode:
+        """The code the whole tree makes with ``s`` in this node's slot (``s`` itself without a chain)."""
+        if self.chain is None:
+            return s
+        return self.chain.lift(s, codes.parents)
 
     def synth(self, s: StyleCode) -> tuple[torch.Tensor, Features]:
         """Images ``[B, 3, H, W]`` and synthesis features, both float32 (gradients flow to ``s``)."""
@@ -138,6 +149,7 @@ class CodeBatch:
     s2: StyleCode
     s_align: StyleCode
     s_rnd: StyleCode
+    parents: object = None      # the ancestors' context codes (trainer.fusion_parents.ParentContext)
 
     def __len__(self) -> int:
         return len(self.s1)
@@ -162,12 +174,16 @@ class Targets:
 
 @torch.no_grad()
 def prepare_targets(ctx: NodeContext, codes: CodeBatch, align_masks: bool = False) -> Targets:
-    """One synthesis pass over s1, s2 (and s_align when ``align_masks``)."""
+    """A synthesis pass over s1, s2 (and one over the tree's image of s_align when ``align_masks``)."""
     b = len(codes)
-    parts = [codes.s1, codes.s2] + ([codes.s_align] if align_masks else [])
+    lifted = ctx.chain is not None and len(ctx.chain) > 0
+    parts = [codes.s1, codes.s2] + ([codes.s_align] if align_masks and not lifted else [])
     _, feats = ctx.synth(StyleCode.cat(parts))
-    w = ctx.fusion_weights(slice_features(feats, slice(0, 2 * b)))
-    m_align = ctx.soft_masks(slice_features(feats, slice(2 * b, 3 * b))) if align_masks else None
+    w = ctx.fusion_weights(slice_features(feats, slice(0, 2 * b)))   # Eq. 8 from the inputs' own images
+    m_align = None
+    if align_masks:                          # I_align: the tree's image with s_align in the node's slot
+        fa = ctx.synth(ctx.lift(codes.s_align, codes))[1] if lifted else slice_features(feats, slice(2 * b, 3 * b))
+        m_align = ctx.soft_masks(fa)
     return Targets(w[:b, 0], w[b:, 1], m_align)
 
 
@@ -228,7 +244,7 @@ def stage1_align_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, target
     b = len(codes)
     out = net(codes.s1, codes.s2, codes.s_align, align=True, fuse=False)
     s1p, s2p = out.s1_aligned, out.s2_aligned
-    _, feats = ctx.synth(StyleCode.cat([s1p, s2p]))
+    _, feats = ctx.synth(ctx.lift(StyleCode.cat([s1p, s2p]), codes))
     m = ctx.soft_masks(feats)                                                  # [2B, 2, h, w]
     ma = targets.m_align
     l_mask = (mask_loss(m[:b, 0], m[:b, 1], ma[:, 0], ma[:, 1])
@@ -267,9 +283,10 @@ def stage3_joint_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, target
     a = StyleCode.cat([codes.s_align] * 3) if align else None
     out = net(StyleCode.cat([codes.s1, s1t, codes.s1]), StyleCode.cat([codes.s2, codes.s2, s2t]), a,
               align=align, fuse=True)
-    img, feats = ctx.synth(out.result)
+    img, feats = ctx.synth(ctx.lift(out.result, codes))
     m = ctx.hard_masks(slice_features(feats, slice(0, b)), size=img.shape[-1])   # [B, 2, H, W] of I_result
-    l_local = localization_loss(img[:b], img[b:2 * b], img[2 * b:], m[:, 0], m[:, 1], per_region=True)
+    l_local = localization_loss(img[:b], img[b:2 * b], img[2 * b:], m[:, 0], m[:, 1], per_region=True,
+                                reference_size=ctx.local_reference)
     terms: dict = {"local": l_local}
     if align:
         terms["align_reg"] = align_reg_loss(*(_q_slice(q, slice(0, b)) for q in out.q_align))

@@ -84,7 +84,7 @@ def perturb(s, s_rnd, eps: float = 0.1):
 # ------------------------------------------------------------------ Eq. 5
 def localization_loss(i_result: torch.Tensor, i_tilde1: torch.Tensor, i_tilde2: torch.Tensor,
                       m1: torch.Tensor, m2: torch.Tensor, region_weights: Sequence[float] | None = None,
-                      per_region: bool = False, eps_div: float = EPS_DIV):
+                      per_region: bool = False, eps_div: float = EPS_DIV, reference_size: int | None = None):
     r"""Localization loss, Eq. 5.
 
     .. math::
@@ -100,6 +100,12 @@ def localization_loss(i_result: torch.Tensor, i_tilde1: torch.Tensor, i_tilde2: 
 
     Region terms: the R1 term is the m1 term (R1 must not change when s2 is perturbed),
     the R2 term the m2 term; ``region_weights = (lambda_R1, lambda_R2)``.
+
+    Resolution: a change of δ per pixel and channel over a region of n pixels scores
+    δ·sqrt(C / n), so the same edit scores 16x higher on a 64 px image than on a 1024 px one
+    and A.2's λ_local acts 16x stronger on the toy domains.  ``reference_size`` R multiplies
+    each term by sqrt(H·W) / R: the score of an H x W image is then the literal score of the
+    same edit drawn at R x R (R = 1024, FFHQ, where A.2's λ were set: unchanged there).
     """
     if not (i_result.ndim == 4 and i_result.shape == i_tilde1.shape == i_tilde2.shape):
         raise ValueError("images must be three [B, C, H, W] tensors of the same shape")
@@ -115,6 +121,9 @@ def localization_loss(i_result: torch.Tensor, i_tilde1: torch.Tensor, i_tilde2: 
 
     r2 = term(m2, i_tilde1)
     r1 = term(m1, i_tilde2)
+    if reference_size:
+        scale = (i_result.shape[-2] * i_result.shape[-1]) ** 0.5 / float(reference_size)
+        r1, r2 = r1 * scale, r2 * scale
     return _combine(r1, r2, region_weights, per_region)
 
 

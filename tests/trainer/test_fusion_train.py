@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from sfeditor import Generator
-from sfeditor.regions.clustering import squared_distances
 from trainer.fusion_config import regular
 from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.fusion.hierarchy import load_hierarchy
@@ -40,15 +39,9 @@ from trainer.fusion_masks import RegionScorer
 from trainer.fusion_stages import (NodeContext, node_regions, prepare_targets, sample_codes, set_trainable,
                                    stage_loss, trained_blenders)
 
+from tests.fusion_train_helpers import TINY, TREE, TRUNC, recipe, tiny_regions
+
 torch.set_num_threads(1)
-
-TINY = dict(size=16, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16})
-TREE = node("all", node("ab", "a", "b"), node("cd", "c", "d"))
-TRUNC = 0.7
-#: 0.0006 x (5000, 10000, 10000) -> 3, 6, 6 steps
-SCALE = 0.0006
-
-
 
 def scoring(tmp_path, **keys) -> str:
     """A scoring recipe (``evaluate`` / ``ablation``: trainer.fusion_eval.EvaluateRecipe keys) in ``tmp_path``."""
@@ -56,32 +49,12 @@ def scoring(tmp_path, **keys) -> str:
     path.write_text(json.dumps(keys))
     return str(path)
 
-def tiny_regions(G) -> RegionsFile:
-    with torch.no_grad():
-        dp = G.deep_pixels(G.random_styles(4, seed=3), size=G.size)
-    x = dp.permute(0, 2, 3, 1).reshape(-1, dp.shape[1])
-    cent = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(1))[:8]]
-    d = squared_distances(x[:512, :, None, None], cent)[:, :, 0, 0]
-    two = d.topk(2, dim=1, largest=False).values
-    tau = float((two[:, 1] - two[:, 0]).median() / math.log(99))
-    return RegionsFile(domain="tiny", generator=generator_identity(G), centroids=cent.numpy(),
-                       clusters={i: "abcd"[i % 4] for i in range(8)}, tree=TREE, deep_pixel_size=G.size,
-                       temperature=tau)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     G = Generator(**TINY).eval().requires_grad_(False)
     G.update_w_avg(256, seed=0)
     return G, tiny_regions(G)
-
-
-def recipe(**kw) -> FusionRecipe:
-    base = dict(domain="tiny", node="all", steps_scale=SCALE, batch=2, lr=1.0, truncation=TRUNC, sample_every=5,
-                sample_count=2, checkpoint_every=4, device="cpu")
-    base.update(kw)
-    return FusionRecipe(**base)
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
