@@ -459,3 +459,20 @@ def test_diversity_measures_see_a_collapsed_sampler():
     assert area_distance(lab_a, lab_a, names) == {n: 0.0 for n in names}
     far, near = area_distance(lab_c, lab_a, names), area_distance(lab_b, lab_a, names)
     assert far["hair"] > 2 * near["hair"] and far["bg"] > 2 * near["bg"]
+
+
+def test_colour_r2_sees_a_region_tinted_by_another():
+    from trainer.evaluate_generator import region_colour_r2
+
+    rng = np.random.default_rng(0)
+    n, names = 200, ("skin", "eyes", "bg")
+    labels = np.zeros((n, 8, 8), np.int64)
+    labels[:, 2:4, 2:6] = 1
+    labels[:, 6:, :] = 2
+    skin, bg, own = rng.random((n, 3)), rng.random((n, 3)), rng.random((n, 3))
+    for eyes, want in ((own, (-0.2, 0.2)), (0.3 + 0.6 * skin, (0.95, 1.0))):
+        img = np.where((labels == 0)[..., None], skin[:, None, None], 0.0)
+        img = img + np.where((labels == 1)[..., None], eyes[:, None, None], 0.0)
+        img = img + np.where((labels == 2)[..., None], bg[:, None, None], 0.0)
+        r2 = region_colour_r2((img * 255).round().astype(np.uint8), labels, names, "eyes")
+        assert want[0] <= r2 <= want[1], r2
