@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from sfeditor.model.generator import Generator
 from sfeditor.model.identity import generator_identity
 from sfeditor.regions.clustering import squared_distances
 from sfeditor.regions.regions_file import RegionsFile
@@ -38,3 +39,11 @@ def recipe(**kw) -> FusionRecipe:
                 sample_count=2, checkpoint_every=4, device="cpu")
     base.update(kw)
     return FusionRecipe(**base)
+
+
+def tiny_setup():
+    """(G, regions): a frozen tiny generator with its w_avg and a regions file over TREE."""
+    torch.manual_seed(0)
+    G = Generator(**TINY).eval().requires_grad_(False)
+    G.update_w_avg(256, seed=0)
+    return G, tiny_regions(G)

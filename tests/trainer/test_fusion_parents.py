@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sfeditor import Generator
 from sfeditor.fusion.fusion_net import FusionNet, FusionNetConfig
 from sfeditor.regions.tree import node
 from trainer.fusion import train_hierarchy, train_node
@@ -12,17 +11,14 @@ from trainer.fusion_parents import ParentChain, ancestors_of
 from trainer.fusion_stages import sample_codes
 from trainer.losses import localization_loss
 
-from tests.fusion_train_helpers import TINY, TREE, recipe, tiny_regions
+from tests.fusion_train_helpers import TREE, recipe, tiny_setup
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    G = Generator(**TINY).eval().requires_grad_(False)
-    G.update_w_avg(256, seed=0)
-    return G, tiny_regions(G)
+    return tiny_setup()
 
 
 def test_ancestors_are_listed_parent_first_with_the_slot_of_the_branch():

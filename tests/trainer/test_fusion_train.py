@@ -39,7 +39,7 @@ from trainer.fusion_masks import RegionScorer
 from trainer.fusion_stages import (NodeContext, node_regions, prepare_targets, sample_codes, set_trainable,
                                    stage_loss, trained_blenders)
 
-from tests.fusion_train_helpers import TINY, TREE, TRUNC, recipe, tiny_regions
+from tests.fusion_train_helpers import TREE, TRUNC, recipe, tiny_setup
 
 torch.set_num_threads(1)
 
@@ -51,10 +51,7 @@ def scoring(tmp_path, **keys) -> str:
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    G = Generator(**TINY).eval().requires_grad_(False)
-    G.update_w_avg(256, seed=0)
-    return G, tiny_regions(G)
+    return tiny_setup()
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
