@@ -48,12 +48,16 @@ def swap_batch(domain: str, step: int, seeds_a: np.ndarray, size: int, seed: int
     return {"b": b, "gi": gi, "xb": xb, "y": y, "lab": lab}
 
 
-def ae_step_data(domain: str, batch: int, size: int, swap: bool, seed: int, step: int):
-    """The numpy data of one autoencoder step: its seeds, renders, labels and (``swap``) the region
-    swaps' renders.  Module-level, so a process pool can run it (:class:`Prefetcher`)."""
+def ae_step_data(domain: str, batch: int, size: int, swap: bool, seed: int, step: int, params: bool = False):
+    """The numpy data of one autoencoder step: its seeds, renders, labels, (``swap``) the region
+    swaps' renders and (``params``) the renderer's parameters of the renders (name -> [batch]).
+    Module-level, so a process pool can run it (:class:`Prefetcher`)."""
     seeds = step_seeds(step, batch)
-    images, labels = render(domain, seeds, size=size)
-    return seeds, images, labels, (swap_batch(domain, step, seeds, size, seed) if swap else None)
+    if params:
+        images, labels, prm = render(domain, seeds, size=size, return_params=True)
+    else:
+        (images, labels), prm = render(domain, seeds, size=size), None
+    return seeds, images, labels, (swap_batch(domain, step, seeds, size, seed) if swap else None), prm
 
 
 class Prefetcher:

@@ -51,7 +51,7 @@ from sfeditor.images.toy_encoder import ToyEncoder as Encoder, load_toy_encoder,
 from .common import CancelToken, Cancelled, Diverged, Progress, RunDir, rng_state, set_rng_state
 from .generator_blocks import affine_masks, apply_affine_masks, block_masks, rescale_masked_init
 from .generator_data import HELDOUT_SEED_OFFSET, Prefetcher, ae_step_data, rendered_batch
-from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscriminator, critic_feature_loss,
+from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscriminator, ParamProbe, critic_feature_loss,
                                discriminator_step, gaussian_mapping_target, load_seg_critic, psnr, recon_loss,
                                pixel_weights, region_swap_loss, seg_loss, swap_channel_groups, synth_w)
 from .generator_recipe import GeneratorRecipe
@@ -275,15 +275,18 @@ class GeneratorTraining:
             self.affines = affine_masks(self.G, groups, recipe.group_shares, recipe.w_global_dim)
             self.blocks = block_masks(groups, recipe.style_dim, recipe.w_global_dim)
             rescale_masked_init(self.affines)
+        self.probe = ParamProbe(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
+            if recipe.param_weight > 0 else None
         self.E = Encoder(recipe.size, recipe.style_dim)
         self.D_img = ImageDiscriminator(recipe.size)
         _skip_latent_discriminator_init(recipe.style_dim)
         self.D_patch = PatchDiscriminator()
         G, E = self.G, self.E
         self.syn_params = [p for n, p in G.named_parameters() if not n.startswith("style.")]
+        ae_params = trainable_parameters(G, E, tuple(recipe.ae_trainable)) + \
+            (list(self.probe.parameters()) if self.probe is not None else [])
         self.opts = {
-            "ae": torch.optim.Adam(trainable_parameters(G, E, tuple(recipe.ae_trainable)), lr=recipe.ae_lr,
-                                   betas=(0.9, 0.99)),
+            "ae": torch.optim.Adam(ae_params, lr=recipe.ae_lr, betas=(0.9, 0.99)),
             "mapreg": torch.optim.Adam(G.style.parameters(), lr=recipe.mapping_fit_lr, betas=(0.9, 0.99)),
             "mix": torch.optim.Adam(self.syn_params + list(E.parameters()), lr=recipe.mix_lr, betas=(0.5, 0.99)),
             "dimg": torch.optim.Adam(self.D_img.parameters(), lr=0.0005, betas=(0.5, 0.99)),
@@ -291,7 +294,7 @@ class GeneratorTraining:
         }
         dev = recipe.device if recipe.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.dev = torch.device(dev)
-        for m in (G, E, self.D_img, self.D_patch):
+        for m in (G, E, self.D_img, self.D_patch) + ((self.probe,) if self.probe is not None else ()):
             m.to(self.dev)
         self.use_bf16, warning = choose_bf16(recipe.bf16, self.dev)
         if warning:
@@ -313,8 +316,8 @@ class GeneratorTraining:
                 raise ValueError(f"{run.path} holds a run for {old['recipe']['domain']}, not {recipe.domain}")
             load_generator_state(G, state["G"])
             E.load_state_dict(state["E"])
-            for key, net in (("D_img", self.D_img), ("D_patch", self.D_patch)):
-                if key in state:
+            for key, net in (("D_img", self.D_img), ("D_patch", self.D_patch), ("probe", self.probe)):
+                if key in state and net is not None:
                     net.load_state_dict(state[key])
             for k, o in self.opts.items():
                 if k in state["opts"]:
@@ -348,7 +351,8 @@ class GeneratorTraining:
 
     def checkpoint(self) -> None:
         _save_state(self.run, self.phase, self.step, self.G, self.E, self.opts,
-                    {"D_img": self.D_img.state_dict(), "D_patch": self.D_patch.state_dict()})
+                    {"D_img": self.D_img.state_dict(), "D_patch": self.D_patch.state_dict(),
+                     **({"probe": self.probe.state_dict()} if self.probe is not None else {})})
 
     def next_phase(self, phase: str) -> None:
         self.phase, self.step = phase, 0
@@ -399,12 +403,12 @@ class GeneratorTraining:
         groups = swap_channel_groups(G.layout, len(swap_groups(recipe.domain))).to(dev) \
             if recipe.swap_weight > 0 else None
         prefetch = Prefetcher(functools.partial(ae_step_data, recipe.domain, recipe.batch, recipe.size,
-                                                recipe.swap_weight > 0, recipe.seed),
+                                                recipe.swap_weight > 0, recipe.seed, params=self.probe is not None),
                               workers=recipe.data_workers)
         try:
             while self.step < recipe.ae_steps:
                 step = self.step
-                seeds_a, images, lab, swap = prefetch.get(step)
+                seeds_a, images, lab, swap, prm = prefetch.get(step)
                 x = from_uint8(images).to(dev)
                 wmap = pixel_weights(recipe, lab, small)
                 wmap = None if wmap is None else wmap.to(dev)
@@ -421,6 +425,10 @@ class GeneratorTraining:
                                                    blocks=self.blocks,
                                                    weights=functools.partial(pixel_weights, recipe, small=small))
                     extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr)
+                if self.probe is not None:
+                    probe = self.probe.loss(w_a.float(), prm)
+                    extra["param"] = float(probe.detach())
+                    loss = loss + recipe.param_weight * probe
                 if critic is not None and recipe.seg_weight > 0:
                     sem = seg_loss(critic, rec, torch.from_numpy(lab).long().to(dev), wmap)
                     extra["seg"] = float(sem.detach())

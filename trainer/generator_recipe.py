@@ -52,6 +52,8 @@ class GeneratorRecipe:
     balance_cap: float = 0.0        # region-balanced reconstruction: pixel weight 1/(K * area of its
                                     # region), capped at this (0 = off; replaces region_weight)
     crop_weight: float = 0.0        # extra weight inside the small regions' bounding boxes (eye/mouth crops)
+    param_weight: float = 0.0       # each block of w must hold its group's renderer parameters (linear probe,
+                                    # generator_losses.ParamProbe; needs w_global_dim > 0)
     # phase 2: mapping z -> w (a Gaussian fit regressed into the mapping MLP, or a mixture prior)
     mapping_steps: int = 3000
     mapping_batch: int = 256
@@ -132,8 +134,10 @@ class GeneratorRecipe:
                 if bad or any(v < 0 for v in t.values()) or not any(v > 0 for v in t.values()):
                     raise ValueError(f"group_shares[{r}] must give non-negative shares to groups of "
                                      f"{', '.join(groups)} (some positive)")
-        if self.balance_cap < 0 or self.crop_weight < 0:
-            raise ValueError("balance_cap and crop_weight must be >= 0")
+        if self.balance_cap < 0 or self.crop_weight < 0 or self.param_weight < 0:
+            raise ValueError("balance_cap, crop_weight and param_weight must be >= 0")
+        if self.param_weight > 0 and not self.factorised:
+            raise ValueError("param_weight needs a factorised code (w_global_dim > 0)")
         if self.feat_weight < 0:
             raise ValueError(f"feat_weight must be >= 0, not {self.feat_weight}")
         if self.feat_weight > 0 and not self.seg_critic:

@@ -2,6 +2,9 @@
 resolution, block-sparse affines that survive training and are stored as a plain StyleGAN2 file."""
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from sfeditor.toy import region_names, render, swap_groups
 from trainer.generator import GeneratorRecipe, train_generator
 from trainer.generator_blocks import (affine_masks, apply_affine_masks, block_masks, block_sizes,
                                       is_block_sparse, layer_groups, rescale_masked_init, swap_blocks)
-from trainer.generator_losses import balanced_weight_map
+from trainer.generator_losses import ParamProbe, balanced_weight_map
 
 torch.set_num_threads(1)
 
@@ -108,7 +111,8 @@ def test_factorised_run_stays_block_sparse_and_loads_as_a_plain_generator(tmp_pa
     r = GeneratorRecipe(domain="toy-cars", size=16, style_dim=16, n_mlp=1, channels={4: 16, 8: 16, 16: 8},
                         batch=2, ae_steps=3, mapping_steps=2, mapping_batch=8, mix_steps=1, sample_every=1000,
                         checkpoint_every=1, threads=1, device="cpu", bf16=False, w_global_dim=4,
-                        group_shares=shares, balance_cap=4.0, crop_weight=1.0, swap_weight=1.0).validate()
+                        group_shares=shares, balance_cap=4.0, crop_weight=1.0, swap_weight=1.0,
+                        param_weight=1.0).validate()
     out = train_generator(r, tmp_path / "run", log=lambda *a: None)
     G = load_generator(out, device="cpu")            # the ordinary loader, nothing special
     pairs = affine_masks(G, groups, r.group_shares, r.w_global_dim)
@@ -116,6 +120,38 @@ def test_factorised_run_stays_block_sparse_and_loads_as_a_plain_generator(tmp_pa
     dense = sum(int(m.numel()) for _, m in pairs)
     nonzero = sum(int((w != 0).sum()) for w, _ in pairs)
     assert nonzero < 0.75 * dense                     # genuinely sparse: the zeros are the blocks' complement
+    logged = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["param"]) for r in logged if "psnr" in r and r.get("phase") == "ae")
+    assert "probe" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+
+
+def test_param_probe_reads_each_groups_parameters_from_its_own_block():
+    groups = tuple(swap_groups("toy-faces"))
+    blocks = block_masks(groups, 256, 64)
+    torch.manual_seed(0)
+    probe = ParamProbe("toy-faces", blocks, groups, n_stats=256)
+    assert set(probe.index) == set(groups) and all(probe.index[g] for g in groups)
+    _, _, prm = render("toy-faces", np.arange(64), 16, return_params=True)
+    z = (torch.from_numpy(np.stack([prm[k] for k in probe.names], 1)) - probe.mean) / probe.std
+    # a code whose blocks hold their group's parameters can be read perfectly; shuffling the blocks cannot
+    w = torch.zeros(64, 256)
+    for i, g in enumerate(groups):
+        cols = blocks[i].nonzero()[:, 0]
+        idx = probe.index[g]
+        w[:, cols[:len(idx)]] = z[:, idx]
+    opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = probe.loss(w, prm)
+        loss.backward()
+        opt.step()
+    assert float(probe.loss(w, prm)) < 0.05
+    eyes, hair = groups.index("eyes"), groups.index("hair")
+    swapped = w.clone()
+    swapped[:, blocks[eyes].bool()], swapped[:, blocks[hair].bool()] = w[:, blocks[hair].bool()], w[:, blocks[eyes].bool()]
+    assert float(probe.loss(swapped, prm)) > 0.2
+    some = {k: v for k, v in prm.items() if k != "bg_dot_freq"}   # a batch without that parameter
+    assert float(probe.loss(w, some)) < 0.05
 
 
 def test_recipe_checks_the_factorised_settings():

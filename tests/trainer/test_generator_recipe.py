@@ -401,6 +401,7 @@ def test_prefetcher_worker_processes_give_the_thread_path_data():
             assert a[3].keys() == b[3].keys()
             for k in a[3]:
                 np.testing.assert_array_equal(a[3][k], b[3][k])
+            assert a[4] is None and b[4] is None             # no renderer parameters unless asked
     finally:
         threads.close()
         procs.close()
