@@ -344,7 +344,8 @@ class GeneratorTraining:
                            "generator": G.config.to_dict()})
         if recipe.ae_trainable and self.phase == "ae":
             self.log(describe_trainable(G, tuple(recipe.ae_trainable)))
-        if self.affines:
+        if self.affines:                  # the masks follow the weights to the device
+            self.affines = [(w, m.to(w.device)) for w, m in self.affines]
             self.blocks = self.blocks.to(self.dev)
             apply_affine_masks(self.affines)
         self.fixed = rendered_batch(recipe.domain, 0, 16, recipe.size, HELDOUT_SEED_OFFSET).to(self.dev)
