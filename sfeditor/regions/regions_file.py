@@ -351,22 +351,13 @@ class RegionsFile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RegionsFile":
-        from ..validate import check_regular_file
+        from ..integrity import verify_shipped
+        from ..validate import check_regular_file, load_json_file
 
         path = os.fspath(path)
         check_regular_file(path, 1 << 30, "regions file")
-        from ..integrity import verify_shipped
-
         verify_shipped(path)           # shipped resources: SHA-256 against resources/MANIFEST.json
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}: not a text (UTF-8 JSON) file") from None
-        except RecursionError:
-            raise ValueError(f"{path}: the JSON is nested too deeply to be a regions file") from None
+        d = load_json_file(path, "regions file", max_bytes=1 << 30)   # one-line errors naming the file
         try:
             return cls.from_dict(d)
         except ValueError as e:
