@@ -582,10 +582,12 @@ def parent_chain(recipe: FusionRecipe, tree, hierarchy=None, parents: dict | Non
     the root and for ``parent_in_loop`` false.  Nets come from ``parents`` and the ``hierarchy`` file."""
     from .fusion_parents import ParentChain, ancestors_of
 
-    if not recipe.parent_in_loop or not ancestors_of(tree, recipe.node):
+    needed = [name for name, _ in ancestors_of(tree, recipe.node)] if recipe.parent_in_loop else []
+    if not needed:
         return None
     nets, where = {}, "this run"
-    if hierarchy is not None and Path(hierarchy).exists():
+    missing = [n for n in needed if n not in (parents or {})]
+    if missing and hierarchy is not None and Path(hierarchy).exists():   # read the file only when needed
         nets, where = dict(load_hierarchy(hierarchy, precision=None).nets), str(hierarchy)
     nets.update(parents or {})
     chain = ParentChain.from_nets(tree, recipe.node, nets, where)
