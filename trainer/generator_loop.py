@@ -51,6 +51,7 @@ from sfeditor.images.toy_encoder import ToyEncoder as Encoder, load_toy_encoder,
 from .common import CancelToken, Cancelled, Diverged, Progress, RunDir, rng_state, set_rng_state
 from .generator_blocks import affine_masks, apply_affine_masks, block_masks, rescale_masked_init
 from .generator_data import HELDOUT_SEED_OFFSET, Prefetcher, ae_step_data, rendered_batch
+from .generator_param_code import ParamCode, distill_param_code, param_codes
 from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscriminator, ParamProbe, critic_feature_loss,
                                discriminator_step, gaussian_mapping_target, load_seg_critic, psnr, recon_loss,
                                pixel_weights, region_swap_loss, seg_loss, swap_channel_groups, synth_w)
@@ -206,14 +207,15 @@ def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run:
 
 
 def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, cancel,
-                  progress_callback, log):
+                  progress_callback, log, P: ParamCode | None = None):
     """The mixture prior over ``recipe.mapping_fit_images`` encoder codes (:func:`trainer.mapping_fit.fit_mixture`;
     the last 1,024 (at most 1/8) held out and scored), cached in the run folder as ``mixture.pt`` with what it
     was fitted from, so a rerun or a resumed run does not fit it again (the EM fit takes 6-22 min here; a
-    stopped fit resumes from ``mixture-em.pt``, saved every 5 EM iterations)."""
+    stopped fit resumes from ``mixture-em.pt``, saved every 5 EM iterations).  With a parameter code ``P``
+    the codes are its codes of the same renders."""
     spec = {"domain": recipe.domain, "size": recipe.size, "images": recipe.mapping_fit_images,
             "components": recipe.mapping_components, "rank": recipe.mapping_rank, "seed": recipe.seed,
-            "encoder": module_fingerprint(E)}
+            "encoder": module_fingerprint(E if P is None else P)}
     cache = run.path / "mixture.pt"
     if cache.is_file():
         try:
@@ -226,7 +228,8 @@ def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunD
         except Exception as e:          # truncated or foreign file (PriorError: tampered tensors): fit again
             log(f"mixture prior: {cache} is unreadable ({type(e).__name__}); fitting again")
     log(f"mapping: encoding {recipe.mapping_fit_images} renders for the mixture prior")
-    codes = encoder_codes(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp)
+    codes = encoder_codes(E, recipe.domain, recipe.size, recipe.mapping_fit_images, dev, amp) if P is None \
+        else param_codes(P, recipe.domain, recipe.mapping_fit_images, dev)
     bars = []
 
     def progress(done, total, info):
@@ -277,6 +280,8 @@ class GeneratorTraining:
             rescale_masked_init(self.affines)
         self.probe = ParamProbe(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
             if recipe.param_weight > 0 else None
+        self.P = ParamCode(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
+            if recipe.param_code else None
         self.E = Encoder(recipe.size, recipe.style_dim)
         self.D_img = ImageDiscriminator(recipe.size)
         _skip_latent_discriminator_init(recipe.style_dim)
@@ -284,7 +289,8 @@ class GeneratorTraining:
         G, E = self.G, self.E
         self.syn_params = [p for n, p in G.named_parameters() if not n.startswith("style.")]
         ae_params = trainable_parameters(G, E, tuple(recipe.ae_trainable)) + \
-            (list(self.probe.parameters()) if self.probe is not None else [])
+            (list(self.probe.parameters()) if self.probe is not None else []) + \
+            (list(self.P.parameters()) if self.P is not None else [])
         self.opts = {
             "ae": torch.optim.Adam(ae_params, lr=recipe.ae_lr, betas=(0.9, 0.99)),
             "mapreg": torch.optim.Adam(G.style.parameters(), lr=recipe.mapping_fit_lr, betas=(0.9, 0.99)),
@@ -294,7 +300,7 @@ class GeneratorTraining:
         }
         dev = recipe.device if recipe.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.dev = torch.device(dev)
-        for m in (G, E, self.D_img, self.D_patch) + ((self.probe,) if self.probe is not None else ()):
+        for m in (G, E, self.D_img, self.D_patch) + tuple(m for m in (self.probe, self.P) if m is not None):
             m.to(self.dev)
         self.use_bf16, warning = choose_bf16(recipe.bf16, self.dev)
         if warning:
@@ -316,7 +322,8 @@ class GeneratorTraining:
                 raise ValueError(f"{run.path} holds a run for {old['recipe']['domain']}, not {recipe.domain}")
             load_generator_state(G, state["G"])
             E.load_state_dict(state["E"])
-            for key, net in (("D_img", self.D_img), ("D_patch", self.D_patch), ("probe", self.probe)):
+            for key, net in (("D_img", self.D_img), ("D_patch", self.D_patch), ("probe", self.probe),
+                             ("P", self.P)):
                 if key in state and net is not None:
                     net.load_state_dict(state[key])
             for k, o in self.opts.items():
@@ -340,6 +347,9 @@ class GeneratorTraining:
             load_generator_state(G, init_g)
             E.load_state_dict(init_e)
             self.log(f"starting from the weights of {recipe.init_from}")
+            if self.P is not None and recipe.param_code_distill > 0:
+                distill_param_code(self.P, E, recipe.domain, recipe.size, recipe.param_code_distill, self.dev,
+                                   self.log)
         run.write_options({"recipe": json.loads(json.dumps(asdict(recipe))), "bf16": self.use_bf16,
                            "generator": G.config.to_dict()})
         if recipe.ae_trainable and self.phase == "ae":
@@ -353,7 +363,8 @@ class GeneratorTraining:
     def checkpoint(self) -> None:
         _save_state(self.run, self.phase, self.step, self.G, self.E, self.opts,
                     {"D_img": self.D_img.state_dict(), "D_patch": self.D_patch.state_dict(),
-                     **({"probe": self.probe.state_dict()} if self.probe is not None else {})})
+                     **({"probe": self.probe.state_dict()} if self.probe is not None else {}),
+                     **({"P": self.P.state_dict()} if self.P is not None else {})})
 
     def next_phase(self, phase: str) -> None:
         self.phase, self.step = phase, 0
@@ -404,7 +415,8 @@ class GeneratorTraining:
         groups = swap_channel_groups(G.layout, len(swap_groups(recipe.domain))).to(dev) \
             if recipe.swap_weight > 0 else None
         prefetch = Prefetcher(functools.partial(ae_step_data, recipe.domain, recipe.batch, recipe.size,
-                                                recipe.swap_weight > 0, recipe.seed, params=self.probe is not None),
+                                                recipe.swap_weight > 0, recipe.seed,
+                                                params=self.probe is not None or self.P is not None),
                               workers=recipe.data_workers)
         try:
             while self.step < recipe.ae_steps:
@@ -413,11 +425,20 @@ class GeneratorTraining:
                 x = from_uint8(images).to(dev)
                 wmap = pixel_weights(recipe, lab, small)
                 wmap = None if wmap is None else wmap.to(dev)
+                extra = {}
                 with self.amp():
-                    w_a = E(x)
+                    if self.P is None:
+                        w_a = E(x)
+                    else:                # v5 parameter code; the encoder learns to regress it
+                        w_a = self.P(prm)
+                        w_e = E(x).float()
                     rec = synth_w(G, w_a).float()
                 loss = recon_loss(rec, x, recipe.grad_weight, wmap)
-                extra = {}
+                enc = None
+                if self.P is not None:
+                    target = w_a.detach().float()
+                    enc = F.mse_loss(w_e, target) / target.var(0).mean().clamp_min(1e-8)
+                    extra["enc"] = float(enc.detach())
                 if recipe.swap_weight > 0:
                     sw, sw_psnr = region_swap_loss(G, E, recipe.domain, step, seeds_a, w_a, groups, self.amp,
                                                    recipe.grad_weight, small, recipe.region_weight, critic,
@@ -438,7 +459,7 @@ class GeneratorTraining:
                     feat = critic_feature_loss(critic, rec, x)
                     extra["feat"] = float(feat.detach())
                     loss = loss + recipe.feat_weight * feat
-                total = loss
+                total = loss if enc is None else loss + enc
                 if recipe.ae_adv_weight > 0 and step >= recipe.ae_adv_start:
                     adv, adv_stats = self._patch_adversarial(x, rec, loss, step)
                     extra.update(adv_stats)
@@ -494,7 +515,7 @@ class GeneratorTraining:
         one Gaussian samples between the code cloud's modes, where the synthesis draws averaged images."""
         self.E.eval()
         prior, report = mixture_prior(self.recipe, self.G, self.E, self.run, self.dev, self.amp, self.cancel,
-                                      self.progress_callback, self.log)
+                                      self.progress_callback, self.log, P=self.P)
         self.G.set_prior(prior)
         self.run.log({"phase": "mapping", "step": 0, "mixture": report, "time": self.elapsed()})
         self.E.train()
@@ -510,6 +531,8 @@ class GeneratorTraining:
         if recipe.mapping_fit in ("projected", "projected-mean"):
             mu, L = projected_gaussian(recipe, G, E, self.run, self.dev, self.amp, self.cancel,
                                        self.progress_callback, self.log)
+        elif self.P is not None:
+            mu, L = empirical_gaussian(param_codes(self.P, recipe.domain, recipe.mapping_fit_images, self.dev))
         else:
             mu, L = code_gaussian(E, recipe.domain, recipe.size, recipe.mapping_fit_images, self.dev, self.amp)
         scale = float(L.pow(2).sum() / L.shape[0])          # mean variance per w dimension

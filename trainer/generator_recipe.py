@@ -54,6 +54,9 @@ class GeneratorRecipe:
     crop_weight: float = 0.0        # extra weight inside the small regions' bounding boxes (eye/mouth crops)
     param_weight: float = 0.0       # each block of w must hold its group's renderer parameters (linear probe,
                                     # generator_losses.ParamProbe; needs w_global_dim > 0)
+    param_code: bool = False        # w is computed from the renderer's parameters, one MLP per block
+                                    # (trainer.generator_param_code); the encoder learns to regress it
+    param_code_distill: int = 400   # with init_from: steps fitting those MLPs to the old encoder's codes first
     # phase 2: mapping z -> w (a Gaussian fit regressed into the mapping MLP, or a mixture prior)
     mapping_steps: int = 3000
     mapping_batch: int = 256
@@ -138,6 +141,20 @@ class GeneratorRecipe:
             raise ValueError("balance_cap, crop_weight and param_weight must be >= 0")
         if self.param_weight > 0 and not self.factorised:
             raise ValueError("param_weight needs a factorised code (w_global_dim > 0)")
+        if self.param_code:
+            if not self.factorised:
+                raise ValueError("param_code needs a factorised code (w_global_dim > 0)")
+            if self.param_weight > 0 or self.swap_weight > 0:
+                raise ValueError("param_code makes param_weight and swap_weight redundant (each block is its "
+                                 "group's parameters; a swapped code is a render's code): set them to 0")
+            if self.mix_steps > 0 or self.ae_adv_weight > 0 or self.ae_trainable:
+                raise ValueError("param_code trains G and E in the autoencoder phase only: mix_steps and "
+                                 "ae_adv_weight must be 0 and ae_trainable empty")
+            if self.mapping_fit in ("projected", "projected-mean"):
+                raise ValueError("param_code fits the mapping to parameter codes: mapping_fit must be "
+                                 "'encoder' (one Gaussian) or 'mixture'")
+        if self.param_code_distill < 0:
+            raise ValueError(f"param_code_distill must be >= 0, not {self.param_code_distill}")
         if self.feat_weight < 0:
             raise ValueError(f"feat_weight must be >= 0, not {self.feat_weight}")
         if self.feat_weight > 0 and not self.seg_critic:
