@@ -426,16 +426,17 @@ class GeneratorTraining:
                 wmap = pixel_weights(recipe, lab, small)
                 wmap = None if wmap is None else wmap.to(dev)
                 extra = {}
+                train_e = self.P is not None and step % recipe.encoder_every == 0
                 with self.amp():
                     if self.P is None:
                         w_a = E(x)
                     else:                # v5 parameter code; the encoder learns to regress it
                         w_a = self.P(prm)
-                        w_e = E(x).float()
+                        w_e = E(x).float() if train_e else None
                     rec = synth_w(G, w_a).float()
                 loss = recon_loss(rec, x, recipe.grad_weight, wmap)
                 enc = None
-                if self.P is not None:
+                if train_e:
                     target = w_a.detach().float()
                     enc = F.mse_loss(w_e, target) / target.var(0).mean().clamp_min(1e-8)
                     extra["enc"] = float(enc.detach())

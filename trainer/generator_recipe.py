@@ -57,6 +57,8 @@ class GeneratorRecipe:
     param_code: bool = False        # w is computed from the renderer's parameters, one MLP per block
                                     # (trainer.generator_param_code); the encoder learns to regress it
     param_code_distill: int = 400   # with init_from: steps fitting those MLPs to the old encoder's codes first
+    encoder_every: int = 1          # param_code: the encoder's regression step every this many steps (it is ~30 %
+                                    # of a step on the CPU and does not feed the generator's training)
     # phase 2: mapping z -> w (a Gaussian fit regressed into the mapping MLP, or a mixture prior)
     mapping_steps: int = 3000
     mapping_batch: int = 256
@@ -153,6 +155,8 @@ class GeneratorRecipe:
             if self.mapping_fit in ("projected", "projected-mean"):
                 raise ValueError("param_code fits the mapping to parameter codes: mapping_fit must be "
                                  "'encoder' (one Gaussian) or 'mixture'")
+        if self.encoder_every < 1:
+            raise ValueError(f"encoder_every must be >= 1, not {self.encoder_every}")
         if self.param_code_distill < 0:
             raise ValueError(f"param_code_distill must be >= 0, not {self.param_code_distill}")
         if self.feat_weight < 0:
