@@ -160,6 +160,11 @@ def training_config(domain: str, tree, node: str, config: str = "", favor: str =
     """The A.2 configuration of ``node``: the paper's table unless ``config`` names a preset.
 
     Favored lambdas are (R1, R2) pairs in the order of ``tree``'s children.
+
+    The table's Favored entries name a child of the paper's tree; a node of another tree that lacks
+    that child (a fresh regions file of a paper domain, still ``cluster_<id>`` under ``all``) takes
+    Regular, like a node the table does not list (the full-size chain test, issue 40, stopped here
+    with "favor must name a child" though no favour was asked for).
     """
     nr = node_regions(tree, node)
     children = [nr.child1, nr.child2]
@@ -170,6 +175,8 @@ def training_config(domain: str, tree, node: str, config: str = "", favor: str =
             return regular(steps_scale)
         if tc.name != "favored":
             return tc
+        if not favor and tc.favored not in children:
+            return regular(steps_scale)
         config, favor = "favored", favor or tc.favored or ""
     if config == "regular":
         return regular(steps_scale)

@@ -35,17 +35,21 @@ def swap_donor_seeds(step: int, batch: int, n_groups: int, seed: int = 0) -> tup
     return b, rng.integers(0, n_groups, batch)
 
 
-def swap_batch(domain: str, step: int, seeds_a: np.ndarray, size: int, seed: int = 0) -> dict:
+def swap_batch(domain: str, step: int, seeds_a: np.ndarray, size: int, seed: int = 0, params: bool = False) -> dict:
     """The renders one step's region swaps need (numpy, so it can be prepared in a background
     thread): donor seeds ``b``, group index ``gi`` per pair, the donors' images ``xb``, and the
-    renderer's A-with-B's-group images ``y`` with their labels ``lab``."""
+    renderer's A-with-B's-group images ``y`` with their labels ``lab``; with ``params`` also the
+    donors' renderer parameters ``pb`` (a parameter code's donor codes)."""
     from sfeditor.toy import render_swap, swap_groups
 
     names = swap_groups(domain)
     b, gi = swap_donor_seeds(step, len(seeds_a), len(names), seed)
-    xb, _ = render(domain, b, size=size)
+    if params:
+        xb, _, pb = render(domain, b, size=size, return_params=True)
+    else:
+        (xb, _), pb = render(domain, b, size=size), None
     y, lab = render_swap(domain, seeds_a, b, [names[i] for i in gi], size=size)
-    return {"b": b, "gi": gi, "xb": xb, "y": y, "lab": lab}
+    return {"b": b, "gi": gi, "xb": xb, "y": y, "lab": lab, "pb": pb}
 
 
 def ae_step_data(domain: str, batch: int, size: int, swap: bool, seed: int, step: int, params: bool = False):
@@ -57,7 +61,7 @@ def ae_step_data(domain: str, batch: int, size: int, swap: bool, seed: int, step
         images, labels, prm = render(domain, seeds, size=size, return_params=True)
     else:
         (images, labels), prm = render(domain, seeds, size=size), None
-    return seeds, images, labels, (swap_batch(domain, step, seeds, size, seed) if swap else None), prm
+    return seeds, images, labels, (swap_batch(domain, step, seeds, size, seed, params) if swap else None), prm
 
 
 class Prefetcher:

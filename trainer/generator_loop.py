@@ -446,7 +446,8 @@ class GeneratorTraining:
                                                    recipe.seg_weight, recipe.seed, rendered=swap, x_a=x,
                                                    focus=recipe.swap_focus, rec_a=rec, anchor=recipe.swap_anchor,
                                                    blocks=self.blocks,
-                                                   weights=functools.partial(pixel_weights, recipe, small=small))
+                                                   weights=functools.partial(pixel_weights, recipe, small=small),
+                                                   w_b=None if self.P is None else self.P(swap["pb"]))
                     extra.update(swap=float(sw.detach()), swap_psnr=sw_psnr)
                 if self.probe is not None:
                     probe = self.probe.loss(w_a.float(), prm)

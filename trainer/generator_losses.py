@@ -243,7 +243,7 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
                      seed: int = 0, rendered: dict | None = None, x_a: torch.Tensor | None = None,
                      focus: float = 0.0, rec_a: torch.Tensor | None = None,
                      anchor: bool = True, blocks: torch.Tensor | None = None,
-                     weights=None) -> tuple[torch.Tensor, float]:
+                     weights=None, w_b: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """Region-swap reconstruction: A's style code with one group's channels taken from B's must
     synthesise the renderer's A-with-B's-region image (or B's pose: group 0;
     ``sfeditor.toy.render_swap``).  ``w_a`` are the encoder codes of the renders of ``seeds_a`` (the
@@ -256,7 +256,8 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
     generator-side counterpart of the localization loss, Eq. 5), not A's reconstruction error;
     ``anchor=False`` keeps the render as the target there.  ``blocks`` ([n_groups, style_dim], a
     factorised code: :mod:`trainer.generator_blocks`) swaps block k of w instead of S group k, so
-    the swapped code is a real code; ``weights(labels)`` replaces the small-regions pixel weights.
+    the swapped code is a real code; ``weights(labels)`` replaces the small-regions pixel weights;
+    ``w_b`` gives B's codes (a parameter code's) instead of encoding B's renders.
     Returns (loss, PSNR of the swaps against the renderer's truth)."""
     dev = groups.device
     n = len(seeds_a)
@@ -264,11 +265,13 @@ def region_swap_loss(G: Generator, E: nn.Module, domain: str, step: int, seeds_a
     gi, lab = r["gi"], r["lab"]
     xb, y = from_uint8(r["xb"]).to(dev), from_uint8(r["y"]).to(dev)
     with amp():
+        if w_b is None:
+            w_b = E(xb)
         if blocks is not None:
-            out = synth_w(G, swap_blocks(w_a, E(xb), blocks, gi)).float()
+            out = synth_w(G, swap_blocks(w_a, w_b, blocks, gi)).float()
         else:
             take = (groups[None, :] == torch.as_tensor(gi, device=dev)[:, None]).float()
-            s = G.styles(torch.cat([w_a, E(xb)])).flat().float()
+            s = G.styles(torch.cat([w_a, w_b])).flat().float()
             s_mix = StyleCode.from_flat(G, take * s[n:] + (1 - take) * s[:n])
             out = G.synthesis(s_mix, noise_mode="const").float()
     wmap = weights(lab) if weights is not None else region_weight_map(domain, lab, small, region_weight)

@@ -146,9 +146,9 @@ class GeneratorRecipe:
         if self.param_code:
             if not self.factorised:
                 raise ValueError("param_code needs a factorised code (w_global_dim > 0)")
-            if self.param_weight > 0 or self.swap_weight > 0:
-                raise ValueError("param_code makes param_weight and swap_weight redundant (each block is its "
-                                 "group's parameters; a swapped code is a render's code): set them to 0")
+            if self.param_weight > 0:
+                raise ValueError("param_code makes param_weight redundant (each block is its group's "
+                                 "parameters): set it to 0")
             if self.mix_steps > 0 or self.ae_adv_weight > 0 or self.ae_trainable:
                 raise ValueError("param_code trains G and E in the autoencoder phase only: mix_steps and "
                                  "ae_adv_weight must be 0 and ae_trainable empty")

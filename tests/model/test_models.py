@@ -259,6 +259,10 @@ def test_register_user_files(cache, tmp_path, capsys):
     assert hashlib.sha256((tmp_path / "mine.pt").read_bytes()).hexdigest() in out
     _same(G, M.installed_path("my-faces"))
     assert M.domain_of_file(M.installed_path("my-faces")) == "ffhq"
+    assert M.domain_of_file("my-faces") == "ffhq" and M.domain_of_file("not-installed") is None   # by name too
+    from sfeditor.model.truncation import truncation_for
+
+    assert truncation_for("my-faces", "my-faces") == (0.7, "paper A.6 for ffhq")   # `render -m my-faces`
     assert (tmp_path / "mine.pt").is_file()                    # the user's file is left alone
     with pytest.raises(M.ModelError, match="already installed"):
         M.register("my-faces", tmp_path / "mine.pt", kind="generator", domain="ffhq")

@@ -145,6 +145,9 @@ def test_configs_and_ablation_plans():
     assert training_config("toy-cars", cars, "all", "favored", "background").lambda_fusion == (250.0, 500.0)
     assert training_config("toy-cars", cars, "car").name == "short"
     assert training_config("tiny", TREE, "ab").name == "regular"          # not in the A.2 table
+    unlabelled = node("all", "cluster_0", "cluster_1")                       # a fresh regions file of churches
+    assert training_config("church", unlabelled, "all").name == "regular"  # A.2 favours a child it lacks
+    assert training_config("church", unlabelled, "all", favor="cluster_1").favored == "cluster_1"
     assert training_config("tiny", TREE, "ab", steps_scale=0.001).total_steps == 25
     stages, align = plan_stages(regular(), "no_global")
     assert not align and [s.steps for s in stages] == [0, 10_000, 10_000]

@@ -59,13 +59,14 @@ def test_parameter_code_run_trains_encoder_and_writes_a_plain_generator(tmp_path
                         batch=2, ae_steps=3, mapping_steps=2, mapping_batch=8, mapping_fit_images=64, mix_steps=0,
                         sample_every=1000, checkpoint_every=1, threads=1, device="cpu", bf16=False,
                         w_global_dim=4, group_shares=shares, balance_cap=4.0, param_code=True,
-                        encoder_every=2).validate()
+                        encoder_every=2, swap_weight=1.0, swap_focus=2.0, swap_anchor=True).validate()
     out = train_generator(r, tmp_path / "run", log=lambda *a: None)
     G = load_generator(out, device="cpu")
     assert is_block_sparse(affine_masks(G, groups, r.group_shares, r.w_global_dim))
     logged = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     enc = [x["enc"] for x in logged if x.get("phase") == "ae" and "enc" in x]
     assert len(enc) == 2 and all(np.isfinite(enc))             # steps 0 and 2 (encoder_every 2)
+    assert all(np.isfinite(x["swap"]) for x in logged if x.get("phase") == "ae" and "psnr" in x)
     assert "P" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     # init_from another run: the parameter code is first fitted to that run's encoder codes
     lines = []
@@ -79,8 +80,8 @@ def test_recipe_refuses_what_a_parameter_code_makes_redundant():
     shares = {"4": {g: 1.0 for g in swap_groups("toy-faces")}}
     with pytest.raises(ValueError, match="factorised"):
         GeneratorRecipe(domain="toy-faces", param_code=True).validate()
-    with pytest.raises(ValueError, match="swap_weight"):
+    with pytest.raises(ValueError, match="param_weight"):
         GeneratorRecipe(domain="toy-faces", w_global_dim=64, group_shares=shares, param_code=True,
-                        swap_weight=1.0, mix_steps=0).validate()
+                        param_weight=1.0, mix_steps=0).validate()
     with pytest.raises(ValueError, match="mix_steps"):
         GeneratorRecipe(domain="toy-faces", w_global_dim=64, group_shares=shares, param_code=True).validate()
