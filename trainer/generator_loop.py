@@ -10,7 +10,9 @@ from ``checkpoint.pt``:
    layers into S) reconstructs it.  Losses (:mod:`trainer.generator_losses`): L1 + L1 of image
    gradients, optionally a segmentation critic's semantic and feature losses, a patch
    discriminator, and the region-swap loss that gives each group of style channels one region (or
-   the pose) to carry, so that the S space has the region-local channels StyleFusion fuses.
+   the pose) to carry, so that the S space has the region-local channels StyleFusion fuses.  With
+   ``param_code`` (generator v5) w is computed from the renderer's parameters instead, one block per
+   group (:mod:`trainer.generator_param_code`), and E learns to regress it.
 2. ``mapping`` - z -> w samples valid codes: the mapping MLP regresses z onto a Gaussian fitted to
    codes of fresh renders (the encoder's, or projected into W: :mod:`trainer.mapping_fit`;
    :meth:`~GeneratorTraining.gaussian_mapping_phase`), or a Gaussian mixture over the encoder's codes
