@@ -528,11 +528,18 @@ def registered_encoder(domain: str | None, registry: Registry | None = None) -> 
 
 
 def domain_of_file(path: str | os.PathLike | None, registry: Registry | None = None) -> str | None:
-    """The domain of an installed file given by path (e.g. the generator an editor opened), else None."""
+    """The domain of an installed file given by path (e.g. the generator an editor opened), else None.
+
+    An installed model's *name* (``sfeditor render -m stylegan2-church``: what :func:`resolve_model`
+    turns into its file) gives that model's domain too; without this, commands given the name fell back
+    to ψ 1 and found no e4e for the domain (found by tests/model/test_fullsize_chain.py, issue 40).
+    """
     if not path:
         return None
     try:
         reg = registry or Registry()
+        if isinstance(path, str) and not os.path.exists(path) and path in reg.models:
+            return reg.models[path].get("domain")
         target = Path(os.fspath(path)).resolve()
     except (ModelError, OSError):
         return None
