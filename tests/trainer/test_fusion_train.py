@@ -138,6 +138,21 @@ def test_no_global_and_bf16_paths(tiny):
         stage_loss(1, ctx, net, codes, regular().stage(1), align=False)
 
 
+def test_sample_grid_in_chunks_is_the_same_picture(tiny):
+    """Training renders its sample grid a batch at a time (memory at full size): the same picture."""
+    from trainer.fusion import sample_grid
+
+    G, regions = tiny
+    ctx = NodeContext(G, RegionModel(G, regions), node_regions(TREE, "all"), TRUNC)
+    torch.manual_seed(0)
+    net = FusionNet(FusionNetConfig.for_layout(G.layout, "paper")).eval()
+    codes = sample_codes(G, 3, TRUNC, torch.Generator().manual_seed(5))
+    whole = sample_grid(ctx, net, codes)
+    for chunk in (1, 4):
+        part = sample_grid(ctx, net, codes, chunk=chunk)
+        assert part.shape == whole.shape and np.abs(part.astype(int) - whole.astype(int)).max() <= 1
+
+
 def test_configs_and_ablation_plans():
     cars = node("all", node("car", "car_body", "wheels"), node("background", "background_top", "background_bottom"))
     tc = training_config("toy-cars", cars, "all")
