@@ -33,11 +33,15 @@ def _load_G(args):
 
 
 def _domain(args) -> str | None:
+    """``--domain``, else the shipped model's name, else the domain the model was installed for with
+    ``sfeditor models`` (``-m stylegan2-car`` is a car model: its photos are letterboxed, as
+    tests/model/test_fullsize_chain.py and bench/fullsize_chain.py found they were not; issue 40)."""
     from .domains import SHIPPED
+    from .model.registry import domain_of_file
 
     if getattr(args, "domain", None):
         return args.domain
-    return args.model if args.model in SHIPPED else None
+    return args.model if args.model in SHIPPED else domain_of_file(args.model)
 
 
 def _rect(text: str | None):
@@ -350,9 +354,9 @@ def _invert_args(p: argparse.ArgumentParser) -> None:
     from .validate import float_in, int_in
 
     g = p.add_argument_group("photo intake and inversion")
-    g.add_argument("--domain", help="domain for alignment (default: the shipped model's name); faces get "
-                                     "FFHQ alignment, everything else a centre crop")
-    g.add_argument("--align", default="auto", choices=["auto", "none", "center", "crop", "ffhq"],
+    g.add_argument("--domain", help="domain for alignment (default: the shipped or installed model's); faces get "
+                                     "FFHQ alignment, cars a 4:3 letterbox, everything else a centre crop")
+    g.add_argument("--align", default="auto", choices=["auto", "none", "center", "letterbox", "crop", "ffhq"],
                    help="auto: as-is if already the generator's size, else by domain")
     g.add_argument("--rect", type=_rect, help="manual crop X,Y,WIDTH,HEIGHT in pixels (with --align crop or auto)")
     g.add_argument("--alpha", default="white", choices=["white", "black", "drop"],

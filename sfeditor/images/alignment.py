@@ -16,10 +16,12 @@ command) when dlib is missing.  :func:`align_face` reports "no face"
 every face found) so that a caller can choose one (``choose="largest"`` or
 ``face_index=``) or fall back to a manual rectangle (:func:`crop_rect`).
 
-Other domains (cars, churches, the toy domains, which render already
-aligned pictures) use a centre crop + resize (:func:`center_crop`).  A
-square picture of exactly the generator's size is taken as it is.
-:func:`prepare_image` picks the method.
+LSUN cars (the official 512 px car generator) were trained letterboxed: a
+4:3 picture (512 x 384) between black bars, so a car photo is cropped to 4:3
+and letterboxed the same way (:func:`letterbox`).  Other domains (churches,
+the toy domains, which render already aligned pictures) use a centre crop +
+resize (:func:`center_crop`).  A square picture of exactly the generator's
+size is taken as it is.  :func:`prepare_image` picks the method.
 """
 from __future__ import annotations
 
@@ -31,13 +33,15 @@ import numpy as np
 
 __all__ = ["AlignmentError", "AlignmentUnavailable", "NoFaceFound", "MultipleFaces", "Face", "Prepared",
            "ffhq_quad", "quad_transform", "align_from_landmarks", "transform_points", "center_crop",
-           "crop_rect", "resize_square", "LandmarkDetector", "detect_faces", "align_face", "prepare_image",
-           "FACE_DOMAINS", "ALIGN_INSTALL_HINT"]
+           "letterbox", "crop_rect", "resize_square", "LandmarkDetector", "detect_faces", "align_face", "prepare_image",
+           "FACE_DOMAINS", "LETTERBOX_DOMAINS", "ALIGN_INSTALL_HINT"]
 
 ALIGN_INSTALL_HINT = 'pip install "sfeditor[align]"   (or: pip install dlib-bin face_recognition_models)'
 
 #: domains whose photos get FFHQ alignment (the toy faces render already-aligned portraits)
 FACE_DOMAINS = frozenset({"ffhq", "faces", "face", "celeba", "celebahq"})
+#: domains trained letterboxed -> width / height of the picture inside the square frame (LSUN cars: 512 x 384)
+LETTERBOX_DOMAINS = {"car": 4 / 3, "cars": 4 / 3, "lsun-car": 4 / 3, "lsun-cars": 4 / 3}
 
 
 class AlignmentError(ValueError):
@@ -260,6 +264,25 @@ def center_crop(img, size: int) -> np.ndarray:
     return resize_square(img[y:y + s, x:x + s], size)
 
 
+def letterbox(img, size: int, aspect: float = 4 / 3) -> np.ndarray:
+    """Largest centred ``aspect`` (width / height) crop, resized to ``size`` wide and centred between black
+    bars in a ``size`` x ``size`` frame: how NVIDIA's dataset tool framed LSUN cars for the official 512 px
+    generator (512 x 384 between 64-row bars), so a car photo meets the generator where it was trained."""
+    import cv2
+
+    img = _as_rgb(img)
+    h, w = img.shape[:2]
+    ch, cw = (h, min(w, round(h * aspect))) if w / h >= aspect else (min(h, round(w / aspect)), w)
+    y, x = (h - ch) // 2, (w - cw) // 2
+    inner = max(1, round(size / aspect))
+    crop = img[y:y + ch, x:x + cw]
+    interp = cv2.INTER_AREA if cw > size else cv2.INTER_CUBIC
+    out = np.zeros((size, size, 3), np.uint8)
+    top = (size - inner) // 2
+    out[top:top + inner] = cv2.resize(crop, (size, inner), interpolation=interp)
+    return out
+
+
 def crop_rect(img, rect: Sequence[float], size: int) -> np.ndarray:
     """A manual crop: ``rect = (x, y, width, height)`` in pixels, enlarged to a square about
     its centre (the picture edge is replicated where the square leaves it), resized to ``size``."""
@@ -389,9 +412,10 @@ def prepare_image(img, size: int, domain: str | None = None, method: str = "auto
 
     method: ``"auto"`` (a square picture of the right size, or ``aligned=True``,
     is taken as it is; then ``rect`` -> manual crop; ``landmarks`` or a face
-    domain -> FFHQ alignment; anything else -> centre crop), ``"none"`` (the
-    picture is already aligned: must be square; resized if needed),
-    ``"center"``, ``"crop"`` (needs ``rect``) or ``"ffhq"``.
+    domain -> FFHQ alignment; a letterboxed domain (LSUN cars) -> letterbox;
+    anything else -> centre crop), ``"none"`` (the picture is already aligned:
+    must be square; resized if needed), ``"center"``, ``"letterbox"``,
+    ``"crop"`` (needs ``rect``) or ``"ffhq"``.
     """
     img = _as_rgb(img)
     h, w = img.shape[:2]
@@ -402,6 +426,8 @@ def prepare_image(img, size: int, domain: str | None = None, method: str = "auto
             method = "crop"
         elif landmarks is not None or (domain or "").lower() in FACE_DOMAINS:
             method = "ffhq"
+        elif (domain or "").lower() in LETTERBOX_DOMAINS:
+            method = "letterbox"
         else:
             method = "center"
     if method == "none":
@@ -413,6 +439,8 @@ def prepare_image(img, size: int, domain: str | None = None, method: str = "auto
         return Prepared(resize_square(img, size), "resize", notes=[f"resized {w}x{h} -> {size}x{size}"])
     if method == "center":
         return Prepared(center_crop(img, size), "center")
+    if method == "letterbox":
+        return Prepared(letterbox(img, size, LETTERBOX_DOMAINS.get((domain or "").lower(), 4 / 3)), "letterbox")
     if method == "crop":
         if rect is None:
             raise ValueError("method 'crop' needs rect=(x, y, width, height)")
@@ -422,4 +450,4 @@ def prepare_image(img, size: int, domain: str | None = None, method: str = "auto
             out, quad = align_from_landmarks(img, landmarks, size, return_quad=True)
             return Prepared(out, "ffhq", None, quad)
         return align_face(img, size, choose=choose, face_index=face_index, detector=detector)
-    raise ValueError(f"unknown alignment method {method!r} (auto, none, center, crop, ffhq)")
+    raise ValueError(f"unknown alignment method {method!r} (auto, none, center, letterbox, crop, ffhq)")

@@ -11,7 +11,7 @@ import pytest
 
 from sfeditor.images import alignment as al
 from sfeditor.images.alignment import (AlignmentUnavailable, Face, MultipleFaces, NoFaceFound, align_face,
-                                align_from_landmarks, center_crop, crop_rect, ffhq_quad, prepare_image,
+                                align_from_landmarks, center_crop, crop_rect, ffhq_quad, letterbox, prepare_image,
                                 quad_transform, transform_points)
 
 cv2.setNumThreads(1)
@@ -122,6 +122,24 @@ def test_center_crop_and_manual_crop():
     assert out.shape == (16, 16, 3) and out[..., 0].min() > 200 and out[..., 1].max() < 40
     with pytest.raises(ValueError):
         crop_rect(img, (500, 500, 10, 10), 16)
+
+
+def test_letterbox_frames_cars_like_lsun():
+    """LSUN cars 512: a 4:3 picture between black bars (64 rows each); wider or taller photos are cropped to 4:3."""
+    photo = np.full((384, 512, 3), 200, np.uint8)
+    out = letterbox(photo, 512)
+    assert out.shape == (512, 512, 3) and out[:64].max() == 0 and out[-64:].max() == 0 and out[64:448].min() == 200
+    wide = np.zeros((300, 800, 3), np.uint8)
+    wide[:, 200:600] = 255                                   # the centred 4:3 part
+    out = letterbox(wide, 64)
+    assert out[8:56].min() == 255 and out[:8].max() == 0 and out[56:].max() == 0
+    tall = np.zeros((800, 300, 3), np.uint8)
+    tall[287:512] = 255                                      # the centred 4:3 part (225 rows)
+    assert letterbox(tall, 64)[8:56].min() > 250
+    p = prepare_image(photo, 512, "car")
+    assert p.method == "letterbox" and np.array_equal(p.image, letterbox(photo, 512))
+    assert prepare_image(np.zeros((512, 512, 3), np.uint8), 512, "car").method == "as-is"   # already framed
+    assert prepare_image(photo, 512, "church").method == "center"
 
 
 def test_prepare_image_dispatch(monkeypatch):

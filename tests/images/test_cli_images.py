@@ -196,3 +196,20 @@ def test_invert_takes_an_e4e_checkpoint_as_encoder(files, capsys):
     rc = main(args)
     err = capsys.readouterr().err
     assert rc == 2 and "18 x 512" in err and "generator needs" in err
+
+
+def test_photo_domain_of_an_installed_model(files, tmp_path, monkeypatch):
+    """`-m NAME` of a model installed with `sfeditor models` frames photos for its domain (cars: letterbox)."""
+    from sfeditor.cli import build_parser
+    from sfeditor.cli_images import _domain, _prepare
+    from sfeditor.model import registry as M
+
+    d, G = files
+    monkeypatch.setenv("SFEDITOR_CACHE", str(tmp_path / "cache"))
+    M.register("my-cars", d / "g.pt", kind="generator", domain="car")
+    p = build_parser()
+    args = p.parse_args(["invert", "x.png", "--model", "my-cars"])
+    assert _domain(args) == "car" and _domain(p.parse_args(["invert", "x.png", "--model", str(d / "g.pt")])) is None
+    assert _domain(p.parse_args(["invert", "x.png", "--model", "my-cars", "--domain", "church"])) == "church"
+    prepared = _prepare(args, G, str(d / "b.jpg"))            # a 48 x 40 photo -> 4:3 between black bars
+    assert prepared.method == "letterbox" and prepared.image[:4].max() == 0 and prepared.image[-4:].max() == 0
