@@ -75,28 +75,73 @@ def shares_at(group_shares: dict, res: int) -> dict:
     return group_shares[str(best)] if str(best) in group_shares else group_shares[best]
 
 
+def channel_groups(dim: int, res: int, groups: tuple[str, ...], group_shares: dict) -> torch.Tensor:
+    """The group index of each of ``dim`` channels at resolution ``res``: split by the shares of that
+    resolution, interleaved (channel c goes to group ``order[c]``), so a group's channels are not all
+    neighbours."""
+    table = shares_at(group_shares, res)
+    unknown = set(table) - set(groups)
+    if unknown:
+        raise ValueError(f"group_shares at {res} px names {sorted(unknown)}, not groups of {groups}")
+    counts = _allocate(dim, [float(table.get(g, 0.0)) for g in groups])
+    # interleave: deal the channels round-robin over the groups that still have some left
+    left, ids = list(counts), []
+    while len(ids) < dim:
+        for i in range(len(groups)):
+            if left[i]:
+                ids.append(i)
+                left[i] -= 1
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def layer_groups(G: Generator, groups: tuple[str, ...], group_shares: dict) -> list[torch.Tensor]:
     """Per S layer (conv layers, then toRGB layers: :class:`StyleLayout`'s order), the group index of
-    each channel.  A layer's channels are split by the shares of the resolution it draws at; the
-    groups' channels are interleaved (channel c goes to group ``order[c]``), so a layer's channels
-    of one group are not all neighbours."""
+    each channel (:func:`channel_groups`) by the layout's resolution of the layer: that of the feature
+    map its styles modulate (an upsampling conv's is its input's), so every layer reading one feature
+    map groups its channels alike, which :func:`conv_masks` relies on."""
     lay = G.layout
-    out = []
-    for dim, res in zip(lay.conv_dims + lay.rgb_dims, lay.conv_res + lay.rgb_res):
-        table = shares_at(group_shares, res)
-        unknown = set(table) - set(groups)
-        if unknown:
-            raise ValueError(f"group_shares at {res} px names {sorted(unknown)}, not groups of {groups}")
-        counts = _allocate(dim, [float(table.get(g, 0.0)) for g in groups])
-        # interleave: deal the channels round-robin over the groups that still have some left
-        left, ids = list(counts), []
-        while len(ids) < dim:
-            for i in range(len(groups)):
-                if left[i]:
-                    ids.append(i)
-                    left[i] -= 1
-        out.append(torch.tensor(ids, dtype=torch.long))
-    return out
+    return [channel_groups(dim, r, groups, group_shares)
+            for dim, r in zip(lay.conv_dims + lay.rgb_dims, lay.conv_res + lay.rgb_res)]
+
+
+def conv_masks(G: Generator, groups: tuple[str, ...], group_shares: dict,
+               isolated: dict) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """(conv weight, 0/1 mask) per modulated conv for ``isolated`` groups ({group: [groups it reads]}):
+    no other group's feature channels are computed from an isolated group's channels, and an isolated
+    group's channels only from its own, the global ones and the groups it is given to read (the eyes
+    read the skin they are drawn on: a sum of toRGB outputs cannot otherwise cover the skin's colour).
+    The other groups read each other and the global channels, as in a dense layer.
+
+    Measured on generator v5 try 3 (``docs/experiments/toy-domains-v5.md``): with dense convolutions
+    the eyes' input channels carry 20-26 % of every 16-64 px output channel's demodulation mass
+    (StyleGAN2 Eq. 3), so a new eyes code rescales every feature map by 0.3-1 % per layer and changes
+    the whole image (0.02 per pixel outside the eyes against 0.24 inside).  With these masks a region's
+    styles reach only its own channels (and those of groups reading it), and the pixels through toRGB."""
+    bad = [g for g in isolated if g not in groups or g == "global"] + \
+        [r for reads in isolated.values() for r in reads if r not in groups]
+    if bad:
+        raise ValueError(f"isolated groups: {bad[0]!r} is not a region of {groups}")
+    ids = layer_groups(G, groups, group_shares)
+    n_conv = len(G.conv_layers)
+    gi = groups.index("global")
+    allowed = torch.zeros(len(groups), len(groups), dtype=torch.bool)     # [out group, in group]
+    for b, gb in enumerate(groups):
+        for a, ga in enumerate(groups):
+            if gb in isolated:
+                allowed[b, a] = a == b or a == gi or ga in isolated[gb]
+            else:
+                allowed[b, a] = ga not in isolated
+    pairs = []
+    for j, layer in enumerate(G.conv_layers):
+        w = layer.conv.weight                                   # [1, O, I, k, k]
+        in_ids = ids[j]
+        # the output feeds the next conv (same tensor as the toRGB at that resolution reads)
+        out_ids = ids[j + 1] if j + 1 < n_conv else ids[n_conv + len(G.rgb_layers) - 1]
+        if len(out_ids) != w.shape[1] or len(in_ids) != w.shape[2]:
+            raise ValueError(f"conv {j}: channel groups do not match its weight {tuple(w.shape)}")
+        m = allowed[out_ids[:, None], in_ids[None, :]]
+        pairs.append((w, m.float()[None, :, :, None, None].to(w.device)))
+    return pairs
 
 
 def affine_masks(G: Generator, groups: tuple[str, ...], group_shares: dict,

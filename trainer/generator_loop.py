@@ -51,7 +51,7 @@ from sfeditor.toy import swap_groups
 from sfeditor.images.toy_encoder import ToyEncoder as Encoder, load_toy_encoder, save_toy_encoder
 
 from .common import CancelToken, Cancelled, Diverged, Progress, RunDir, rng_state, set_rng_state
-from .generator_blocks import affine_masks, apply_affine_masks, block_masks, rescale_masked_init
+from .generator_blocks import affine_masks, apply_affine_masks, block_masks, conv_masks, rescale_masked_init
 from .generator_data import HELDOUT_SEED_OFFSET, Prefetcher, ae_step_data, rendered_batch
 from .generator_param_code import ParamCode, distill_param_code, param_codes
 from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscriminator, ParamProbe, critic_feature_loss,
@@ -280,6 +280,8 @@ class GeneratorTraining:
             self.affines = affine_masks(self.G, groups, recipe.group_shares, recipe.w_global_dim)
             self.blocks = block_masks(groups, recipe.style_dim, recipe.w_global_dim)
             rescale_masked_init(self.affines)
+            if recipe.isolated_groups:   # (weight, mask) pairs too; demodulation makes their scale moot
+                self.affines += conv_masks(self.G, groups, recipe.group_shares, recipe.isolated_groups)
         self.probe = ParamProbe(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
             if recipe.param_weight > 0 else None
         self.P = ParamCode(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \

@@ -52,6 +52,8 @@ class GeneratorRecipe:
     balance_cap: float = 0.0        # region-balanced reconstruction: pixel weight 1/(K * area of its
                                     # region), capped at this (0 = off; replaces region_weight)
     crop_weight: float = 0.0        # extra weight inside the small regions' bounding boxes (eye/mouth crops)
+    isolated_groups: dict = field(default_factory=dict)  # {group: [groups it reads]}: the convolutions keep
+                                    # these groups' feature channels apart (trainer.generator_blocks.conv_masks)
     param_weight: float = 0.0       # each block of w must hold its group's renderer parameters (linear probe,
                                     # generator_losses.ParamProbe; needs w_global_dim > 0)
     param_code: bool = False        # w is computed from the renderer's parameters, one MLP per block
@@ -89,6 +91,7 @@ class GeneratorRecipe:
     def __post_init__(self) -> None:
         self.channels = {int(k): int(v) for k, v in dict(self.channels).items()}
         self.weighted_regions = tuple(self.weighted_regions)
+        self.isolated_groups = {str(g): [str(r) for r in reads] for g, reads in dict(self.isolated_groups).items()}
         self.ae_trainable = tuple(self.ae_trainable)
         self.group_shares = {str(int(r)): {str(g): float(v) for g, v in dict(t).items()}
                              for r, t in dict(self.group_shares).items()}
@@ -141,6 +144,8 @@ class GeneratorRecipe:
                                      f"{', '.join(groups)} (some positive)")
         if self.balance_cap < 0 or self.crop_weight < 0 or self.param_weight < 0:
             raise ValueError("balance_cap, crop_weight and param_weight must be >= 0")
+        if self.isolated_groups and not self.factorised:
+            raise ValueError("isolated_groups needs a factorised code (w_global_dim > 0)")
         if self.param_weight > 0 and not self.factorised:
             raise ValueError("param_weight needs a factorised code (w_global_dim > 0)")
         if self.param_code:

@@ -162,3 +162,39 @@ def test_recipe_checks_the_factorised_settings():
     with pytest.raises(ValueError, match="balance_cap"):
         GeneratorRecipe(domain="toy-faces", balance_cap=-1).validate()
     assert GeneratorRecipe(domain="toy-faces", w_global_dim=64, group_shares=SHARES).validate().factorised
+
+
+def test_grouped_convs_keep_a_region_block_out_of_the_other_channels():
+    """With conv_masks isolating the eyes, a new eyes block changes only the eyes' feature channels of
+    every layer (no demodulation or cross-channel path to the others): it reaches the pixels only
+    through toRGB.  A new skin block reaches the eyes' channels too (they read the skin)."""
+    from trainer.generator_blocks import conv_masks
+
+    G = small_generator()
+    apply_affine_masks(affine_masks(G, FACES, SHARES, 16))
+    pairs = conv_masks(G, FACES, SHARES, {"eyes": ["skin"], "mouth": ["skin"]})
+    apply_affine_masks(pairs)
+    assert is_block_sparse(pairs) and sum(float(m.mean()) for _, m in pairs) < 0.95 * len(pairs)
+    with pytest.raises(ValueError, match="wheels"):
+        conv_masks(G, FACES, SHARES, {"wheels": []})
+    ids = layer_groups(G, FACES, SHARES)
+    eyes = FACES.index("eyes")
+    outs = []
+    hooks = [layer.conv.register_forward_hook(lambda m, i, o: outs.append(o)) for layer in G.conv_layers]
+    blocks = block_masks(FACES, 64, 16)
+    w_a, w_b = torch.randn(2, 64), torch.randn(2, 64)
+    with torch.no_grad():
+        G.synthesis(G.styles(w_a), noise_mode="const")
+        G.synthesis(G.styles(swap_blocks(w_a, w_b, blocks, [eyes, eyes])), noise_mode="const")
+        skin = FACES.index("skin")
+        G.synthesis(G.styles(swap_blocks(w_a, w_b, blocks, [skin, skin])), noise_mode="const")
+    for h in hooks:
+        h.remove()
+    n = len(G.conv_layers)
+    for j in range(n):
+        out_ids = ids[j + 1] if j + 1 < n else ids[-1]
+        moved = (outs[j] - outs[n + j]).abs().amax((0, 2, 3))
+        assert float(moved[out_ids != eyes].max()) == 0.0 and float(moved[out_ids == eyes].max()) > 0
+        if j > 0:
+            moved_skin = (outs[j] - outs[2 * n + j]).abs().amax((0, 2, 3))
+            assert float(moved_skin[out_ids == eyes].max()) > 0

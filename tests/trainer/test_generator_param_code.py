@@ -11,7 +11,7 @@ import torch
 from sfeditor.model.checkpoints import load_generator
 from sfeditor.toy import render, swap_groups
 from trainer.generator import GeneratorRecipe, train_generator
-from trainer.generator_blocks import affine_masks, block_masks, is_block_sparse
+from trainer.generator_blocks import affine_masks, block_masks, conv_masks, is_block_sparse
 from trainer.generator_param_code import ParamCode, param_codes
 
 torch.set_num_threads(1)
@@ -59,10 +59,12 @@ def test_parameter_code_run_trains_encoder_and_writes_a_plain_generator(tmp_path
                         batch=2, ae_steps=3, mapping_steps=2, mapping_batch=8, mapping_fit_images=64, mix_steps=0,
                         sample_every=1000, checkpoint_every=1, threads=1, device="cpu", bf16=False,
                         w_global_dim=4, group_shares=shares, balance_cap=4.0, param_code=True,
-                        encoder_every=2, swap_weight=1.0, swap_focus=2.0, swap_anchor=True).validate()
+                        encoder_every=2, swap_weight=1.0, swap_focus=2.0, swap_anchor=True,
+                        isolated_groups={"wheels": ["car_body"]}).validate()
     out = train_generator(r, tmp_path / "run", log=lambda *a: None)
     G = load_generator(out, device="cpu")
     assert is_block_sparse(affine_masks(G, groups, r.group_shares, r.w_global_dim))
+    assert is_block_sparse(conv_masks(G, groups, r.group_shares, r.isolated_groups))   # the wheels kept apart
     logged = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
     enc = [x["enc"] for x in logged if x.get("phase") == "ae" and "enc" in x]
     assert len(enc) == 2 and all(np.isfinite(enc))             # steps 0 and 2 (encoder_every 2)
