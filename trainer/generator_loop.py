@@ -111,18 +111,20 @@ def load_generator_state(G: Generator, sd: dict) -> None:
     G.load_state_dict(rest if prior is None else {**rest, **prior.tensors()})
 
 
-def load_init_weights(source: str | Path) -> tuple[dict, dict]:
+def load_init_weights(source: str | Path, with_param_code: bool = False):
     """G and E state dicts of another generator run (its ``checkpoint.pt``, or ``generator.pt`` +
-    ``encoder.pt``), for ``init_from`` fine-tuning."""
+    ``encoder.pt``), for ``init_from`` fine-tuning; with ``with_param_code`` a third item, the run's
+    parameter code (``None`` when it had none)."""
     src = Path(source)
     ck = src / "checkpoint.pt" if src.is_dir() else src
     if ck.is_file():
         state = torch.load(ck, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "G" in state and "E" in state:
-            return state["G"], state["E"]
+            return (state["G"], state["E"], state.get("P")) if with_param_code else (state["G"], state["E"])
     if src.is_dir() and (src / "generator.pt").is_file() and (src / "encoder.pt").is_file():
-        return load_generator(src / "generator.pt", device="cpu").state_dict(), \
+        g, e = load_generator(src / "generator.pt", device="cpu").state_dict(), \
             load_toy_encoder(src / "encoder.pt").state_dict()
+        return (g, e, None) if with_param_code else (g, e)
     raise ValueError(f"{source}: no generator run to start from (expected checkpoint.pt, "
                      "or generator.pt and encoder.pt)")
 
@@ -347,11 +349,14 @@ class GeneratorTraining:
         elif from_phase is not None:
             raise ValueError(f"{run.path}: no run to rerun from phase {from_phase}")
         elif recipe.init_from:
-            init_g, init_e = load_init_weights(recipe.init_from)
+            init_g, init_e, init_p = load_init_weights(recipe.init_from, with_param_code=True)
             load_generator_state(G, init_g)
             E.load_state_dict(init_e)
             self.log(f"starting from the weights of {recipe.init_from}")
-            if self.P is not None and recipe.param_code_distill > 0:
+            if self.P is not None and init_p is not None:
+                self.P.load_state_dict(init_p)
+                self.log("parameter code: the run's own, carried over")
+            elif self.P is not None and recipe.param_code_distill > 0:
                 distill_param_code(self.P, E, recipe.domain, recipe.size, recipe.param_code_distill, self.dev,
                                    self.log)
         run.write_options({"recipe": json.loads(json.dumps(asdict(recipe))), "bf16": self.use_bf16,

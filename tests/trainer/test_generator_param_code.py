@@ -74,8 +74,15 @@ def test_parameter_code_run_trains_encoder_and_writes_a_plain_generator(tmp_path
     lines = []
     r2 = GeneratorRecipe(**{**r.__dict__, "init_from": str(tmp_path / "run"), "param_code_distill": 2,
                             "ae_steps": 1})
+    torch.save({k: v for k, v in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True).items()
+                if k != "P"}, tmp_path / "run" / "checkpoint.pt")       # a run without a parameter code
     train_generator(r2, tmp_path / "run2", log=lines.append)
     assert any("distilled" in line for line in lines)
+    # ... unless that run has one: a parameter-code run continues with its own
+    lines.clear()
+    r3 = GeneratorRecipe(**{**r2.__dict__, "init_from": str(tmp_path / "run2")})
+    train_generator(r3, tmp_path / "run3", log=lines.append)
+    assert any("carried over" in line for line in lines) and not any("distilled" in line for line in lines)
 
 
 def test_recipe_refuses_what_a_parameter_code_makes_redundant():
