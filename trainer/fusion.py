@@ -91,6 +91,10 @@ ABLATIONS = ("full", "no_global", "no_stage1", "no_stage2", "no_stage3")
 LOCAL_NORMS = ("resolution", "literal")
 #: the image size Eq. 5 is normalised to with local_norm "resolution" (FFHQ's, where A.2's lambdas were set)
 LOCAL_REFERENCE_SIZE = 1024
+#: recipe ``checkpoint`` None: activation checkpointing from this generator size on (the official config-f
+#: models). Measured at batch 1 without it (bench/fullsize_chain.py): 3.6 GB at 256, 6.2 GB at 512, 11.6 GB
+#: at 1024 (over issue 40's 8 GB); toy generators (64, 128 px) need little and would only run slower
+CHECKPOINT_FROM = 256
 #: recipe fields a resumed run must share with the checkpoint
 RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "coarse_layers", "batch", "seed",
                "lr", "stage3_target", "align_reg3", "local_scale", "local_lambdas", "local_norm", "parent_in_loop")
@@ -135,6 +139,8 @@ class FusionRecipe:
     threads: int = 0
     device: str = "auto"
     bf16: bool = False            # bfloat16 autocast for the generator passes
+    checkpoint: bool | None = None    # recompute the generator's layers in the backward pass (less memory, one
+    #                                   more forward); None = on for generators of CHECKPOINT_FROM px and more
 
     def __post_init__(self) -> None:
         if self.config not in ("",) + CONFIGS:
@@ -465,8 +471,10 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     if chain is not None and info.is_main:
         log(f"{recipe.node}: trained with its ancestors fixed in the loop "
             f"({', '.join(a.name for a in chain.ancestors)}; Sec. 4.5)")
+    checkpoint = recipe.checkpoint if recipe.checkpoint is not None else G.size >= CHECKPOINT_FROM
     ctx = NodeContext(G, RegionModel(G, regions), nr, truncation, recipe.bf16, recipe.temperature, chain=chain,
-                      local_reference=LOCAL_REFERENCE_SIZE if recipe.local_norm == "resolution" else None)
+                      local_reference=LOCAL_REFERENCE_SIZE if recipe.local_norm == "resolution" else None,
+                      checkpoint=checkpoint)
 
     torch.manual_seed(recipe.seed)
     net = FusionNet(FusionNetConfig.for_layout(G.layout, recipe.variant, hidden=recipe.hidden,

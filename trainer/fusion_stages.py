@@ -80,13 +80,15 @@ class NodeContext:
     """The frozen generator and region model seen through one node's two regions.
 
     ``bf16`` runs the generator passes under ``torch.autocast(..., bfloat16)``;
-    masks, M and all losses are computed in float32.
+    masks, M and all losses are computed in float32.  ``checkpoint`` recomputes the generator's
+    layers in the backward pass instead of keeping their activations (``Generator.synthesis``).
     """
 
     def __init__(self, G, region_model, regions: NodeRegions, truncation: float = 1.0, bf16: bool = False,
                  temperature: float | None = None, noise_mode: str = "const", fast_masks: bool = True,
-                 chain=None, local_reference: int | None = None):
+                 chain=None, local_reference: int | None = None, checkpoint: bool = False):
         self.G, self.model, self.regions = G, region_model, regions
+        self.checkpoint = bool(checkpoint)
         self.chain = chain                        # frozen ancestors (trainer.fusion_parents.ParentChain) or None
         self.local_reference = local_reference    # Eq. 5 normalised to this image size (None: literal)
         self.truncation, self.bf16, self.temperature, self.noise_mode = float(truncation), bool(bf16), temperature, \
@@ -113,7 +115,7 @@ class NodeContext:
     def synth(self, s: StyleCode) -> tuple[torch.Tensor, Features]:
         """Images ``[B, 3, H, W]`` and synthesis features, both float32 (gradients flow to ``s``)."""
         with self.amp():
-            img, feats = self.G.synthesis(s, self.noise_mode, return_features=True)
+            img, feats = self.G.synthesis(s, self.noise_mode, return_features=True, checkpoint=self.checkpoint)
         return img.float(), {k: [f.float() for f in v] for k, v in feats.items()}
 
     def soft_masks(self, feats: Features) -> torch.Tensor:

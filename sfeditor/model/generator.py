@@ -375,7 +375,7 @@ class Generator(nn.Module):
     # --------------------------------------------------------------- synthesis
     def synthesis(self, s: StyleCode, noise_mode: NoiseMode = "const", return_features: bool = False,
                   fused: bool = False, noise: list[torch.Tensor | None] | None = None,
-                  max_resolution: int | None = None):
+                  max_resolution: int | None = None, checkpoint: bool = False):
         """S -> images [B, 3, H, W] in about [-1, 1].
 
         With ``return_features`` also returns ``{"conv": [...], "rgb": [...]}``: for
@@ -387,6 +387,12 @@ class Generator(nn.Module):
         without the finer layers' detail): a draft, e.g. 256 px of a 1024 px model for
         about a quarter of the cost (``bench/draft_synthesis.py``).  Values at or above
         ``self.size`` give the full image, identical to leaving it out.
+
+        ``checkpoint`` (with autograd on): keep only each layer's input for the backward pass and
+        recompute the layer's inner activations there (``torch.utils.checkpoint``): the same values and
+        gradients for one more forward pass, and less memory.  A FusionNet stage-3 step on a config-f 1024
+        generator at batch 1 peaked at 11.6 GB without it and 8.5 GB with it (bench/fullsize_chain.py,
+        issue 40); only checkpointing the 512 and 1024 px layers left 9.8 GB.
         """
         if not isinstance(s, StyleCode):
             raise TypeError("synthesis expects a StyleCode (use G.styles(w))")
@@ -404,23 +410,32 @@ class Generator(nn.Module):
         if noise is None:
             noise = self.noise_maps(b, noise_mode, generator=None)
         feats_conv, feats_rgb = [], []
+        if checkpoint and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint as recomputed
+
+            def run(layer, *args):
+                return recomputed(layer, *args, use_reentrant=False)
+        else:
+            def run(layer, *args):
+                return layer(*args)
+
         out = self.input(b)
         if return_features:
             feats_conv.append(out)
-        out = self.conv1(out, s.conv[0], noise[0], fused)
+        out = run(self.conv1, out, s.conv[0], noise[0], fused)
         if return_features:
             feats_rgb.append(out)
-        skip = self.to_rgb1(out, s.rgb[0], None, fused)
+        skip = run(self.to_rgb1, out, s.rgb[0], None, fused)
         for k, to_rgb in enumerate(self.to_rgbs):
             if 2 ** (k + 3) > stop:
                 break
             for j in (2 * k, 2 * k + 1):
                 if return_features:
                     feats_conv.append(out)
-                out = self.convs[j](out, s.conv[j + 1], noise[j + 1], fused)
+                out = run(self.convs[j], out, s.conv[j + 1], noise[j + 1], fused)
             if return_features:
                 feats_rgb.append(out)
-            skip = to_rgb(out, s.rgb[k + 1], skip, fused)
+            skip = run(to_rgb, out, s.rgb[k + 1], skip, fused)
         if return_features:
             return skip, {"conv": feats_conv, "rgb": feats_rgb}
         return skip

@@ -203,6 +203,25 @@ def test_deep_pixels_align_with_conv_styles(G):
     assert torch.allclose(dp[:, :G.layout.conv_dims[0]], const, atol=1e-6)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_checkpointed_synthesis_has_the_same_values_and_gradients(G, fused):
+    """``checkpoint=True`` recomputes the layers in the backward pass: images, features and the gradients
+    w.r.t. the S code and a loss on the features equal the plain pass; without autograd it is the plain pass."""
+    def run(checkpoint):
+        s = G.random_styles(2, seed=1).detach().requires_grad_(True)
+        img, feats = G.synthesis(s, "const", return_features=True, fused=fused, checkpoint=checkpoint)
+        (img.square().mean() + sum(f.mean() for f in feats["conv"] + feats["rgb"])).backward()
+        return img.detach(), [f.detach() for f in feats["conv"]], torch.cat([t.grad.reshape(-1) for t in s.layers])
+
+    (img0, f0, g0), (img1, f1, g1) = run(False), run(True)
+    assert torch.equal(img0, img1) and all(torch.equal(a, b) for a, b in zip(f0, f1))
+    torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-7)
+    assert float(g0.abs().sum()) > 0
+    with torch.no_grad():
+        assert torch.equal(G.synthesis(G.random_styles(1, seed=2), checkpoint=True),
+                           G.synthesis(G.random_styles(1, seed=2)))
+
+
 def test_stylecode_roundtrips(G, tmp_path):
     s = G.random_styles(4, seed=2)
     flat = s.flat()

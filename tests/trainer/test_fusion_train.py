@@ -215,6 +215,24 @@ def test_stage3_fusion_target(tiny, target):
     assert got == pytest.approx(aligned if target == "aligned" else inputs, rel=1e-4)
 
 
+def test_activation_checkpointing_trains_the_same_net(tiny, tmp_path):
+    """Recipe ``checkpoint`` (on by default from CHECKPOINT_FROM px): the same losses and weights, less memory."""
+    from trainer.fusion import CHECKPOINT_FROM
+
+    G, regions = tiny
+    assert G.size < CHECKPOINT_FROM                       # the tiny generator trains without it by default
+    quiet = dict(G=G, regions=regions, log=lambda *a: None, progress_stream=None)
+    plain = train_node(recipe(steps_scale=0.0002), tmp_path / "plain", **quiet)
+    recomputed = train_node(recipe(steps_scale=0.0002, checkpoint=True), tmp_path / "ckpt", **quiet)
+    for (k, a), b in zip(plain.state_dict().items(), recomputed.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=k)
+    logs = [[json.loads(x)["loss"] for x in (tmp_path / run / "stats.jsonl").read_text().splitlines()]
+            for run in ("plain", "ckpt")]
+    assert logs[1] == pytest.approx(logs[0], rel=1e-4)
+    options = json.loads((tmp_path / "ckpt" / "options.json").read_text())
+    assert options["recipe"]["checkpoint"] is True
+
+
 # ------------------------------------------------------------------ resume
 def test_exact_resume_after_cancel_and_crash(tiny, tmp_path):
     G, regions = tiny
