@@ -7,8 +7,8 @@ runs, each through the real command line's ``main()`` in this process with tiny 
 
 ``sfeditor models register`` (generator and e4e) -> ``sfeditor info`` -> ``sfeditor render`` ->
 ``sfeditor-train regions`` (K = 2: the Ward tree's root and two clusters) -> ``sfeditor-train fusion``
-(the root node, 1 / 2 / 2 steps in stages 1 / 2 / 3) -> ``sfeditor-train evaluate`` (2 edits per code and
-mode) -> ``sfeditor invert`` (3 steps from the e4e's guess) -> ``sfeditor transfer`` -> the editor window
+(the root node, one step in each of stages 1 / 2 / 3) -> ``sfeditor-train evaluate`` (2 random-base edits
+per code) -> ``sfeditor invert`` (2 photos, 2 steps from the e4e's guess) -> ``sfeditor transfer`` -> the editor window
 opening the model with its hierarchy and regions as ``sfeditor gui --generator stylegan2-church
 --hierarchy H --regions R`` does, and showing a frame.
 
@@ -44,24 +44,32 @@ pytestmark = [pytest.mark.slow,
 SIZE = 256
 #: the issue's bound for the 1024 model on the CPU; the whole pytest process must stay under it
 PEAK_LIMIT_GB = 8.0
-#: one step of the 256 px chain (measured peaks ≈ 0.9-1.4 GB, bench/fullsize_chain.py; 2x headroom)
-STEP_LIMIT_GB = 3.0
-#: 0.0002 x (5000, 10000, 10000): 1, 2, 2 steps in stages 1, 2, 3
-STEPS_SCALE = 0.0002
+#: any one step of the 256 px chain: measured 1.1-2.3 GB, and 3.8 GB for `fusion` (a stage-3 step renders
+#: three 256 px images with gradients at batch 1); BENCHMARKS.md, "Full-size chain (issue 40)"
+STEP_LIMIT_GB = 5.0
+#: 0.0001 x (5000, 10000, 10000): one step in each of stages 1, 2, 3
+STEPS_SCALE = 0.0001
 
 
 def _peak_gb() -> float:
-    """This process's peak resident memory so far (ru_maxrss)."""
+    """This process's peak resident memory (ru_maxrss; since the last reset of :class:`StepPeaks`)."""
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / (1 << 30) * (1 if sys.platform == "darwin" else 1024)
 
 
 class StepPeaks:
-    """Peak resident memory per step: ``VmHWM`` reset before each step (Linux >= 4.0), else None."""
+    """Peak resident memory per step: ``VmHWM`` reset before each step (Linux >= 4.0), else None.
+
+    The reset also resets ``ru_maxrss``, so :meth:`process_peak` keeps what came before each step."""
 
     def __init__(self):
         self.peaks: dict[str, float | None] = {}
         self.seconds: dict[str, float] = {}         # reported (``-s``), never asserted
+        self._before = 0.0                          # the highest peak seen outside the steps
+
+    def process_peak(self) -> float:
+        """This process's peak so far: before, during and between the steps."""
+        return max([self._before, _peak_gb(), *(v for v in self.peaks.values() if v is not None)])
 
     @staticmethod
     def _reset() -> bool:
@@ -78,6 +86,7 @@ class StepPeaks:
             return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / (1 << 20)
 
     def run(self, name: str, fn, *args, **kwargs):
+        self._before = max(self._before, _peak_gb())
         ok = self._reset()
         t0 = time.perf_counter()
         try:
@@ -171,13 +180,13 @@ def test_church_256_whole_chain(world, qtbot, capsys):
 
     # -- sfeditor-train fusion: the root node, a step or two per stage
     fusion_recipe = _recipe(tmp, "fusion", domain="church", node="all", steps_scale=STEPS_SCALE, batch=1,
-                            sample_every=1000, sample_count=2, checkpoint_every=1000, device="cpu", bf16=False)
+                            sample_every=1000, sample_count=1, checkpoint_every=1000, device="cpu", bf16=False)
     hier = tmp / "hierarchy.pt"
     assert peaks.run("fusion", train, ["fusion", "--recipe", fusion_recipe, "--generator", gen,
                                        "--regions", str(regions_path), "--out", str(tmp / "fusion-all"),
                                        "--hierarchy", str(hier), *threads]) == 0
     stats = [json.loads(line) for line in (tmp / "fusion-all" / "stats.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["step"]) for r in stats] == [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2)]
+    assert [(r["stage"], r["step"]) for r in stats] == [(1, 1), (2, 1), (3, 1)]
     assert all(np.isfinite(r["loss"]) and not r["skipped"] for r in stats)
     h = load_hierarchy(hier)
     assert sorted(h.nets) == ["all"] and h.layout.dims == StyleCode.load(tmp / "codes.pt").layout.dims
@@ -187,7 +196,7 @@ def test_church_256_whole_chain(world, qtbot, capsys):
     capsys.readouterr()
 
     # -- sfeditor-train evaluate: a few edits
-    eval_recipe = _recipe(tmp, "evaluate", samples=2, batch=2, seed=0, judge="clusters", modes=["random", "fixed"])
+    eval_recipe = _recipe(tmp, "evaluate", samples=2, batch=2, seed=0, judge="clusters", modes=["random"])
     assert peaks.run("evaluate", train, ["evaluate", "--recipe", eval_recipe, "--domain", "church",
                                          "--generator", gen, "--regions", str(regions_path),
                                          "--hierarchy", str(hier), "--out", str(tmp / "eval"),
@@ -195,13 +204,12 @@ def test_church_256_whole_chain(world, qtbot, capsys):
     metrics = json.loads((tmp / "eval" / "metrics.json").read_text())
     assert metrics["judge"] == "clusters" and metrics["hierarchy"]["nets"] == ["all"]
     assert "cluster_0" in (tmp / "eval" / "report.md").read_text()
-    for name in ("heatmaps-random.png", "heatmaps-fixed.png"):
-        assert float(_image(tmp / "eval" / name).std()) > 1.0
+    assert float(_image(tmp / "eval" / "heatmaps-random.png").std()) > 1.0
     capsys.readouterr()
 
     # -- sfeditor invert: a few steps from the e4e installed for churches
     photos = [tmp / "render" / "seed000003.png", tmp / "render" / "seed000004.png"]
-    assert peaks.run("invert", sfeditor, ["invert", *map(str, photos), "-m", "stylegan2-church", "--steps", "3",
+    assert peaks.run("invert", sfeditor, ["invert", *map(str, photos), "-m", "stylegan2-church", "--steps", "2",
                                           "--out", str(tmp / "inv"), "--device", "cpu", "--no-cache",
                                           "--no-bf16"]) == 0
     err = capsys.readouterr().err
@@ -225,7 +233,7 @@ def test_church_256_whole_chain(world, qtbot, capsys):
 
     over = {k: v for k, v in peaks.peaks.items() if v is not None and v > STEP_LIMIT_GB}
     assert not over, f"steps over {STEP_LIMIT_GB} GB: {over} (all: {peaks.peaks})"
-    assert _peak_gb() <= PEAK_LIMIT_GB
+    assert peaks.process_peak() <= PEAK_LIMIT_GB
 
 
 def _editor(qtbot, tmp: Path, hier: Path, regions_path: Path) -> None:
@@ -257,6 +265,6 @@ def _editor(qtbot, tmp: Path, hier: Path, regions_path: Path) -> None:
         assert result.ok and result.hierarchy_used and not result.draft
         frame = win.preview.frame()
         assert frame.shape == (SIZE, SIZE, 3) and float(frame.std()) > 1.0
-        assert {"all", "cluster_0", "cluster_1"} <= set(win.session.composition.node_names())
+        assert {"all", "cluster_0", "cluster_1"} <= set(win.session.composition.node_names)
     finally:
         win.shutdown()
