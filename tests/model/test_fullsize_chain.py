@@ -44,8 +44,9 @@ pytestmark = [pytest.mark.slow,
 SIZE = 256
 #: the issue's bound for the 1024 model on the CPU; the whole pytest process must stay under it
 PEAK_LIMIT_GB = 8.0
-#: any one step of the 256 px chain: measured 1.1-2.3 GB, and 3.8 GB for `fusion` (a stage-3 step renders
-#: three 256 px images with gradients at batch 1); BENCHMARKS.md, "Full-size chain (issue 40)"
+#: any one step of the 256 px chain: measured 1.2-2.3 GB in this process, and 3.2 GB for `fusion` (a stage-3
+#: step renders three 256 px images with gradients at batch 1); one process per step: BENCHMARKS.md,
+#: "Full-size chain (issue 40)"
 STEP_LIMIT_GB = 5.0
 #: 0.0001 x (5000, 10000, 10000): one step in each of stages 1, 2, 3
 STEPS_SCALE = 0.0001
