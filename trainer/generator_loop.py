@@ -358,7 +358,7 @@ class GeneratorTraining:
                 self.log("parameter code: the run's own, carried over")
             elif self.P is not None and recipe.param_code_distill > 0:
                 distill_param_code(self.P, E, recipe.domain, recipe.size, recipe.param_code_distill, self.dev,
-                                   self.log)
+                                   self.log, cancel=self.cancel)
         run.write_options({"recipe": json.loads(json.dumps(asdict(recipe))), "bf16": self.use_bf16,
                            "generator": G.config.to_dict()})
         if recipe.ae_trainable and self.phase == "ae":

@@ -117,9 +117,12 @@ def param_codes(P: ParamCode, domain: str, n: int, dev) -> torch.Tensor:
 
 
 def distill_param_code(P: ParamCode, E: nn.Module, domain: str, size: int, steps: int, dev, log,
-                       batch: int = 64, lr: float = 2e-3) -> float:
+                       batch: int = 64, lr: float = 2e-3, cancel=None) -> float:
     """Fit ``P`` to an encoder's codes of the same renders (``init_from``: the generator then starts
-    from codes it already draws); returns the last relative error."""
+    from codes it already draws); returns the last relative error.  ``cancel`` (a
+    :class:`trainer.common.CancelToken`) stops it between steps; a rerun fits again (a few minutes)."""
+    from .common import Cancelled
+
     from sfeditor.images.imageio import from_uint8
     from sfeditor.toy import render
 
@@ -128,6 +131,8 @@ def distill_param_code(P: ParamCode, E: nn.Module, domain: str, size: int, steps
     opt = torch.optim.Adam(P.parameters(), lr=lr)
     err = float("nan")
     for step in range(steps):
+        if cancel is not None and cancel.requested:
+            raise Cancelled(f"stopped while fitting the parameter code (step {step}); rerun the same command")
         images, _, prm = render(domain, step_seeds(step, batch, 30_000_000), size=size, return_params=True)
         with torch.no_grad():
             target = E(from_uint8(images).to(dev)).float()
