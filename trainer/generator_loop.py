@@ -51,7 +51,8 @@ from sfeditor.toy import swap_groups
 from sfeditor.images.toy_encoder import ToyEncoder as Encoder, load_toy_encoder, save_toy_encoder
 
 from .common import CancelToken, Cancelled, Diverged, Progress, RunDir, rng_state, set_rng_state
-from .generator_blocks import affine_masks, apply_affine_masks, block_masks, conv_masks, rescale_masked_init
+from .generator_blocks import (affine_masks, apply_affine_masks, block_masks, conv_masks, ramp_conv_masks,
+                               rescale_masked_init)
 from .generator_data import HELDOUT_SEED_OFFSET, Prefetcher, ae_step_data, rendered_batch
 from .generator_param_code import ParamCode, distill_param_code, param_codes
 from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscriminator, ParamProbe, critic_feature_loss,
@@ -276,14 +277,14 @@ class GeneratorTraining:
             torch.set_num_threads(recipe.threads)
         torch.manual_seed(recipe.seed)
         self.G = Generator(recipe.generator_config())
-        self.affines, self.blocks = [], None
+        self.affines, self.convs, self.blocks = [], [], None
         if recipe.factorised:            # v5: w = [w_global | region blocks], block-sparse affines
             groups = tuple(swap_groups(recipe.domain))
             self.affines = affine_masks(self.G, groups, recipe.group_shares, recipe.w_global_dim)
             self.blocks = block_masks(groups, recipe.style_dim, recipe.w_global_dim)
             rescale_masked_init(self.affines)
             if recipe.isolated_groups:   # (weight, mask) pairs too; demodulation makes their scale moot
-                self.affines += conv_masks(self.G, groups, recipe.group_shares, recipe.isolated_groups)
+                self.convs = conv_masks(self.G, groups, recipe.group_shares, recipe.isolated_groups)
         self.probe = ParamProbe(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
             if recipe.param_weight > 0 else None
         self.P = ParamCode(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
@@ -365,8 +366,11 @@ class GeneratorTraining:
             self.log(describe_trainable(G, tuple(recipe.ae_trainable)))
         if self.affines:                  # the masks follow the weights to the device
             self.affines = [(w, m.to(w.device)) for w, m in self.affines]
+            self.convs = [(w, m.to(w.device)) for w, m in self.convs]
             self.blocks = self.blocks.to(self.dev)
             apply_affine_masks(self.affines)
+            if self.phase != "ae" or self.step >= self.recipe.isolate_ramp:
+                apply_affine_masks(self.convs)    # (during the ramp the checkpoint holds the faded weights)
         self.fixed = rendered_batch(recipe.domain, 0, 16, recipe.size, HELDOUT_SEED_OFFSET).to(self.dev)
 
     def checkpoint(self) -> None:
@@ -486,6 +490,7 @@ class GeneratorTraining:
                     torch.nn.utils.clip_grad_norm_(ae_params, recipe.clip_grad)
                     opt.step()
                     apply_affine_masks(self.affines)
+                    ramp_conv_masks(self.convs, step + 1, recipe.isolate_ramp)
                 self.step += 1
                 with torch.no_grad():
                     p = float(psnr(rec, x).mean())
@@ -619,6 +624,7 @@ class GeneratorTraining:
                 torch.nn.utils.clip_grad_norm_(self.syn_params + list(E.parameters()), recipe.clip_grad)
                 self.opts["mix"].step()
                 apply_affine_masks(self.affines)
+                apply_affine_masks(self.convs)
             self.step += 1
             with torch.no_grad():
                 p = float(psnr(rec, x).mean())

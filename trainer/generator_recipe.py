@@ -54,6 +54,8 @@ class GeneratorRecipe:
     crop_weight: float = 0.0        # extra weight inside the small regions' bounding boxes (eye/mouth crops)
     isolated_groups: dict = field(default_factory=dict)  # {group: [groups it reads]}: the convolutions keep
                                     # these groups' feature channels apart (trainer.generator_blocks.conv_masks)
+    isolate_ramp: int = 0           # steps over which the cross-group conv weights fade to zero (0 = masked at
+                                    # once; trainer.generator_blocks.ramp_conv_masks)
     param_weight: float = 0.0       # each block of w must hold its group's renderer parameters (linear probe,
                                     # generator_losses.ParamProbe; needs w_global_dim > 0)
     param_code: bool = False        # w is computed from the renderer's parameters, one MLP per block
@@ -144,6 +146,11 @@ class GeneratorRecipe:
                                      f"{', '.join(groups)} (some positive)")
         if self.balance_cap < 0 or self.crop_weight < 0 or self.param_weight < 0:
             raise ValueError("balance_cap, crop_weight and param_weight must be >= 0")
+        if self.isolate_ramp < 0:
+            raise ValueError(f"isolate_ramp must be >= 0, not {self.isolate_ramp}")
+        if self.isolated_groups and self.isolate_ramp > self.ae_steps:
+            raise ValueError(f"isolate_ramp ({self.isolate_ramp}) must end within ae_steps ({self.ae_steps}), "
+                             "so the saved generator is masked")
         if self.isolated_groups and not self.factorised:
             raise ValueError("isolated_groups needs a factorised code (w_global_dim > 0)")
         if self.param_weight > 0 and not self.factorised:

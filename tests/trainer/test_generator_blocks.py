@@ -198,3 +198,28 @@ def test_grouped_convs_keep_a_region_block_out_of_the_other_channels():
         if j > 0:
             moved_skin = (outs[j] - outs[2 * n + j]).abs().amax((0, 2, 3))
             assert float(moved_skin[out_ids == eyes].max()) > 0
+
+
+def test_ramp_conv_masks_fades_then_zeroes_only_the_cross_weights():
+    """isolate_ramp: the masked-out conv weights follow (1 - step / ramp) with no gradient and are
+    zero from step ``ramp`` on; the allowed weights are never touched."""
+    from trainer.generator_blocks import ramp_conv_masks
+    w = torch.nn.Parameter(torch.ones(1, 2, 3, 1, 1))
+    m = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])[None, :, :, None, None]
+    for step in range(1, 4):
+        ramp_conv_masks([(w, m)], step, 4)
+        assert torch.allclose(w[m == 0], torch.full((2,), 1 - step / 4))
+    assert torch.equal(w[m == 1], torch.ones(4))
+    with torch.no_grad():
+        w[m == 0] = 0.3                      # a late optimiser step moves them again
+    ramp_conv_masks([(w, m)], 4, 4)
+    assert torch.equal(w[m == 0], torch.zeros(2)) and torch.equal(w[m == 1], torch.ones(4))
+
+
+def test_isolate_ramp_is_validated():
+    from trainer.generator_recipe import GeneratorRecipe
+    with pytest.raises(ValueError, match="isolate_ramp"):
+        GeneratorRecipe(domain="toy-faces", w_global_dim=64, group_shares=SHARES, ae_steps=10, isolate_ramp=20,
+                        isolated_groups={"eyes": ["skin"]}).validate()
+    with pytest.raises(ValueError, match="isolate_ramp"):
+        GeneratorRecipe(domain="toy-faces", isolate_ramp=-1).validate()
