@@ -199,6 +199,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-gb", type=float, default=16.0, help="kill a step whose resident memory passes this")
     ap.add_argument("--steps-scale", type=float, default=STEPS_SCALE, help="fusion's steps_scale (default: 1 step "
                                                                            "per stage)")
+    ap.add_argument("--until", metavar="STEP", help="stop after this step (e.g. regions, to rerun a later one by hand "
+                                                     "in the --dir folder)")
     ap.add_argument("--_step", nargs=3, metavar=("STEP", "SIZE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._step:
@@ -230,6 +232,8 @@ def main(argv=None) -> int:
                 if rc != 0:
                     failed = True
                     print("".join(log.read_text(errors="replace").splitlines(True)[-15:]), file=sys.stderr)
+                    break
+                if name == args.until:
                     break
     finally:
         if not args.keep and not args.dir:

@@ -57,7 +57,8 @@ from .generator_data import HELDOUT_SEED_OFFSET, Prefetcher, ae_step_data, rende
 from .generator_param_code import ParamCode, distill_param_code, param_codes
 from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscriminator, ParamProbe, critic_feature_loss,
                                discriminator_step, gaussian_mapping_target, load_seg_critic, psnr, recon_loss,
-                               pixel_weights, region_swap_loss, seg_loss, swap_channel_groups, synth_w)
+                               pixel_weights, region_swap_loss, seg_loss, silence_loss, silence_specs,
+                               swap_channel_groups, synth_w)
 from .generator_recipe import GeneratorRecipe
 from .mapping_fit import (EM_CHUNK, FIT_BATCH, empirical_gaussian, encoder_codes, fit_mixture, projected_codes,
                           projected_mean_gaussian, shrunk_gaussian)
@@ -277,7 +278,7 @@ class GeneratorTraining:
             torch.set_num_threads(recipe.threads)
         torch.manual_seed(recipe.seed)
         self.G = Generator(recipe.generator_config())
-        self.affines, self.convs, self.blocks = [], [], None
+        self.affines, self.convs, self.blocks, self.silence = [], [], None, []
         if recipe.factorised:            # v5: w = [w_global | region blocks], block-sparse affines
             groups = tuple(swap_groups(recipe.domain))
             self.affines = affine_masks(self.G, groups, recipe.group_shares, recipe.w_global_dim)
@@ -285,6 +286,8 @@ class GeneratorTraining:
             rescale_masked_init(self.affines)
             if recipe.isolated_groups:   # (weight, mask) pairs too; demodulation makes their scale moot
                 self.convs = conv_masks(self.G, groups, recipe.group_shares, recipe.isolated_groups)
+        self.silence = silence_specs(self.G, tuple(swap_groups(recipe.domain)), recipe.group_shares,
+                                     recipe.isolated_groups, recipe.domain) if recipe.silence_weight > 0 else []
         self.probe = ParamProbe(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
             if recipe.param_weight > 0 else None
         self.P = ParamCode(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
@@ -446,8 +449,20 @@ class GeneratorTraining:
                     else:                # v5 parameter code; the encoder learns to regress it
                         w_a = self.P(prm)
                         w_e = E(x).float() if train_e else None
-                    rec = synth_w(G, w_a).float()
+                    feats = []
+                    hooks = [layer.register_forward_hook(lambda m, i, o: feats.append(o))
+                             for layer in G.conv_layers] if self.silence else []
+                    try:
+                        rec = synth_w(G, w_a).float()
+                    finally:
+                        for h in hooks:
+                            h.remove()
                 loss = recon_loss(rec, x, recipe.grad_weight, wmap)
+                if self.silence:
+                    quiet = silence_loss(feats, torch.from_numpy(lab).to(dev), self.silence)
+                    extra["silence"] = float(quiet.detach())
+                    loss = loss + recipe.silence_weight * quiet
+                    del feats
                 enc = None
                 if train_e:
                     target = w_a.detach().float()

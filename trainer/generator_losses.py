@@ -346,3 +346,47 @@ def gaussian_mapping_target(z: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) 
     return mu + zn @ L.T
 
 
+
+
+def silence_specs(G: Generator, groups: tuple[str, ...], group_shares: dict, isolated,
+                  domain: str) -> list[tuple[int, torch.Tensor, int]]:
+    """(conv index, channel mask [C], region label) for every conv layer output that has channels of
+    an isolated group: what :func:`silence_loss` reads."""
+    from .generator_blocks import layer_groups
+
+    ids = layer_groups(G, groups, group_shares)
+    n_conv, names = len(G.conv_layers), region_names(domain)
+    specs = []
+    for j in range(n_conv):
+        out_ids = ids[j + 1] if j + 1 < n_conv else ids[n_conv + len(G.rgb_layers) - 1]
+        for g in isolated:
+            sel = out_ids == groups.index(g)
+            if bool(sel.any()):
+                specs.append((j, sel, names.index(g)))
+    return specs
+
+
+def silence_loss(features: list[torch.Tensor], labels: torch.Tensor, specs, from_res: int = 16) -> torch.Tensor:
+    """Mean |activation| of an isolated group's channels outside its region (generator v5 try 5).
+
+    ``features``: every conv layer's output of this step ([B, C, h, w]); ``labels`` [B, H, W], the
+    renderer's.  Outside = the cells of the map with none of the region's pixels, after a one-cell
+    dilation; maps coarser than ``from_res`` have no inside (a 4 or 8 px map cannot draw a region of
+    2 % of the image, so the group's channels there must stay silent).
+
+    Why (``experiments/group_leak.py`` on try 4): the eyes' channels were half as active outside the
+    eyes as inside, and their code modulates them there too (StyleGAN2 Eq. 1-3), so a new eyes code
+    changed every pixel a little; a share of 0.85 needs that change below ~1/250 of the inside's.  A
+    channel that is zero outside its region cannot carry its code there, whatever the weights."""
+    total, n = features[0].new_zeros(()), 0
+    for j, sel, k in specs:
+        x = features[j][:, sel.to(features[j].device)]
+        h = x.shape[-1]
+        if h < from_res:
+            outside = torch.ones_like(x[:, :1])
+        else:
+            frac = F.adaptive_max_pool2d((labels == k).float()[:, None], h)
+            outside = 1 - F.max_pool2d(frac, 3, stride=1, padding=1)
+        total = total + (x.float().abs() * outside).sum() / (outside.sum() * x.shape[1]).clamp_min(1)
+        n += 1
+    return total / max(n, 1)

@@ -54,6 +54,8 @@ class GeneratorRecipe:
     crop_weight: float = 0.0        # extra weight inside the small regions' bounding boxes (eye/mouth crops)
     isolated_groups: dict = field(default_factory=dict)  # {group: [groups it reads]}: the convolutions keep
                                     # these groups' feature channels apart (trainer.generator_blocks.conv_masks)
+    silence_weight: float = 0.0     # isolated groups' channels must be zero outside their region
+                                    # (generator_losses.silence_loss; 0 = off)
     isolate_ramp: int = 0           # steps over which the cross-group conv weights fade to zero (0 = masked at
                                     # once; trainer.generator_blocks.ramp_conv_masks)
     param_weight: float = 0.0       # each block of w must hold its group's renderer parameters (linear probe,
@@ -146,6 +148,10 @@ class GeneratorRecipe:
                                      f"{', '.join(groups)} (some positive)")
         if self.balance_cap < 0 or self.crop_weight < 0 or self.param_weight < 0:
             raise ValueError("balance_cap, crop_weight and param_weight must be >= 0")
+        if self.silence_weight < 0:
+            raise ValueError(f"silence_weight must be >= 0, not {self.silence_weight}")
+        if self.silence_weight > 0 and not self.isolated_groups:
+            raise ValueError("silence_weight needs isolated_groups (the groups whose channels it silences)")
         if self.isolate_ramp < 0:
             raise ValueError(f"isolate_ramp must be >= 0, not {self.isolate_ramp}")
         if self.isolated_groups and self.isolate_ramp > self.ae_steps:

@@ -60,7 +60,7 @@ def test_parameter_code_run_trains_encoder_and_writes_a_plain_generator(tmp_path
                         sample_every=1000, checkpoint_every=1, threads=1, device="cpu", bf16=False,
                         w_global_dim=4, group_shares=shares, balance_cap=4.0, param_code=True,
                         encoder_every=2, swap_weight=1.0, swap_focus=2.0, swap_anchor=True,
-                        isolated_groups={"wheels": ["car_body"]}).validate()
+                        isolated_groups={"wheels": ["car_body"]}, isolate_ramp=2, silence_weight=0.5).validate()
     out = train_generator(r, tmp_path / "run", log=lambda *a: None)
     G = load_generator(out, device="cpu")
     assert is_block_sparse(affine_masks(G, groups, r.group_shares, r.w_global_dim))
@@ -69,6 +69,7 @@ def test_parameter_code_run_trains_encoder_and_writes_a_plain_generator(tmp_path
     enc = [x["enc"] for x in logged if x.get("phase") == "ae" and "enc" in x]
     assert len(enc) == 2 and all(np.isfinite(enc))             # steps 0 and 2 (encoder_every 2)
     assert all(np.isfinite(x["swap"]) for x in logged if x.get("phase") == "ae" and "psnr" in x)
+    assert all(x["silence"] > 0 for x in logged if x.get("phase") == "ae" and "psnr" in x)
     assert "P" in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     # init_from another run: the parameter code is first fitted to that run's encoder codes
     lines = []
@@ -94,3 +95,21 @@ def test_recipe_refuses_what_a_parameter_code_makes_redundant():
                         param_weight=1.0, mix_steps=0).validate()
     with pytest.raises(ValueError, match="mix_steps"):
         GeneratorRecipe(domain="toy-faces", w_global_dim=64, group_shares=shares, param_code=True).validate()
+
+
+def test_silence_loss_reads_only_the_groups_channels_outside_their_region():
+    """silence_loss: zero when the group's channels are zero outside its (dilated) region, whatever the
+    other channels do; positive for activity outside; maps coarser than from_res have no inside."""
+    from trainer.generator_losses import silence_loss
+
+    labels = torch.zeros(1, 16, 16, dtype=torch.long)
+    labels[0, 4:6, 4:6] = 3                                   # the region: 2 x 2 pixels
+    sel = torch.tensor([True, False])
+    x = torch.zeros(1, 2, 16, 16)
+    x[0, 1] = 5.0                                             # another group's channel: not read
+    x[0, 0, 3:7, 3:7] = 1.0                                   # inside the one-pixel dilation
+    assert float(silence_loss([x], labels, [(0, sel, 3)])) == 0.0
+    x[0, 0, 12, 12] = 2.0
+    assert float(silence_loss([x], labels, [(0, sel, 3)])) == pytest.approx(2.0 / (256 - 16))
+    coarse = torch.ones(1, 2, 4, 4)                           # 4 px < from_res: all of it is outside
+    assert float(silence_loss([coarse], labels, [(0, sel, 3)])) == pytest.approx(1.0)
