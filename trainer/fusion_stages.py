@@ -81,7 +81,8 @@ class NodeContext:
 
     ``bf16`` runs the generator passes under ``torch.autocast(..., bfloat16)``;
     masks, M and all losses are computed in float32.  ``checkpoint`` recomputes the generator's
-    layers in the backward pass instead of keeping their activations (``Generator.synthesis``).
+    layers in the backward pass instead of keeping their activations (``Generator.synthesis``), and
+    stage 3's backward pass runs one code's images at a time (:meth:`synth_images`).
     """
 
     def __init__(self, G, region_model, regions: NodeRegions, truncation: float = 1.0, bf16: bool = False,
@@ -117,6 +118,18 @@ class NodeContext:
         with self.amp():
             img, feats = self.G.synthesis(s, self.noise_mode, return_features=True, checkpoint=self.checkpoint)
         return img.float(), {k: [f.float() for f in v] for k, v in feats.items()}
+
+    def synth_images(self, s: StyleCode, parts: int) -> tuple[torch.Tensor, Features]:
+        """Like :meth:`synth`, for a loss that reads only the images (the features carry no
+        gradient).  With ``checkpoint`` the backward pass runs ``parts`` images at a time
+        (:func:`trainer.synthesis_by_parts.synthesis_by_parts`): a stage-3 step at 1024 px then keeps
+        one image's activations instead of three."""
+        if not (self.checkpoint and torch.is_grad_enabled() and self.noise_mode == "const"):
+            img, feats = self.synth(s)
+            return img, {k: [f.detach() for f in v] for k, v in feats.items()}
+        from .synthesis_by_parts import synthesis_by_parts
+
+        return synthesis_by_parts(self.G, s, chunk=parts, amp=self.amp, checkpoint=True)
 
     def soft_masks(self, feats: Features) -> torch.Tensor:
         """``[B, 2, h, w]`` differentiable masks of R1, R2 at the DeepPixel size (A.5)."""
@@ -285,7 +298,7 @@ def stage3_joint_loss(ctx: NodeContext, net: FusionNet, codes: CodeBatch, target
     a = StyleCode.cat([codes.s_align] * 3) if align else None
     out = net(StyleCode.cat([codes.s1, s1t, codes.s1]), StyleCode.cat([codes.s2, codes.s2, s2t]), a,
               align=align, fuse=True)
-    img, feats = ctx.synth(ctx.lift(out.result, codes))
+    img, feats = ctx.synth_images(ctx.lift(out.result, codes), parts=b)
     m = ctx.hard_masks(slice_features(feats, slice(0, b)), size=img.shape[-1])   # [B, 2, H, W] of I_result
     l_local = localization_loss(img[:b], img[b:2 * b], img[2 * b:], m[:, 0], m[:, 1], per_region=True,
                                 reference_size=ctx.local_reference)

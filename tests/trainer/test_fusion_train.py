@@ -216,7 +216,8 @@ def test_stage3_fusion_target(tiny, target):
 
 
 def test_activation_checkpointing_trains_the_same_net(tiny, tmp_path):
-    """Recipe ``checkpoint`` (on by default from CHECKPOINT_FROM px): the same losses and weights, less memory."""
+    """Recipe ``checkpoint`` (on by default from CHECKPOINT_FROM px): the same losses and weights, less memory.
+    (Stage 3's backward then runs image by image: the weights agree to float rounding, ~1e-6 of their scale.)"""
     from trainer.fusion import CHECKPOINT_FROM
 
     G, regions = tiny
@@ -225,7 +226,7 @@ def test_activation_checkpointing_trains_the_same_net(tiny, tmp_path):
     plain = train_node(recipe(steps_scale=0.0002), tmp_path / "plain", **quiet)
     recomputed = train_node(recipe(steps_scale=0.0002, checkpoint=True), tmp_path / "ckpt", **quiet)
     for (k, a), b in zip(plain.state_dict().items(), recomputed.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=k)
+        assert float((b - a).abs().max()) <= 1e-5 * float(a.abs().max()) + 1e-7, k
     logs = [[json.loads(x)["loss"] for x in (tmp_path / run / "stats.jsonl").read_text().splitlines()]
             for run in ("plain", "ckpt")]
     assert logs[1] == pytest.approx(logs[0], rel=1e-4)
