@@ -145,15 +145,24 @@ def conv_masks(G: Generator, groups: tuple[str, ...], group_shares: dict,
 
 
 def affine_masks(G: Generator, groups: tuple[str, ...], group_shares: dict,
-                 global_dim: int) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+                 global_dim: int, coarse: tuple[str, ...] = (), fine_from: int = 0
+                 ) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
     """(affine weight, 0/1 mask) per S layer: a channel of group k reads ``w_global`` and ``w_k``;
-    a global channel reads ``w_global`` only."""
+    a global channel reads ``w_global`` only.  The channels of the ``coarse`` groups in layers that
+    modulate maps smaller than ``fine_from`` px read ``w_global`` only as well: their own block cannot
+    reach those layers (a 4 or 8 px map cannot draw a region of 2 % of the image; generator v5 try 5,
+    ``experiments/group_leak.py``)."""
     blocks = block_masks(groups, G.style_dim, global_dim)
     gi = groups.index("global")
+    cut = [groups.index(g) for g in coarse]
     layers = [layer.conv.modulation for layer in G.conv_layers] + [layer.conv.modulation for layer in G.rgb_layers]
+    lay = G.layout
     pairs = []
-    for mod, ids in zip(layers, layer_groups(G, groups, group_shares)):
+    for mod, ids, res in zip(layers, layer_groups(G, groups, group_shares), lay.conv_res + lay.rgb_res):
         rows = blocks[ids].clone()
+        if res < fine_from:
+            for k in cut:
+                rows[ids == k] = 0
         rows[:, blocks[gi].bool()] = 1
         pairs.append((mod.weight, rows.to(mod.weight.device)))
     return pairs

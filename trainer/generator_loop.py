@@ -281,13 +281,15 @@ class GeneratorTraining:
         self.affines, self.convs, self.blocks, self.silence = [], [], None, []
         if recipe.factorised:            # v5: w = [w_global | region blocks], block-sparse affines
             groups = tuple(swap_groups(recipe.domain))
-            self.affines = affine_masks(self.G, groups, recipe.group_shares, recipe.w_global_dim)
+            self.affines = affine_masks(self.G, groups, recipe.group_shares, recipe.w_global_dim,
+                                        tuple(recipe.isolated_groups), recipe.isolated_from)
             self.blocks = block_masks(groups, recipe.style_dim, recipe.w_global_dim)
             rescale_masked_init(self.affines)
             if recipe.isolated_groups:   # (weight, mask) pairs too; demodulation makes their scale moot
                 self.convs = conv_masks(self.G, groups, recipe.group_shares, recipe.isolated_groups)
         self.silence = silence_specs(self.G, tuple(swap_groups(recipe.domain)), recipe.group_shares,
-                                     recipe.isolated_groups, recipe.domain) if recipe.silence_weight > 0 else []
+                                     recipe.isolated_groups, recipe.domain, recipe.isolated_from) \
+            if recipe.silence_weight > 0 else []
         self.probe = ParamProbe(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \
             if recipe.param_weight > 0 else None
         self.P = ParamCode(recipe.domain, self.blocks, tuple(swap_groups(recipe.domain))) \

@@ -349,16 +349,20 @@ def gaussian_mapping_target(z: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) 
 
 
 def silence_specs(G: Generator, groups: tuple[str, ...], group_shares: dict, isolated,
-                  domain: str) -> list[tuple[int, torch.Tensor, int]]:
+                  domain: str, fine_from: int = 0) -> list[tuple[int, torch.Tensor, int]]:
     """(conv index, channel mask [C], region label) for every conv layer output that has channels of
-    an isolated group: what :func:`silence_loss` reads."""
+    an isolated group: what :func:`silence_loss` reads.  Outputs of maps smaller than ``fine_from`` px
+    are left out (their channels do not read the group's block: ``affine_masks(fine_from=...)``)."""
     from .generator_blocks import layer_groups
 
     ids = layer_groups(G, groups, group_shares)
     n_conv, names = len(G.conv_layers), region_names(domain)
     specs = []
+    res = G.layout.conv_res[1:] + (G.size,)          # the map each conv writes (the next layer's input)
     for j in range(n_conv):
         out_ids = ids[j + 1] if j + 1 < n_conv else ids[n_conv + len(G.rgb_layers) - 1]
+        if res[j] < fine_from:
+            continue
         for g in isolated:
             sel = out_ids == groups.index(g)
             if bool(sel.any()):

@@ -56,6 +56,8 @@ class GeneratorRecipe:
                                     # these groups' feature channels apart (trainer.generator_blocks.conv_masks)
     silence_weight: float = 0.0     # isolated groups' channels must be zero outside their region
                                     # (generator_losses.silence_loss; 0 = off)
+    isolated_from: int = 0          # the isolated groups' own blocks reach only the layers of maps of at least
+                                    # this many px; coarser ones read w_global only (generator_blocks.affine_masks)
     isolate_ramp: int = 0           # steps over which the cross-group conv weights fade to zero (0 = masked at
                                     # once; trainer.generator_blocks.ramp_conv_masks)
     param_weight: float = 0.0       # each block of w must hold its group's renderer parameters (linear probe,
@@ -152,6 +154,8 @@ class GeneratorRecipe:
             raise ValueError(f"silence_weight must be >= 0, not {self.silence_weight}")
         if self.silence_weight > 0 and not self.isolated_groups:
             raise ValueError("silence_weight needs isolated_groups (the groups whose channels it silences)")
+        if self.isolated_from and (self.isolated_from < 4 or self.isolated_from & (self.isolated_from - 1)):
+            raise ValueError(f"isolated_from must be 0 or a power of two >= 4, not {self.isolated_from}")
         if self.isolate_ramp < 0:
             raise ValueError(f"isolate_ramp must be >= 0, not {self.isolate_ramp}")
         if self.isolated_groups and self.isolate_ramp > self.ae_steps:

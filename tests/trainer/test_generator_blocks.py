@@ -66,6 +66,16 @@ def test_affine_masks_read_only_global_and_own_block():
             want = blocks[gid[c]].clone()
             want[:16] = 1
             assert torch.equal(m[c], want)
+    # isolated groups below fine_from px read w_global only: their block cannot reach the coarse maps
+    coarse = affine_masks(G, FACES, SHARES, 16, coarse=("eyes",), fine_from=16)
+    eyes = FACES.index("eyes")
+    lay = G.layout
+    for (_, m), (_, m0), gid, res in zip(coarse, pairs, ids, lay.conv_res + lay.rgb_res):
+        rows = gid == eyes
+        if res < 16 and bool(rows.any()):
+            assert float(m[rows][:, 16:].sum()) == 0 and bool((m[rows][:, :16] == 1).all())
+        else:
+            assert torch.equal(m, m0)
     rescale_masked_init(pairs)
     assert is_block_sparse(pairs)
     # the output scale of a masked fresh affine stays that of a dense one
