@@ -93,7 +93,8 @@ LOCAL_NORMS = ("resolution", "literal")
 LOCAL_REFERENCE_SIZE = 1024
 #: recipe ``checkpoint`` None: activation checkpointing from this generator size on (the official config-f
 #: models). Measured at batch 1 without it (bench/fullsize_chain.py): 3.6 GB at 256, 6.2 GB at 512, 11.6 GB
-#: at 1024 (over issue 40's 8 GB); toy generators (64, 128 px) need little and would only run slower
+#: at 1024 (over issue 40's 8 GB); with it (and stage 3's backward image by image) 6.4 GB at 1024.  Toy
+#: generators (64, 128 px) need little and would only run slower
 CHECKPOINT_FROM = 256
 #: recipe fields a resumed run must share with the checkpoint
 RESUME_KEYS = ("domain", "node", "config", "favor", "ablation", "variant", "hidden", "coarse_layers", "batch", "seed",

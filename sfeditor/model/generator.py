@@ -392,7 +392,8 @@ class Generator(nn.Module):
         recompute the layer's inner activations there (``torch.utils.checkpoint``): the same values and
         gradients for one more forward pass, and less memory.  A FusionNet stage-3 step on a config-f 1024
         generator at batch 1 peaked at 11.6 GB without it and 8.5 GB with it (bench/fullsize_chain.py,
-        issue 40); only checkpointing the 512 and 1024 px layers left 9.8 GB.
+        issue 40); only checkpointing the 512 and 1024 px layers left 9.8 GB.  (Training's stage 3 also runs
+        its backward pass image by image: ``trainer/synthesis_by_parts.py``, 6.4 GB.)
         """
         if not isinstance(s, StyleCode):
             raise TypeError("synthesis expects a StyleCode (use G.styles(w))")
