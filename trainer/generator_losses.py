@@ -346,8 +346,6 @@ def gaussian_mapping_target(z: torch.Tensor, mu: torch.Tensor, L: torch.Tensor) 
     return mu + zn @ L.T
 
 
-
-
 def silence_specs(G: Generator, groups: tuple[str, ...], group_shares: dict, isolated,
                   domain: str, fine_from: int = 0) -> list[tuple[int, torch.Tensor, int]]:
     """(conv index, channel mask [C], region label) for every conv layer output that has channels of
