@@ -23,7 +23,7 @@ from sfeditor.images.imageio import from_uint8
 from sfeditor.model.style_code import StyleCode
 from sfeditor.toy import region_names
 
-from .generator_blocks import swap_blocks
+from .generator_blocks import layer_groups, swap_blocks
 from .generator_data import swap_batch
 
 class ImageDiscriminator(nn.Module):
@@ -351,8 +351,6 @@ def silence_specs(G: Generator, groups: tuple[str, ...], group_shares: dict, iso
     """(conv index, channel mask [C], region label) for every conv layer output that has channels of
     an isolated group: what :func:`silence_loss` reads.  Outputs of maps smaller than ``fine_from`` px
     are left out (their channels do not read the group's block: ``affine_masks(fine_from=...)``)."""
-    from .generator_blocks import layer_groups
-
     ids = layer_groups(G, groups, group_shares)
     n_conv, names = len(G.conv_layers), region_names(domain)
     specs = []
