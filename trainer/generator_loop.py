@@ -60,7 +60,7 @@ from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscrimin
                                pixel_weights, region_swap_loss, seg_loss, silence_loss, silence_specs,
                                swap_channel_groups, synth_w)
 from .generator_recipe import GeneratorRecipe
-from .mapping_fit import (EM_CHUNK, FIT_BATCH, empirical_gaussian, encoder_codes, fit_mixture, projected_codes,
+from .mapping_fit import (EM_CHUNK, FIT_BATCH, empirical_gaussian, encoder_codes, projected_codes, select_mixture,
                           projected_mean_gaussian, shrunk_gaussian)
 
 PHASES = ("ae", "mapping", "mix", "done")
@@ -214,10 +214,11 @@ def projected_gaussian(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run:
 
 def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunDir, dev, amp, cancel,
                   progress_callback, log, P: ParamCode | None = None):
-    """The mixture prior over ``recipe.mapping_fit_images`` encoder codes (:func:`trainer.mapping_fit.fit_mixture`;
-    the last 1,024 (at most 1/8) held out and scored), cached in the run folder as ``mixture.pt`` with what it
+    """The mixture prior over ``recipe.mapping_fit_images`` encoder codes (:func:`trainer.mapping_fit.select_mixture`:
+    the last 1,024 (at most 1/8) held out and scored; with a list of ``mapping_components`` the best of
+    them on those), cached in the run folder as ``mixture.pt`` with what it
     was fitted from, so a rerun or a resumed run does not fit it again (the EM fit takes 6-22 min here; a
-    stopped fit resumes from ``mixture-em.pt``, saved every 5 EM iterations).  With a parameter code ``P``
+    stopped fit resumes from ``mixture-em[-K].pt``, saved every 5 EM iterations).  With a parameter code ``P``
     the codes are its codes of the same renders."""
     spec = {"domain": recipe.domain, "size": recipe.size, "images": recipe.mapping_fit_images,
             "components": recipe.mapping_components, "rank": recipe.mapping_rank, "seed": recipe.seed,
@@ -239,15 +240,16 @@ def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunD
     bars = []
 
     def progress(done, total, info):
-        if not bars:                       # made at the first report: a resumed fit's rate counts from there
-            bars.append(Progress(total, f"{recipe.domain} mixture prior: EM iterations (until converged)",
-                                 start=max(0, done - EM_CHUNK), callback=progress_callback))
+        k = info.get("components")
+        if not bars or bars[-1][0] != k:   # made at a fit's first report: a resumed fit's rate counts from there
+            bars.append((k, Progress(total, f"{recipe.domain} mixture prior, {k} components: EM iterations "
+                                     "(until converged)", start=max(0, done - EM_CHUNK), callback=progress_callback)))
         run.log({"phase": "mapping-fit", "em_iteration": done, **info})
-        bars[0].update(done, **info)
+        bars[-1][1].update(done, **info)
 
-    prior, report = fit_mixture(codes, recipe.mapping_components, recipe.mapping_rank, seed=recipe.seed,
-                                held_out=min(1024, len(codes) // 8), max_iter=200, log=log, progress=progress,
-                                cancel=cancel, state=run.path / "mixture-em.pt")
+    prior, report = select_mixture(codes, recipe.mapping_components, recipe.mapping_rank, seed=recipe.seed,
+                                   held_out=min(1024, len(codes) // 8), max_iter=200, log=log, progress=progress,
+                                   cancel=cancel, state_dir=run.path)
     atomic_torch_save({"spec": spec, "report": report, "weights": prior.weights, "means": prior.means,
                        "factors": prior.factors}, cache)
     return prior, report

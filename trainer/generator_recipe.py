@@ -75,7 +75,8 @@ class GeneratorRecipe:
                                     # (projected codes' mean, encoder codes' covariance): trainer.mapping_fit;
                                     # "mixture": no regression, a Gaussian-mixture prior over the encoder codes
                                     # replaces the mapping MLP (trainer.mapping_fit.fit_mixture)
-    mapping_components: int = 64    # "mixture": Gaussians in the prior (sfeditor.model.latent_prior)
+    mapping_components: int | list[int] = 64   # "mixture": Gaussians in the prior (sfeditor.model.latent_prior);
+                                    # a list: each is fitted, the best on held-out codes kept
     mapping_rank: int = 64          # "mixture": principal directions kept per component
     mapping_project_steps: int = 100  # projected fits: Adam steps per batch of 64 (~1.1 s each on 2 cores)
     mapping_project_lr: float = 0.0   # projected fits: their learning rate (0 = the domain's inversion preset)
@@ -103,6 +104,12 @@ class GeneratorRecipe:
                              for r, t in dict(self.group_shares).items()}
 
     @property
+    def component_choices(self) -> tuple[int, ...]:
+        """``mapping_components`` as a tuple (one number or the candidates to choose from)."""
+        c = self.mapping_components
+        return (int(c),) if isinstance(c, (int, float)) else tuple(int(k) for k in c)
+
+    @property
     def factorised(self) -> bool:
         return self.w_global_dim > 0
 
@@ -123,11 +130,12 @@ class GeneratorRecipe:
             raise ValueError("batch and mapping_batch must be >= 1")
         if self.mapping_fit_images < 64:
             raise ValueError(f"mapping_fit_images must be >= 64 (whole batches of 64), not {self.mapping_fit_images}")
-        if self.mapping_components < 1 or self.mapping_rank < 1:
-            raise ValueError("mapping_components and mapping_rank must be >= 1")
-        if self.mapping_fit == "mixture" and self.mapping_fit_images < 16 * self.mapping_components:
-            raise ValueError(f"mapping_fit mixture with {self.mapping_components} components needs at least "
-                             f"{16 * self.mapping_components} mapping_fit_images")
+        ks = self.component_choices
+        if not ks or min(ks) < 1 or self.mapping_rank < 1:
+            raise ValueError("mapping_components (a number or a list of numbers) and mapping_rank must be >= 1")
+        if self.mapping_fit == "mixture" and self.mapping_fit_images < 16 * max(ks):
+            raise ValueError(f"mapping_fit mixture with {max(ks)} components needs at least "
+                             f"{16 * max(ks)} mapping_fit_images")
         if self.mapping_project_steps < 1 or self.mapping_project_lr < 0:
             raise ValueError("mapping_project_steps must be >= 1 and mapping_project_lr >= 0")
         if self.data_workers < 1:

@@ -12,7 +12,7 @@ from sfeditor.model.generator import Generator
 from sfeditor.model.latent_prior import MixturePrior, PriorError, split_prior_state
 from sfeditor.model.identity import deep_pixel_fingerprint, generator_fingerprint, synthesis_fingerprint
 from trainer.generator import train_generator
-from trainer.mapping_fit import fit_mixture
+from trainer.mapping_fit import fit_mixture, select_mixture
 
 from test_generator_recipe import generator_cli_error, tiny_recipe
 
@@ -180,6 +180,41 @@ def test_fit_mixture_finds_the_modes_and_beats_one_gaussian():
         fit_mixture(x[:5], 3)
 
 
+def test_select_mixture_keeps_the_number_of_components_that_generalises(tmp_path):
+    rng = np.random.default_rng(1)
+    centres = np.array([[8.0] + [0] * 7, [0, 8.0] + [0] * 6, [0, 0, -8.0] + [0] * 5])
+    modes = np.concatenate([c + rng.normal(0, 1.0, (400, 8)) for c in centres])
+    modes = torch.from_numpy(modes[rng.permutation(len(modes))]).float()
+    logs = []
+    prior, report = select_mixture(modes, [1, 3], rank=8, held_out=200, log=logs.append, state_dir=tmp_path)
+    assert prior.n_components == 3 and report["components"] == 3
+    assert report["candidates"]["3"] > report["candidates"]["1"] + 1.0
+    assert "3 components chosen" in logs[-1]
+    # one Gaussian with few codes per component: more components only overfit
+    blob = torch.from_numpy(rng.normal(0, 1.0, (400, 8))).float()
+    prior, report = select_mixture(blob, [8, 1], rank=8, held_out=100, log=logs.append)
+    assert prior.n_components == 1 and set(report["candidates"]) == {"1", "8"}
+    # a single number behaves as fit_mixture does; choosing needs held-out codes
+    one, rep = select_mixture(blob, 2, rank=4, log=logs.append)
+    assert one.n_components == 2 and "candidates" not in rep
+    with pytest.raises(ValueError, match="held-out"):
+        select_mixture(blob, [1, 2], rank=4)
+    assert not list(tmp_path.glob("mixture-em*.pt"))       # finished fits leave no EM state behind
+
+
+def test_recipe_mapping_components_takes_a_number_or_a_list():
+    from trainer.generator_recipe import GeneratorRecipe
+    from trainer.recipe import RecipeError, build
+
+    assert GeneratorRecipe(mapping_components=4).component_choices == (4,)
+    r = build(GeneratorRecipe, {"mapping_components": [1, 8, 16]}, "test").validate()
+    assert r.component_choices == (1, 8, 16)
+    with pytest.raises(RecipeError, match="mapping_components"):
+        build(GeneratorRecipe, {"mapping_components": ["8"]}, "test")
+    with pytest.raises(ValueError, match="mapping_components"):
+        GeneratorRecipe(mapping_components=[0, 4]).validate()
+
+
 def test_the_mixture_mapping_phase_replaces_the_mapping_only(tmp_path):
     quiet = dict(log=lambda *a: None)
     first = load_generator(train_generator(tiny_recipe(mapping_steps=0, mix_steps=0), tmp_path / "a", **quiet),
@@ -204,6 +239,15 @@ def test_the_mixture_mapping_phase_replaces_the_mapping_only(tmp_path):
     r2 = tiny_recipe(ae_steps=0, mapping_steps=2, mix_steps=0, init_from=str(tmp_path / "b"))
     H = load_generator(train_generator(r2, tmp_path / "c", **quiet), device="cpu")
     assert H.prior is None and synthesis_fingerprint(H) == synthesis_fingerprint(first)
+    # a list of candidates: each fitted, the best on the held-out codes kept and the scores logged
+    r3 = tiny_recipe(ae_steps=0, mix_steps=0, init_from=str(tmp_path / "a"), mapping_fit="mixture",
+                     mapping_fit_images=128, mapping_components=[1, 2], mapping_rank=3)
+    J = load_generator(train_generator(r3, tmp_path / "d", **quiet), device="cpu")
+    recs = [json.loads(s) for s in (tmp_path / "d" / "stats.jsonl").read_text().splitlines()]
+    fit = [x["mixture"] for x in recs if "mixture" in x][0]
+    scores = fit["candidates"]
+    assert set(scores) == {"1", "2"} and J.prior.n_components == fit["components"]
+    assert scores[str(fit["components"])] == max(scores.values())
 
 
 def test_the_mixture_fit_is_cached_and_refitted_when_stale(tmp_path):
