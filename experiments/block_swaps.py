@@ -9,10 +9,16 @@ issue 38's union reading (the region of the base or of the edit, oracle labels, 
 
 - share: the share of the change inside the region, for the generator and for the renderer's swap;
 - change: mean |change| per pixel inside the region (images in [-1, 1]), generator / renderer;
-- fidelity: PSNR of the swapped synthesis against the renderer's swap, inside and outside the union.
+- fidelity: PSNR of the swapped synthesis against the renderer's swap, inside and outside the union;
+- with ``--ring R``: the generator's share again with an R-px band around the union left out (how
+  much of the leak is blur at the border rather than change far away).
+
+``--s-from RES`` swaps S channels instead of w blocks: group k's channels (the recipe's channel
+groups) in the layers of maps of at least RES px, the rest of A's S code kept: what a FusionNet that
+found exactly those channels could do with this generator (the hierarchy is given no grouping).
 
     python experiments/block_swaps.py runs/gen-toy-faces-v5/checkpoint.pt --domain toy-faces \\
-        [--pairs 64] [--sheet out.png]
+        [--pairs 64] [--sheet out.png] [--ring 2] [--s-from 32]
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from sfeditor.model.generator import Generator, GeneratorConfig  # noqa: E402
 from sfeditor.images.toy_encoder import ToyEncoder  # noqa: E402
 from sfeditor.toy import region_names, render, render_swap, swap_groups  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
-from trainer.generator_blocks import block_masks, swap_blocks  # noqa: E402
+from sfeditor.model.style_code import StyleCode  # noqa: E402
+from trainer.generator_blocks import block_masks, layer_groups, swap_blocks  # noqa: E402
 from trainer.generator_data import HELDOUT_SEED_OFFSET  # noqa: E402
 from trainer.generator_losses import synth_w  # noqa: E402
 from trainer.generator_param_code import ParamCode  # noqa: E402
@@ -53,7 +60,22 @@ def load(checkpoint: str, domain: str):
         P = ParamCode(domain, blocks, groups)
         P.load_state_dict(st["P"])
         P.eval()
-    return G.eval(), E.eval(), P, blocks, st.get("phase"), st.get("step")
+    return G.eval(), E.eval(), P, blocks, st.get("phase"), st.get("step"), opts
+
+
+def s_swap(G, wa: torch.Tensor, wb: torch.Tensor, opts: dict, domain: str, g: str, from_res: int) -> torch.Tensor:
+    """Synthesis of A's S code with group ``g``'s channels in the layers of maps >= ``from_res`` px from B."""
+    groups = tuple(swap_groups(domain))
+    ids = layer_groups(G, groups, opts["group_shares"])
+    lay = G.layout
+    take = torch.cat([(i == groups.index(g)) & (r >= from_res)
+                      for i, r in zip(ids, lay.conv_res + lay.rgb_res)]).float()
+    sa, sb = G.styles(wa).flat(), G.styles(wb).flat()
+    return G.synthesis(StyleCode.from_flat(G, take * sb + (1 - take) * sa), noise_mode="const")
+
+
+def dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
+    return torch.nn.functional.max_pool2d(mask[:, None].float(), 2 * r + 1, 1, r)[:, 0] > 0
 
 
 def psnr_masked(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
@@ -70,10 +92,15 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=64)
     p.add_argument("--sheet", help="PNG: rows A, B, A's reconstruction, then A with each block from B (8 pairs)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--ring", type=int, default=0, help="also the share with an R-px band around the union left out")
+    p.add_argument("--uint8", action="store_true",
+                   help="read the images as the editor shows them (rounded to 8 bits) rather than as floats")
+    p.add_argument("--s-from", type=int, default=0,
+                   help="swap group k's S channels in the layers of maps >= this many px instead of w blocks")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    G, E, P, blocks, phase, step = load(args.checkpoint, args.domain)
+    G, E, P, blocks, phase, step, opts = load(args.checkpoint, args.domain)
     oracle = load_oracle(args.domain)
     groups, regions = swap_groups(args.domain), region_names(args.domain)
     n = args.pairs
@@ -83,16 +110,23 @@ def main(argv=None) -> int:
     xb, _, pb = render(args.domain, b, G.size, return_params=True)
     xa, xb = from_uint8(xa), from_uint8(xb)
     wa, wb = (P(pa), P(pb)) if P is not None else (E(xa), E(xb))
-    base = synth_w(G, wa)
+    shown = (lambda x: from_uint8(to_uint8(x))) if args.uint8 else (lambda x: x)
+    base = shown(synth_w(G, wa))
     base_lab = oracle(base).argmax(1)
     truth_a_lab = oracle(xa).argmax(1)
     print(f"# {args.checkpoint} ({phase} step {step}), codes from the {'parameter code' if P is not None else 'encoder'}; "
-          f"{n} held-out pairs; reconstruction of A {psnr_masked(base, xa, torch.ones_like(base_lab)):.2f} dB")
-    print("| block | share (gen / renderer) | change inside (gen / renderer) | fidelity in / out (dB) |")
-    print("|---|---|---|---|")
+          f"{n} held-out pairs; reconstruction of A {psnr_masked(base, xa, torch.ones_like(base_lab)):.2f} dB"
+          + (f"; S channels of maps >= {args.s_from} px swapped" if args.s_from else "; w blocks swapped"))
+    extra = f" share, {args.ring}-px band out |" if args.ring else ""
+    print(f"| block | share (gen / renderer) | change inside (gen / renderer) | fidelity in / out (dB) |{extra}")
+    print("|---|---|---|---|" + ("---|" if args.ring else ""))
     sheet = [to_uint8(xa[:8]), to_uint8(xb[:8]), to_uint8(base[:8])]
     for gi, g in enumerate(groups):
-        out = synth_w(G, swap_blocks(wa, wb, blocks, [gi] * n))
+        if args.s_from and g != "global":
+            out = s_swap(G, wa, wb, opts, args.domain, g, args.s_from)
+        else:
+            out = synth_w(G, swap_blocks(wa, wb, blocks, [gi] * n))
+        out = shown(out)
         truth = from_uint8(render_swap(args.domain, a, b, [g] * n, G.size)[0])
         sheet.append(to_uint8(out[:8]))
         if g == "global":
@@ -111,8 +145,15 @@ def main(argv=None) -> int:
         def change(r):
             return float(r.inside.sum() / r.area.sum().clamp_min(1))
 
+        wide = ""
+        if args.ring:
+            d = change_map(base, out).double()
+            u = (base_lab == k) | (oracle(out).argmax(1) == k)
+            inner_g, _ = union_ring(base_lab == k, oracle(out).argmax(1) == k)
+            band = dilate(u, args.ring) & ~inner_g
+            wide = f" {float((d * inner_g).sum() / (d * ~band).sum().clamp_min(1e-12)):.2f} |"
         print(f"| {g} | {share(gen):.2f} / {share(ideal):.2f} | {change(gen):.3f} / {change(ideal):.3f} | "
-              f"{fid_in:.1f} / {fid_out:.1f} |")
+              f"{fid_in:.1f} / {fid_out:.1f} |{wide}")
     if args.sheet:
         save_png(args.sheet, make_grid(np.concatenate(sheet), cols=8, scale=2))
         print(f"wrote {args.sheet}")
