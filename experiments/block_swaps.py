@@ -63,6 +63,19 @@ def load(checkpoint: str, domain: str):
     return G.eval(), E.eval(), P, blocks, st.get("phase"), st.get("step"), opts
 
 
+def run_arguments(doc: str, pairs: int | None, group: bool = True) -> argparse.ArgumentParser:
+    """The arguments every v5 diagnosis script takes: a run's checkpoint, its domain, the pairs read."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a run's checkpoint.pt (options.json beside it)")
+    p.add_argument("--domain", default="toy-faces")
+    if group:
+        p.add_argument("--group", default="eyes", help="the swapped group")
+    if pairs is not None:
+        p.add_argument("--pairs", type=int, default=pairs)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's)")
+    return p
+
+
 def s_swap(G, wa: torch.Tensor, wb: torch.Tensor, opts: dict, domain: str, g: str, from_res: int) -> torch.Tensor:
     """Synthesis of A's S code with group ``g``'s channels in the layers of maps >= ``from_res`` px from B."""
     groups = tuple(swap_groups(domain))
@@ -86,12 +99,8 @@ def psnr_masked(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> float:
 
 @torch.no_grad()
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint")
-    p.add_argument("--domain", default="toy-faces")
-    p.add_argument("--pairs", type=int, default=64)
+    p = run_arguments(__doc__, pairs=64, group=False)
     p.add_argument("--sheet", help="PNG: rows A, B, A's reconstruction, then A with each block from B (8 pairs)")
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--ring", type=int, default=0, help="also the share with an R-px band around the union left out")
     p.add_argument("--uint8", action="store_true",
                    help="read the images as the editor shows them (rounded to 8 bits) rather than as floats")

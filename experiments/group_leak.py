@@ -16,7 +16,6 @@ modulated by its code) carry it.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -26,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from experiments.block_swaps import load  # noqa: E402
+from experiments.block_swaps import load, run_arguments  # noqa: E402
 from sfeditor.toy import region_names, render, swap_groups  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from trainer.generator_blocks import layer_groups, swap_blocks  # noqa: E402
@@ -56,21 +55,12 @@ def _in_out(t: torch.Tensor, region: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("--domain", default="toy-faces")
-    p.add_argument("--group", default="eyes")
-    p.add_argument("--pairs", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args(argv)
+    args = run_arguments(__doc__, pairs=32).parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    G, E, P, blocks, phase, step = load(args.checkpoint, args.domain)
+    G, E, P, blocks, phase, step, opts = load(args.checkpoint, args.domain)
     if P is None:
         raise SystemExit("this needs a run with a parameter code (generator v5 try 3 or later)")
-    import json
-
-    opts = json.load(open(os.path.join(os.path.dirname(args.checkpoint), "options.json")))["recipe"]
     groups = tuple(swap_groups(args.domain))
     gi = groups.index(args.group)
     ids = layer_groups(G, groups, opts["group_shares"])

@@ -12,7 +12,6 @@ input channels' |x| outside / inside.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -22,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from experiments.block_swaps import load  # noqa: E402
+from experiments.block_swaps import load, run_arguments  # noqa: E402
 from sfeditor.toy import region_names, render, swap_groups  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from trainer.generator_blocks import layer_groups, swap_blocks  # noqa: E402
@@ -62,14 +61,9 @@ def _outside(region: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint")
-    p.add_argument("--domain", default="toy-faces")
-    p.add_argument("--group", default="eyes")
-    p.add_argument("--pairs", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = run_arguments(__doc__, pairs=16).parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     G, _, P, blocks, phase, step, opts = load(args.checkpoint, args.domain)
     if P is None:
         raise SystemExit("needs a run with a parameter code (generator v5 try 3 on)")

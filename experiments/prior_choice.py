@@ -7,7 +7,6 @@ Issue 38: the 64-component mixture scored below one Gaussian on held-out toy-fac
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -16,21 +15,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
+from experiments.block_swaps import load, run_arguments  # noqa: E402
 from trainer.generator_param_code import param_codes  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint")
-    p.add_argument("--domain", default="toy-faces")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 64])
+    p = run_arguments(__doc__, pairs=None, group=False)
+    p.add_argument("--k", type=int, nargs="+", default=[1, 4, 16, 64], help="numbers of components to score")
     p.add_argument("--images", type=int, default=16384)
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from sklearn.mixture import GaussianMixture
-
-    from block_swaps import load  # noqa: E402  (experiments/)
 
     _, _, P, _, _, _, _ = load(args.checkpoint, args.domain)
     with torch.no_grad():
