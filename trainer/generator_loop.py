@@ -60,7 +60,7 @@ from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscrimin
                                pixel_weights, region_swap_loss, seg_loss, silence_loss, silence_specs,
                                swap_channel_groups, synth_w)
 from .generator_recipe import GeneratorRecipe
-from .mapping_fit import (EM_CHUNK, FIT_BATCH, empirical_gaussian, encoder_codes, projected_codes, select_mixture,
+from .mapping_fit import (FIT_BATCH, empirical_gaussian, encoder_codes, projected_codes, select_mixture,
                           projected_mean_gaussian, shrunk_gaussian)
 
 PHASES = ("ae", "mapping", "mix", "done")
@@ -241,9 +241,9 @@ def mixture_prior(recipe: GeneratorRecipe, G: Generator, E: nn.Module, run: RunD
 
     def progress(done, total, info):
         k = info.get("components")
-        if not bars or bars[-1][0] != k:   # made at a fit's first report: a resumed fit's rate counts from there
+        if not bars or bars[-1][0] != k:   # made at a fit's first report: its rate counts from there
             bars.append((k, Progress(total, f"{recipe.domain} mixture prior, {k} components: EM iterations "
-                                     "(until converged)", start=max(0, done - EM_CHUNK), callback=progress_callback)))
+                                     "(until converged)", start=done, callback=progress_callback)))
         run.log({"phase": "mapping-fit", "em_iteration": done, **info})
         bars[-1][1].update(done, **info)
 
