@@ -463,7 +463,8 @@ class GeneratorTraining:
                             h.remove()
                 loss = recon_loss(rec, x, recipe.grad_weight, wmap)
                 if self.silence:
-                    quiet = silence_loss(feats, torch.from_numpy(lab).to(dev), self.silence)
+                    quiet = silence_loss(feats, torch.from_numpy(lab).to(dev), self.silence,
+                                         relative=recipe.silence_relative)
                     extra["silence"] = float(quiet.detach())
                     loss = loss + recipe.silence_weight * quiet
                     del feats

@@ -366,7 +366,8 @@ def silence_specs(G: Generator, groups: tuple[str, ...], group_shares: dict, iso
     return specs
 
 
-def silence_loss(features: list[torch.Tensor], labels: torch.Tensor, specs, from_res: int = 16) -> torch.Tensor:
+def silence_loss(features: list[torch.Tensor], labels: torch.Tensor, specs, from_res: int = 16,
+                 relative: bool = False) -> torch.Tensor:
     """Mean |activation| of an isolated group's channels outside its region (generator v5 try 5).
 
     ``features``: every conv layer's output of this step ([B, C, h, w]); ``labels`` [B, H, W], the
@@ -377,16 +378,29 @@ def silence_loss(features: list[torch.Tensor], labels: torch.Tensor, specs, from
     Why (``experiments/group_leak.py`` on try 4): the eyes' channels were half as active outside the
     eyes as inside, and their code modulates them there too (StyleGAN2 Eq. 1-3), so a new eyes code
     changed every pixel a little; a share of 0.85 needs that change below ~1/250 of the inside's.  A
-    channel that is zero outside its region cannot carry its code there, whatever the weights."""
+    channel that is zero outside its region cannot carry its code there, whatever the weights.
+
+    ``relative``: each layer's term is divided by the group's mean |activation| inside its region (the
+    cells holding region pixels; not differentiated), so scaling a group down does not lower it: with the
+    plain term, try 6 first shrank the eyes channels inside and out alike (inside |x| 0.19 -> 0.07), which
+    the next layer's demodulation and the toRGB weights undo.  Layers with no inside cell in the batch
+    keep the plain term."""
     total, n = features[0].new_zeros(()), 0
     for j, sel, k in specs:
         x = features[j][:, sel.to(features[j].device)]
         h = x.shape[-1]
+        inside = None
         if h < from_res:
             outside = torch.ones_like(x[:, :1])
         else:
             frac = F.adaptive_max_pool2d((labels == k).float()[:, None], h)
             outside = 1 - F.max_pool2d(frac, 3, stride=1, padding=1)
-        total = total + (x.float().abs() * outside).sum() / (outside.sum() * x.shape[1]).clamp_min(1)
+            inside = frac
+        a = x.float().abs()
+        term = (a * outside).sum() / (outside.sum() * x.shape[1]).clamp_min(1)
+        if relative and inside is not None and bool(inside.sum() > 0):
+            scale = ((a * inside).sum() / (inside.sum() * x.shape[1])).detach().clamp_min(1e-3)
+            term = term / scale
+        total = total + term
         n += 1
     return total / max(n, 1)

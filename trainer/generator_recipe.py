@@ -56,6 +56,8 @@ class GeneratorRecipe:
                                     # these groups' feature channels apart (trainer.generator_blocks.conv_masks)
     silence_weight: float = 0.0     # isolated groups' channels must be zero outside their region
                                     # (generator_losses.silence_loss; 0 = off)
+    silence_relative: bool = False  # the silence term over the group's activity inside its region
+                                    # (generator_losses.silence_loss(relative=True))
     isolated_from: int = 0          # the isolated groups' own blocks reach only the layers of maps of at least
                                     # this many px; coarser ones read w_global only (generator_blocks.affine_masks)
     isolate_ramp: int = 0           # steps over which the cross-group conv weights fade to zero (0 = masked at

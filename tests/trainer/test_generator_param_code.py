@@ -60,7 +60,8 @@ def test_parameter_code_run_trains_encoder_and_writes_a_plain_generator(tmp_path
                         sample_every=1000, checkpoint_every=1, threads=1, device="cpu", bf16=False,
                         w_global_dim=4, group_shares=shares, balance_cap=4.0, param_code=True,
                         encoder_every=2, swap_weight=1.0, swap_focus=2.0, swap_anchor=True,
-                        isolated_groups={"wheels": ["car_body"]}, isolate_ramp=2, silence_weight=0.5).validate()
+                        isolated_groups={"wheels": ["car_body"]}, isolate_ramp=2, silence_weight=0.5,
+                        silence_relative=True).validate()
     out = train_generator(r, tmp_path / "run", log=lambda *a: None)
     G = load_generator(out, device="cpu")
     assert is_block_sparse(affine_masks(G, groups, r.group_shares, r.w_global_dim))
@@ -113,3 +114,9 @@ def test_silence_loss_reads_only_the_groups_channels_outside_their_region():
     assert float(silence_loss([x], labels, [(0, sel, 3)])) == pytest.approx(2.0 / (256 - 16))
     coarse = torch.ones(1, 2, 4, 4)                           # 4 px < from_res: all of it is outside
     assert float(silence_loss([coarse], labels, [(0, sel, 3)])) == pytest.approx(1.0)
+    # relative: over the group's mean activity inside the region, so scaling the group changes nothing
+    x[0, 0, 4:6, 4:6] = 4.0
+    rel = float(silence_loss([x], labels, [(0, sel, 3)], relative=True))
+    assert rel == pytest.approx(2.0 / (256 - 16) / 4.0)
+    assert float(silence_loss([x * 0.1], labels, [(0, sel, 3)], relative=True)) == pytest.approx(rel)
+    assert float(silence_loss([coarse], labels, [(0, sel, 3)], relative=True)) == pytest.approx(1.0)
