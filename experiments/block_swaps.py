@@ -76,6 +76,17 @@ def run_arguments(doc: str, pairs: int | None, group: bool = True) -> argparse.A
     return p
 
 
+def load_param_run(args):
+    """``load`` for the scripts that need a run with a parameter code (generator v5 try 3 on); sets the
+    thread count first."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = load(args.checkpoint, args.domain)
+    if run[2] is None:
+        raise SystemExit(f"{args.checkpoint}: needs a run with a parameter code (generator v5 try 3 on)")
+    return run
+
+
 def s_swap(G, wa: torch.Tensor, wb: torch.Tensor, opts: dict, domain: str, g: str, from_res: int) -> torch.Tensor:
     """Synthesis of A's S code with group ``g``'s channels in the layers of maps >= ``from_res`` px from B."""
     groups = tuple(swap_groups(domain))
@@ -142,7 +153,9 @@ def main(argv=None) -> int:
             print(f"| global | – | – | {psnr_masked(out, truth, torch.ones_like(base_lab)):.2f} (whole image) |")
             continue
         k = regions.index(g)
-        gen = read_edit(change_map(base, out), base_lab == k, oracle(out).argmax(1) == k)
+        edit_k = oracle(out).argmax(1) == k
+        d = change_map(base, out)
+        gen = read_edit(d, base_lab == k, edit_k)
         ideal = read_edit(change_map(xa, truth), truth_a_lab == k, oracle(truth).argmax(1) == k)
         inner, ring = union_ring(truth_a_lab == k, oracle(truth).argmax(1) == k)
         fid_in = psnr_masked(out, truth, inner)
@@ -156,10 +169,9 @@ def main(argv=None) -> int:
 
         wide = ""
         if args.ring:
-            d = change_map(base, out).double()
-            u = (base_lab == k) | (oracle(out).argmax(1) == k)
-            inner_g, _ = union_ring(base_lab == k, oracle(out).argmax(1) == k)
-            band = dilate(u, args.ring) & ~inner_g
+            inner_g, _ = union_ring(base_lab == k, edit_k)
+            band = dilate((base_lab == k) | edit_k, args.ring) & ~inner_g
+            d = d.double()
             wide = f" {float((d * inner_g).sum() / (d * ~band).sum().clamp_min(1e-12)):.2f} |"
         print(f"| {g} | {share(gen):.2f} / {share(ideal):.2f} | {change(gen):.3f} / {change(ideal):.3f} | "
               f"{fid_in:.1f} / {fid_out:.1f} |{wide}")

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from experiments.block_swaps import load, run_arguments  # noqa: E402
+from experiments.block_swaps import load_param_run, run_arguments  # noqa: E402
 from sfeditor.toy import region_names, render, swap_groups  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from trainer.generator_blocks import layer_groups, swap_blocks  # noqa: E402
@@ -56,11 +56,7 @@ def _in_out(t: torch.Tensor, region: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def main(argv=None) -> int:
     args = run_arguments(__doc__, pairs=32).parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    G, E, P, blocks, phase, step, opts = load(args.checkpoint, args.domain)
-    if P is None:
-        raise SystemExit("this needs a run with a parameter code (generator v5 try 3 or later)")
+    G, _, P, blocks, phase, step, opts = load_param_run(args)
     groups = tuple(swap_groups(args.domain))
     gi = groups.index(args.group)
     ids = layer_groups(G, groups, opts["group_shares"])

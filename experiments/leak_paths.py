@@ -21,12 +21,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from experiments.block_swaps import load, run_arguments  # noqa: E402
+from experiments.block_swaps import load_param_run, run_arguments  # noqa: E402
 from sfeditor.toy import region_names, render, swap_groups  # noqa: E402
 from sfeditor.toy.oracle import load_oracle  # noqa: E402
 from trainer.generator_blocks import layer_groups, swap_blocks  # noqa: E402
 from trainer.generator_data import HELDOUT_SEED_OFFSET  # noqa: E402
-from trainer.generator_losses import synth_w  # noqa: E402
+from trainer.generator_losses import region_cells, synth_w  # noqa: E402
 
 
 def _inputs(G, w):
@@ -54,19 +54,10 @@ def _part(conv, x, s, keep, out_sel):
     return (out * d[:, :, None, None])[:, out_sel]
 
 
-def _outside(region: torch.Tensor, size: int) -> torch.Tensor:
-    cells = F.adaptive_max_pool2d(region[:, None].float(), size)
-    return 1 - F.max_pool2d(cells, 3, stride=1, padding=1)
-
-
 @torch.no_grad()
 def main(argv=None) -> int:
     args = run_arguments(__doc__, pairs=16).parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    G, _, P, blocks, phase, step, opts = load(args.checkpoint, args.domain)
-    if P is None:
-        raise SystemExit("needs a run with a parameter code (generator v5 try 3 on)")
+    G, _, P, blocks, phase, step, opts = load_param_run(args)
     groups = tuple(swap_groups(args.domain))
     gi, k = groups.index(args.group), region_names(args.domain).index(args.group)
     ids = layer_groups(G, groups, opts["group_shares"])
@@ -91,7 +82,7 @@ def main(argv=None) -> int:
         change = {name: (_part(layer.conv, *swapped[j], keep, out_sel) - _part(layer.conv, *base[j], keep, out_sel)).abs()
                   for name, keep in keeps.items()}
         size = change["own"].shape[-1]
-        out_m = _outside(region, size)
+        out_m = region_cells(region, size)[1]
         in_m = F.interpolate(region[:, None].float(), size=size, mode="area")
 
         def mean(t, m):
@@ -99,7 +90,7 @@ def main(argv=None) -> int:
 
         x_in = base[j][0][:, keeps["own"]].abs()
         if x_in.shape[1]:
-            xo, xi = mean(x_in, _outside(region, x_in.shape[-1])), \
+            xo, xi = mean(x_in, region_cells(region, x_in.shape[-1])[1]), \
                 mean(x_in, F.interpolate(region[:, None].float(), size=x_in.shape[-1], mode="area"))
             act = f"{xo:.3f} / {xi:.3f}"
         else:

@@ -366,6 +366,13 @@ def silence_specs(G: Generator, groups: tuple[str, ...], group_shares: dict, iso
     return specs
 
 
+def region_cells(region: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inside, outside) cells of a ``size`` px map for a region mask [B, H, W]: inside = the cells
+    holding any of its pixels, outside = the cells beyond one cell of dilation of those ([B, 1, h, w])."""
+    inside = F.adaptive_max_pool2d(region.float()[:, None], size)
+    return inside, 1 - F.max_pool2d(inside, 3, stride=1, padding=1)
+
+
 def silence_loss(features: list[torch.Tensor], labels: torch.Tensor, specs, from_res: int = 16,
                  relative: bool = False) -> torch.Tensor:
     """Mean |activation| of an isolated group's channels outside its region (generator v5 try 5).
@@ -393,9 +400,7 @@ def silence_loss(features: list[torch.Tensor], labels: torch.Tensor, specs, from
         if h < from_res:
             outside = torch.ones_like(x[:, :1])
         else:
-            frac = F.adaptive_max_pool2d((labels == k).float()[:, None], h)
-            outside = 1 - F.max_pool2d(frac, 3, stride=1, padding=1)
-            inside = frac
+            inside, outside = region_cells(labels == k, h)
         a = x.float().abs()
         term = (a * outside).sum() / (outside.sum() * x.shape[1]).clamp_min(1)
         if relative and inside is not None and bool(inside.sum() > 0):
