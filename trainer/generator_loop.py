@@ -60,6 +60,7 @@ from .generator_losses import (SMALL_REGIONS, ImageDiscriminator, PatchDiscrimin
                                pixel_weights, region_swap_loss, seg_loss, silence_loss, silence_specs,
                                swap_channel_groups, synth_w)
 from .generator_recipe import GeneratorRecipe
+from .generator_widen import needs_widening, widen_state
 from .mapping_fit import (FIT_BATCH, empirical_gaussian, encoder_codes, projected_codes, select_mixture,
                           projected_mean_gaussian, shrunk_gaussian)
 
@@ -129,6 +130,18 @@ def load_init_weights(source: str | Path, with_param_code: bool = False):
         return (g, e, None) if with_param_code else (g, e)
     raise ValueError(f"{source}: no generator run to start from (expected checkpoint.pt, "
                      "or generator.pt and encoder.pt)")
+
+
+def init_group_shares(source: str | Path) -> dict | None:
+    """The ``group_shares`` the run at ``source`` (a run folder or its ``checkpoint.pt``) split its
+    channels by, from its ``options.json``; None when it records none (then the recipe's own apply)."""
+    from sfeditor.validate import load_json_file
+
+    src = Path(source)
+    p = (src if src.is_dir() else src.parent) / "options.json"
+    opts = load_json_file(p, "run options file") if p.is_file() else {}
+    shares = ((opts or {}).get("recipe") or {}).get("group_shares") or None
+    return GeneratorRecipe(group_shares=shares).group_shares if shares else None
 
 
 def trainable_parameters(G: nn.Module, E: nn.Module, prefixes: tuple) -> list:
@@ -358,6 +371,12 @@ class GeneratorTraining:
             raise ValueError(f"{run.path}: no run to rerun from phase {from_phase}")
         elif recipe.init_from:
             init_g, init_e, init_p = load_init_weights(recipe.init_from, with_param_code=True)
+            rest, prior = split_prior_state(init_g)
+            if needs_widening(rest, G):   # wider layers than the run it starts from: same images
+                groups = tuple(swap_groups(recipe.domain)) if recipe.factorised else None
+                init_g = {**widen_state(rest, G, groups, recipe.group_shares, init_group_shares(recipe.init_from)),
+                          **(prior.tensors() if prior is not None else {})}
+                self.log(f"widened {recipe.init_from}'s layers to {recipe.channels} (new channels unread)")
             load_generator_state(G, init_g)
             E.load_state_dict(init_e)
             self.log(f"starting from the weights of {recipe.init_from}")
