@@ -36,7 +36,8 @@ class GeneratorRecipe:
     r1_gamma: float = 0.05          # R1 weight of the patch discriminator (lazy, every r1_every steps;
                                     # StyleGAN2's heuristic 0.0002 * res^2 / batch)
     r1_every: int = 4
-    init_from: str = ""             # start G and E from another run's weights (fine-tuning); "" = random
+    init_from: str = ""             # start G and E from another run's weights (fine-tuning); "" = random;
+                                    # that run's layers may be narrower (trainer.generator_widen)
     seg_weight: float = 0.0         # semantic loss: a frozen segmentation critic on the reconstructions
     seg_critic: str = ""            # its weights (trained on renders with another seed; never the judge)
     feat_weight: float = 0.0        # perceptual loss on the critic's features (critic_feature_loss)
