@@ -426,6 +426,21 @@ def _recipe_dict(recipe: FusionRecipe) -> dict:
     return d
 
 
+def asset_fingerprints(G, regions) -> dict:
+    """What a node's training depends on besides its recipe: the generator's weights (its mapping
+    too: training samples codes through it) and the regions file's centroids and labels.  Stored in
+    each checkpoint, so a run is never resumed on other assets (the recipe's file names may be the
+    same while the files changed)."""
+    import hashlib
+
+    from sfeditor.model.identity import generator_fingerprint
+
+    h = hashlib.sha256(np.ascontiguousarray(regions.centroids, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(regions.membership(), dtype=np.float32).tobytes())
+    h.update(repr(regions.tree).encode())
+    return {"generator": generator_fingerprint(G), "regions": "sha256:" + h.hexdigest()}
+
+
 def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = True,
                cancel: CancelToken | None = None, progress_callback=None, G=None, regions=None,
                hierarchy: str | os.PathLike | None = None, half: bool = False, log=print,
@@ -485,6 +500,7 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
     ckpt_path = Path(out) / "checkpoint.pt"
 
     stage_no, step, done, opt_state = stages[0].stage, 0, False, None
+    assets = asset_fingerprints(G, regions)
     state = None
     if resume and ckpt_path.exists():
         state = load_checked_state(ckpt_path)     # CRCs, sizes and content hash checked first
@@ -502,6 +518,10 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
         if diff:
             raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)}); "
                              "use another --out or --restart")
+        changed = [k for k, v in state.get("assets", {}).items() if assets.get(k) != v]
+        if changed:
+            raise ValueError(f"{out} holds a run trained on another {' and another '.join(changed)} "
+                             f"({', '.join(changed)} fingerprint differs); use another --out or --restart")
         if len(state["rng"]["sampler"]) != info.world:
             raise ValueError(f"{ckpt_path} was written by {len(state['rng']['sampler'])} processes, "
                              f"this run has {info.world}: exact resume needs the same number")
@@ -533,7 +553,7 @@ def train_node(recipe: FusionRecipe, out: str | os.PathLike, *, resume: bool = T
         if run is None:
             return
         run.save({"format": RUN_FORMAT, "version": RUN_VERSION, "recipe": _recipe_dict(recipe),
-                  "stage": st_no, "step": st_step, "done": finished, "net": net.state_dict(),
+                  "stage": st_no, "step": st_step, "done": finished, "assets": assets, "net": net.state_dict(),
                   "opt": None if (opt is None or finished) else opt.state_dict(),
                   "rng": {"torch": torch.get_rng_state(), "sampler": states}})
 

@@ -280,6 +280,18 @@ def test_exact_resume_after_cancel_and_crash(tiny, tmp_path):
         train_node(recipe(batch=3), tmp_path / "run", **quiet)
     with pytest.raises(ValueError, match="coarse_layers"):
         train_node(recipe(coarse_layers=2), tmp_path / "run", **quiet)
+    # the same recipe on another generator or regions file (same file names, other contents): refused
+    import copy
+
+    G2 = copy.deepcopy(G)
+    with torch.no_grad():
+        G2.convs[0].conv.weight.add_(0.01)
+    with pytest.raises(ValueError, match="another generator"):
+        train_node(recipe(), tmp_path / "run", **{**quiet, "G": G2})
+    regions2 = copy.deepcopy(regions)
+    regions2.centroids = regions2.centroids + 0.1
+    with pytest.raises(ValueError, match="another regions"):
+        train_node(recipe(), tmp_path / "run", **{**quiet, "regions": regions2})
 
 
 def test_coarse_layers_sets_what_lb_align_blends(tiny, tmp_path):
