@@ -25,10 +25,10 @@ from sfeditor.model.generator import Generator
 from .generator_blocks import channel_groups
 
 
-def _conv_names(G: Generator) -> tuple[list[str], list[str]]:
-    n_conv, n_rgb = len(G.conv_layers), len(G.rgb_layers)
-    return ["conv1"] + [f"convs.{i}" for i in range(n_conv - 1)], \
-        ["to_rgb1"] + [f"to_rgbs.{i}" for i in range(n_rgb - 1)]
+def _layer_names(G: Generator) -> tuple[list[str], list[str]]:
+    """The state-dict prefixes of ``G.conv_layers`` and ``G.rgb_layers``, in their order."""
+    name_of = {id(m): n for n, m in G.named_modules()}
+    return [name_of[id(m)] for m in G.conv_layers], [name_of[id(m)] for m in G.rgb_layers]
 
 
 def _feature_res(G: Generator) -> tuple[list[int], list[int]]:
@@ -88,24 +88,24 @@ def widen_state(old: dict, G: Generator, groups: tuple[str, ...] | None = None,
     old run split its channels by (default ``group_shares``).  New entries take ``G``'s current
     values (its initialisation: call after any init-time rescaling), then are made unread."""
     fresh = G.state_dict()
-    conv, rgb = _conv_names(G)
-    if f"{conv[-1]}.conv.weight" not in old or f"{rgb[-1]}.conv.weight" not in old or \
-            f"convs.{len(conv) - 1}.conv.weight" in old:
-        raise ValueError("the generator to start from has another resolution (number of layers)")
+    if set(old) != set(fresh):
+        diff = sorted(set(old) ^ set(fresh))
+        raise ValueError(f"the generator to start from has another layout (another resolution or number of "
+                         f"layers): its entries differ from this one's at {', '.join(diff[:3])}")
+    conv, rgb = _layer_names(G)
     ins, outs = _feature_res(G)
-    d_old: dict[int, int] = {4: int(old["input.input"].shape[1])}
-    for name, r in zip(conv, outs):
-        d_old[r] = int(old[f"{name}.conv.weight"].shape[1])
-    d_new = {4: int(fresh["input.input"].shape[1])}
-    for name, r in zip(conv, outs):
-        d_new[r] = int(fresh[f"{name}.conv.weight"].shape[1])
+
+    def widths(sd: dict) -> dict[int, int]:
+        """Channels of the feature map at each resolution: the constant input's, then each conv's output."""
+        return {4: int(sd["input.input"].shape[1]),
+                **{r: int(sd[f"{name}.conv.weight"].shape[1]) for name, r in zip(conv, outs)}}
+
+    d_old, d_new = widths(old), widths(fresh)
     maps = {r: channel_map(d_old[r], d_new[r], r, groups, group_shares, old_shares) for r in d_new}
     out = dict(fresh)
     done = set()
 
     def put(key, m, zero=(), scale=1.0):
-        if key not in old:
-            raise ValueError(f"the generator to start from has no {key}")
         out[key] = _place(fresh[key], old[key] * scale, m, zero)
         done.add(key)
 
@@ -122,8 +122,6 @@ def widen_state(old: dict, G: Generator, groups: tuple[str, ...] | None = None,
     for key, v in old.items():
         if key in done:
             continue
-        if key not in fresh:
-            raise ValueError(f"the generator to start from has an entry this one lacks: {key}")
         if tuple(v.shape) != tuple(fresh[key].shape):
             raise ValueError(f"{key}: shape {tuple(v.shape)} cannot be widened to {tuple(fresh[key].shape)}")
         out[key] = v.clone()
